@@ -24,16 +24,23 @@ int err_set(struct errbuf *e, int ret, const char *fmt, ...)
 
 int err_prefix(struct errbuf *e, int ret, const char *fmt, ...)
 {
-	char prefix[ERRBUF_LEN], old[ERRBUF_LEN];
+	char old[ERRBUF_LEN];
+	size_t n;
 	va_list ap;
 
 	if (!e)
 		return ret;
+	memcpy(old, e->msg, sizeof(old));
+	old[sizeof(old) - 1] = '\0';
 	va_start(ap, fmt);
-	vsnprintf(prefix, sizeof(prefix), fmt, ap);
+	vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
 	va_end(ap);
-	snprintf(old, sizeof(old), "%s", e->msg);
-	snprintf(e->msg, sizeof(e->msg), "%s: %s", prefix, old);
+	n = strlen(e->msg);
+	if (n + 2 < sizeof(e->msg)) {
+		memcpy(e->msg + n, ": ", 2);
+		memccpy(e->msg + n + 2, old, '\0', sizeof(e->msg) - n - 2);
+		e->msg[sizeof(e->msg) - 1] = '\0';
+	}
 	return ret;
 }
 
