@@ -1,1 +1,107 @@
-/* placeholder: being written */
+/* SPDX-License-Identifier: MIT */
+/* `godwit run`: build the VM, open the control socket, run the event loop until stopped. */
+#include "cli/cli.h"
+#include "api/api.h"
+#include "base/log.h"
+#include "cli/run_opts.h"
+#include "vmm/vm.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+static void run_signal_cb(struct evloop *loop, int fd, uint32_t events, void *opaque)
+{
+	struct signalfd_siginfo si;
+
+	if (read(fd, &si, sizeof(si)) != sizeof(si))
+		return;
+	log_info("signal %u: stopping the VM", si.ssi_signo);
+	vm_stop_request(opaque);
+}
+
+int cli_run_main(int argc, char **argv)
+{
+	struct vm_config cfg = { 0 };
+	struct api_server *api = NULL;
+	struct evloop *loop = NULL;
+	struct run_opts o;
+	struct vm *vm = NULL;
+	struct errbuf e = { { 0 } };
+	sigset_t sigs;
+	int sfd = -1, ret;
+
+	if (run_opts_parse(argc, argv, &o, &e) < 0) {
+		fprintf(stderr, "godwit run: %s\n", e.msg);
+		return 2;
+	}
+	if (o.help) {
+		run_opts_usage(stdout);
+		return 0;
+	}
+	if (o.restore || o.incoming) {
+		fprintf(stderr, "godwit run: --%s is not available in this build yet\n",
+			o.restore ? "restore" : "incoming");
+		return 2;
+	}
+
+	/* SIGINT/SIGTERM are read through a signalfd by the loop; vCPU threads block them */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (evloop_create(&loop) < 0) {
+		fprintf(stderr, "godwit run: out of memory\n");
+		return 1;
+	}
+	if (o.name)
+		snprintf(cfg.name, sizeof(cfg.name), "%s", o.name);
+	else
+		snprintf(cfg.name, sizeof(cfg.name), "godwit-%d", (int)getpid());
+	cfg.memory = o.memory;
+	cfg.vcpus = o.cpus;
+	cfg.kernel = o.kernel;
+	cfg.cmdline = o.cmdline;
+	cfg.serial = o.serial == RUN_SERIAL_FILE ? VM_SERIAL_FILE :
+		     o.serial == RUN_SERIAL_NONE ? VM_SERIAL_NONE : VM_SERIAL_STDIO;
+	cfg.serial_path = o.serial_path;
+
+	ret = vm_create(&vm, loop, &cfg, &e);
+	if (ret < 0)
+		goto err;
+	ret = api_server_create(&api, loop, o.api_socket, vm, &e);
+	if (ret < 0)
+		goto err;
+	sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sfd < 0 || evloop_fd_add(loop, sfd, EPOLLIN, run_signal_cb, vm) < 0) {
+		ret = err_set(&e, -errno, "signalfd: %s", strerror(errno));
+		goto err;
+	}
+	ret = vm_start(vm, &e);
+	if (ret < 0)
+		goto err;
+	ret = evloop_run(loop);
+	if (ret < 0)
+		log_err("event loop: %s", strerror(-ret));
+	ret = vm_exit_code(vm);
+	api_server_destroy(api);
+	vm_destroy(vm);
+	close(sfd);
+	evloop_destroy(loop);
+	return ret;
+
+err:
+	fprintf(stderr, "godwit run: %s\n", e.msg);
+	if (api)
+		api_server_destroy(api);
+	vm_destroy(vm);
+	if (sfd >= 0)
+		close(sfd);
+	evloop_destroy(loop);
+	return 1;
+}

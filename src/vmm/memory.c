@@ -1,1 +1,127 @@
-/* placeholder: being written */
+/* SPDX-License-Identifier: MIT */
+/* Guest RAM: reservation, layout, copy-on-write file mapping and VMM-side dirty marking. */
+#include "vmm/memory.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+static void guest_mem_layout(struct guest_mem *m)
+{
+	uint64_t low = MIN(m->size, GUEST_LOW_MAX);
+
+	m->nregions = 1;
+	m->regions[0] = (struct guest_mem_region){ .gpa = 0, .size = low, .host = m->base };
+	if (m->size > low) {
+		m->regions[1] = (struct guest_mem_region){
+			.gpa = GUEST_HIGH_BASE,
+			.size = m->size - low,
+			.host = m->base + low,
+			.offset = low,
+		};
+		m->nregions = 2;
+	}
+}
+
+int guest_mem_create(struct guest_mem *m, uint64_t size, struct errbuf *e)
+{
+	size_t words;
+
+	memset(m, 0, sizeof(*m));
+	if (size < GUEST_MEM_MIN || size > GUEST_MEM_MAX)
+		return err_set(e, -EINVAL, "memory size %llu MiB out of range (16 MiB to 256 GiB)",
+			       (unsigned long long)(size / MiB));
+	if (size % (2 * MiB))
+		return err_set(e, -EINVAL, "memory size must be a multiple of 2 MiB");
+	m->base = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (m->base == MAP_FAILED) {
+		m->base = NULL;
+		return err_set(e, -errno, "mmap %llu MiB of guest memory: %s",
+			       (unsigned long long)(size / MiB), strerror(errno));
+	}
+	/* huge pages fault in ~5x faster here; failure only costs speed */
+	madvise(m->base, size, MADV_HUGEPAGE);
+	m->size = size;
+	words = (size / GUEST_PAGE_SIZE + 63) / 64;
+	m->vmm_dirty = calloc(words, sizeof(uint64_t));
+	if (!m->vmm_dirty) {
+		munmap(m->base, size);
+		m->base = NULL;
+		return err_set(e, -ENOMEM, "out of memory for the dirty bitmap");
+	}
+	guest_mem_layout(m);
+	return 0;
+}
+
+void guest_mem_destroy(struct guest_mem *m)
+{
+	if (m->base)
+		munmap(m->base, m->size);
+	free((void *)m->vmm_dirty);
+	memset(m, 0, sizeof(*m));
+}
+
+int guest_mem_map_file(struct guest_mem *m, int fd, struct errbuf *e)
+{
+	void *p = mmap(m->base, m->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, 0);
+
+	if (p == MAP_FAILED)
+		return err_set(e, -errno, "map the memory file: %s", strerror(errno));
+	return 0;
+}
+
+void *guest_mem_ptr(struct guest_mem *m, uint64_t gpa, uint64_t len)
+{
+	for (unsigned i = 0; i < m->nregions; i++) {
+		struct guest_mem_region *r = &m->regions[i];
+
+		if (gpa >= r->gpa && gpa - r->gpa < r->size && len <= r->size - (gpa - r->gpa))
+			return r->host + (gpa - r->gpa);
+	}
+	return NULL;
+}
+
+int64_t guest_mem_offset(struct guest_mem *m, uint64_t gpa)
+{
+	for (unsigned i = 0; i < m->nregions; i++) {
+		struct guest_mem_region *r = &m->regions[i];
+
+		if (gpa >= r->gpa && gpa - r->gpa < r->size)
+			return (int64_t)(r->offset + (gpa - r->gpa));
+	}
+	return -1;
+}
+
+int guest_mem_write(struct guest_mem *m, uint64_t gpa, const void *p, size_t len)
+{
+	uint8_t *dst = guest_mem_ptr(m, gpa, len);
+	uint64_t first, last;
+
+	if (!dst)
+		return -EFAULT;
+	if (!len)
+		return 0;
+	memcpy(dst, p, len);
+	first = (uint64_t)(dst - m->base) >> GUEST_PAGE_SHIFT;
+	last = ((uint64_t)(dst - m->base) + len - 1) >> GUEST_PAGE_SHIFT;
+	for (uint64_t pg = first; pg <= last; pg++)
+		atomic_fetch_or(&m->vmm_dirty[pg / 64], 1ull << (pg % 64));
+	return 0;
+}
+
+int guest_mem_read(struct guest_mem *m, uint64_t gpa, void *p, size_t len)
+{
+	const uint8_t *src = guest_mem_ptr(m, gpa, len);
+
+	if (!src)
+		return -EFAULT;
+	memcpy(p, src, len);
+	return 0;
+}
+
+uint64_t guest_mem_pages(const struct guest_mem *m)
+{
+	return m->size / GUEST_PAGE_SIZE;
+}

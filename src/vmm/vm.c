@@ -1,1 +1,478 @@
-/* placeholder: being written */
+/* SPDX-License-Identifier: MIT */
+/*
+ * VM lifecycle: create (KVM VM, irqchip, PIT, memory, devices, vCPUs, kernel),
+ * start, pause/resume handshake with every vCPU, stop, and the report of a fatal
+ * guest exit.
+ */
+#include "vmm/vm.h"
+#include "arch/x86/boot.h"
+#include "arch/x86/cpuid.h"
+#include "arch/x86/pvh.h"
+#include "base/log.h"
+#include "devices/serial.h"
+#include "vmm/vm_impl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define VM_PAUSE_TIMEOUT_MS 5000
+#define SERIAL_PORT_BASE 0x3f8
+#define SERIAL_IRQ 4
+#define VM_MAX_DEVICES 16
+
+struct vm_device_entry {
+	const struct vm_device_ops *ops;
+	char instance[64];
+	void *opaque;
+};
+
+const char *vm_state_name(enum vm_state st)
+{
+	switch (st) {
+	case VM_STATE_CREATED: return "created";
+	case VM_STATE_RUNNING: return "running";
+	case VM_STATE_PAUSED: return "paused";
+	case VM_STATE_INCOMING: return "incoming";
+	case VM_STATE_STOPPED: return "stopped";
+	case VM_STATE_FAILED: return "failed";
+	}
+	return "unknown";
+}
+
+int vm_device_register(struct vm *vm, const struct vm_device_ops *ops, const char *instance,
+		       void *opaque)
+{
+	struct vm_device_entry *d;
+
+	if (vm->ndevices >= VM_MAX_DEVICES)
+		return -ENOSPC;
+	for (unsigned i = 0; i < vm->ndevices; i++)
+		if (!strcmp(vm->devices[i].ops->name, ops->name) &&
+		    !strcmp(vm->devices[i].instance, instance))
+			return -EEXIST;
+	d = &vm->devices[vm->ndevices++];
+	d->ops = ops;
+	snprintf(d->instance, sizeof(d->instance), "%s", instance);
+	d->opaque = opaque;
+	return 0;
+}
+
+/* ---- serial console ---- */
+
+static void vm_serial_irq(void *opaque, bool level)
+{
+	struct vm *vm = opaque;
+	struct kvm_irq_level irq = { .irq = SERIAL_IRQ, .level = level };
+
+	if (kvm_ioctl(vm->fd, KVM_IRQ_LINE, &irq) < 0)
+		log_warn("KVM_IRQ_LINE %u: %s", SERIAL_IRQ, strerror(errno));
+}
+
+static void vm_serial_output(void *opaque, const uint8_t *p, size_t n)
+{
+	struct vm *vm = opaque;
+
+	if (vm->serial_fd < 0)
+		return;
+	/* a closed reader must not kill the VM: drop the output instead */
+	if (io_write_full(vm->serial_fd, p, n) < 0) {
+		if (vm->serial_fd_owned)
+			close(vm->serial_fd);
+		vm->serial_fd = -1;
+	}
+}
+
+static void vm_serial_pio(void *opaque, uint64_t offset, uint8_t *data, unsigned len,
+			  bool is_write)
+{
+	struct serial *s = opaque;
+
+	if (is_write)
+		serial_io_write(s, (unsigned)offset, data[0]);
+	else
+		data[0] = serial_io_read(s, (unsigned)offset);
+	for (unsigned i = 1; i < len; i++)
+		if (!is_write)
+			data[i] = 0xff;
+}
+
+static int vm_serial_save(void *opaque, struct buf *out)
+{
+	return serial_state_save(opaque, out);
+}
+
+static int vm_serial_load(void *opaque, uint32_t version, const void *p, size_t len,
+			  struct errbuf *e)
+{
+	return serial_state_load(opaque, version, p, len, e);
+}
+
+static const struct vm_device_ops vm_serial_dev = {
+	.name = "serial8250",
+	.version = SERIAL_STATE_VERSION,
+	.save = vm_serial_save,
+	.load = vm_serial_load,
+};
+
+static void vm_stdin_cb(struct evloop *loop, int fd, uint32_t events, void *opaque)
+{
+	struct vm *vm = opaque;
+	uint8_t buf[64];
+	ssize_t n = read(fd, buf, sizeof(buf));
+
+	if (n <= 0) {
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		evloop_fd_del(loop, fd);
+		return;
+	}
+	/* bytes that do not fit the receive FIFO are dropped, as on a real UART */
+	serial_input(vm->serial, buf, (size_t)n);
+}
+
+static int vm_serial_setup(struct vm *vm, const struct vm_config *cfg, struct errbuf *e)
+{
+	static const struct serial_ops ops = { .irq_set = vm_serial_irq,
+					       .output = vm_serial_output };
+	int ret;
+
+	vm->serial_fd = -1;
+	switch (cfg->serial) {
+	case VM_SERIAL_STDIO:
+		vm->serial_fd = STDOUT_FILENO;
+		break;
+	case VM_SERIAL_FILE:
+		vm->serial_fd = open(cfg->serial_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
+				     0600);
+		if (vm->serial_fd < 0)
+			return err_set(e, -errno, "open serial output %s: %s", cfg->serial_path,
+				       strerror(errno));
+		vm->serial_fd_owned = true;
+		break;
+	case VM_SERIAL_NONE:
+		break;
+	}
+	ret = serial_create(&vm->serial, &ops, vm);
+	if (ret < 0)
+		return err_set(e, ret, "create serial device: %s", strerror(-ret));
+	ret = iobus_register(&vm->iobus, IOBUS_PIO, SERIAL_PORT_BASE, 8, vm_serial_pio,
+			     vm->serial);
+	if (ret < 0)
+		return err_set(e, ret, "register serial ports: %s", strerror(-ret));
+	ret = vm_device_register(vm, &vm_serial_dev, "io:3f8", vm->serial);
+	if (ret < 0)
+		return err_set(e, ret, "register serial state: %s", strerror(-ret));
+	if (cfg->serial == VM_SERIAL_STDIO && isatty(STDIN_FILENO)) {
+		/* keyboard input reaches the guest; never for pipes or /dev/null */
+		fcntl(STDIN_FILENO, F_SETFL, fcntl(STDIN_FILENO, F_GETFL) | O_NONBLOCK);
+		if (evloop_fd_add(vm->loop, STDIN_FILENO, EPOLLIN, vm_stdin_cb, vm) < 0)
+			log_warn("serial input from stdin unavailable");
+	}
+	return 0;
+}
+
+/* ---- creation ---- */
+
+static int vm_kvm_setup(struct vm *vm, const struct vm_config *cfg, struct errbuf *e)
+{
+	struct kvm_pit_config pit = { .flags = 0 };
+	uint64_t ident = BOOT_IDENTITY_MAP_GPA;
+	int ret;
+
+	ret = kvm_sys_open(&vm->kvm, cfg->kvm_path ? cfg->kvm_path : "/dev/kvm", e);
+	if (ret < 0)
+		return ret;
+	ret = kvm_vm_create(&vm->kvm, &vm->fd, e);
+	if (ret < 0)
+		return ret;
+	ret = kvm_ioctl(vm->fd, KVM_SET_TSS_ADDR, (void *)(uintptr_t)BOOT_TSS_GPA);
+	if (ret < 0)
+		return err_set(e, ret, "KVM_SET_TSS_ADDR: %s", strerror(-ret));
+	ret = kvm_ioctl(vm->fd, KVM_SET_IDENTITY_MAP_ADDR, &ident);
+	if (ret < 0)
+		return err_set(e, ret, "KVM_SET_IDENTITY_MAP_ADDR: %s", strerror(-ret));
+	ret = kvm_ioctl(vm->fd, KVM_CREATE_IRQCHIP, NULL);
+	if (ret < 0)
+		return err_set(e, ret, "KVM_CREATE_IRQCHIP: %s", strerror(-ret));
+	ret = kvm_ioctl(vm->fd, KVM_CREATE_PIT2, &pit);
+	if (ret < 0)
+		return err_set(e, ret, "KVM_CREATE_PIT2: %s", strerror(-ret));
+	ret = kvm_cpuid_supported(&vm->kvm, &vm->cpuid, e);
+	if (ret < 0)
+		return ret;
+	cpuid_vm_prepare(vm->cpuid);
+	return 0;
+}
+
+static int vm_memory_setup(struct vm *vm, uint64_t size, struct errbuf *e)
+{
+	int ret = guest_mem_create(&vm->mem, size, e);
+
+	if (ret < 0)
+		return ret;
+	for (unsigned i = 0; i < vm->mem.nregions; i++) {
+		struct guest_mem_region *r = &vm->mem.regions[i];
+
+		ret = kvm_vm_memslot_set(vm->fd, i, 0, r->gpa, r->size, r->host, e);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+struct vm_boot_arg {
+	uint32_t entry;
+	struct errbuf *e;
+};
+
+static int vm_vcpu_boot_setup(struct vcpu *v, void *arg)
+{
+	struct vm_boot_arg *b = arg;
+	int ret;
+
+	ret = cpuid_vcpu_set(v->fd, v->vm->cpuid, v->index, v->vm->nvcpus, b->e);
+	if (ret < 0)
+		return ret;
+	/* the APs wait for INIT/SIPI from the guest through the in-kernel LAPIC */
+	if (v->index == 0)
+		return boot_pvh_vcpu_setup(v->fd, b->entry, b->e);
+	return 0;
+}
+
+static int vm_kernel_load(struct vm *vm, const struct vm_config *cfg, uint32_t *entry,
+			  struct errbuf *e)
+{
+	struct guest_mem_region *low = &vm->mem.regions[0];
+	struct boot_ram_range ranges[GUEST_MEM_MAX_REGIONS];
+	struct pvh_image img;
+	int ret;
+
+	ret = pvh_load_file(cfg->kernel, low->host, low->size, &img, e);
+	if (ret < 0)
+		return ret;
+	for (unsigned i = 0; i < vm->mem.nregions; i++)
+		ranges[i] = (struct boot_ram_range){ vm->mem.regions[i].gpa,
+						     vm->mem.regions[i].size };
+	ret = boot_pvh_info_write(low->host, low->size, ranges, vm->mem.nregions,
+				  cfg->cmdline ? cfg->cmdline : "", e);
+	if (ret < 0)
+		return ret;
+	*entry = img.entry;
+	return 0;
+}
+
+int vm_create(struct vm **out, struct evloop *loop, const struct vm_config *cfg,
+	      struct errbuf *e)
+{
+	struct vm_boot_arg boot = { .e = e };
+	struct vm *vm;
+	int ret;
+
+	if (cfg->vcpus < 1 || cfg->vcpus > VM_MAX_VCPUS)
+		return err_set(e, -EINVAL, "--cpus %u out of range (1 to %u)", cfg->vcpus,
+			       VM_MAX_VCPUS);
+	vm = calloc(1, sizeof(*vm));
+	if (!vm)
+		return err_set(e, -ENOMEM, "out of memory");
+	vm->devices = calloc(VM_MAX_DEVICES, sizeof(*vm->devices));
+	if (!vm->devices) {
+		free(vm);
+		return err_set(e, -ENOMEM, "out of memory");
+	}
+	vm->fd = -1;
+	vm->kvm.fd = -1;
+	vm->serial_fd = -1;
+	vm->loop = loop;
+	vm->state = VM_STATE_CREATED;
+	pthread_mutex_init(&vm->fail_lock, NULL);
+	snprintf(vm->name, sizeof(vm->name), "%s", cfg->name);
+	for (unsigned i = 0; i < VM_MAX_VCPUS; i++)
+		vm->vcpus[i].fd = -1;
+
+	ret = vcpu_signal_setup();
+	if (ret < 0) {
+		err_set(e, ret, "install the vCPU kick signal: %s", strerror(-ret));
+		goto err;
+	}
+	ret = vm_kvm_setup(vm, cfg, e);
+	if (ret < 0)
+		goto err;
+	ret = vm_memory_setup(vm, cfg->memory, e);
+	if (ret < 0)
+		goto err;
+	ret = vm_serial_setup(vm, cfg, e);
+	if (ret < 0)
+		goto err;
+	ret = vm_kernel_load(vm, cfg, &boot.entry, e);
+	if (ret < 0)
+		goto err;
+	vm->nvcpus = cfg->vcpus;
+	for (unsigned i = 0; i < vm->nvcpus; i++) {
+		ret = vcpu_create(&vm->vcpus[i], vm, vm->fd, i, vm->kvm.vcpu_mmap_size, e);
+		if (ret < 0)
+			goto err;
+		ret = vcpu_thread_start(&vm->vcpus[i], e);
+		if (ret < 0)
+			goto err;
+		ret = vcpu_call(&vm->vcpus[i], vm_vcpu_boot_setup, &boot);
+		if (ret < 0)
+			goto err;
+	}
+	*out = vm;
+	return 0;
+
+err:
+	vm_destroy(vm);
+	return ret;
+}
+
+/* ---- run control ---- */
+
+static int vm_vcpus_request(struct vm *vm, enum vcpu_state req, struct errbuf *e)
+{
+	int ret = 0;
+
+	for (unsigned i = 0; i < vm->nvcpus; i++)
+		vcpu_state_request(&vm->vcpus[i], req);
+	if (req == VCPU_RUNNING)
+		return 0;
+	for (unsigned i = 0; i < vm->nvcpus; i++) {
+		int r = vcpu_state_wait(&vm->vcpus[i], VM_PAUSE_TIMEOUT_MS);
+
+		if (r < 0 && !ret)
+			ret = err_set(e, r, "vCPU %u did not leave KVM_RUN within %d ms", i,
+				      VM_PAUSE_TIMEOUT_MS);
+	}
+	return ret;
+}
+
+int vm_start(struct vm *vm, struct errbuf *e)
+{
+	vm->start_ns = time_mono_ns();
+	vm->state = VM_STATE_RUNNING;
+	return vm_vcpus_request(vm, VCPU_RUNNING, e);
+}
+
+int vm_pause(struct vm *vm, struct errbuf *e)
+{
+	int ret;
+
+	if (vm->state == VM_STATE_PAUSED)
+		return 0;
+	if (vm->state != VM_STATE_RUNNING)
+		return err_set(e, -EINVAL, "cannot pause a VM that is %s",
+			       vm_state_name(vm->state));
+	ret = vm_vcpus_request(vm, VCPU_PAUSED, e);
+	if (ret < 0)
+		return ret;
+	vm->state = VM_STATE_PAUSED;
+	vm->paused_since_ns = time_mono_ns();
+	return 0;
+}
+
+int vm_resume(struct vm *vm, struct errbuf *e)
+{
+	if (vm->state == VM_STATE_RUNNING)
+		return 0;
+	if (vm->state != VM_STATE_PAUSED)
+		return err_set(e, -EINVAL, "cannot resume a VM that is %s",
+			       vm_state_name(vm->state));
+	vm->paused_total_ns += time_mono_ns() - vm->paused_since_ns;
+	vm->state = VM_STATE_RUNNING;
+	return vm_vcpus_request(vm, VCPU_RUNNING, e);
+}
+
+void vm_status_get(struct vm *vm, struct vm_status *st)
+{
+	uint64_t now = time_mono_ns();
+
+	memset(st, 0, sizeof(*st));
+	snprintf(st->name, sizeof(st->name), "%s", vm->name);
+	st->state = vm->state;
+	st->memory_bytes = vm->mem.size;
+	st->vcpus = vm->nvcpus;
+	st->uptime_ns = vm->start_ns ? now - vm->start_ns : 0;
+	st->paused_ns = vm->paused_total_ns;
+	if (vm->state == VM_STATE_PAUSED)
+		st->paused_ns += now - vm->paused_since_ns;
+}
+
+static void vm_stop_cb(void *opaque)
+{
+	struct vm *vm = opaque;
+	struct errbuf e;
+
+	if (vm->state == VM_STATE_RUNNING && vm_pause(vm, &e) < 0)
+		log_err("stop: %s", e.msg);
+	if (vm->state != VM_STATE_FAILED)
+		vm->state = VM_STATE_STOPPED;
+	evloop_stop(vm->loop);
+}
+
+void vm_stop_request(struct vm *vm)
+{
+	if (evloop_call(vm->loop, vm_stop_cb, vm) < 0)
+		evloop_stop(vm->loop);
+}
+
+static void vm_fail_cb(void *opaque)
+{
+	struct vm *vm = opaque;
+	struct errbuf e;
+
+	if (vm->state == VM_STATE_FAILED)
+		return;
+	if (vm->state == VM_STATE_RUNNING && vm_pause(vm, &e) < 0)
+		log_err("pausing after a guest failure: %s", e.msg);
+	pthread_mutex_lock(&vm->fail_lock);
+	log_err("guest stopped: %s", vm->fail_report);
+	pthread_mutex_unlock(&vm->fail_lock);
+	vm->state = VM_STATE_FAILED;
+	vm->exit_code = 1;
+	evloop_stop(vm->loop);
+}
+
+void vm_vcpu_fatal(struct vm *vm, struct vcpu *v, const char *report)
+{
+	bool first;
+
+	pthread_mutex_lock(&vm->fail_lock);
+	first = !vm->failed;
+	if (first) {
+		vm->failed = true;
+		snprintf(vm->fail_report, sizeof(vm->fail_report), "%s", report);
+	}
+	pthread_mutex_unlock(&vm->fail_lock);
+	if (first && evloop_call(vm->loop, vm_fail_cb, vm) < 0)
+		log_err("guest stopped: %s", report);
+}
+
+int vm_exit_code(struct vm *vm)
+{
+	return vm->exit_code;
+}
+
+void vm_destroy(struct vm *vm)
+{
+	if (!vm)
+		return;
+	for (unsigned i = 0; i < VM_MAX_VCPUS; i++)
+		if (vm->vcpus[i].fd >= 0 || vm->vcpus[i].thread_started)
+			vcpu_destroy(&vm->vcpus[i]);
+	if (vm->serial)
+		serial_destroy(vm->serial);
+	if (vm->serial_fd_owned && vm->serial_fd >= 0)
+		close(vm->serial_fd);
+	guest_mem_destroy(&vm->mem);
+	free(vm->cpuid);
+	if (vm->fd >= 0)
+		close(vm->fd);
+	kvm_sys_close(&vm->kvm);
+	free(vm->devices);
+	pthread_mutex_destroy(&vm->fail_lock);
+	free(vm);
+}

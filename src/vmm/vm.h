@@ -7,6 +7,7 @@
 #ifndef GODWIT_VMM_VM_H
 #define GODWIT_VMM_VM_H
 
+#include "base/buf.h"
 #include "base/evloop.h"
 #include "base/util.h"
 
@@ -35,6 +36,44 @@ struct vm_status {
 	uint64_t uptime_ns;      /* since the process started the VM (run or restore) */
 	uint64_t paused_ns;      /* total time spent paused */
 };
+
+/* Serial console sink of `godwit run --serial` */
+enum vm_serial_mode { VM_SERIAL_STDIO, VM_SERIAL_FILE, VM_SERIAL_NONE };
+
+struct vm_config {
+	char name[VM_NAME_MAX];
+	uint64_t memory;         /* bytes */
+	unsigned vcpus;
+	const char *kernel;      /* PVH ELF */
+	const char *cmdline;
+	enum vm_serial_mode serial;
+	const char *serial_path; /* for VM_SERIAL_FILE */
+	const char *kvm_path;    /* normally /dev/kvm */
+};
+
+/* Creates the VM, loads the kernel and prepares the boot vCPU; vCPUs stay paused. */
+int __must_check vm_create(struct vm **out, struct evloop *loop, const struct vm_config *cfg,
+			   struct errbuf *e);
+/* Starts the vCPUs for the first time. */
+int __must_check vm_start(struct vm *vm, struct errbuf *e);
+/* Stops every vCPU thread and frees everything. */
+void vm_destroy(struct vm *vm);
+/* The exit status `godwit run` should return: 0 after a requested stop, 1 after a guest failure. */
+int vm_exit_code(struct vm *vm);
+
+/*
+ * The device registry: each device registers its state section (name, instance,
+ * version) with save and load hooks that live in the device's own file.
+ */
+struct vm_device_ops {
+	const char *name;
+	uint32_t version;
+	int (*save)(void *opaque, struct buf *out);
+	int (*load)(void *opaque, uint32_t version, const void *p, size_t len, struct errbuf *e);
+};
+
+int __must_check vm_device_register(struct vm *vm, const struct vm_device_ops *ops,
+				    const char *instance, void *opaque);
 
 const char *vm_state_name(enum vm_state st);
 void vm_status_get(struct vm *vm, struct vm_status *st);

@@ -1,0 +1,8 @@
+/* SPDX-License-Identifier: MIT */
+/* Entry points of the godwit subcommands; argv[0] is the subcommand name. */
+#ifndef GODWIT_CLI_CLI_H
+#define GODWIT_CLI_CLI_H
+
+int cli_run_main(int argc, char **argv);
+
+#endif

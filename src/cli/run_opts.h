@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT */
+/* Parsing of `godwit run` options into a checked structure (unit-tested on its own). */
+#ifndef GODWIT_CLI_RUN_OPTS_H
+#define GODWIT_CLI_RUN_OPTS_H
+
+#include "base/util.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdint.h>
+
+enum run_serial { RUN_SERIAL_STDIO, RUN_SERIAL_FILE, RUN_SERIAL_NONE };
+
+struct run_opts {
+	uint64_t memory;
+	bool memory_set;
+	unsigned cpus;
+	bool cpus_set;
+	const char *kernel;
+	const char *cmdline;
+	enum run_serial serial;
+	const char *serial_path;
+	const char *api_socket;
+	const char *name;
+	const char *restore;
+	bool paused;
+	bool restore_eager;
+	bool restore_mode_set;
+	const char *incoming;
+	bool help;
+};
+
+/* argv[0] is "run". Returns 0, or -EINVAL with a one-line message naming the problem. */
+int __must_check run_opts_parse(int argc, char **argv, struct run_opts *o, struct errbuf *e);
+void run_opts_usage(FILE *out);
+
+#endif
