@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/signalfd.h>
@@ -70,6 +71,8 @@ int cli_run_main(int argc, char **argv)
 	cfg.serial = o.serial == RUN_SERIAL_FILE ? VM_SERIAL_FILE :
 		     o.serial == RUN_SERIAL_NONE ? VM_SERIAL_NONE : VM_SERIAL_STDIO;
 	cfg.serial_path = o.serial_path;
+	/* tests point this elsewhere to check the error for a missing /dev/kvm */
+	cfg.kvm_path = getenv("GODWIT_KVM_DEVICE");
 
 	ret = vm_create(&vm, loop, &cfg, &e);
 	if (ret < 0)

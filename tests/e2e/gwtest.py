@@ -1,0 +1,196 @@
+"""Helpers for end-to-end tests that drive the real godwit binary and the guest kit.
+
+A test starts `godwit run` with the guest's serial console on a pipe, timestamps
+every line as it arrives, and talks to the VM through the godwit client commands.
+Failures raise AssertionError with the context needed to debug them.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+
+class TestEnv:
+    """Paths from the command line (godwit binary, guest ELF) and a scratch directory."""
+
+    def __init__(self):
+        if len(sys.argv) < 3:
+            sys.exit("usage: TEST GODWIT_BINARY GUEST_ELF")
+        self.godwit = os.path.abspath(sys.argv[1])
+        self.guest = os.path.abspath(sys.argv[2])
+        self.tmp = tempfile.mkdtemp(prefix="gw-e2e-")
+        self.procs = []
+
+    def path(self, name):
+        return os.path.join(self.tmp, name)
+
+    def ctl(self, *args, timeout=30, check=True):
+        """Runs a godwit client command; returns (rc, stdout, stderr)."""
+        p = subprocess.run([self.godwit, *args], capture_output=True, text=True,
+                           timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"godwit {' '.join(args)} exited {p.returncode}: "
+                                 f"{p.stderr.strip()}")
+        return p.returncode, p.stdout, p.stderr
+
+    def vm(self, name="vm", **kw):
+        v = Vm(self, name, **kw)
+        self.procs.append(v)
+        return v
+
+    def cleanup(self):
+        for v in self.procs:
+            v.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Vm:
+    """One `godwit run` process with its serial output captured line by line."""
+
+    def __init__(self, env, name, memory="64M", cpus=1, cmdline="workload=idle",
+                 extra=None, kernel=None, args=None, netns=None):
+        self.env = env
+        self.name = name
+        self.sock = env.path(f"{name}.sock")
+        self.lines = []          # (monotonic time, text)
+        self.cond = threading.Condition()
+        if args is None:
+            args = ["run", "--memory", memory, "--cpus", str(cpus),
+                    "--kernel", kernel or env.guest, "--cmdline", cmdline,
+                    "--api-socket", self.sock, "--name", name]
+        cmd = [env.godwit, *args, *(extra or [])]
+        if netns:
+            cmd = ["ip", "netns", "exec", netns, *cmd]
+        self.stderr_path = env.path(f"{name}.stderr")
+        self.stderr_file = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=self.stderr_file)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            t = time.monotonic()
+            text = raw.decode(errors="replace").rstrip("\r\n")
+            with self.cond:
+                self.lines.append((t, text))
+                self.cond.notify_all()
+
+    def stderr(self):
+        self.stderr_file.flush()
+        with open(self.stderr_path) as f:
+            return f.read()
+
+    def wait_line(self, pattern, timeout=30, start=0):
+        """Waits for a serial line matching pattern at index >= start; returns (index, match)."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        i = start
+        with self.cond:
+            while True:
+                while i < len(self.lines):
+                    m = rx.search(self.lines[i][1])
+                    if m:
+                        return i, m
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and i >= len(self.lines)):
+                    tail = "\n".join(t for _, t in self.lines[-5:])
+                    raise AssertionError(
+                        f"{self.name}: no line matching {pattern!r} within {timeout}s "
+                        f"(exit={self.proc.poll()}); last lines:\n{tail}\n"
+                        f"stderr:\n{self.stderr()[-2000:]}")
+                self.cond.wait(min(left, 0.2))
+
+    def wait_socket(self, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.path.exists(self.sock):
+                try:
+                    s = socket.socket(socket.AF_UNIX)
+                    s.connect(self.sock)
+                    s.close()
+                    return
+                except OSError:
+                    pass
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited {self.proc.returncode}: "
+                                     f"{self.stderr()[-2000:]}")
+            time.sleep(0.02)
+        raise AssertionError(f"{self.name}: api socket did not appear")
+
+    def heartbeats(self, start=0):
+        """Heartbeat seqs seen from line index start on."""
+        out = []
+        with self.cond:
+            for _, text in self.lines[start:]:
+                m = re.fullmatch(r"hb (\d+)", text)
+                if m:
+                    out.append(int(m.group(1)))
+        return out
+
+    def line_count(self):
+        with self.cond:
+            return len(self.lines)
+
+    def ctl(self, cmd, *args, check=True, timeout=30):
+        return self.env.ctl(cmd, "--api-socket", self.sock, *args, check=check,
+                            timeout=timeout)
+
+    def status(self, *args):
+        _, out, _ = self.ctl("status", *args)
+        return json.loads(out)
+
+    def request(self, raw):
+        """Sends raw bytes on the control socket; returns the first response line."""
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(10)
+        s.connect(self.sock)
+        s.sendall(raw)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        return data.decode()
+
+    def wait_exit(self, timeout=30):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} did not exit within {timeout}s")
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.stderr_file.close()
+
+
+def check_seq_continuous(seqs, what):
+    """Heartbeat seqs must increase by exactly one: no gap in numbering, no repeat, no restart."""
+    assert seqs, f"{what}: no heartbeats"
+    for a, b in zip(seqs, seqs[1:]):
+        assert b == a + 1, f"{what}: heartbeat {b} after {a} (expected {a + 1})"
+
+
+def main(test):
+    """Runs test(env), cleans up, exits 0 on success and 1 with the message on failure."""
+    env = TestEnv()
+    try:
+        test(env)
+    except AssertionError as e:
+        print(f"FAIL: {e}", file=sys.stderr)
+        env.cleanup()
+        sys.exit(1)
+    env.cleanup()
+    print("PASS")
