@@ -268,6 +268,9 @@ static int pvh_segment_check(const struct pvh_elf *elf, unsigned i, const struct
 			       "segment %u (offset 0x%llx size 0x%llx) lies outside the file (%zu bytes)",
 			       i, (unsigned long long)ph->offset, (unsigned long long)ph->filesz,
 			       elf->len);
+	/* an empty segment loads nothing, wherever it claims to be */
+	if (!ph->memsz)
+		return 0;
 	if (ph->paddr < PVH_LOAD_MIN)
 		return err_set(e, -ENOEXEC,
 			       "segment %u at 0x%llx size 0x%llx lies below 0x%llx (the first 1 MiB is reserved for boot data)",
