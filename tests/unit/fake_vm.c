@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: MIT */
+/* The vm.h functions api/ uses, over struct vm from fake_vm.h instead of KVM. */
+#include "fake_vm.h"
+
+#include <stdio.h>
+#include <string.h>
+
+void fake_vm_init(struct vm *vm, const char *name)
+{
+	memset(vm, 0, sizeof(*vm));
+	snprintf(vm->st.name, sizeof(vm->st.name), "%s", name);
+	vm->st.state = VM_STATE_RUNNING;
+	vm->st.memory_bytes = 256 * MiB;
+	vm->st.vcpus = 2;
+	vm->st.uptime_ns = 12345678901ull;
+	vm->st.paused_ns = 2500000000ull;
+}
+
+const char *vm_state_name(enum vm_state st)
+{
+	switch (st) {
+	case VM_STATE_CREATED:
+		return "created";
+	case VM_STATE_RUNNING:
+		return "running";
+	case VM_STATE_PAUSED:
+		return "paused";
+	case VM_STATE_INCOMING:
+		return "incoming";
+	case VM_STATE_STOPPED:
+		return "stopped";
+	case VM_STATE_FAILED:
+		return "failed";
+	}
+	return "unknown";
+}
+
+void vm_status_get(struct vm *vm, struct vm_status *st)
+{
+	*st = vm->st;
+}
+
+int vm_pause(struct vm *vm, struct errbuf *e)
+{
+	vm->pauses++;
+	if (vm->pause_ret)
+		return vm->pause_msg ? err_set(e, vm->pause_ret, "%s", vm->pause_msg) : vm->pause_ret;
+	vm->st.state = VM_STATE_PAUSED;
+	return 0;
+}
+
+int vm_resume(struct vm *vm, struct errbuf *e)
+{
+	vm->resumes++;
+	if (vm->resume_ret)
+		return vm->resume_ret;	/* no message: the api must supply one */
+	vm->st.state = VM_STATE_RUNNING;
+	return 0;
+}
+
+void vm_stop_request(struct vm *vm)
+{
+	vm->stops++;
+}

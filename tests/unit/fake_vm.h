@@ -1,0 +1,19 @@
+/* SPDX-License-Identifier: MIT */
+/* A stand-in for the VM behind the control socket: records calls, fails on demand. */
+#ifndef GODWIT_TESTS_FAKE_VM_H
+#define GODWIT_TESTS_FAKE_VM_H
+
+#include "vmm/vm.h"
+
+struct vm {
+	struct vm_status st;
+	int pause_ret;		/* what vm_pause() returns (0 or -errno) */
+	const char *pause_msg;	/* and the message it sets when failing */
+	int resume_ret;
+	unsigned pauses, resumes, stops;
+};
+
+/* A running VM named name with 256 MiB and 2 vCPUs. */
+void fake_vm_init(struct vm *vm, const char *name);
+
+#endif

@@ -1,0 +1,1024 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The control socket: request handling driven directly (api_request_handle), then the
+ * real socket with the server's event loop on a thread, then the `godwit status|pause|
+ * resume|stop` client subcommands. The VM is the fake from fake_vm.c.
+ */
+#include "api/api.h"
+#include "api/client.h"
+#include "cli/ctl.h"
+#include "fake_vm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <setjmp.h>
+#include <cmocka.h>
+
+/* ---- direct request handling ---- */
+
+struct direct {
+	struct vm vm;
+	struct api_server *s;
+};
+
+static int direct_setup(void **state)
+{
+	struct direct *d = calloc(1, sizeof(*d));
+	struct errbuf e = { .msg = "" };
+
+	assert_non_null(d);
+	fake_vm_init(&d->vm, "vm0");
+	assert_int_equal(api_server_create(&d->s, NULL, NULL, &d->vm, &e), 0);
+	*state = d;
+	return 0;
+}
+
+static int direct_teardown(void **state)
+{
+	struct direct *d = *state;
+
+	api_server_destroy(d->s);
+	free(d);
+	return 0;
+}
+
+/* Runs one request and returns the parsed response; checks it is an object with "ok". */
+static json_t *req_run(struct direct *d, const char *line)
+{
+	char *out = api_request_handle(d->s, line, strlen(line));
+	json_error_t jerr;
+	json_t *resp;
+
+	assert_non_null(out);
+	assert_null(strchr(out, '\n'));
+	resp = json_loads(out, 0, &jerr);
+	if (!resp)
+		fail_msg("response is not JSON: %s (%s)", out, jerr.text);
+	free(out);
+	assert_true(json_is_object(resp));
+	assert_true(json_is_boolean(json_object_get(resp, "ok")));
+	return resp;
+}
+
+/* Expects {"ok": false, "error": want} for line. */
+static void req_expect_error(struct direct *d, const char *line, const char *want)
+{
+	json_t *resp = req_run(d, line);
+	const char *msg = json_string_value(json_object_get(resp, "error"));
+
+	if (json_is_true(json_object_get(resp, "ok")) || !msg || strcmp(msg, want))
+		fail_msg("request %s: expected error \"%s\", got %s", line, want,
+			 msg ? msg : "no error");
+	assert_int_equal(json_object_size(resp), 2);
+	json_decref(resp);
+}
+
+/* Expects an error that starts with prefix. */
+static void req_expect_error_prefix(struct direct *d, const char *line, const char *prefix)
+{
+	json_t *resp = req_run(d, line);
+	const char *msg = json_string_value(json_object_get(resp, "error"));
+
+	if (json_is_true(json_object_get(resp, "ok")) || !msg ||
+	    strncmp(msg, prefix, strlen(prefix)))
+		fail_msg("request %s: expected error \"%s...\", got %s", line, prefix,
+			 msg ? msg : "no error");
+	json_decref(resp);
+}
+
+static void req_expect_ok(struct direct *d, const char *line)
+{
+	json_t *resp = req_run(d, line);
+
+	if (!json_is_true(json_object_get(resp, "ok")))
+		fail_msg("request %s failed: %s", line,
+			 json_string_value(json_object_get(resp, "error")));
+	json_decref(resp);
+}
+
+static void test_status_fields(void **state)
+{
+	struct direct *d = *state;
+	json_t *resp = req_run(d, "{\"cmd\": \"status\"}");
+	const char *key;
+	json_t *v;
+	size_t i = 0;
+	static const char *const order[] = {
+		"ok", "name", "state", "memory", "vcpus", "uptime_ms", "paused_ms", "pid",
+	};
+
+	assert_true(json_is_true(json_object_get(resp, "ok")));
+	assert_string_equal(json_string_value(json_object_get(resp, "name")), "vm0");
+	assert_string_equal(json_string_value(json_object_get(resp, "state")), "running");
+	assert_int_equal(json_integer_value(json_object_get(resp, "memory")), 256 * MiB);
+	assert_int_equal(json_integer_value(json_object_get(resp, "vcpus")), 2);
+	assert_int_equal(json_integer_value(json_object_get(resp, "uptime_ms")), 12345);
+	assert_int_equal(json_integer_value(json_object_get(resp, "paused_ms")), 2500);
+	assert_int_equal(json_integer_value(json_object_get(resp, "pid")), getpid());
+	/* "ok" first, then a stable order people can read */
+	json_object_foreach(resp, key, v) {
+		assert_true(i < ARRAY_SIZE(order));
+		assert_string_equal(key, order[i]);
+		i++;
+	}
+	assert_int_equal(i, ARRAY_SIZE(order));
+	json_decref(resp);
+	assert_int_equal(d->vm.pauses + d->vm.resumes + d->vm.stops, 0);
+}
+
+static void test_status_name_not_utf8(void **state)
+{
+	struct direct *d = *state;
+	json_t *resp;
+
+	/* a name cut inside a multi-byte character must not break the reply */
+	snprintf(d->vm.st.name, sizeof(d->vm.st.name), "vm-\xc3");
+	resp = req_run(d, "{\"cmd\": \"status\"}");
+	assert_true(json_is_true(json_object_get(resp, "ok")));
+	assert_string_equal(json_string_value(json_object_get(resp, "name")), "vm-?");
+	json_decref(resp);
+}
+
+static void test_pause_resume(void **state)
+{
+	struct direct *d = *state;
+	json_t *resp;
+
+	resp = req_run(d, "{\"cmd\": \"pause\"}");
+	assert_true(json_is_true(json_object_get(resp, "ok")));
+	assert_int_equal(json_object_size(resp), 1);
+	json_decref(resp);
+	assert_int_equal(d->vm.pauses, 1);
+	assert_int_equal(d->vm.st.state, VM_STATE_PAUSED);
+
+	resp = req_run(d, "{\"cmd\": \"status\"}");
+	assert_string_equal(json_string_value(json_object_get(resp, "state")), "paused");
+	json_decref(resp);
+
+	req_expect_ok(d, "{\"cmd\": \"resume\"}");
+	assert_int_equal(d->vm.resumes, 1);
+	assert_int_equal(d->vm.st.state, VM_STATE_RUNNING);
+	assert_int_equal(d->vm.stops, 0);
+}
+
+static void test_vm_errors(void **state)
+{
+	struct direct *d = *state;
+
+	d->vm.pause_ret = -ETIMEDOUT;
+	d->vm.pause_msg = "vcpu 1 did not leave KVM_RUN within 1000 ms";
+	req_expect_error(d, "{\"cmd\": \"pause\"}", "vcpu 1 did not leave KVM_RUN within 1000 ms");
+	assert_int_equal(d->vm.st.state, VM_STATE_RUNNING);
+
+	/* a message cut inside a UTF-8 sequence still gives valid JSON */
+	d->vm.pause_msg = "bad \xe2\x82";
+	req_expect_error(d, "{\"cmd\": \"pause\"}", "bad ??");
+
+	/* a failure without a message gets one naming the command */
+	d->vm.resume_ret = -EIO;
+	req_expect_error(d, "{\"cmd\": \"resume\"}", "resume: Input/output error");
+}
+
+static void test_stop(void **state)
+{
+	struct direct *d = *state;
+
+	req_expect_ok(d, "{\"cmd\": \"stop\"}");
+	assert_int_equal(d->vm.stops, 1);
+	assert_int_equal(d->vm.pauses, 0);
+}
+
+static void test_malformed_json(void **state)
+{
+	struct direct *d = *state;
+	static const char *const bad[] = {
+		"{", "{\"cmd\": ", "status", "{'cmd': 'status'}", "{\"cmd\": \"status\",}",
+		"{\"cmd\": \"status\"} {\"cmd\": \"status\"}", "{\"cmd\": \"status\"} x", "",
+		"   ", "{\"cmd\": \"status\", \"cmd\": \"pause\"}", "{\"cmd\": \"st\xff\"}",
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
+		req_expect_error_prefix(d, bad[i], "malformed JSON at column ");
+	/* a NUL byte inside the line */
+	{
+		static const char nul[] = "{\"cmd\": \"status\"}\0x";
+		char *out = api_request_handle(d->s, nul, sizeof(nul) - 1);
+
+		assert_non_null(out);
+		assert_non_null(strstr(out, "malformed JSON"));
+		free(out);
+	}
+	assert_int_equal(d->vm.pauses + d->vm.resumes + d->vm.stops, 0);
+}
+
+static void test_not_object(void **state)
+{
+	struct direct *d = *state;
+	static const char *const bad[] = {
+		"[]", "[{\"cmd\": \"status\"}]", "5", "\"status\"", "null", "true", "-1.5",
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
+		req_expect_error(d, bad[i], "request must be a JSON object");
+}
+
+static void test_missing_cmd(void **state)
+{
+	struct direct *d = *state;
+
+	req_expect_error(d, "{}", "missing \"cmd\"");
+	req_expect_error(d, "{\"command\": \"status\"}", "missing \"cmd\"");
+	req_expect_error(d, "{\"CMD\": \"status\"}", "missing \"cmd\"");
+}
+
+static void test_cmd_wrong_type(void **state)
+{
+	struct direct *d = *state;
+	static const char *const bad[] = {
+		"{\"cmd\": 5}", "{\"cmd\": null}", "{\"cmd\": [\"status\"]}",
+		"{\"cmd\": {\"name\": \"status\"}}", "{\"cmd\": true}",
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
+		req_expect_error(d, bad[i], "\"cmd\" must be a string");
+}
+
+static void test_unknown_cmd(void **state)
+{
+	struct direct *d = *state;
+	char line[512];
+
+	req_expect_error(d, "{\"cmd\": \"reboot\"}", "unknown command \"reboot\"");
+	req_expect_error(d, "{\"cmd\": \"\"}", "unknown command \"\"");
+	req_expect_error(d, "{\"cmd\": \"Status\"}", "unknown command \"Status\"");
+	/* a long name is cut in the message */
+	snprintf(line, sizeof(line), "{\"cmd\": \"%0300d\"}", 7);
+	req_expect_error_prefix(d, line, "unknown command \"0000");
+	assert_int_equal(d->vm.pauses + d->vm.resumes + d->vm.stops, 0);
+}
+
+static void test_arguments(void **state)
+{
+	struct direct *d = *state;
+	json_t *resp;
+
+	req_expect_error(d, "{\"cmd\": \"status\", \"digest\": \"yes\"}",
+			 "status: \"digest\" must be a boolean");
+	req_expect_error(d, "{\"cmd\": \"status\", \"digest\": 1}",
+			 "status: \"digest\" must be a boolean");
+	req_expect_error(d, "{\"cmd\": \"status\", \"verbose\": true}",
+			 "status: unknown argument \"verbose\"");
+	req_expect_error(d, "{\"cmd\": \"pause\", \"digest\": true}",
+			 "pause: unknown argument \"digest\"");
+	req_expect_error(d, "{\"cmd\": \"stop\", \"force\": true}",
+			 "stop: unknown argument \"force\"");
+	assert_int_equal(d->vm.pauses + d->vm.stops, 0);
+
+	resp = req_run(d, "{\"cmd\": \"status\", \"digest\": false}");
+	assert_true(json_is_true(json_object_get(resp, "ok")));
+	assert_string_equal(json_string_value(json_object_get(resp, "name")), "vm0");
+	json_decref(resp);
+}
+
+static void test_digest(void **state)
+{
+	struct direct *d = *state;
+
+	req_expect_error(d, "{\"cmd\": \"status\", \"digest\": true}", "digest needs a paused VM");
+	req_expect_ok(d, "{\"cmd\": \"pause\"}");
+	req_expect_error(d, "{\"cmd\": \"status\", \"digest\": true}", "digest not supported yet");
+}
+
+/* ---- the socket ---- */
+
+struct sock {
+	char dir[64];
+	char path[128];
+	struct vm vm;
+	struct evloop *loop;
+	struct api_server *s;
+	pthread_t thread;
+	bool running;
+};
+
+static void *sock_loop_thread(void *opaque)
+{
+	struct sock *k = opaque;
+
+	if (evloop_run(k->loop) < 0)
+		abort();
+	return NULL;
+}
+
+static void sock_loop_stop_cb(void *opaque)
+{
+	evloop_stop(opaque);
+}
+
+/* Stops the server's loop so the test can look at the fake VM and the server safely. */
+static void sock_loop_stop(struct sock *k)
+{
+	if (!k->running)
+		return;
+	assert_int_equal(evloop_call(k->loop, sock_loop_stop_cb, k->loop), 0);
+	assert_int_equal(pthread_join(k->thread, NULL), 0);
+	k->running = false;
+}
+
+static void sock_loop_start(struct sock *k)
+{
+	assert_int_equal(pthread_create(&k->thread, NULL, sock_loop_thread, k), 0);
+	k->running = true;
+}
+
+static int sock_setup(void **state)
+{
+	struct sock *k = calloc(1, sizeof(*k));
+	struct errbuf e = { .msg = "" };
+
+	assert_non_null(k);
+	snprintf(k->dir, sizeof(k->dir), "/tmp/godwit-test-api.XXXXXX");
+	assert_non_null(mkdtemp(k->dir));
+	snprintf(k->path, sizeof(k->path), "%s/api.sock", k->dir);
+	fake_vm_init(&k->vm, "sockvm");
+	assert_int_equal(evloop_create(&k->loop), 0);
+	if (api_server_create(&k->s, k->loop, k->path, &k->vm, &e) < 0)
+		fail_msg("api_server_create: %s", e.msg);
+	sock_loop_start(k);
+	*state = k;
+	return 0;
+}
+
+static void sock_dir_clean(const char *dir)
+{
+	static const char *const names[] = { "api.sock", "api2.sock", "file", "out", "err" };
+	char p[160];
+
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+		snprintf(p, sizeof(p), "%s/%s", dir, names[i]);
+		unlink(p);
+	}
+	rmdir(dir);
+}
+
+static int sock_teardown(void **state)
+{
+	struct sock *k = *state;
+	struct stat st;
+
+	sock_loop_stop(k);
+	api_server_destroy(k->s);
+	/* the server removes its socket */
+	assert_int_equal(lstat(k->path, &st), -1);
+	evloop_destroy(k->loop);
+	sock_dir_clean(k->dir);
+	free(k);
+	return 0;
+}
+
+static json_t *sock_call(struct sock *k, const char *req)
+{
+	struct errbuf e = { .msg = "" };
+	json_error_t jerr;
+	char *line;
+	json_t *resp;
+
+	if (api_client_call(k->path, req, &line, 5000, &e) < 0)
+		fail_msg("api_client_call %s: %s", req, e.msg);
+	resp = json_loads(line, 0, &jerr);
+	if (!resp)
+		fail_msg("not JSON: %s", line);
+	free(line);
+	return resp;
+}
+
+static void sun_set(struct sockaddr_un *sa, const char *path)
+{
+	assert_true(strlen(path) < sizeof(sa->sun_path));
+	memcpy(sa->sun_path, path, strlen(path) + 1);
+}
+
+/* A raw connection, for what api_client_call() will not send. */
+static int raw_connect(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	assert_true(fd >= 0);
+	sun_set(&sa, path);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		fail_msg("connect %s: %s", path, strerror(errno));
+	return fd;
+}
+
+static void raw_sendn(int fd, const char *s, size_t len)
+{
+	assert_int_equal(io_write_full(fd, s, len), 0);
+}
+
+static void raw_send(int fd, const char *s)
+{
+	raw_sendn(fd, s, strlen(s));
+}
+
+/* Reads one line (without newline) into buf; returns its length, or -1 at EOF/reset. */
+static ssize_t raw_read_line(int fd, char *buf, size_t cap)
+{
+	size_t len = 0;
+
+	for (;;) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		ssize_t n;
+
+		if (poll(&pfd, 1, 5000) != 1)
+			fail_msg("no data within 5 s");
+		n = recv(fd, buf + len, 1, 0);
+		if (n <= 0)
+			return -1;
+		if (buf[len] == '\n') {
+			buf[len] = '\0';
+			return (ssize_t)len;
+		}
+		len++;
+		assert_true(len < cap);
+	}
+}
+
+static void raw_expect(int fd, const char *want_substr)
+{
+	char line[4096];
+
+	assert_true(raw_read_line(fd, line, sizeof(line)) >= 0);
+	if (!strstr(line, want_substr))
+		fail_msg("expected a line with %s, got %s", want_substr, line);
+}
+
+static void test_socket_round_trip(void **state)
+{
+	struct sock *k = *state;
+	json_t *resp;
+
+	resp = sock_call(k, "{\"cmd\":\"status\"}");
+	assert_true(json_is_true(json_object_get(resp, "ok")));
+	assert_string_equal(json_string_value(json_object_get(resp, "name")), "sockvm");
+	assert_string_equal(json_string_value(json_object_get(resp, "state")), "running");
+	json_decref(resp);
+
+	resp = sock_call(k, "{\"cmd\":\"pause\"}");
+	assert_true(json_is_true(json_object_get(resp, "ok")));
+	json_decref(resp);
+	resp = sock_call(k, "{\"cmd\":\"status\"}");
+	assert_string_equal(json_string_value(json_object_get(resp, "state")), "paused");
+	json_decref(resp);
+	resp = sock_call(k, "{\"cmd\":\"resume\"}");
+	assert_true(json_is_true(json_object_get(resp, "ok")));
+	json_decref(resp);
+
+	resp = sock_call(k, "{\"cmd\":\"stop\"}");
+	assert_true(json_is_true(json_object_get(resp, "ok")));
+	json_decref(resp);
+	sock_loop_stop(k);
+	assert_int_equal(k->vm.pauses, 1);
+	assert_int_equal(k->vm.resumes, 1);
+	assert_int_equal(k->vm.stops, 1);
+	assert_int_equal(k->vm.st.state, VM_STATE_RUNNING);
+}
+
+static void test_socket_mode(void **state)
+{
+	struct sock *k = *state;
+	struct errbuf e = { .msg = "" };
+	struct api_server *s2;
+	struct evloop *loop2;
+	char path2[160];
+	struct stat st;
+	mode_t mask;
+
+	assert_int_equal(lstat(k->path, &st), 0);
+	assert_true(S_ISSOCK(st.st_mode));
+	assert_int_equal(st.st_mode & 07777, 0600);
+
+	/* a permissive umask does not loosen it */
+	snprintf(path2, sizeof(path2), "%s/api2.sock", k->dir);
+	assert_int_equal(evloop_create(&loop2), 0);
+	mask = umask(0);
+	assert_int_equal(api_server_create(&s2, loop2, path2, &k->vm, &e), 0);
+	umask(mask);
+	assert_int_equal(lstat(path2, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0600);
+	api_server_destroy(s2);
+	assert_int_equal(lstat(path2, &st), -1);
+	evloop_destroy(loop2);
+}
+
+static void test_socket_in_use(void **state)
+{
+	struct sock *k = *state;
+	struct errbuf e = { .msg = "" };
+	struct api_server *s2 = NULL;
+	struct evloop *loop2;
+	char want[256];
+	json_t *resp;
+
+	assert_int_equal(evloop_create(&loop2), 0);
+	assert_int_equal(api_server_create(&s2, loop2, k->path, &k->vm, &e), -EADDRINUSE);
+	snprintf(want, sizeof(want), "api socket %s is in use by another godwit", k->path);
+	assert_string_equal(e.msg, want);
+	assert_null(s2);
+	evloop_destroy(loop2);
+
+	/* the first server still answers */
+	resp = sock_call(k, "{\"cmd\":\"status\"}");
+	assert_true(json_is_true(json_object_get(resp, "ok")));
+	json_decref(resp);
+}
+
+static void test_socket_stale_replaced(void **state)
+{
+	struct sock *k = *state;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct errbuf e = { .msg = "" };
+	struct api_server *s2;
+	struct evloop *loop2;
+	char path2[160];
+	struct stat st;
+	int fd;
+
+	/* a socket file nobody listens on, as a crashed godwit leaves behind */
+	snprintf(path2, sizeof(path2), "%s/api2.sock", k->dir);
+	sun_set(&sa, path2);
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	close(fd);
+	assert_int_equal(lstat(path2, &st), 0);
+
+	assert_int_equal(evloop_create(&loop2), 0);
+	if (api_server_create(&s2, loop2, path2, &k->vm, &e) < 0)
+		fail_msg("stale socket not replaced: %s", e.msg);
+	/* now something listens there */
+	fd = raw_connect(path2);
+	close(fd);
+	api_server_destroy(s2);
+	evloop_destroy(loop2);
+}
+
+static void test_socket_refusals(void **state)
+{
+	struct sock *k = *state;
+	struct errbuf e = { .msg = "" };
+	struct api_server *s2 = NULL;
+	struct evloop *loop2;
+	char path2[300], want[700], buf[32];
+	struct stat st;
+	int fd;
+
+	assert_int_equal(evloop_create(&loop2), 0);
+
+	/* a regular file is never deleted */
+	snprintf(path2, sizeof(path2), "%s/file", k->dir);
+	fd = open(path2, O_WRONLY | O_CREAT | O_EXCL, 0644);
+	assert_true(fd >= 0);
+	raw_send(fd, "precious");
+	close(fd);
+	assert_int_equal(api_server_create(&s2, loop2, path2, &k->vm, &e), -EEXIST);
+	snprintf(want, sizeof(want), "api socket %s: exists and is not a socket", path2);
+	assert_string_equal(e.msg, want);
+	fd = open(path2, O_RDONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(read(fd, buf, sizeof(buf)), 8);
+	assert_memory_equal(buf, "precious", 8);
+	close(fd);
+
+	/* nor is a directory */
+	assert_int_equal(api_server_create(&s2, loop2, k->dir, &k->vm, &e), -EEXIST);
+
+	/* a missing directory */
+	snprintf(path2, sizeof(path2), "%s/nope/api.sock", k->dir);
+	assert_int_equal(api_server_create(&s2, loop2, path2, &k->vm, &e), -ENOENT);
+	snprintf(want, sizeof(want), "api socket %s: directory %s/nope does not exist", path2,
+		 k->dir);
+	assert_string_equal(e.msg, want);
+	assert_int_equal(lstat(path2, &st), -1);
+
+	/* too long for sun_path: 108 bytes refused, 107 would fit */
+	memset(path2, 'a', 108);
+	path2[0] = '/';
+	path2[108] = '\0';
+	assert_int_equal(api_server_create(&s2, loop2, path2, &k->vm, &e), -ENAMETOOLONG);
+	assert_string_equal(e.msg, "api socket path too long (max 107 bytes)");
+
+	assert_int_equal(api_server_create(&s2, loop2, "", &k->vm, &e), -EINVAL);
+	assert_null(s2);
+	evloop_destroy(loop2);
+}
+
+static void test_socket_session(void **state)
+{
+	struct sock *k = *state;
+	static const char pipelined[] =
+		"{\"cmd\":\"pause\"}\n{\"cmd\":\"status\"}\n{\"cmd\":\"resume\"}\n";
+	int fd = raw_connect(k->path);
+
+	/* errors leave the connection usable */
+	raw_send(fd, "not json\n");
+	raw_expect(fd, "\"ok\":false,\"error\":\"malformed JSON");
+	raw_send(fd, "[1]\n");
+	raw_expect(fd, "request must be a JSON object");
+	raw_send(fd, "{\"cmd\":\"nope\"}\n");
+	raw_expect(fd, "unknown command");
+	raw_send(fd, "{\"cmd\":7}\n");
+	raw_expect(fd, "must be a string");
+
+	/* blank lines get no answer; CRLF is accepted */
+	raw_send(fd, "\n  \n\r\n{\"cmd\":\"status\"}\r\n");
+	raw_expect(fd, "\"ok\":true,\"name\":\"sockvm\"");
+
+	/* a request in pieces */
+	raw_send(fd, "{\"cmd\":");
+	usleep(20000);
+	raw_send(fd, "\"status\"}\n");
+	raw_expect(fd, "\"state\":\"running\"");
+
+	/* several requests in one write: answered in order */
+	raw_send(fd, pipelined);
+	raw_expect(fd, "{\"ok\":true}");
+	raw_expect(fd, "\"state\":\"paused\"");
+	raw_expect(fd, "{\"ok\":true}");
+	close(fd);
+}
+
+static void test_socket_half_close(void **state)
+{
+	struct sock *k = *state;
+	char line[4096];
+	int fd = raw_connect(k->path);
+
+	/* send, shut the writing side, still get every answer, then EOF */
+	raw_send(fd, "{\"cmd\":\"status\"}\n{\"cmd\":\"status\"}\n{\"cmd\":\"st");
+	shutdown(fd, SHUT_WR);
+	raw_expect(fd, "\"ok\":true");
+	raw_expect(fd, "\"ok\":true");
+	assert_int_equal(raw_read_line(fd, line, sizeof(line)), -1);
+	close(fd);
+}
+
+static void test_socket_line_limits(void **state)
+{
+	struct sock *k = *state;
+	static const char pad_prefix[] = "{\"cmd\":\"status\",\"pad\":\"";
+	size_t big = API_LINE_MAX + 100;
+	char *line = malloc(big + 1);
+	char reply[4096];
+	int fd;
+
+	assert_non_null(line);
+
+	/* exactly API_LINE_MAX bytes is still a request (here with an unknown argument) */
+	fd = raw_connect(k->path);
+	memset(line, 'x', API_LINE_MAX);
+	memcpy(line, pad_prefix, strlen(pad_prefix));
+	memcpy(line + API_LINE_MAX - 2, "\"}\n", 3);
+	raw_sendn(fd, line, API_LINE_MAX + 1);
+	raw_expect(fd, "status: unknown argument \\\"pad\\\"");
+	raw_send(fd, "{\"cmd\":\"status\"}\n");
+	raw_expect(fd, "\"ok\":true");
+	close(fd);
+
+	/* one byte more without a newline: an error, then the connection closes */
+	fd = raw_connect(k->path);
+	memset(line, 'y', big);
+	raw_sendn(fd, line, API_LINE_MAX + 1);
+	raw_expect(fd, "request line too long (max 65536 bytes)");
+	assert_int_equal(raw_read_line(fd, reply, sizeof(reply)), -1);
+	close(fd);
+	free(line);
+
+	/* the server is fine */
+	json_decref(sock_call(k, "{\"cmd\":\"status\"}"));
+}
+
+static void test_socket_disconnects(void **state)
+{
+	struct sock *k = *state;
+	json_t *resp;
+	int fd;
+
+	/* mid-line */
+	fd = raw_connect(k->path);
+	raw_send(fd, "{\"cmd\":\"sta");
+	close(fd);
+	/* before reading the answers: what it sent still runs (fire-and-forget "stop") */
+	fd = raw_connect(k->path);
+	raw_send(fd, "{\"cmd\":\"pause\"}\n{\"cmd\":\"resume\"}\n{\"cmd\":\"pause\"}\n");
+	close(fd);
+	/* without sending anything */
+	fd = raw_connect(k->path);
+	close(fd);
+
+	resp = sock_call(k, "{\"cmd\":\"status\"}");
+	assert_true(json_is_true(json_object_get(resp, "ok")));
+	json_decref(resp);
+	sock_loop_stop(k);
+	assert_int_equal(k->vm.pauses, 2);
+	assert_int_equal(k->vm.resumes, 1);
+}
+
+static void test_socket_client_limit(void **state)
+{
+	struct sock *k = *state;
+	int fds[API_CLIENTS_MAX], extra, i;
+	json_t *resp = NULL;
+	char line[4096];
+
+	for (i = 0; i < API_CLIENTS_MAX; i++) {
+		fds[i] = raw_connect(k->path);
+		/* a reply proves the server took the client on */
+		raw_send(fds[i], "{\"cmd\":\"status\"}\n");
+		raw_expect(fds[i], "\"ok\":true");
+	}
+	extra = raw_connect(k->path);
+	raw_expect(extra, "too many api clients (max 16)");
+	assert_int_equal(raw_read_line(extra, line, sizeof(line)), -1);
+	close(extra);
+
+	/* a slot frees when a client leaves (the server notices asynchronously) */
+	close(fds[0]);
+	for (i = 0; i < 100; i++) {
+		resp = sock_call(k, "{\"cmd\":\"status\"}");
+		if (json_is_true(json_object_get(resp, "ok")))
+			break;
+		json_decref(resp);
+		resp = NULL;
+		usleep(10000);
+	}
+	assert_non_null(resp);
+	json_decref(resp);
+	for (i = 1; i < API_CLIENTS_MAX; i++)
+		close(fds[i]);
+}
+
+static void test_client_errors(void **state)
+{
+	struct sock *k = *state;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct errbuf e = { .msg = "" };
+	char path2[300], want[400];
+	char *line = NULL;
+	int fd;
+
+	snprintf(path2, sizeof(path2), "%s/api2.sock", k->dir);
+	assert_int_equal(api_client_call(path2, "{}", &line, 1000, &e), -ENOENT);
+	snprintf(want, sizeof(want),
+		 "connect %s: No such file or directory (is godwit running?)", path2);
+	assert_string_equal(e.msg, want);
+
+	/* a stale socket */
+	sun_set(&sa, path2);
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	close(fd);
+	assert_int_equal(api_client_call(path2, "{}", &line, 1000, &e), -ECONNREFUSED);
+	snprintf(want, sizeof(want), "connect %s: Connection refused (is godwit running?)",
+		 path2);
+	assert_string_equal(e.msg, want);
+	unlink(path2);
+
+	/* a listener that never answers */
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(fd, 1), 0);
+	assert_int_equal(api_client_call(path2, "{}", &line, 100, &e), -ETIMEDOUT);
+	snprintf(want, sizeof(want), "no response from %s within 100 ms", path2);
+	assert_string_equal(e.msg, want);
+	close(fd);
+	unlink(path2);
+
+	memset(path2, 'a', 200);
+	path2[200] = '\0';
+	assert_int_equal(api_client_call(path2, "{}", &line, 1000, &e), -ENAMETOOLONG);
+	assert_string_equal(e.msg, "api socket path too long (max 107 bytes)");
+	assert_int_equal(api_client_call(k->path, "{}\n{}", &line, 1000, &e), -EINVAL);
+	assert_null(line);
+}
+
+/* ---- godwit status|pause|resume|stop ---- */
+
+struct ctl_result {
+	int code;
+	char out[4096];
+	char err[4096];
+};
+
+static void ctl_file_read(const char *path, char *buf, size_t cap)
+{
+	FILE *f = fopen(path, "r");
+	size_t n;
+
+	assert_non_null(f);
+	n = fread(buf, 1, cap - 1, f);
+	buf[n] = '\0';
+	fclose(f);
+}
+
+/* Runs cli_ctl_main() with stdout and stderr captured. */
+static void ctl_run(struct sock *k, struct ctl_result *r, ...)
+{
+	char out_path[160], err_path[160];
+	char *argv[16];
+	int argc = 0, saved_out, saved_err, fd;
+	va_list ap;
+
+	va_start(ap, r);
+	while ((argv[argc] = va_arg(ap, char *)))
+		argc++;
+	va_end(ap);
+
+	snprintf(out_path, sizeof(out_path), "%s/out", k->dir);
+	snprintf(err_path, sizeof(err_path), "%s/err", k->dir);
+	fflush(stdout);
+	fflush(stderr);
+	saved_out = dup(1);
+	saved_err = dup(2);
+	fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	dup2(fd, 1);
+	close(fd);
+	fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	dup2(fd, 2);
+	close(fd);
+	r->code = cli_ctl_main(argc, argv);
+	fflush(stdout);
+	fflush(stderr);
+	dup2(saved_out, 1);
+	dup2(saved_err, 2);
+	close(saved_out);
+	close(saved_err);
+	ctl_file_read(out_path, r->out, sizeof(r->out));
+	ctl_file_read(err_path, r->err, sizeof(r->err));
+}
+
+static void test_ctl_commands(void **state)
+{
+	struct sock *k = *state;
+	struct ctl_result r;
+	json_t *out;
+
+	ctl_run(k, &r, "status", "--api-socket", k->path, NULL);
+	assert_int_equal(r.code, 0);
+	assert_string_equal(r.err, "");
+	/* one line, one object, no "ok" */
+	assert_non_null(strchr(r.out, '\n'));
+	assert_int_equal(strchr(r.out, '\n') - r.out, strlen(r.out) - 1);
+	out = json_loads(r.out, 0, NULL);
+	assert_non_null(out);
+	assert_null(json_object_get(out, "ok"));
+	assert_string_equal(json_string_value(json_object_get(out, "name")), "sockvm");
+	assert_string_equal(json_string_value(json_object_get(out, "state")), "running");
+	assert_int_equal(json_integer_value(json_object_get(out, "memory")), 256 * MiB);
+	assert_int_equal(json_integer_value(json_object_get(out, "vcpus")), 2);
+	assert_true(json_is_integer(json_object_get(out, "uptime_ms")));
+	json_decref(out);
+
+	ctl_run(k, &r, "pause", "--api-socket", k->path, NULL);
+	assert_int_equal(r.code, 0);
+	assert_string_equal(r.out, "");
+	assert_string_equal(r.err, "");
+	ctl_run(k, &r, "status", "--api-socket=x", "--api-socket", k->path, NULL);
+	assert_int_equal(r.code, 0);
+	assert_non_null(strstr(r.out, "\"state\": \"paused\""));
+
+	/* --digest goes through: the server refuses it for now */
+	ctl_run(k, &r, "status", "--digest", "--api-socket", k->path, NULL);
+	assert_int_equal(r.code, 1);
+	assert_string_equal(r.out, "");
+	assert_string_equal(r.err, "godwit status: digest not supported yet\n");
+
+	ctl_run(k, &r, "resume", "--api-socket", k->path, NULL);
+	assert_int_equal(r.code, 0);
+	ctl_run(k, &r, "status", "--digest", "--api-socket", k->path, NULL);
+	assert_int_equal(r.code, 1);
+	assert_string_equal(r.err, "godwit status: digest needs a paused VM\n");
+
+	ctl_run(k, &r, "stop", "--api-socket", k->path, NULL);
+	assert_int_equal(r.code, 0);
+	assert_string_equal(r.out, "");
+	sock_loop_stop(k);
+	assert_int_equal(k->vm.pauses, 1);
+	assert_int_equal(k->vm.resumes, 1);
+	assert_int_equal(k->vm.stops, 1);
+}
+
+static void test_ctl_vm_error(void **state)
+{
+	struct sock *k = *state;
+	struct ctl_result r;
+
+	k->vm.pause_ret = -EBUSY;
+	k->vm.pause_msg = "cannot pause: VM is stopping";
+	ctl_run(k, &r, "pause", "--api-socket", k->path, NULL);
+	assert_int_equal(r.code, 1);
+	assert_string_equal(r.out, "");
+	assert_string_equal(r.err, "godwit pause: cannot pause: VM is stopping\n");
+}
+
+static void test_ctl_usage(void **state)
+{
+	struct sock *k = *state;
+	struct ctl_result r;
+	char want[400];
+
+	ctl_run(k, &r, "status", "--foo", NULL);
+	assert_int_equal(r.code, 2);
+	assert_string_equal(r.err, "godwit status: unknown option --foo\n");
+	ctl_run(k, &r, "status", "--api-socket", k->path, "--foo=1", NULL);
+	assert_int_equal(r.code, 2);
+	assert_string_equal(r.err, "godwit status: unknown option --foo\n");
+	ctl_run(k, &r, "pause", "-x", "--api-socket", k->path, NULL);
+	assert_int_equal(r.code, 2);
+	assert_string_equal(r.err, "godwit pause: unknown option -x\n");
+	ctl_run(k, &r, "pause", "--digest", "--api-socket", k->path, NULL);
+	assert_int_equal(r.code, 2);
+	assert_string_equal(r.err, "godwit pause: unknown option --digest\n");
+	ctl_run(k, &r, "resume", "--api-socket", k->path, "extra", NULL);
+	assert_int_equal(r.code, 2);
+	assert_string_equal(r.err, "godwit resume: unexpected argument 'extra'\n");
+	ctl_run(k, &r, "stop", NULL);
+	assert_int_equal(r.code, 2);
+	assert_string_equal(r.err, "godwit stop: --api-socket PATH is required\n");
+	ctl_run(k, &r, "stop", "--api-socket", NULL);
+	assert_int_equal(r.code, 2);
+	assert_string_equal(r.err, "godwit stop: option --api-socket needs a value\n");
+	ctl_run(k, &r, "status", "--api-socket", "", NULL);
+	assert_int_equal(r.code, 2);
+
+	ctl_run(k, &r, "status", "-h", NULL);
+	assert_int_equal(r.code, 0);
+	assert_non_null(strstr(r.out, "usage: godwit status --api-socket PATH [--digest]"));
+	assert_string_equal(r.err, "");
+	ctl_run(k, &r, "stop", "--help", NULL);
+	assert_int_equal(r.code, 0);
+	assert_non_null(strstr(r.out, "usage: godwit stop --api-socket PATH\n"));
+
+	/* nobody listening */
+	snprintf(want, sizeof(want),
+		 "godwit status: connect %s/api2.sock: No such file or directory "
+		 "(is godwit running?)\n", k->dir);
+	{
+		char p[200];
+
+		snprintf(p, sizeof(p), "%s/api2.sock", k->dir);
+		ctl_run(k, &r, "status", "--api-socket", p, NULL);
+	}
+	assert_int_equal(r.code, 1);
+	assert_string_equal(r.err, want);
+
+	sock_loop_stop(k);
+	assert_int_equal(k->vm.pauses + k->vm.resumes + k->vm.stops, 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_status_fields, direct_setup, direct_teardown),
+		cmocka_unit_test_setup_teardown(test_status_name_not_utf8, direct_setup,
+						direct_teardown),
+		cmocka_unit_test_setup_teardown(test_pause_resume, direct_setup, direct_teardown),
+		cmocka_unit_test_setup_teardown(test_vm_errors, direct_setup, direct_teardown),
+		cmocka_unit_test_setup_teardown(test_stop, direct_setup, direct_teardown),
+		cmocka_unit_test_setup_teardown(test_malformed_json, direct_setup, direct_teardown),
+		cmocka_unit_test_setup_teardown(test_not_object, direct_setup, direct_teardown),
+		cmocka_unit_test_setup_teardown(test_missing_cmd, direct_setup, direct_teardown),
+		cmocka_unit_test_setup_teardown(test_cmd_wrong_type, direct_setup, direct_teardown),
+		cmocka_unit_test_setup_teardown(test_unknown_cmd, direct_setup, direct_teardown),
+		cmocka_unit_test_setup_teardown(test_arguments, direct_setup, direct_teardown),
+		cmocka_unit_test_setup_teardown(test_digest, direct_setup, direct_teardown),
+		cmocka_unit_test_setup_teardown(test_socket_round_trip, sock_setup, sock_teardown),
+		cmocka_unit_test_setup_teardown(test_socket_mode, sock_setup, sock_teardown),
+		cmocka_unit_test_setup_teardown(test_socket_in_use, sock_setup, sock_teardown),
+		cmocka_unit_test_setup_teardown(test_socket_stale_replaced, sock_setup,
+						sock_teardown),
+		cmocka_unit_test_setup_teardown(test_socket_refusals, sock_setup, sock_teardown),
+		cmocka_unit_test_setup_teardown(test_socket_session, sock_setup, sock_teardown),
+		cmocka_unit_test_setup_teardown(test_socket_half_close, sock_setup, sock_teardown),
+		cmocka_unit_test_setup_teardown(test_socket_line_limits, sock_setup, sock_teardown),
+		cmocka_unit_test_setup_teardown(test_socket_disconnects, sock_setup, sock_teardown),
+		cmocka_unit_test_setup_teardown(test_socket_client_limit, sock_setup, sock_teardown),
+		cmocka_unit_test_setup_teardown(test_client_errors, sock_setup, sock_teardown),
+		cmocka_unit_test_setup_teardown(test_ctl_commands, sock_setup, sock_teardown),
+		cmocka_unit_test_setup_teardown(test_ctl_vm_error, sock_setup, sock_teardown),
+		cmocka_unit_test_setup_teardown(test_ctl_usage, sock_setup, sock_teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
