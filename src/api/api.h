@@ -2,8 +2,20 @@
 /*
  * The control socket in the VMM process: a unix stream socket (mode 0600) carrying one
  * JSON object per line. A request is {"cmd": "<name>", ...arguments}; every request
- * gets exactly one response line, {"ok": true, ...} or {"ok": false, "error": "..."}.
- * Everything here runs on the main (event loop) thread.
+ * gets exactly one response line, {"ok": true, ...} or {"ok": false, "error": "..."},
+ * in order. Blank lines are ignored and a trailing \r is accepted.
+ *
+ *   status [digest: bool]  name, state, memory (bytes), vcpus, uptime_ms, paused_ms, pid
+ *   pause                  returns once every vCPU is out of KVM_RUN
+ *   resume
+ *   stop                   answers, then asks the main loop to stop (godwit run exits 0)
+ *
+ * A bad request (malformed JSON, not an object, missing or unknown "cmd", an unknown or
+ * mistyped argument) gets an error and the connection stays usable. A line longer than
+ * API_LINE_MAX gets an error and the connection is closed; beyond API_CLIENTS_MAX
+ * clients, a new one is told so and closed. Requests already sent by a client that
+ * hangs up still run. Everything here runs on the main (event loop) thread; another
+ * thread reaches it through evloop_call().
  */
 #ifndef GODWIT_API_API_H
 #define GODWIT_API_API_H
