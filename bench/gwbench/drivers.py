@@ -1,0 +1,429 @@
+"""How each VMM is started, stopped, snapshotted and migrated.
+
+Both drivers expose the same small interface so the scenario code (ops.py)
+is shared: launch(), wait_listening(), stop(), snapshot(), migrate().  What a
+driver measures comes back in a dict with the harness's own field names."""
+import json
+import os
+import re
+import subprocess
+import time
+
+from .netns import ns_prefix
+from .procmem import guest_resident
+from .qmp import QMP, QMPError
+from .serial import SerialCapture
+from .util import kill_proc, log, one_line, run, spawn
+
+UNAVAILABLE_RE = re.compile(
+    r"not (yet )?(implemented|supported|available)|unknown (sub)?command|unknown (option|flag)|"
+    r"unrecognized|unrecognised|invalid option|no such (sub)?command|unsupported (command|option|operation)",
+    re.I)
+
+
+class Unavailable(Exception):
+    """The VMM does not offer this operation (yet)."""
+
+
+class RunFailed(Exception):
+    """The operation was attempted and failed."""
+
+
+def classify(msg):
+    """Raise Unavailable or RunFailed for an error message from a VMM."""
+    msg = one_line(msg or "no error text", 400)
+    if UNAVAILABLE_RE.search(msg):
+        raise Unavailable(msg)
+    raise RunFailed(msg)
+
+
+def tail_file(path, n=6):
+    try:
+        with open(path, errors="replace") as f:
+            lines = [x.strip() for x in f.read().splitlines() if x.strip()]
+        return " | ".join(lines[-n:])
+    except OSError:
+        return ""
+
+
+class Instance:
+    """One running VMM process."""
+
+    def __init__(self, vmm, role, proc, serial, sock, ns, stderr_path, t_launch):
+        self.vmm = vmm
+        self.role = role
+        self.proc = proc
+        self.serial = serial
+        self.sock = sock
+        self.ns = ns
+        self.stderr_path = stderr_path
+        self.t_launch = t_launch
+        self.qmp = None
+        self.mem = {}        # last /proc status read
+        self.guest_rss = None
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def why_dead(self):
+        rc = self.proc.poll()
+        return f"{self.vmm} {self.role} exited (status {rc}): {tail_file(self.stderr_path)}"
+
+
+class Driver:
+    name = "?"
+
+    def __init__(self, guest, tmpdir, sampler):
+        self.guest = guest
+        self.tmpdir = tmpdir
+        self.sampler = sampler
+        self.params = {}     # what the driver set, recorded with the results
+
+    def _spawn(self, argv, role, ns, logprefix):
+        serial = SerialCapture(f"{self.name}-{role}", logprefix + f"-{role}.serial")
+        stderr_path = logprefix + f"-{role}.stderr"
+        with open(logprefix + f"-{role}.cmd", "w") as f:
+            f.write(" ".join(_q(a) for a in argv) + "\n")
+        errf = open(stderr_path, "w")
+        t = time.monotonic()
+        proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=serial.child_fd(), stderr=errf,
+                     start_new_session=True)
+        errf.close()
+        serial.start()
+        self.sampler.watch(proc.pid)
+        return proc, serial, stderr_path, t
+
+    def final_memory(self, inst):
+        """Read /proc just before the process goes away."""
+        st = self.sampler.sample(inst.pid) if inst.alive() else self.sampler.peek(inst.pid)
+        inst.mem = st or inst.mem
+        return inst.mem
+
+    def sample_guest_rss(self, inst):
+        inst.guest_rss = guest_resident(inst.pid)
+        self.final_memory(inst)
+        return inst.guest_rss
+
+    def reap(self, inst, timeout):
+        try:
+            inst.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log(f"{self.name} {inst.role} did not exit within {timeout}s; killing it")
+            kill_proc(inst.proc)
+        inst.serial.close()
+        kill_proc(inst.proc)
+
+    def kill(self, inst):
+        if inst is None:
+            return
+        self.final_memory(inst)
+        kill_proc(inst.proc, grace=1.0)
+        inst.serial.close()
+        if inst.qmp:
+            inst.qmp.close()
+
+
+def _q(a):
+    return a if re.fullmatch(r"[\w@%+=:,./-]+", a) else "'" + a.replace("'", "'\\''") + "'"
+
+
+# ---------------------------------------------------------------------------
+class Godwit(Driver):
+    name = "godwit"
+
+    def __init__(self, binary, guest, tmpdir, sampler):
+        super().__init__(guest, tmpdir, sampler)
+        self.binary = binary
+
+    def ctl(self, inst, sub, *args, timeout=30):
+        return run([self.binary, sub, "--api-socket", inst.sock, *args], timeout=timeout)
+
+    def status(self, inst, sub="status"):
+        try:
+            r = self.ctl(inst, sub, timeout=10)
+        except subprocess.TimeoutExpired:
+            return None
+        if r.returncode != 0:
+            return None
+        try:
+            return json.loads(r.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return None
+
+    def launch(self, sc, role, ns, logprefix, incoming=None, restore=None, restore_mode=None):
+        sock = os.path.join(self.tmpdir, f"gw-{role}.sock")
+        if os.path.exists(sock):
+            os.unlink(sock)
+        argv = ns_prefix(ns) + [self.binary, "run", "--api-socket", sock, "--serial", "stdio",
+                                "--name", f"bench-{role}"]
+        if incoming:
+            argv += ["--incoming", incoming]
+        elif restore:
+            argv += ["--restore", restore]
+            if restore_mode:
+                argv += ["--restore-mode", restore_mode]
+        else:
+            argv += ["--memory", sc["memory"], "--cpus", sc["cpus"], "--kernel", self.guest,
+                     "--cmdline", sc["workload"]]
+        proc, serial, errp, t = self._spawn(argv, role, ns, logprefix)
+        return Instance(self.name, role, proc, serial, sock, ns, errp, t)
+
+    def wait_api(self, inst, timeout=10.0, want_state=None):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not inst.alive():
+                classify(inst.why_dead())
+            if os.path.exists(inst.sock):
+                st = self.status(inst)
+                if st is not None and (want_state is None or st.get("state") == want_state):
+                    return st
+            time.sleep(0.01)
+        raise RunFailed(f"godwit {inst.role}: control socket not ready within {timeout}s "
+                        f"(want state {want_state}): {tail_file(inst.stderr_path)}")
+
+    def wait_listening(self, inst, timeout=10.0):
+        return self.wait_api(inst, timeout, want_state="incoming")
+
+    def guest_resident_reported(self, inst):
+        st = self.status(inst) or {}
+        for k in ("guest_resident_bytes", "guest_resident", "resident_bytes", "guest_rss_bytes"):
+            if isinstance(st.get(k), int):
+                return st[k]
+        return None
+
+    def stop(self, inst, timeout=10.0):
+        self.final_memory(inst)
+        if inst.alive():
+            r = self.ctl(inst, "stop", timeout=timeout)
+            if r.returncode != 0 and inst.alive():
+                log(f"godwit stop failed: {one_line(r.stderr)}")
+        self.reap(inst, timeout)
+
+    def snapshot(self, inst, snapdir):
+        """godwit snapshot DIR --stop; returns {} with what godwit reported."""
+        r = self.ctl(inst, "snapshot", snapdir, "--stop", timeout=600)
+        if r.returncode != 0:
+            classify(f"godwit snapshot exit {r.returncode}: {r.stderr.strip() or r.stdout.strip()}")
+        self.final_memory(inst)
+        self.reap(inst, 30)
+        return {}
+
+    def migrate(self, src, dst, uri, sc, mode, samples):
+        args = ["--mode", "live" if mode == "live" else "warm"]
+        if mode == "live" and sc.downtime is not None:
+            args += ["--downtime-ms", str(sc.downtime)]
+        if sc["bandwidth"] != "-":
+            args += ["--bandwidth", sc["bandwidth"]]
+        if mode == "live" and sc["on_stall"] != "-":
+            args += ["--on-stall", sc["on_stall"]]
+        self.params = {"godwit migrate": " ".join(args + [uri])}
+        argv = [self.binary, "migrate", "--api-socket", src.sock, *args, uri]
+        t0 = time.monotonic()
+        p = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                  stdin=subprocess.DEVNULL)
+        last = None
+        deadline = t0 + migrate_timeout(sc)
+        try:
+            while p.poll() is None:
+                if time.monotonic() > deadline:
+                    self.ctl(src, "migrate-cancel", timeout=10)
+                    raise RunFailed(f"migration did not finish within {migrate_timeout(sc):.0f}s")
+                st = self.status(src, "migrate-status") if src.alive() else None
+                if st:
+                    st["_t"] = time.monotonic() - t0
+                    samples.append(st)
+                    last = st
+                self.final_memory(src)
+                time.sleep(0.1)
+            out, err = p.communicate(timeout=10)
+        finally:
+            kill_proc(p)
+        t_done = time.monotonic()
+        if p.returncode != 0:
+            classify(f"godwit migrate exit {p.returncode}: {err.strip() or out.strip()}")
+        # the source exits after COMMIT; the destination keeps the figures
+        final = self.status(dst, "migrate-status") or last or {}
+        final["_t"] = t_done - t0
+        samples.append(final)
+        return {
+            "t_done": t_done,
+            "vmm_total_ms": _num(final, "elapsed_ms", "total_ms", "total_time_ms", "elapsed"),
+            "downtime_vmm_ms": _num(final, "downtime_ms", "downtime"),
+            "vmm_bytes": _num(final, "bytes", "bytes_sent", "sent_bytes", "transferred"),
+            "rounds": _num(final, "rounds", "round"),
+            "throttle_pct": max([_num(s, "throttle_pct", "throttle", "throttle_percent") or 0
+                                 for s in samples] or [0]) or None,
+        }
+
+
+def _num(d, *keys):
+    for k in keys:
+        v = d.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def migrate_timeout(sc):
+    """Generous bound on one migration: 10x the memory over a slow rate, at least 60 s."""
+    rate = (sc.link_bits or 8e9) / 8
+    return max(60.0, 10 * sc.memory_bytes / rate)
+
+
+# ---------------------------------------------------------------------------
+QEMU_UNLIMITED = 1 << 40      # bytes/s: QEMU's max-bandwidth "as fast as it goes"
+
+
+class Qemu(Driver):
+    name = "qemu"
+
+    def __init__(self, binary, guest, tmpdir, sampler, machine):
+        super().__init__(guest, tmpdir, sampler)
+        self.binary = binary
+        self.machine = machine
+
+    def argv(self, sc, sock):
+        return [self.binary, "-accel", "kvm", "-cpu", "host,-arch-capabilities",
+                "-M", self.machine, "-m", sc["memory"], "-smp", sc["cpus"],
+                "-display", "none", "-nodefaults", "-serial", "stdio",
+                "-kernel", self.guest, "-append", sc["workload"],
+                "-qmp", f"unix:{sock},server=on,wait=off"]
+
+    def launch(self, sc, role, ns, logprefix, incoming=None, restore=None, restore_mode=None):
+        sock = os.path.join(self.tmpdir, f"qm-{role}.qmp")
+        if os.path.exists(sock):
+            os.unlink(sock)
+        argv = ns_prefix(ns) + self.argv(sc, sock)
+        if incoming:
+            argv += ["-incoming", "defer"]
+        elif restore:
+            argv += ["-incoming", f"exec:cat {os.path.join(restore, 'qemu.state')}"]
+        proc, serial, errp, t = self._spawn(argv, role, ns, logprefix)
+        inst = Instance(self.name, role, proc, serial, sock, ns, errp, t)
+        try:
+            inst.qmp = QMP(sock).connect(wait=30)
+        except (QMPError, OSError) as e:
+            if not inst.alive():
+                raise RunFailed(inst.why_dead()) from e
+            raise RunFailed(f"qemu {role}: {e}") from e
+        if incoming:
+            inst.qmp.cmd("migrate-incoming", uri=incoming)
+        return inst
+
+    def wait_listening(self, inst, timeout=10.0):
+        return inst.qmp.cmd("query-status")
+
+    def guest_resident_reported(self, inst):
+        return None
+
+    def stop(self, inst, timeout=10.0):
+        self.final_memory(inst)
+        if inst.alive() and inst.qmp:
+            try:
+                inst.qmp.cmd("quit")
+            except (QMPError, OSError):
+                pass
+        if inst.qmp:
+            inst.qmp.close()
+        self.reap(inst, timeout)
+
+    def _set_params(self, inst, params, caps):
+        if caps:
+            inst.qmp.cmd("migrate-set-capabilities",
+                         capabilities=[{"capability": k, "state": v} for k, v in caps.items()])
+        inst.qmp.cmd("migrate-set-parameters", **params)
+        self.params = {"capabilities": dict(caps), "parameters": dict(params)}
+
+    def _wait_migration(self, inst, timeout, samples=None, t0=None):
+        deadline = time.monotonic() + timeout
+        while True:
+            r = inst.qmp.cmd("query-migrate")
+            st = r.get("status")
+            if samples is not None and st in ("active", "device", "completed"):
+                r2 = dict(r)
+                r2["_t"] = time.monotonic() - t0
+                samples.append(r2)
+            if st == "completed":
+                return r
+            if st in ("failed", "cancelled"):
+                raise RunFailed(f"qemu migration {st}: {r.get('error-desc', '')}")
+            if time.monotonic() > deadline:
+                inst.qmp.cmd("migrate_cancel")
+                raise RunFailed(f"qemu migration did not finish within {timeout:.0f}s")
+            self.final_memory(inst)
+            time.sleep(0.1 if samples is not None else 0.01)
+
+    def _resume_when_loaded(self, inst, timeout):
+        """A stopped source's guest arrives paused: `cont` once the load finished."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not inst.alive():
+                raise RunFailed(inst.why_dead())
+            st = inst.qmp.cmd("query-status")
+            if st.get("status") == "paused":
+                inst.qmp.cmd("cont")
+                return
+            if st.get("status") == "running":
+                return
+            time.sleep(0.002)
+        raise RunFailed(f"qemu {inst.role}: incoming state not loaded within {timeout:.0f}s")
+
+    def snapshot(self, inst, snapdir):
+        os.makedirs(snapdir, exist_ok=True)
+        path = os.path.join(snapdir, "qemu.state")
+        inst.qmp.cmd("stop")
+        self._set_params(inst, {"max-bandwidth": QEMU_UNLIMITED}, {})
+        self.params["stop, then migrate"] = f"exec:cat > {os.path.basename(path)} (then fsync)"
+        inst.qmp.cmd("migrate", uri=f"exec:cat > {path}")
+        r = self._wait_migration(inst, 600)
+        self.stop(inst)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return {"vmm_total_ms": r.get("total-time")}
+
+    def restore_started(self, inst, timeout):
+        self._resume_when_loaded(inst, timeout)
+
+    def migrate(self, src, dst, uri, sc, mode, samples):
+        bw = sc.bandwidth_bytes or ((sc.link_bits // 8) if sc.link_bits else QEMU_UNLIMITED)
+        params = {"max-bandwidth": bw}
+        caps = {}
+        if mode == "live":
+            params["downtime-limit"] = sc.downtime
+            if sc["on_stall"] == "throttle":
+                caps["auto-converge"] = True
+        self._set_params(src, params, caps)
+        t0 = time.monotonic()
+        if mode == "warm":
+            src.qmp.cmd("stop")
+            self.params["warm"] = "stop on the source, migrate, cont on the destination"
+        src.qmp.cmd("migrate", uri=uri)
+        r = self._wait_migration(src, migrate_timeout(sc), samples, t0)
+        t_done = time.monotonic()
+        if mode == "warm":
+            self._resume_when_loaded(dst, 60)
+        self.final_memory(src)
+        ram = r.get("ram", {})
+        return {
+            "t_done": t_done,
+            "vmm_total_ms": r.get("total-time"),
+            "downtime_vmm_ms": r.get("downtime"),
+            "vmm_bytes": ram.get("transferred"),
+            "rounds": ram.get("dirty-sync-count"),
+            "throttle_pct": max([s.get("cpu-throttle-percentage", 0) for s in samples] or [0]) or None,
+        }
+
+
+def _godwit_restore_started(self, inst, timeout):
+    """godwit runs a restored guest at once (no --paused)."""
+    return None
+
+
+Godwit.restore_started = _godwit_restore_started

@@ -1,0 +1,322 @@
+"""results.md (medians, min-max, godwit/QEMU ratios) and gnuplot PNGs."""
+import json
+import os
+import shutil
+import statistics
+import subprocess
+
+from .util import fmt_bytes, log, run
+
+VMMS = ("godwit", "qemu")
+
+# (metric column, label, kind) per operation; kind: ms | bytes | rate | count | pct
+METRICS = {
+    "boot": [("boot_ms", "first serial line", "ms"), ("first_hb_ms", "first heartbeat", "ms"),
+             ("src_vmhwm_bytes", "peak RSS (VmHWM)", "bytes"),
+             ("guest_rss_bytes", "guest pages resident", "bytes"),
+             ("overhead_bytes", "VMM overhead (RSS - guest)", "bytes")],
+    "snapshot-restore": [("snapshot_ms", "snapshot time", "ms"),
+                         ("snapshot_bytes", "snapshot size (allocated)", "bytes"),
+                         ("throughput_bytes_per_s", "snapshot throughput", "rate"),
+                         ("restore_ms", "restore to first heartbeat", "ms"),
+                         ("total_ms", "snapshot + restore", "ms"),
+                         ("downtime_guest_ms", "guest-observed gap", "ms"),
+                         ("src_vmhwm_bytes", "peak RSS source", "bytes"),
+                         ("dst_vmhwm_bytes", "peak RSS restored", "bytes")],
+    "warm-migrate": [("total_ms", "total time", "ms"),
+                     ("downtime_vmm_ms", "downtime (VMM)", "ms"),
+                     ("downtime_guest_ms", "downtime (guest gap)", "ms"),
+                     ("vmm_bytes", "bytes (VMM)", "bytes"), ("wire_bytes", "bytes on the wire", "bytes"),
+                     ("throughput_bytes_per_s", "throughput", "rate"),
+                     ("src_vmhwm_bytes", "peak RSS source", "bytes"),
+                     ("dst_vmhwm_bytes", "peak RSS destination", "bytes")],
+    "live-migrate": [("total_ms", "total time", "ms"),
+                     ("downtime_vmm_ms", "downtime (VMM)", "ms"),
+                     ("downtime_guest_ms", "downtime (guest gap)", "ms"),
+                     ("rounds", "rounds", "count"), ("throttle_pct", "throttle reached", "pct"),
+                     ("vmm_bytes", "bytes (VMM)", "bytes"), ("wire_bytes", "bytes on the wire", "bytes"),
+                     ("throughput_bytes_per_s", "throughput", "rate"),
+                     ("src_vmhwm_bytes", "peak RSS source", "bytes"),
+                     ("dst_vmhwm_bytes", "peak RSS destination", "bytes")],
+}
+
+
+def _f(v):
+    if v in (None, ""):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def fmt(v, kind):
+    if v is None:
+        return "–"
+    if kind == "ms":
+        return f"{v:.0f} ms" if v >= 100 else f"{v:.1f} ms"
+    if kind == "bytes":
+        return fmt_bytes(v)
+    if kind == "rate":
+        return f"{v / (1 << 20):.0f} MiB/s"
+    if kind == "pct":
+        return f"{v:.0f}%"
+    return f"{v:.0f}" if v == int(v) else f"{v:.1f}"
+
+
+def stats(rows, col):
+    vals = [_f(r.get(col)) for r in rows if r["status"] == "ok"]
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def group(rows):
+    out = {}
+    for r in rows:
+        out.setdefault(r["scenario"], {v: [] for v in VMMS})
+        out[r["scenario"]].setdefault(r["vmm"], []).append(r)
+    return out
+
+
+def fmt_limit(name, v):
+    if v is None:
+        return "not measured"
+    s = f"{v / (1 << 20):,.0f} MiB/s"
+    if name.startswith("link_"):
+        s += f" ({v * 8 / 1e9:.2f} Gbit/s)"
+    return s
+
+
+def write_markdown(path, rows, scenarios, limits, limit_notes, meta, plots):
+    g = group(rows)
+    L = []
+    L.append("# godwit beside QEMU: benchmark results\n")
+    L.append(f"Run {meta['started_utc']} · godwit {meta.get('godwit_commit', '?')} · "
+             f"{meta.get('qemu_version', 'QEMU ?')} (machine `{meta.get('qemu_machine')}`) · "
+             f"{meta['runs']} run(s) per VMM and scenario, alternating godwit/QEMU · "
+             f"guest kit `{meta.get('guest')}`.  Machine: see machine.md; QEMU settings: "
+             f"qemu-params.md; every run: runs.csv.\n")
+    L.append("Medians over the runs that passed the correctness checks (heartbeats continue with "
+             "the next seq, abcheck keeps passing); min–max beside them; n = passed runs / runs. "
+             "godwit/QEMU < 1 means godwit's figure is smaller (faster, less memory).\n")
+    L.append("## Limits measured in this run\n")
+    L.append("| limit | value | how |")
+    L.append("|---|---|---|")
+    how = {"memcpy": "memcpy between two buffers (tools/limits.c)",
+           "populate_anon": "fault in fresh anonymous memory, 4 KiB pages",
+           "populate_memfd": "fault in fresh memfd pages",
+           "populate_thp": "fault in anonymous memory with MADV_HUGEPAGE",
+           "disk_write": "dd bs=1M conv=fsync in the results folder"}
+    for k, v in limits.items():
+        h = how.get(k) or (f"one TCP stream, tc: {limit_notes.get(k, '')}" if k.startswith("link_") else "")
+        L.append(f"| {k} | {fmt_limit(k, v)} | {h} |")
+    L.append("")
+    for op in ("boot", "snapshot-restore", "warm-migrate", "live-migrate"):
+        scs = [s for s in scenarios if s["op"] == op and s["name"] in g]
+        if not scs:
+            continue
+        L.append(f"## {op}\n")
+        L.append("| scenario | metric | godwit median | godwit min–max | QEMU median | QEMU min–max "
+                 "| godwit/QEMU | godwit % of limit | QEMU % of limit |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
+        for sc in scs:
+            per = g[sc["name"]]
+            n = {v: f"{sum(r['status'] == 'ok' for r in per.get(v, []))}/{len(per.get(v, []))}"
+                 for v in VMMS}
+            L.append(f"| **{sc['name']}** | runs passed | n={n['godwit']} | | n={n['qemu']} | | | | |")
+            for col, label, kind in METRICS[op]:
+                st = {v: stats(per.get(v, []), col) for v in VMMS}
+                if not any(st.values()):
+                    continue
+                cells = []
+                for v in VMMS:
+                    s = st[v]
+                    cells.append(fmt(s["median"], kind) if s else "–")
+                    cells.append(f"{fmt(s['min'], kind)} – {fmt(s['max'], kind)}" if s else "–")
+                ratio = "–"
+                if st["godwit"] and st["qemu"] and st["qemu"]["median"]:
+                    ratio = f"{st['godwit']['median'] / st['qemu']['median']:.2f}"
+                fr = ["", ""]
+                if col == "throughput_bytes_per_s":
+                    for i, v in enumerate(VMMS):
+                        s = stats(per.get(v, []), "limit_fraction")
+                        lim = next((r.get("limit_name") for r in per.get(v, []) if r.get("limit_name")), "")
+                        fr[i] = f"{100 * s['median']:.0f}% of {lim}" if s else ""
+                L.append(f"| | {label} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {ratio} "
+                         f"| {fr[0]} | {fr[1]} |")
+        L.append("")
+    bad = [r for r in rows if r["status"] != "ok"]
+    if bad:
+        L.append("## Runs not measured\n")
+        L.append("| scenario | VMM | run | status | reason |")
+        L.append("|---|---|---|---|---|")
+        seen = set()
+        for r in bad:
+            key = (r["scenario"], r["vmm"], r["status"], r["reason"])
+            if key in seen and r["status"] == "unavailable":
+                continue
+            seen.add(key)
+            reason = str(r["reason"]).replace("|", "\\|")
+            L.append(f"| {r['scenario']} | {r['vmm']} | {r['run']} | {r['status']} | {reason} |")
+        L.append("")
+    if plots:
+        L.append("## Plots\n")
+        for p in plots:
+            L.append(f"![{os.path.basename(p)}]({p})\n")
+    with open(path, "w") as f:
+        f.write("\n".join(L) + "\n")
+
+
+# --- gnuplot -----------------------------------------------------------------
+def _nan(v):
+    return "NaN" if v is None else f"{v:.6g}"
+
+
+def _gnuplot(script, cwd):
+    if not shutil.which("gnuplot"):
+        return False
+    r = run(["gnuplot"], input=script, cwd=cwd, timeout=120)
+    if r.returncode != 0:
+        log(f"gnuplot failed: {r.stderr.strip()[:300]}")
+        return False
+    return True
+
+
+def plot_bars(plotdir, name, title, ylabel, scen_names, series, logscale=True):
+    """series: [(label, {scenario: stats or None})]; clustered bars with min-max error bars."""
+    if not any(st for _, d in series for st in d.values() if st):
+        return None
+    dat = os.path.join(plotdir, f"{name}.dat")
+    with open(dat, "w") as f:
+        f.write("# scenario " + " ".join(f"{lab.replace(' ', '_')}_med min max" for lab, _ in series) + "\n")
+        for sc in scen_names:
+            cells = [sc]
+            for _, d in series:
+                s = d.get(sc)
+                cells += [_nan(s["median"]) if s else "NaN", _nan(s["min"]) if s else "NaN",
+                          _nan(s["max"]) if s else "NaN"]
+            f.write(" ".join(cells) + "\n")
+    width = max(900, 60 + 38 * len(scen_names) * max(1, len(series)) // 2)
+    plots = ", ".join(
+        f"'{name}.dat' using {2 + 3 * i}:{3 + 3 * i}:{4 + 3 * i}:xtic(1) title '{lab}'"
+        for i, (lab, _) in enumerate(series))
+    script = f"""
+set terminal pngcairo size {width},560 font 'sans,9'
+set output '{name}.png'
+set title '{title}'
+set ylabel '{ylabel}'
+set style data histogram
+set style histogram errorbars gap 1 lw 1
+set style fill solid 0.8 border -1
+set boxwidth 0.9
+set xtics rotate by -40 left noenhanced
+set key top left
+set grid ytics
+set datafile missing 'NaN'
+{'set logscale y' if logscale else ''}
+set bmargin 9
+plot {plots}
+"""
+    return f"{name}.png" if _gnuplot(script, plotdir) else None
+
+
+def plot_timeline(plotdir, name, title, traces):
+    """traces: {vmm: [(t_s, pages_sent, dirty_rate, round)]}: pages sent and dirty rate over time."""
+    if not any(traces.values()):
+        return None
+    parts = []
+    for vmm, pts in traces.items():
+        if not pts:
+            continue
+        with open(os.path.join(plotdir, f"{name}-{vmm}.dat"), "w") as f:
+            f.write("# t_s pages_sent dirty_pages_per_s round\n")
+            for p in pts:
+                f.write(" ".join(_nan(x) for x in p) + "\n")
+        parts.append(f"'{name}-{vmm}.dat' using 1:2 with linespoints title '{vmm} pages sent'")
+        parts.append(f"'{name}-{vmm}.dat' using 1:3 axes x1y2 with lines dt 2 lw 2 "
+                     f"title '{vmm} dirty rate'")
+        parts.append(f"'{name}-{vmm}.dat' using 1:2:(sprintf('r%d', $4)) with labels offset 0,1 "
+                     f"font ',7' notitle")
+    script = f"""
+set terminal pngcairo size 1000,520 font 'sans,9'
+set output '{name}.png'
+set title '{title}' noenhanced
+set xlabel 'seconds since migrate command'
+set ylabel 'pages sent (cumulative)'
+set y2label 'dirty rate (pages/s)'
+set ytics nomirror
+set y2tics
+set key top left
+set grid
+set datafile missing 'NaN'
+plot {', '.join(parts)}
+"""
+    return f"{name}.png" if _gnuplot(script, plotdir) else None
+
+
+def timeline_points(vmm, samples):
+    """Normalise polled migrate-status samples of either VMM to (t, pages, dirty, round)."""
+    pts = []
+    for s in samples:
+        t = s.get("_t")
+        if vmm == "qemu":
+            ram = s.get("ram") or {}
+            b = ram.get("transferred")
+            pages = b / (ram.get("page-size") or 4096) if b is not None else None
+            dirty = ram.get("dirty-pages-rate")
+            rnd = ram.get("dirty-sync-count")
+        else:
+            pages = s.get("pages_sent")
+            if pages is None:
+                b = s.get("bytes", s.get("bytes_sent"))
+                pages = b / 4096 if isinstance(b, (int, float)) else None
+            dirty = s.get("dirty_rate", s.get("dirty_pages_rate"))
+            rnd = s.get("round", s.get("rounds"))
+        if t is None or pages is None:
+            continue
+        pts.append((t, pages, dirty, rnd if isinstance(rnd, (int, float)) else None))
+    return pts
+
+
+def make_plots(resdir, rows, scenarios, samples_by_run):
+    plotdir = os.path.join(resdir, "plots")
+    os.makedirs(plotdir, exist_ok=True)
+    g = group(rows)
+    names = [s["name"] for s in scenarios if s["name"] in g]
+    out = []
+    p = plot_bars(plotdir, "total-time", "Total time per scenario (median, min-max)", "ms", names,
+                  [(v, {n: stats(g[n].get(v, []), "total_ms") for n in names}) for v in VMMS])
+    if p:
+        out.append(f"plots/{p}")
+    mig = [s["name"] for s in scenarios if s["name"] in g and s["op"] != "boot"]
+    series = []
+    for v in VMMS:
+        series.append((f"{v} (VMM)", {n: stats(g[n].get(v, []), "downtime_vmm_ms") for n in mig}))
+        series.append((f"{v} (guest gap)", {n: stats(g[n].get(v, []), "downtime_guest_ms") for n in mig}))
+    p = plot_bars(plotdir, "downtime", "Downtime per scenario: as the VMM reports it and as the guest "
+                  "sees it (median, min-max)", "ms", mig, series)
+    if p:
+        out.append(f"plots/{p}")
+    for s in scenarios:
+        if s["op"] != "live-migrate" or s["name"] not in g:
+            continue
+        traces = {}
+        for v in VMMS:
+            ok = [r for r in g[s["name"]].get(v, []) if r["status"] == "ok"]
+            if ok:
+                traces[v] = timeline_points(v, samples_by_run.get((s["name"], v, str(ok[0]["run"])), []))
+        p = plot_timeline(plotdir, f"timeline-{s['name']}", f"{s['name']}: pages sent and dirty rate "
+                          f"(labels: round)", traces)
+        if p:
+            out.append(f"plots/{p}")
+    return out
+
+
+def load_samples(path):
+    try:
+        with open(path) as f:
+            return [json.loads(x) for x in f if x.strip()]
+    except (OSError, ValueError):
+        return []

@@ -1,0 +1,120 @@
+"""The scenario table (bench/scenarios.tsv): one row per scenario."""
+import fnmatch
+import os
+import re
+
+from .util import parse_link_rate, parse_size
+
+COLUMNS = ["name", "set", "op", "memory", "cpus", "workload", "link", "downtime_ms",
+           "bandwidth", "restore", "on_stall", "warmup_s"]
+OPS = ("boot", "snapshot-restore", "warm-migrate", "live-migrate")
+DEFAULT_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "scenarios.tsv")
+
+
+class Scenario(dict):
+    __getattr__ = dict.get
+
+    @property
+    def memory_bytes(self):
+        return parse_size(self["memory"])
+
+    @property
+    def wss_bytes(self):
+        m = re.search(r"\bwss=(\S+)", self["workload"])
+        return parse_size(m.group(1)) if m else 0
+
+    @property
+    def dirty_rate(self):
+        m = re.search(r"\brate=(\d+)", self["workload"])
+        return int(m.group(1)) if m else 0
+
+    @property
+    def kind(self):
+        m = re.search(r"\bworkload=(\w+)", self["workload"])
+        return m.group(1) if m else "idle"
+
+    @property
+    def link_bits(self):
+        """Shaped rate in bits/s, or None for loopback / unshaped veth / no link."""
+        if self["link"] in ("-", "loopback", "veth"):
+            return None
+        return parse_link_rate(self["link"])
+
+    @property
+    def bandwidth_bytes(self):
+        return None if self["bandwidth"] == "-" else parse_size(self["bandwidth"])
+
+    @property
+    def downtime(self):
+        return None if self["downtime_ms"] == "-" else int(self["downtime_ms"])
+
+    def warmup(self):
+        """Seconds to let the workload run before the operation."""
+        if self["warmup_s"] != "auto":
+            return float(self["warmup_s"])
+        pages = self.wss_bytes // 4096
+        if self.kind == "dirty" and pages:
+            # ~60k pages/s per vCPU on this machine's emulated guests
+            rate = self.dirty_rate or 60000 * int(self["cpus"])
+            return min(1.0 + pages / rate, 30.0)
+        return 0.5
+
+
+def load(path=DEFAULT_FILE):
+    rows = []
+    header = None
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            cells = [c.strip() for c in line.split("\t")]
+            if header is None:
+                header = cells
+                missing = [c for c in COLUMNS if c not in header]
+                if missing:
+                    raise ValueError(f"{path}: header lacks columns {missing}")
+                continue
+            if len(cells) != len(header):
+                raise ValueError(f"{path}:{lineno}: {len(cells)} cells, header has {len(header)}")
+            sc = Scenario(zip(header, cells))
+            validate(sc, f"{path}:{lineno}")
+            rows.append(sc)
+    names = [s["name"] for s in rows]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ValueError(f"{path}: duplicate scenario names {sorted(dup)}")
+    return rows
+
+
+def validate(sc, where):
+    if sc["op"] not in OPS:
+        raise ValueError(f"{where}: op must be one of {OPS}")
+    sc.memory_bytes  # noqa: B018 - raises on a bad size
+    if not 1 <= int(sc["cpus"]) <= 8:
+        raise ValueError(f"{where}: cpus out of range")
+    if sc["op"] in ("warm-migrate", "live-migrate"):
+        if sc["link"] == "-":
+            raise ValueError(f"{where}: migration needs a link")
+        sc.link_bits  # noqa: B018
+    if sc["op"] == "snapshot-restore" and sc["restore"] not in ("lazy", "eager"):
+        raise ValueError(f"{where}: restore must be lazy or eager")
+    if sc["op"] == "live-migrate" and sc.downtime is None:
+        raise ValueError(f"{where}: live migration needs a downtime target")
+    sc.bandwidth_bytes  # noqa: B018
+    if sc["on_stall"] not in ("-", "throttle", "pause", "cancel"):
+        raise ValueError(f"{where}: on_stall must be -, throttle, pause or cancel")
+
+
+def select(rows, names, quick):
+    if names:
+        out = []
+        for pat in names:
+            hit = [r for r in rows if fnmatch.fnmatchcase(r["name"], pat)]
+            if not hit:
+                raise ValueError(f"no scenario matches {pat!r} (see bench/scenarios.tsv)")
+            out.extend(h for h in hit if h not in out)
+        return out
+    want = "quick" if quick else "full"
+    return [r for r in rows if r["set"] == want]

@@ -1,0 +1,44 @@
+"""Columns of runs.csv, shared by the harness and bench/check_results.py."""
+
+STATUSES = ("ok", "failed", "unavailable")
+
+SCENARIO_COLUMNS = ["scenario", "set", "op", "vmm", "run", "status", "reason",
+                    "memory", "cpus", "workload", "link", "downtime_target_ms", "bandwidth",
+                    "restore", "on_stall", "started_utc"]
+
+# measured values: empty unless status is ok
+METRIC_COLUMNS = [
+    "total_ms",                  # whole operation, see docs/benchmarks.md
+    "boot_ms",                   # launch -> first serial line
+    "first_hb_ms",               # launch -> first heartbeat
+    "snapshot_ms",               # snapshot command -> snapshot complete and synced
+    "snapshot_bytes",            # allocated on disk (sparse files count holes as 0)
+    "snapshot_apparent_bytes",   # sum of file sizes
+    "restore_ms",                # launch of the restoring VMM -> first heartbeat
+    "downtime_vmm_ms",           # as the VMM reports it
+    "downtime_guest_ms",         # longest gap between consecutive heartbeats
+    "vmm_total_ms",              # total time as the VMM reports it
+    "vmm_bytes",                 # bytes sent as the VMM reports it
+    "wire_bytes",                # tx bytes counted on the source's interface
+    "rounds",
+    "throttle_pct",              # highest throttle seen
+    "src_vmhwm_bytes",           # peak RSS of the (source) VMM process
+    "dst_vmhwm_bytes",           # peak RSS of the destination / restored VMM
+    "rss_anon_bytes", "rss_file_bytes", "rss_shmem_bytes",
+    "guest_rss_bytes",           # guest pages resident (VMM report, else large mappings)
+    "guest_rss_source",
+    "overhead_bytes",            # VmRSS - guest_rss_bytes
+    "hb_last_before", "hb_first_after", "check_ok_after",
+    "throughput_bytes_per_s",    # bytes moved / time (snapshot or migration)
+    "limit_name", "limit_bytes_per_s", "limit_fraction",
+]
+
+COLUMNS = SCENARIO_COLUMNS + METRIC_COLUMNS + ["log"]
+
+# at least one of these is set on an ok row of each operation
+REQUIRED_OK = {
+    "boot": ["boot_ms"],
+    "snapshot-restore": ["snapshot_ms", "restore_ms"],
+    "warm-migrate": ["total_ms"],
+    "live-migrate": ["total_ms"],
+}

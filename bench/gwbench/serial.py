@@ -1,0 +1,198 @@
+"""Serial console capture: every line timestamped with time.monotonic() on arrival.
+
+The VMM's serial output goes to a pty (raw mode, so no CR is added and a C
+program's stdout stays line-buffered); a reader thread timestamps each line as
+it arrives and keeps them all, and also writes them to a log file.
+"""
+import os
+import re
+import threading
+import time
+import tty
+
+HB_RE = re.compile(r"^hb (\d+)\s*$")
+READY_RE = re.compile(r"godwit-guest ready cpus=(\d+)")
+CHECK_OK_RE = re.compile(r"^check ok (\d+)")
+CHECK_FAIL_RE = re.compile(r"^check fail")
+
+
+class SerialCapture:
+    def __init__(self, label, log_path=None):
+        self.label = label
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.lines = []          # [(t, text)]
+        self.partial = b""
+        self.partial_t = None
+        self.first_byte_t = None
+        self.eof = False
+        self.cond = threading.Condition()
+        self.log = open(log_path, "w", encoding="utf-8", errors="replace") if log_path else None
+        self.thread = threading.Thread(target=self._reader, name=f"serial-{label}", daemon=True)
+
+    def child_fd(self):
+        return self.slave
+
+    def start(self):
+        """Call after the child was spawned with child_fd() as its stdout."""
+        os.close(self.slave)
+        self.slave = None
+        self.thread.start()
+        return self
+
+    def _reader(self):
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:   # EIO once the child side is closed
+                data = b""
+            t = time.monotonic()
+            if not data:
+                break
+            with self.cond:
+                if self.first_byte_t is None:
+                    self.first_byte_t = t
+                buf = self.partial + data
+                parts = buf.split(b"\n")
+                self.partial = parts.pop()
+                self.partial_t = t if self.partial else None
+                for raw in parts:
+                    text = raw.decode("utf-8", "replace").rstrip("\r")
+                    self.lines.append((t, text))
+                    if self.log:
+                        self.log.write(f"{t:.6f} {text}\n")
+                self.cond.notify_all()
+        with self.cond:
+            self.eof = True
+            self.cond.notify_all()
+        if self.log:
+            if self.partial:
+                self.log.write(f"{self.partial_t:.6f} {self.partial.decode('utf-8', 'replace')} [no newline]\n")
+            self.log.flush()
+
+    def wait_for(self, pred, timeout, start_index=0):
+        """Wait until pred(t, text) holds for a line at index >= start_index.
+
+        Returns (index, t, text) or None on timeout or EOF."""
+        deadline = time.monotonic() + timeout
+        i = start_index
+        with self.cond:
+            while True:
+                while i < len(self.lines):
+                    t, text = self.lines[i]
+                    if pred(t, text):
+                        return i, t, text
+                    i += 1
+                if self.eof:
+                    return None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(min(left, 0.1))
+
+    def wait_heartbeats(self, n, timeout, start_index=0):
+        """Wait for n heartbeat lines at or after start_index; returns the last (index, t, text)."""
+        count = [0]
+
+        def pred(t, text):
+            if HB_RE.match(text):
+                count[0] += 1
+                return count[0] >= n
+            return False
+        return self.wait_for(pred, timeout, start_index)
+
+    def snapshot(self):
+        with self.cond:
+            return list(self.lines), self.partial, self.partial_t
+
+    def tail(self, n=5):
+        with self.cond:
+            return [text for _, text in self.lines[-n:]]
+
+    def close(self):
+        if self.slave is not None:
+            os.close(self.slave)
+            self.slave = None
+        if self.thread.is_alive():
+            self.thread.join(2.0)
+        try:
+            os.close(self.master)
+        except OSError:
+            pass
+        if self.log:
+            self.log.close()
+            self.log = None
+
+
+def merge_streams(src, dst):
+    """Lines of the source then the destination, as one console.
+
+    A line the source had begun but not finished when it was paused is
+    completed by the destination's first bytes: join them."""
+    s_lines, s_partial, _ = src.snapshot()
+    d_lines, d_partial, d_pt = dst.snapshot()
+    out = list(s_lines)
+    d_lines = list(d_lines)
+    if s_partial:
+        p = s_partial.decode("utf-8", "replace")
+        if d_lines:
+            t, text = d_lines[0]
+            d_lines[0] = (t, p + text)
+        elif d_partial:
+            d_partial = s_partial + d_partial
+    out.extend(d_lines)
+    return out, len(s_lines)
+
+
+def heartbeats(lines):
+    """[(t, seq, index)] of heartbeat lines."""
+    hb = []
+    for i, (t, text) in enumerate(lines):
+        m = HB_RE.match(text)
+        if m:
+            hb.append((t, int(m.group(1)), i))
+    return hb
+
+
+def analyse_move(lines, boundary, t_from, settle_hb=20):
+    """Check and measure a move (source lines [0, boundary), destination after).
+
+    Returns dict: ok, reason, last_before, first_after, gap_ms (the longest gap
+    between consecutive heartbeats from t_from on), check_ok_after, check_fail."""
+    res = {"ok": False, "reason": "", "last_before": None, "first_after": None,
+           "gap_ms": None, "check_ok_before": None, "check_ok_after": None, "check_fail": None}
+    hb = heartbeats(lines)
+    before = [h for h in hb if h[2] < boundary]
+    after = [h for h in hb if h[2] >= boundary]
+    for t, text in lines:
+        if CHECK_FAIL_RE.match(text):
+            res["check_fail"] = text
+            break
+    oks_before = [int(CHECK_OK_RE.match(x).group(1)) for _, x in lines[:boundary] if CHECK_OK_RE.match(x)]
+    oks_after = [int(CHECK_OK_RE.match(x).group(1)) for _, x in lines[boundary:] if CHECK_OK_RE.match(x)]
+    res["check_ok_before"] = oks_before[-1] if oks_before else None
+    res["check_ok_after"] = oks_after[-1] if oks_after else None
+    if before:
+        res["last_before"] = before[-1][1]
+    if after:
+        res["first_after"] = after[0][1]
+    # longest gap between consecutive heartbeats, over the move window
+    gaps = [(b[0] - a[0]) for a, b in zip(hb, hb[1:]) if b[0] >= t_from]
+    if gaps:
+        res["gap_ms"] = max(gaps) * 1000.0
+    if not before:
+        res["reason"] = "no heartbeat on the source before the move"
+    elif not after:
+        res["reason"] = "no heartbeat after the move"
+    elif after[0][1] != before[-1][1] + 1:
+        res["reason"] = (f"heartbeat seq did not continue: last before {before[-1][1]}, "
+                         f"first after {after[0][1]}")
+    elif any(b[1] != a[1] + 1 for a, b in zip(after, after[1:])):
+        res["reason"] = "heartbeat seq not consecutive after the move"
+    elif len(after) < settle_hb:
+        res["reason"] = f"only {len(after)} heartbeats after the move"
+    elif res["check_fail"]:
+        res["reason"] = f"abcheck failed: {res['check_fail']}"
+    else:
+        res["ok"] = True
+    return res
