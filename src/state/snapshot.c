@@ -1,0 +1,1115 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Snapshot directories: the atomic writer (temporary directory, fsync, rename), the memory
+ * index (present-page bitmap and per-chunk CRC32C), and the validating reader with memory
+ * verify and eager load.
+ */
+#include "state/snapshot.h"
+
+#include "base/crc32c.h"
+#include "state/internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Non-zero pages are written in runs of at most this much, while they are still cached. */
+#define WRITE_RUN_MAX (256u * 1024)
+/* How many memory problems verify prints before only counting them. */
+#define VERIFY_REPORT_MAX 20u
+
+/* ---- small helpers ---- */
+
+/* A copy of path without trailing slashes ("/" stays "/"); NULL if empty or out of memory. */
+static char *path_clean(const char *path)
+{
+	size_t n = strlen(path);
+	char *p;
+
+	while (n > 1 && path[n - 1] == '/')
+		n--;
+	if (n == 0)
+		return NULL;
+	p = malloc(n + 1);
+	if (!p)
+		return NULL;
+	memcpy(p, path, n);
+	p[n] = '\0';
+	return p;
+}
+
+/* fsync the directory that holds path. */
+static int fsync_parent(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char parent[4096];
+	int fd, ret = 0;
+
+	if (!slash) {
+		strcpy(parent, ".");
+	} else if (slash == path) {
+		strcpy(parent, "/");
+	} else {
+		size_t n = (size_t)(slash - path);
+
+		if (n >= sizeof(parent))
+			return -ENAMETOOLONG;
+		memcpy(parent, path, n);
+		parent[n] = '\0';
+	}
+	fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+int state_file_read_at(int dfd, const char *dir, const char *name, uint64_t max, uint8_t **out,
+		       size_t *len, struct errbuf *e)
+{
+	struct stat st;
+	uint8_t *p = NULL;
+	int fd, ret;
+
+	*out = NULL;
+	*len = 0;
+	fd = openat(dfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return -ENOENT;
+		return err_set(e, -errno, "open %s/%s: %s", dir, name, strerror(errno));
+	}
+	if (fstat(fd, &st) < 0) {
+		ret = err_set(e, -errno, "stat %s/%s: %s", dir, name, strerror(errno));
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		ret = err_set(e, -EINVAL, "%s/%s is not a regular file", dir, name);
+		goto out;
+	}
+	if ((uint64_t)st.st_size > max) {
+		ret = err_set(e, -EFBIG, "%s/%s is %" PRIu64 " bytes, more than the %" PRIu64
+			      " allowed", dir, name, (uint64_t)st.st_size, max);
+		goto out;
+	}
+	p = malloc(st.st_size ? (size_t)st.st_size : 1);
+	if (!p) {
+		ret = err_set(e, -ENOMEM, "read %s/%s: out of memory", dir, name);
+		goto out;
+	}
+	ret = io_read_full(fd, p, (size_t)st.st_size);
+	if (ret) {
+		free(p);
+		ret = err_set(e, ret, "read %s/%s: %s", dir, name,
+			      ret == -EPIPE ? "file shrank while being read" : strerror(-ret));
+		goto out;
+	}
+	*out = p;
+	*len = (size_t)st.st_size;
+out:
+	close(fd);
+	return ret;
+}
+
+/* ---- memory index ---- */
+
+static uint64_t div_up(uint64_t a, uint64_t b)
+{
+	return a / b + (a % b != 0);
+}
+
+bool snapshot_memory_page_present(const struct snapshot_memory *m, uint64_t page)
+{
+	return page < m->nr_pages && (m->bitmap[page / 8] >> (page % 8)) & 1;
+}
+
+uint32_t snapshot_memory_chunk_crc(const struct snapshot_memory *m, uint64_t chunk)
+{
+	return chunk < m->nr_chunks ? le_get32(m->crcs + chunk * 4) : 0;
+}
+
+/* Lays out regions in the memory file: each starts on a chunk boundary, in config order. */
+static void memory_layout(const struct state_config *cfg, uint32_t chunk_size,
+			  struct snapshot_mem_region *regions, uint64_t *nr_pages,
+			  uint64_t *nr_chunks, uint64_t *file_size)
+{
+	uint64_t off = 0, pages = 0, chunks = 0;
+
+	for (uint32_t i = 0; i < cfg->nr_regions; i++) {
+		struct snapshot_mem_region *rg = &regions[i];
+
+		rg->gpa = cfg->regions[i].gpa;
+		rg->size = cfg->regions[i].size;
+		rg->file_offset = off;
+		rg->first_page = pages;
+		rg->first_chunk = chunks;
+		pages += rg->size / STATE_PAGE_SIZE;
+		chunks += div_up(rg->size, chunk_size);
+		off += ALIGN_UP(rg->size, (uint64_t)chunk_size);
+	}
+	*nr_pages = pages;
+	*nr_chunks = chunks;
+	*file_size = off;
+}
+
+static void memory_index_encode(struct buf *b, const struct snapshot_memory *m)
+{
+	buf_put_u32(b, STATE_PAGE_SIZE);
+	buf_put_u32(b, m->chunk_size);
+	buf_put_u64(b, m->file_size);
+	buf_put_u32(b, m->nr_regions);
+	for (uint32_t i = 0; i < m->nr_regions; i++) {
+		buf_put_u64(b, m->regions[i].gpa);
+		buf_put_u64(b, m->regions[i].size);
+		buf_put_u64(b, m->regions[i].file_offset);
+	}
+	buf_put_u64(b, m->nr_pages);
+	buf_put_u64(b, m->pages_present);
+	buf_put_u64(b, m->nr_chunks);
+	buf_put_bytes(b, m->bitmap, (size_t)div_up(m->nr_pages, 8));
+	buf_put_bytes(b, m->crcs, (size_t)m->nr_chunks * 4);
+}
+
+/* True if any page of [first, first + n) is present. */
+static bool pages_any_present(const struct snapshot_memory *m, uint64_t first, uint64_t n)
+{
+	for (uint64_t i = first; i < first + n; i++)
+		if (snapshot_memory_page_present(m, i))
+			return true;
+	return false;
+}
+
+int snapshot_memory_decode(const void *p, size_t len, const struct state_config *cfg,
+			   struct snapshot_memory *m, struct errbuf *e)
+{
+	uint64_t nr_pages = 0, nr_chunks = 0, present = 0, bitmap_len;
+	uint32_t page_size;
+	struct buf_reader r;
+
+	memset(m, 0, sizeof(*m));
+	buf_reader_init(&r, p, len);
+	page_size = buf_get_u32(&r);
+	m->chunk_size = buf_get_u32(&r);
+	m->file_size = buf_get_u64(&r);
+	m->nr_regions = buf_get_u32(&r);
+	if (!buf_reader_ok(&r))
+		return err_set(e, -EBADMSG, "memory index: truncated");
+	if (page_size != STATE_PAGE_SIZE)
+		return err_set(e, -EBADMSG, "memory index: page size %" PRIu32 " (expected %u)",
+			       page_size, STATE_PAGE_SIZE);
+	if (m->chunk_size < STATE_PAGE_SIZE || m->chunk_size > (1u << 30) ||
+	    (m->chunk_size & (m->chunk_size - 1)))
+		return err_set(e, -EBADMSG, "memory index: bad chunk size %" PRIu32, m->chunk_size);
+	if (m->file_size & (STATE_PAGE_SIZE - 1) || m->file_size > (1ull << 60))
+		return err_set(e, -EBADMSG, "memory index: bad memory file size %" PRIu64,
+			       m->file_size);
+	if (m->nr_regions != cfg->nr_regions)
+		return err_set(e, -EBADMSG,
+			       "memory index: %" PRIu32 " regions, the config has %" PRIu32,
+			       m->nr_regions, cfg->nr_regions);
+	for (uint32_t i = 0; i < m->nr_regions; i++) {
+		struct snapshot_mem_region *rg = &m->regions[i];
+
+		rg->gpa = buf_get_u64(&r);
+		rg->size = buf_get_u64(&r);
+		rg->file_offset = buf_get_u64(&r);
+		if (!buf_reader_ok(&r))
+			return err_set(e, -EBADMSG, "memory index: truncated");
+		if (rg->gpa != cfg->regions[i].gpa || rg->size != cfg->regions[i].size)
+			return err_set(e, -EBADMSG,
+				       "memory index: region %" PRIu32 " (gpa 0x%" PRIx64
+				       ", size 0x%" PRIx64 ") differs from the config's",
+				       i, rg->gpa, rg->size);
+		if (rg->file_offset & (STATE_PAGE_SIZE - 1) || rg->file_offset > m->file_size ||
+		    rg->size > m->file_size - rg->file_offset)
+			return err_set(e, -EBADMSG,
+				       "memory index: region %" PRIu32 " at file offset 0x%" PRIx64
+				       " does not fit in the memory file (0x%" PRIx64 " bytes)",
+				       i, rg->file_offset, m->file_size);
+		for (uint32_t j = 0; j < i; j++) {
+			const struct snapshot_mem_region *o = &m->regions[j];
+
+			if (rg->file_offset < o->file_offset + o->size &&
+			    o->file_offset < rg->file_offset + rg->size)
+				return err_set(e, -EBADMSG,
+					       "memory index: regions %" PRIu32 " and %" PRIu32
+					       " overlap in the memory file",
+					       j, i);
+		}
+		rg->first_page = nr_pages;
+		rg->first_chunk = nr_chunks;
+		nr_pages += rg->size / STATE_PAGE_SIZE;
+		nr_chunks += div_up(rg->size, m->chunk_size);
+	}
+	m->nr_pages = buf_get_u64(&r);
+	m->pages_present = buf_get_u64(&r);
+	m->nr_chunks = buf_get_u64(&r);
+	if (!buf_reader_ok(&r))
+		return err_set(e, -EBADMSG, "memory index: truncated");
+	if (m->nr_pages != nr_pages || m->nr_chunks != nr_chunks)
+		return err_set(e, -EBADMSG,
+			       "memory index: %" PRIu64 " pages in %" PRIu64
+			       " chunks, the regions make %" PRIu64 " in %" PRIu64,
+			       m->nr_pages, m->nr_chunks, nr_pages, nr_chunks);
+	bitmap_len = div_up(nr_pages, 8);
+	if (buf_reader_left(&r) != bitmap_len + nr_chunks * 4)
+		return err_set(e, -EBADMSG,
+			       "memory index: %zu bytes of bitmap and CRCs, expected %" PRIu64,
+			       buf_reader_left(&r), bitmap_len + nr_chunks * 4);
+	m->bitmap = (const uint8_t *)p + r.pos;
+	m->crcs = m->bitmap + bitmap_len;
+	if (nr_pages % 8 && m->bitmap[bitmap_len - 1] >> (nr_pages % 8))
+		return err_set(e, -EBADMSG, "memory index: bits set past the last page");
+	for (uint64_t i = 0; i + 8 <= bitmap_len; i += 8)
+		present += (uint64_t)__builtin_popcountll(le_get64(m->bitmap + i));
+	for (uint64_t i = bitmap_len & ~7ull; i < bitmap_len; i++)
+		present += (uint64_t)__builtin_popcount(m->bitmap[i]);
+	if (present != m->pages_present)
+		return err_set(e, -EBADMSG,
+			       "memory index: counts %" PRIu64 " present pages, the bitmap %" PRIu64,
+			       m->pages_present, present);
+	for (uint32_t i = 0; i < m->nr_regions; i++) {
+		const struct snapshot_mem_region *rg = &m->regions[i];
+		uint64_t per = m->chunk_size / STATE_PAGE_SIZE, pages = rg->size / STATE_PAGE_SIZE;
+
+		for (uint64_t c = 0; c * per < pages; c++) {
+			uint64_t n = MIN(per, pages - c * per);
+
+			if (snapshot_memory_chunk_crc(m, rg->first_chunk + c) &&
+			    !pages_any_present(m, rg->first_page + c * per, n))
+				return err_set(e, -EBADMSG,
+					       "memory index: chunk %" PRIu64
+					       " has a CRC but no pages",
+					       rg->first_chunk + c);
+		}
+	}
+	return 0;
+}
+
+/* ---- writer ---- */
+
+struct section_key {
+	char name[STATE_NAME_MAX + 1];
+	char instance[STATE_NAME_MAX + 1];
+};
+
+struct snapshot_writer {
+	char *dir;
+	char *tmp;
+	int dfd;
+	int state_fd;
+	int mem_fd;
+	struct state_writer *sw;
+	bool have_config;
+	bool failed;
+	struct state_config cfg;
+	struct snapshot_memory mem;
+	uint8_t *bitmap;
+	uint32_t *chunk_crc;
+	uint32_t *chunk_next; /* per chunk: the lowest page within it that may still be given */
+	struct section_key *keys;
+	size_t nr_keys;
+	struct snapshot_stats stats;
+};
+
+static void writer_remove_tmp(struct snapshot_writer *w)
+{
+	if (w->dfd >= 0) {
+		unlinkat(w->dfd, SNAPSHOT_STATE_FILE, 0);
+		unlinkat(w->dfd, SNAPSHOT_MEMORY_FILE, 0);
+	}
+	if (w->tmp)
+		rmdir(w->tmp);
+}
+
+static void writer_free(struct snapshot_writer *w)
+{
+	state_writer_free(w->sw);
+	if (w->state_fd >= 0)
+		close(w->state_fd);
+	if (w->mem_fd >= 0)
+		close(w->mem_fd);
+	if (w->dfd >= 0)
+		close(w->dfd);
+	free(w->bitmap);
+	free(w->chunk_crc);
+	free(w->chunk_next);
+	free(w->keys);
+	free(w->dir);
+	free(w->tmp);
+	free(w);
+}
+
+void snapshot_writer_abort(struct snapshot_writer *w)
+{
+	if (!w)
+		return;
+	writer_remove_tmp(w);
+	writer_free(w);
+}
+
+int snapshot_writer_begin(const char *dir, struct snapshot_writer **wp, struct errbuf *e)
+{
+	struct snapshot_writer *w;
+	struct stat st;
+	int ret;
+
+	*wp = NULL;
+	w = calloc(1, sizeof(*w));
+	if (!w)
+		return err_set(e, -ENOMEM, "snapshot %s: out of memory", dir);
+	w->dfd = w->state_fd = w->mem_fd = -1;
+	w->dir = path_clean(dir);
+	if (!w->dir) {
+		ret = err_set(e, -EINVAL, "snapshot: empty directory name");
+		goto fail;
+	}
+	if (lstat(w->dir, &st) == 0) {
+		ret = err_set(e, -EEXIST, "snapshot %s: already exists", w->dir);
+		goto fail;
+	}
+	if (errno != ENOENT) {
+		ret = err_set(e, -errno, "snapshot %s: %s", w->dir, strerror(errno));
+		goto fail;
+	}
+	if (asprintf(&w->tmp, "%s.tmp-XXXXXX", w->dir) < 0) {
+		w->tmp = NULL;
+		ret = err_set(e, -ENOMEM, "snapshot %s: out of memory", w->dir);
+		goto fail;
+	}
+	if (!mkdtemp(w->tmp)) {
+		ret = err_set(e, -errno, "snapshot %s: create temporary directory: %s", w->dir,
+			      strerror(errno));
+		free(w->tmp);
+		w->tmp = NULL;
+		goto fail;
+	}
+	w->dfd = open(w->tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (w->dfd < 0) {
+		ret = err_set(e, -errno, "snapshot: open %s: %s", w->tmp, strerror(errno));
+		goto fail;
+	}
+	w->state_fd = openat(w->dfd, SNAPSHOT_STATE_FILE, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+			     0644);
+	if (w->state_fd < 0) {
+		ret = err_set(e, -errno, "snapshot: create %s/state: %s", w->tmp, strerror(errno));
+		goto fail;
+	}
+	w->mem_fd = openat(w->dfd, SNAPSHOT_MEMORY_FILE, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+			   0644);
+	if (w->mem_fd < 0) {
+		ret = err_set(e, -errno, "snapshot: create %s/memory: %s", w->tmp, strerror(errno));
+		goto fail;
+	}
+	ret = state_writer_open(&w->sw, w->state_fd, STATE_KIND_SNAPSHOT, e);
+	if (ret)
+		goto fail;
+	*wp = w;
+	return 0;
+fail:
+	snapshot_writer_abort(w);
+	return ret;
+}
+
+static int writer_usable(struct snapshot_writer *w, bool need_config, struct errbuf *e)
+{
+	if (w->failed)
+		return err_set(e, -EIO, "snapshot %s: writer failed earlier", w->dir);
+	if (need_config && !w->have_config)
+		return err_set(e, -EPROTO, "snapshot %s: the config must come first", w->dir);
+	return 0;
+}
+
+int snapshot_writer_config(struct snapshot_writer *w, const struct state_config *cfg,
+			   struct errbuf *e)
+{
+	struct snapshot_memory *m = &w->mem;
+	int ret = writer_usable(w, false, e);
+
+	if (ret)
+		return ret;
+	if (w->have_config)
+		return err_set(e, -EPROTO, "snapshot %s: config given twice", w->dir);
+	ret = state_writer_config(w->sw, cfg, e);
+	if (ret) {
+		w->failed = ret != -EINVAL;
+		return err_prefix(e, ret, "snapshot %s", w->dir);
+	}
+	w->cfg = *cfg;
+	m->chunk_size = SNAPSHOT_CHUNK_SIZE;
+	m->nr_regions = cfg->nr_regions;
+	memory_layout(cfg, m->chunk_size, m->regions, &m->nr_pages, &m->nr_chunks,
+		      &m->file_size);
+	w->bitmap = calloc(div_up(m->nr_pages, 8) + 1, 1);
+	w->chunk_crc = calloc(m->nr_chunks, sizeof(*w->chunk_crc));
+	w->chunk_next = calloc(m->nr_chunks, sizeof(*w->chunk_next));
+	w->failed = true;
+	if (!w->bitmap || !w->chunk_crc || !w->chunk_next)
+		return err_set(e, -ENOMEM, "snapshot %s: out of memory for the memory index",
+			       w->dir);
+	if (ftruncate(w->mem_fd, (off_t)m->file_size) < 0)
+		return err_set(e, -errno, "snapshot %s: size memory file to %" PRIu64 ": %s",
+			       w->dir, m->file_size, strerror(errno));
+	w->stats.pages_total = m->nr_pages;
+	w->have_config = true;
+	w->failed = false;
+	return 0;
+}
+
+int snapshot_writer_section(struct snapshot_writer *w, const char *name, const char *instance,
+			    uint32_t version, const void *data, size_t len, struct errbuf *e)
+{
+	struct section_key *k;
+	int ret = writer_usable(w, true, e);
+
+	if (ret)
+		return ret;
+	if (strcmp(name, SNAPSHOT_MEMORY_SECTION) == 0)
+		return err_set(e, -EINVAL, "snapshot %s: section name \"%s\" is reserved", w->dir,
+			       name);
+	ret = state_name_check("section name", name, e);
+	if (!ret)
+		ret = state_name_check("section instance", instance, e);
+	if (ret)
+		return err_prefix(e, ret, "snapshot %s", w->dir);
+	for (size_t i = 0; i < w->nr_keys; i++)
+		if (!strcmp(w->keys[i].name, name) && !strcmp(w->keys[i].instance, instance))
+			return err_set(e, -EEXIST, "snapshot %s: section %s@%s given twice", w->dir,
+				       name, instance);
+	if (w->nr_keys >= SNAPSHOT_MAX_SECTIONS)
+		return err_set(e, -E2BIG, "snapshot %s: more than %u sections", w->dir,
+			       SNAPSHOT_MAX_SECTIONS);
+	if (!(w->nr_keys & (w->nr_keys + 1))) {
+		k = realloc(w->keys, (w->nr_keys * 2 + 1) * sizeof(*k));
+		if (!k)
+			return err_set(e, -ENOMEM, "snapshot %s: out of memory", w->dir);
+		w->keys = k;
+	}
+	ret = state_writer_section(w->sw, name, instance, version, data, len, e);
+	if (ret) {
+		w->failed = ret != -EFBIG && ret != -EINVAL;
+		return err_prefix(e, ret, "snapshot %s", w->dir);
+	}
+	k = &w->keys[w->nr_keys++];
+	strcpy(k->name, name);
+	strcpy(k->instance, instance);
+	return 0;
+}
+
+static int writer_put_run(struct snapshot_writer *w, const uint8_t *p, uint64_t len, uint64_t off,
+			  struct errbuf *e)
+{
+	int ret;
+
+	if (!len)
+		return 0;
+	ret = io_pwrite_full(w->mem_fd, p, (size_t)len, (off_t)off);
+	if (ret) {
+		w->failed = true;
+		return err_set(e, ret, "snapshot %s: write memory file at offset 0x%" PRIx64 ": %s",
+			       w->dir, off, strerror(-ret));
+	}
+	return 0;
+}
+
+int snapshot_writer_memory(struct snapshot_writer *w, uint64_t gpa, const void *host,
+			   uint64_t len, struct errbuf *e)
+{
+	const struct snapshot_mem_region *rg;
+	const uint8_t *p = host;
+	uint64_t run_start = 0, run_len = 0, base;
+	int idx, ret = writer_usable(w, true, e);
+
+	if (ret)
+		return ret;
+	if (len == 0 || (gpa | len) & (STATE_PAGE_SIZE - 1))
+		return err_set(e, -EINVAL,
+			       "snapshot %s: memory at gpa 0x%" PRIx64 " length 0x%" PRIx64
+			       " is empty or not page-aligned",
+			       w->dir, gpa, len);
+	idx = state_config_region_find(&w->cfg, gpa, len);
+	if (idx < 0)
+		return err_set(e, -EINVAL,
+			       "snapshot %s: memory at gpa 0x%" PRIx64 " length 0x%" PRIx64
+			       " is not inside one memory region",
+			       w->dir, gpa, len);
+	rg = &w->mem.regions[idx];
+	base = gpa - rg->gpa;
+	for (uint64_t i = 0; i < len; i += STATE_PAGE_SIZE) {
+		uint64_t roff = base + i;
+		uint64_t page = rg->first_page + roff / STATE_PAGE_SIZE;
+		uint64_t chunk = rg->first_chunk + roff / w->mem.chunk_size;
+		uint32_t in_chunk = (uint32_t)(roff % w->mem.chunk_size / STATE_PAGE_SIZE);
+
+		if (in_chunk < w->chunk_next[chunk]) {
+			w->failed = true;
+			return err_set(e, -EINVAL,
+				       "snapshot %s: memory page at gpa 0x%" PRIx64
+				       " given twice or out of order",
+				       w->dir, gpa + i);
+		}
+		w->chunk_next[chunk] = in_chunk + 1;
+		if (state_page_is_zero(p + i)) {
+			w->stats.pages_zero++;
+			ret = writer_put_run(w, p + run_start, run_len, rg->file_offset + base + run_start, e);
+			if (ret)
+				return ret;
+			run_len = 0;
+			continue;
+		}
+		w->chunk_crc[chunk] = crc32c(w->chunk_crc[chunk], p + i, STATE_PAGE_SIZE);
+		w->bitmap[page / 8] |= (uint8_t)(1u << (page % 8));
+		w->stats.pages_present++;
+		if (run_len == 0)
+			run_start = i;
+		run_len += STATE_PAGE_SIZE;
+		if (run_len >= WRITE_RUN_MAX) {
+			ret = writer_put_run(w, p + run_start, run_len, rg->file_offset + base + run_start, e);
+			if (ret)
+				return ret;
+			run_len = 0;
+		}
+	}
+	return writer_put_run(w, p + run_start, run_len, rg->file_offset + base + run_start, e);
+}
+
+void snapshot_writer_stats(const struct snapshot_writer *w, struct snapshot_stats *st)
+{
+	*st = w->stats;
+	st->state_bytes = w->sw ? state_writer_bytes(w->sw) : 0;
+}
+
+static int writer_finish(struct snapshot_writer *w, struct errbuf *e)
+{
+	struct snapshot_memory *m = &w->mem;
+	struct buf crcs, idx;
+	int ret;
+
+	buf_init(&crcs);
+	buf_init(&idx);
+	for (uint64_t i = 0; i < m->nr_chunks; i++)
+		buf_put_u32(&crcs, w->chunk_crc[i]);
+	m->bitmap = w->bitmap;
+	m->crcs = crcs.data;
+	m->pages_present = w->stats.pages_present;
+	if (!buf_status(&crcs))
+		memory_index_encode(&idx, m);
+	if (buf_status(&crcs) || buf_status(&idx))
+		ret = err_set(e, -ENOMEM, "out of memory for the memory index");
+	else
+		ret = state_writer_section(w->sw, SNAPSHOT_MEMORY_SECTION,
+					   SNAPSHOT_MEMORY_INSTANCE, SNAPSHOT_MEMORY_VERSION,
+					   idx.data, idx.len, e);
+	m->crcs = NULL;
+	buf_free(&crcs);
+	buf_free(&idx);
+	if (ret)
+		return ret;
+	ret = state_writer_end(w->sw, e);
+	if (ret)
+		return ret;
+	if (fsync(w->state_fd) < 0)
+		return err_set(e, -errno, "fsync state: %s", strerror(errno));
+	if (fsync(w->mem_fd) < 0)
+		return err_set(e, -errno, "fsync memory: %s", strerror(errno));
+	if (fsync(w->dfd) < 0)
+		return err_set(e, -errno, "fsync %s: %s", w->tmp, strerror(errno));
+	return 0;
+}
+
+/*
+ * rename() that never replaces an existing target. Filesystems without RENAME_NOREPLACE get
+ * a check first; the window left open there is only against a concurrent creator.
+ */
+static int rename_noreplace(const char *from, const char *to)
+{
+	struct stat st;
+
+	if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+		return 0;
+	if (errno != EINVAL && errno != ENOSYS)
+		return -1;
+	if (lstat(to, &st) == 0) {
+		errno = EEXIST;
+		return -1;
+	}
+	return rename(from, to);
+}
+
+int snapshot_writer_commit(struct snapshot_writer *w, struct errbuf *e)
+{
+	int ret = writer_usable(w, true, e);
+
+	if (ret)
+		goto fail;
+	ret = writer_finish(w, e);
+	if (ret) {
+		err_prefix(e, ret, "snapshot %s", w->dir);
+		goto fail;
+	}
+	if (rename_noreplace(w->tmp, w->dir) < 0) {
+		ret = -errno;
+		if (errno == EEXIST)
+			err_set(e, ret, "snapshot %s: already exists", w->dir);
+		else
+			err_set(e, ret, "snapshot %s: rename %s into place: %s", w->dir, w->tmp,
+				strerror(errno));
+		goto fail;
+	}
+	ret = fsync_parent(w->dir);
+	if (ret) {
+		/* the rename may not be durable: do not leave something that may vanish */
+		err_set(e, ret, "snapshot %s: fsync of its parent directory: %s", w->dir,
+			strerror(-ret));
+		if (rename_noreplace(w->dir, w->tmp) < 0)
+			w->tmp[0] = '\0';
+		goto fail;
+	}
+	free(w->tmp);
+	w->tmp = NULL;
+	if (w->dfd >= 0) {
+		close(w->dfd);
+		w->dfd = -1;
+	}
+	writer_free(w);
+	return 0;
+fail:
+	snapshot_writer_abort(w);
+	return ret;
+}
+
+/* ---- reader ---- */
+
+struct snapshot_reader {
+	char *dir;
+	uint8_t *state;
+	size_t state_len;
+	struct state_header hdr;
+	struct state_config cfg;
+	struct state_section *sections;
+	size_t nr_sections;
+	struct snapshot_memory mem;
+	int mem_fd;
+};
+
+/* Walks a whole state file image; every problem is fatal. */
+static int reader_parse(struct snapshot_reader *r, struct errbuf *e)
+{
+	struct state_reader_opts opts = { .kind = STATE_KIND_SNAPSHOT };
+	struct state_reader *sr;
+	struct state_record rec;
+	bool have_mem = false, have_config = false;
+	size_t cap = 0;
+	int ret;
+
+	ret = state_reader_open_mem(&sr, r->state, r->state_len, &opts, e);
+	if (ret)
+		return ret;
+	r->hdr = *state_reader_header(sr);
+	while (!state_reader_ended(sr)) {
+		struct state_section s;
+
+		ret = state_reader_next(sr, &rec, e);
+		if (ret)
+			goto out;
+		if (rec.type == STATE_REC_CONFIG) {
+			ret = state_config_decode(rec.payload, (size_t)rec.len, &r->cfg, e);
+			if (ret)
+				goto bad_record;
+			have_config = true;
+			continue;
+		}
+		if (rec.type != STATE_REC_SECTION)
+			continue;
+		ret = state_section_decode(rec.payload, (size_t)rec.len, &s, e);
+		if (ret)
+			goto bad_record;
+		if (!strcmp(s.name, SNAPSHOT_MEMORY_SECTION)) {
+			if (have_mem || strcmp(s.instance, SNAPSHOT_MEMORY_INSTANCE)) {
+				ret = err_set(e, -EBADMSG, "section %s@%s: unexpected", s.name,
+					      s.instance);
+				goto bad_record;
+			}
+			if (s.version != SNAPSHOT_MEMORY_VERSION) {
+				ret = err_set(e, -ENOTSUP,
+					      "memory index version %" PRIu32
+					      " is not supported (reads %u)",
+					      s.version, SNAPSHOT_MEMORY_VERSION);
+				goto bad_record;
+			}
+			ret = snapshot_memory_decode(s.data, s.len, &r->cfg, &r->mem, e);
+			if (ret)
+				goto bad_record;
+			have_mem = true;
+			continue;
+		}
+		for (size_t i = 0; i < r->nr_sections; i++) {
+			if (!strcmp(r->sections[i].name, s.name) &&
+			    !strcmp(r->sections[i].instance, s.instance)) {
+				ret = err_set(e, -EBADMSG, "section %s@%s appears twice", s.name,
+					      s.instance);
+				goto bad_record;
+			}
+		}
+		if (r->nr_sections >= SNAPSHOT_MAX_SECTIONS) {
+			ret = err_set(e, -E2BIG, "more than %u sections", SNAPSHOT_MAX_SECTIONS);
+			goto bad_record;
+		}
+		if (r->nr_sections == cap) {
+			struct state_section *n;
+
+			cap = cap ? cap * 2 : 16;
+			n = realloc(r->sections, cap * sizeof(*n));
+			if (!n) {
+				ret = err_set(e, -ENOMEM, "out of memory");
+				goto out;
+			}
+			r->sections = n;
+		}
+		r->sections[r->nr_sections++] = s;
+	}
+	ret = state_reader_expect_eof(sr, e);
+	if (ret)
+		goto out;
+	if (!have_config) /* the reader refuses everything before CONFIG; an empty stream */
+		ret = err_set(e, -EBADMSG, "no CONFIG record");
+	else if (!have_mem)
+		ret = err_set(e, -EBADMSG, "no memory index section (%s@%s)",
+			      SNAPSHOT_MEMORY_SECTION, SNAPSHOT_MEMORY_INSTANCE);
+	goto out;
+bad_record:
+	err_prefix(e, ret, "record %" PRIu64 " (%s) at offset %" PRIu64, rec.index,
+		   state_record_type_name(rec.type), rec.offset);
+out:
+	state_reader_free(sr);
+	return ret;
+}
+
+void snapshot_close(struct snapshot_reader *r)
+{
+	if (!r)
+		return;
+	if (r->mem_fd >= 0)
+		close(r->mem_fd);
+	free(r->sections);
+	free(r->state);
+	free(r->dir);
+	free(r);
+}
+
+int snapshot_memory_check_size(int fd, const struct snapshot_memory *m, struct errbuf *e)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return err_set(e, -errno, "memory file: stat: %s", strerror(errno));
+	if (!S_ISREG(st.st_mode))
+		return err_set(e, -EINVAL, "memory file is not a regular file");
+	if ((uint64_t)st.st_size != m->file_size)
+		return err_set(e, -EBADMSG,
+			       "memory file is %" PRIu64 " bytes, the index says %" PRIu64
+			       " (truncated or altered)",
+			       (uint64_t)st.st_size, m->file_size);
+	return 0;
+}
+
+int snapshot_open(const char *dir, struct snapshot_reader **rp, struct errbuf *e)
+{
+	struct snapshot_reader *r;
+	int dfd = -1, ret;
+
+	*rp = NULL;
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return err_set(e, -ENOMEM, "snapshot %s: out of memory", dir);
+	r->mem_fd = -1;
+	r->dir = path_clean(dir);
+	if (!r->dir) {
+		ret = err_set(e, -EINVAL, "snapshot: empty directory name");
+		goto fail;
+	}
+	dfd = open(r->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0) {
+		ret = -errno;
+		if (errno == ENOTDIR)
+			err_set(e, ret, "%s is not a godwit snapshot (not a directory)", r->dir);
+		else
+			err_set(e, ret, "snapshot %s: %s", r->dir, strerror(errno));
+		goto fail;
+	}
+	ret = state_file_read_at(dfd, r->dir, SNAPSHOT_STATE_FILE, SNAPSHOT_STATE_MAX, &r->state,
+				 &r->state_len, e);
+	if (ret == -ENOENT)
+		err_set(e, ret, "%s is not a godwit snapshot (no state file)", r->dir);
+	if (ret)
+		goto fail;
+	ret = reader_parse(r, e);
+	if (ret) {
+		err_prefix(e, ret, "snapshot %s: state", r->dir);
+		goto fail;
+	}
+	r->mem_fd = openat(dfd, SNAPSHOT_MEMORY_FILE, O_RDONLY | O_CLOEXEC);
+	if (r->mem_fd < 0) {
+		ret = -errno;
+		if (errno == ENOENT)
+			err_set(e, ret, "snapshot %s: no memory file", r->dir);
+		else
+			err_set(e, ret, "snapshot %s: open memory: %s", r->dir, strerror(errno));
+		goto fail;
+	}
+	ret = snapshot_memory_check_size(r->mem_fd, &r->mem, e);
+	if (ret) {
+		err_prefix(e, ret, "snapshot %s", r->dir);
+		goto fail;
+	}
+	close(dfd);
+	*rp = r;
+	return 0;
+fail:
+	if (dfd >= 0)
+		close(dfd);
+	snapshot_close(r);
+	return ret;
+}
+
+const struct state_header *snapshot_header(const struct snapshot_reader *r)
+{
+	return &r->hdr;
+}
+
+const struct state_config *snapshot_config(const struct snapshot_reader *r)
+{
+	return &r->cfg;
+}
+
+size_t snapshot_section_count(const struct snapshot_reader *r)
+{
+	return r->nr_sections;
+}
+
+const struct state_section *snapshot_section(const struct snapshot_reader *r, size_t i)
+{
+	return i < r->nr_sections ? &r->sections[i] : NULL;
+}
+
+const struct state_section *snapshot_section_find(const struct snapshot_reader *r,
+						  const char *name, const char *instance)
+{
+	for (size_t i = 0; i < r->nr_sections; i++)
+		if (!strcmp(r->sections[i].name, name) && !strcmp(r->sections[i].instance, instance))
+			return &r->sections[i];
+	return NULL;
+}
+
+const struct snapshot_memory *snapshot_memory(const struct snapshot_reader *r)
+{
+	return &r->mem;
+}
+
+int snapshot_memory_fd(const struct snapshot_reader *r)
+{
+	return r->mem_fd;
+}
+
+/*
+ * Reads the present pages of chunk ci of region rg, in runs, to dst (which stands for the
+ * chunk's first byte) and returns their CRC in *crc.
+ */
+static int chunk_read(int fd, const struct snapshot_memory *m, const struct snapshot_mem_region *rg,
+		      uint64_t ci, uint8_t *dst, uint32_t *crc, struct errbuf *e)
+{
+	uint64_t start = ci * m->chunk_size, end = MIN(start + m->chunk_size, rg->size);
+	uint64_t pos = start;
+	uint32_t c = 0;
+
+	while (pos < end) {
+		uint64_t run;
+		int ret;
+
+		while (pos < end &&
+		       !snapshot_memory_page_present(m, rg->first_page + pos / STATE_PAGE_SIZE))
+			pos += STATE_PAGE_SIZE;
+		run = pos;
+		while (run < end &&
+		       snapshot_memory_page_present(m, rg->first_page + run / STATE_PAGE_SIZE))
+			run += STATE_PAGE_SIZE;
+		if (run == pos)
+			break;
+		ret = io_pread_full(fd, dst + (pos - start), (size_t)(run - pos),
+				    (off_t)(rg->file_offset + pos));
+		if (ret)
+			return err_set(e, ret, "memory file: read at offset 0x%" PRIx64 ": %s",
+				       rg->file_offset + pos,
+				       ret == -EPIPE ? "truncated" : strerror(-ret));
+		c = crc32c(c, dst + (pos - start), (size_t)(run - pos));
+		pos = run;
+	}
+	*crc = c;
+	return 0;
+}
+
+static int chunk_mismatch(const struct snapshot_memory *m, const struct snapshot_mem_region *rg,
+			  uint64_t ci, uint32_t computed, struct errbuf *e)
+{
+	uint64_t start = ci * m->chunk_size, end = MIN(start + m->chunk_size, rg->size);
+
+	return err_set(e, -EBADMSG,
+		       "memory chunk %" PRIu64 " (gpa 0x%" PRIx64 "-0x%" PRIx64
+		       ", file offset 0x%" PRIx64 "): CRC mismatch (stored 0x%08" PRIx32
+		       ", computed 0x%08" PRIx32 ")",
+		       rg->first_chunk + ci, rg->gpa + start, rg->gpa + end - 1,
+		       rg->file_offset + start, snapshot_memory_chunk_crc(m, rg->first_chunk + ci),
+		       computed);
+}
+
+int snapshot_memory_load(struct snapshot_reader *r, uint32_t idx, void *host, struct errbuf *e)
+{
+	const struct snapshot_memory *m = &r->mem;
+	const struct snapshot_mem_region *rg;
+	int ret;
+
+	if (idx >= m->nr_regions)
+		return err_set(e, -EINVAL, "snapshot %s: no memory region %" PRIu32, r->dir, idx);
+	rg = &m->regions[idx];
+	for (uint64_t ci = 0; ci * m->chunk_size < rg->size; ci++) {
+		uint32_t crc;
+
+		ret = chunk_read(r->mem_fd, m, rg, ci, (uint8_t *)host + ci * m->chunk_size, &crc,
+				 e);
+		if (!ret && crc != snapshot_memory_chunk_crc(m, rg->first_chunk + ci))
+			ret = chunk_mismatch(m, rg, ci, crc, e);
+		if (ret)
+			return err_prefix(e, ret, "snapshot %s", r->dir);
+	}
+	return 0;
+}
+
+/* The index page a memory file offset holds, or UINT64_MAX for space between regions. */
+static uint64_t file_offset_page(const struct snapshot_memory *m, uint64_t off)
+{
+	for (uint32_t i = 0; i < m->nr_regions; i++) {
+		const struct snapshot_mem_region *rg = &m->regions[i];
+
+		if (off >= rg->file_offset && off - rg->file_offset < rg->size)
+			return rg->first_page + (off - rg->file_offset) / STATE_PAGE_SIZE;
+	}
+	return UINT64_MAX;
+}
+
+struct verify_state {
+	FILE *report;
+	struct errbuf *e;
+	uint64_t problems;
+};
+
+static void verify_problem(struct verify_state *v, struct errbuf *tmp)
+{
+	if (v->report && v->problems < VERIFY_REPORT_MAX)
+		fprintf(v->report, "  BAD %s\n", tmp->msg);
+	if (v->problems == 0 && v->e)
+		memcpy(v->e->msg, tmp->msg, sizeof(v->e->msg));
+	v->problems++;
+}
+
+/* Data found where the index says there is none must at least be zeroes. */
+static int verify_holes(int fd, const struct snapshot_memory *m, uint8_t *page,
+			struct verify_state *v)
+{
+	off_t pos = 0, data, hole;
+	struct errbuf tmp;
+	int ret;
+
+	while ((uint64_t)pos < m->file_size) {
+		data = lseek(fd, pos, SEEK_DATA);
+		if (data < 0 && errno == ENXIO)
+			break;
+		if (data < 0) {
+			data = pos; /* no SEEK_DATA here: check every page */
+			hole = (off_t)m->file_size;
+		} else {
+			hole = lseek(fd, data, SEEK_HOLE);
+			if (hole < 0)
+				hole = (off_t)m->file_size;
+		}
+		for (uint64_t off = ALIGN_DOWN((uint64_t)data, (uint64_t)STATE_PAGE_SIZE);
+		     off < (uint64_t)hole && off < m->file_size; off += STATE_PAGE_SIZE) {
+			uint64_t pg = file_offset_page(m, off);
+
+			if (pg != UINT64_MAX && snapshot_memory_page_present(m, pg))
+				continue;
+			ret = io_pread_full(fd, page, STATE_PAGE_SIZE, (off_t)off);
+			if (ret)
+				return err_set(v->e, ret, "memory file: read at offset 0x%" PRIx64 ": %s",
+					       off, ret == -EPIPE ? "truncated" : strerror(-ret));
+			if (state_page_is_zero(page))
+				continue;
+			if (pg == UINT64_MAX)
+				err_set(&tmp, -EBADMSG,
+					"memory file offset 0x%" PRIx64
+					": data between regions, where there should be none",
+					off);
+			else
+				err_set(&tmp, -EBADMSG,
+					"memory file offset 0x%" PRIx64
+					": page %" PRIu64 " is zero in the index but holds data",
+					off, pg);
+			verify_problem(v, &tmp);
+		}
+		pos = hole;
+	}
+	return 0;
+}
+
+int snapshot_memory_verify_fd(int fd, const struct snapshot_memory *m, FILE *report,
+			      uint64_t *problems, struct errbuf *e)
+{
+	struct verify_state v = { .report = report, .e = e };
+	uint8_t *scratch = malloc(m->chunk_size);
+	struct errbuf tmp;
+	int ret = 0;
+
+	if (!scratch)
+		return err_set(e, -ENOMEM, "memory verify: out of memory");
+	for (uint32_t i = 0; i < m->nr_regions; i++) {
+		const struct snapshot_mem_region *rg = &m->regions[i];
+
+		for (uint64_t ci = 0; ci * m->chunk_size < rg->size; ci++) {
+			uint32_t crc;
+
+			ret = chunk_read(fd, m, rg, ci, scratch, &crc, e);
+			if (ret)
+				goto out;
+			if (crc != snapshot_memory_chunk_crc(m, rg->first_chunk + ci)) {
+				chunk_mismatch(m, rg, ci, crc, &tmp);
+				verify_problem(&v, &tmp);
+			}
+		}
+	}
+	ret = verify_holes(fd, m, scratch, &v);
+	if (ret)
+		goto out;
+	if (v.problems) {
+		if (report && v.problems > VERIFY_REPORT_MAX)
+			fprintf(report, "  ... %" PRIu64 " problems in all\n", v.problems);
+		ret = err_prefix(e, -EBADMSG, "%" PRIu64 " memory problem%s, the first", v.problems,
+				 v.problems == 1 ? "" : "s");
+	}
+out:
+	*problems = v.problems;
+	free(scratch);
+	return ret;
+}
+
+int snapshot_memory_verify(struct snapshot_reader *r, FILE *report, struct errbuf *e)
+{
+	uint64_t problems;
+	int ret = snapshot_memory_verify_fd(r->mem_fd, &r->mem, report, &problems, e);
+
+	return ret ? err_prefix(e, ret, "snapshot %s", r->dir) : 0;
+}
