@@ -1,0 +1,1439 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The state record format: round trips of every record and payload, hostile input
+ * (truncation at every offset, a flipped byte anywhere, bad headers, oversize lengths, bad
+ * page addresses, out-of-order records), sockets, and snapshot directories (atomic commit,
+ * abort, memory verify and load, directories that are not snapshots, inspect).
+ */
+#include "base/crc32c.h"
+#include "state/inspect.h"
+#include "state/record.h"
+#include "state/snapshot.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#define PS STATE_PAGE_SIZE
+
+/* assert that a call failed with ret and that its message contains needle */
+#define assert_fails_with(call, ret, e, needle)                                                \
+	do {                                                                                   \
+		int r_ = (call);                                                               \
+		if (r_ != (ret) || !strstr((e)->msg, (needle)))                                \
+			fail_msg("%s: got %d \"%s\", expected %d and \"%s\"", #call, r_,        \
+				 (e)->msg, (ret), (needle));                                   \
+	} while (0)
+
+static char tmp_root[64];
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+static void rm_rf(const char *path)
+{
+	nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static int group_setup(void **state)
+{
+	strcpy(tmp_root, "/tmp/godwit-test-state-XXXXXX");
+	if (!mkdtemp(tmp_root))
+		return -1;
+	signal(SIGPIPE, SIG_DFL); /* a writer that raises SIGPIPE kills the test */
+	return 0;
+}
+
+static int group_teardown(void **state)
+{
+	rm_rf(tmp_root);
+	return 0;
+}
+
+/* A fresh empty directory under tmp_root for one test. */
+static void test_dir(char *out, size_t len, const char *name)
+{
+	snprintf(out, len, "%s/%s", tmp_root, name);
+	rm_rf(out);
+	assert_int_equal(mkdir(out, 0755), 0);
+}
+
+static size_t dir_entries(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *de;
+	size_t n = 0;
+
+	assert_non_null(d);
+	while ((de = readdir(d)))
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			n++;
+	closedir(d);
+	return n;
+}
+
+static void make_config(struct state_config *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->flags = 0x5;
+	c->nr_vcpus = 2;
+	c->nr_regions = 2;
+	c->regions[0].gpa = 0;
+	c->regions[0].size = 5 * 1024 * 1024 + 3 * PS; /* a partial last chunk */
+	c->regions[1].gpa = 1ull << 32;
+	c->regions[1].size = 64 * PS;
+	c->nr_cpuid = 3;
+	c->cpuid[0] = (struct state_cpuid_entry){ 0, 0, 0, 0xd, 0x756e6547, 0x6c65746e, 0x49656e69 };
+	c->cpuid[1] = (struct state_cpuid_entry){ 1, 0, 0, 0x806f8, 0x800, 0xfffa3203, 0x178bfbff };
+	c->cpuid[2] = (struct state_cpuid_entry){ 7, 0, 1, 0, 0x219c07ab, 0, 0 };
+	c->nr_caps = 2;
+	c->caps[0] = 1;
+	c->caps[1] = 124;
+	strcpy(c->machine, "test vm");
+	strcpy(c->kernel, "/boot/guest-kit.elf");
+}
+
+static void assert_config_equal(const struct state_config *a, const struct state_config *b)
+{
+	assert_int_equal(a->flags, b->flags);
+	assert_int_equal(a->nr_vcpus, b->nr_vcpus);
+	assert_int_equal(a->nr_regions, b->nr_regions);
+	assert_memory_equal(a->regions, b->regions, a->nr_regions * sizeof(a->regions[0]));
+	assert_int_equal(a->nr_cpuid, b->nr_cpuid);
+	assert_memory_equal(a->cpuid, b->cpuid, a->nr_cpuid * sizeof(a->cpuid[0]));
+	assert_int_equal(a->nr_caps, b->nr_caps);
+	assert_memory_equal(a->caps, b->caps, a->nr_caps * sizeof(a->caps[0]));
+	assert_string_equal(a->machine, b->machine);
+	assert_string_equal(a->kernel, b->kernel);
+}
+
+/* Page contents derivable from the address, so a reader can check each page. */
+static void fill_page(uint8_t *p, uint64_t gpa)
+{
+	for (size_t i = 0; i < PS; i += 8) {
+		uint64_t v = gpa * 0x9E3779B97F4A7C15ull + i;
+
+		memcpy(p + i, &v, 8);
+	}
+}
+
+static uint8_t *read_fd_all(int fd, size_t *len)
+{
+	struct stat st;
+	uint8_t *p;
+
+	assert_int_equal(fstat(fd, &st), 0);
+	p = malloc((size_t)st.st_size + 1);
+	assert_non_null(p);
+	assert_int_equal(io_pread_full(fd, p, (size_t)st.st_size, 0), 0);
+	*len = (size_t)st.st_size;
+	return p;
+}
+
+/* ---- the reference migration stream ---- */
+
+static uint8_t page_a[PS], page_b[PS];
+static const char section_blob[] = "registers and such";
+
+static void write_reference(struct state_writer *w)
+{
+	struct state_config c;
+	struct state_page pages[3] = { { 0x1000, page_a }, { 0x2000, NULL }, { 0x100000000ull, page_b } };
+	struct errbuf e;
+
+	make_config(&c);
+	fill_page(page_a, 0x1000);
+	fill_page(page_b, 0x100000000ull);
+	assert_int_equal(state_writer_record(w, STATE_REC_CTRL_FIRST, "hello", 5, &e), 0);
+	assert_int_equal(state_writer_config(w, &c, &e), 0);
+	assert_int_equal(state_writer_section(w, "vcpu", "0", 1, section_blob, sizeof(section_blob), &e), 0);
+	assert_int_equal(state_writer_section(w, "serial8250", "io:3f8", 2, "", 0, &e), 0);
+	assert_int_equal(state_writer_pages(w, pages, 3, STATE_PAGES_STABLE, &e), 0);
+	assert_int_equal(state_writer_pages(w, pages, 2, 0, &e), 0);
+	assert_int_equal(state_writer_end(w, &e), 0);
+}
+
+/* The reference stream as bytes. */
+static uint8_t *reference_stream(size_t *len)
+{
+	struct state_writer *w;
+	struct errbuf e;
+	uint8_t *p;
+	int fd = memfd_create("stream", 0);
+
+	assert_true(fd >= 0);
+	assert_int_equal(state_writer_open(&w, fd, STATE_KIND_MIGRATION, &e), 0);
+	write_reference(w);
+	assert_int_equal(state_writer_bytes(w), state_writer_bytes_flushed(w));
+	state_writer_free(w);
+	p = read_fd_all(fd, len);
+	close(fd);
+	return p;
+}
+
+/* Reads a whole stream, decoding every payload; 0 only if everything checks out. */
+static int read_all(struct state_reader *r, struct errbuf *e)
+{
+	struct state_record rec;
+	int ret;
+
+	while (!state_reader_ended(r)) {
+		ret = state_reader_next(r, &rec, e);
+		if (ret)
+			return ret;
+		if (rec.type == STATE_REC_CONFIG) {
+			struct state_config c;
+
+			ret = state_config_decode(rec.payload, rec.len, &c, e);
+		} else if (rec.type == STATE_REC_SECTION) {
+			struct state_section s;
+
+			ret = state_section_decode(rec.payload, rec.len, &s, e);
+		} else if (rec.type == STATE_REC_PAGES) {
+			struct state_pages_iter it;
+
+			ret = state_pages_decode(rec.payload, rec.len, &it, e);
+		}
+		if (ret)
+			return ret;
+	}
+	return state_reader_expect_eof(r, e);
+}
+
+static int read_buf(const uint8_t *p, size_t len, struct errbuf *e)
+{
+	struct state_reader_opts o = { .allow_control = true };
+	struct state_reader *r;
+	int ret = state_reader_open_mem(&r, p, len, &o, e);
+
+	if (ret)
+		return ret;
+	ret = read_all(r, e);
+	state_reader_free(r);
+	return ret;
+}
+
+/* Checks the reference stream record by record. */
+static void check_reference(struct state_reader *r)
+{
+	struct state_config c, want;
+	struct state_section s;
+	struct state_record rec;
+	struct state_pages_iter it;
+	struct state_page pg;
+	struct errbuf e;
+
+	make_config(&want);
+	assert_int_equal(state_reader_header(r)->kind, STATE_KIND_MIGRATION);
+	assert_int_equal(state_reader_next(r, &rec, &e), 0);
+	assert_int_equal(rec.type, STATE_REC_CTRL_FIRST);
+	assert_int_equal(rec.offset, STATE_HEADER_SIZE);
+	assert_int_equal(rec.len, 5);
+	assert_memory_equal(rec.payload, "hello", 5);
+
+	assert_int_equal(state_reader_next(r, &rec, &e), 0);
+	assert_int_equal(rec.type, STATE_REC_CONFIG);
+	assert_int_equal(rec.index, 1);
+	assert_int_equal(state_config_decode(rec.payload, rec.len, &c, &e), 0);
+	assert_config_equal(&c, &want);
+
+	assert_int_equal(state_reader_next(r, &rec, &e), 0);
+	assert_int_equal(rec.type, STATE_REC_SECTION);
+	assert_int_equal(state_section_decode(rec.payload, rec.len, &s, &e), 0);
+	assert_string_equal(s.name, "vcpu");
+	assert_string_equal(s.instance, "0");
+	assert_int_equal(s.version, 1);
+	assert_int_equal(s.len, sizeof(section_blob));
+	assert_memory_equal(s.data, section_blob, sizeof(section_blob));
+
+	assert_int_equal(state_reader_next(r, &rec, &e), 0);
+	assert_int_equal(state_section_decode(rec.payload, rec.len, &s, &e), 0);
+	assert_string_equal(s.name, "serial8250");
+	assert_string_equal(s.instance, "io:3f8");
+	assert_int_equal(s.version, 2);
+	assert_int_equal(s.len, 0);
+
+	for (int batch = 0; batch < 2; batch++) {
+		assert_int_equal(state_reader_next(r, &rec, &e), 0);
+		assert_int_equal(rec.type, STATE_REC_PAGES);
+		assert_int_equal(state_pages_decode(rec.payload, rec.len, &it, &e), 0);
+		assert_int_equal(it.count, batch ? 2 : 3);
+		assert_true(state_pages_next(&it, &pg));
+		assert_int_equal(pg.gpa, 0x1000);
+		assert_memory_equal(pg.data, page_a, PS);
+		assert_true(state_pages_next(&it, &pg));
+		assert_int_equal(pg.gpa, 0x2000);
+		assert_null(pg.data);
+		if (!batch) {
+			assert_true(state_pages_next(&it, &pg));
+			assert_int_equal(pg.gpa, 0x100000000ull);
+			assert_memory_equal(pg.data, page_b, PS);
+		}
+		assert_false(state_pages_next(&it, &pg));
+	}
+	assert_int_equal(state_reader_next(r, &rec, &e), 0);
+	assert_int_equal(rec.type, STATE_REC_END);
+	assert_true(state_reader_ended(r));
+	assert_int_equal(state_reader_expect_eof(r, &e), 0);
+	assert_int_equal(state_reader_next(r, &rec, &e), -EPROTO);
+}
+
+static void test_stream_roundtrip_mem(void **state)
+{
+	struct state_reader_opts o = { .allow_control = true, .kind = STATE_KIND_MIGRATION };
+	struct state_reader *r;
+	struct errbuf e;
+	size_t len;
+	uint8_t *p = reference_stream(&len);
+
+	assert_int_equal(state_reader_open_mem(&r, p, len, &o, &e), 0);
+	check_reference(r);
+	state_reader_free(r);
+	free(p);
+}
+
+static void test_stream_roundtrip_fd(void **state)
+{
+	struct state_reader_opts o = { .allow_control = true };
+	struct state_reader *r;
+	struct errbuf e;
+	size_t len;
+	uint8_t *p = reference_stream(&len);
+	int fd = memfd_create("stream", 0);
+
+	assert_int_equal(io_write_full(fd, p, len), 0);
+	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+	assert_int_equal(state_reader_open_fd(&r, fd, &o, &e), 0);
+	check_reference(r);
+	assert_int_equal(state_reader_offset(r), len);
+	state_reader_free(r);
+	close(fd);
+	free(p);
+}
+
+/* Every proper prefix of a valid stream is refused as truncated, by both readers. */
+static void test_truncated_everywhere(void **state)
+{
+	struct errbuf e;
+	size_t len;
+	uint8_t *p = reference_stream(&len);
+
+	assert_int_equal(read_buf(p, len, &e), 0);
+	for (size_t cut = 0; cut < len; cut++) {
+		uint8_t *copy = malloc(cut + 1); /* exact size, so ASan sees any over-read */
+		int ret;
+
+		memcpy(copy, p, cut);
+		ret = read_buf(copy, cut, &e);
+		if (ret != -EPIPE)
+			fail_msg("cut at %zu: got %d \"%s\"", cut, ret, e.msg);
+		free(copy);
+	}
+	/* and through a pipe-like fd at a few places */
+	for (size_t cut = 0; cut < len; cut += 997) {
+		struct state_reader_opts o = { .allow_control = true };
+		struct state_reader *r;
+		int fd = memfd_create("cut", 0), ret;
+
+		assert_int_equal(io_write_full(fd, p, cut), 0);
+		lseek(fd, 0, SEEK_SET);
+		ret = state_reader_open_fd(&r, fd, &o, &e);
+		if (!ret) {
+			ret = read_all(r, &e);
+			state_reader_free(r);
+		}
+		assert_int_equal(ret, -EPIPE);
+		close(fd);
+	}
+	free(p);
+}
+
+/* A flipped byte anywhere is caught (by a CRC or a check before it). */
+static void test_flipped_byte_everywhere(void **state)
+{
+	struct errbuf e;
+	size_t len;
+	uint8_t *p = reference_stream(&len);
+
+	for (size_t i = 0; i < len; i++) {
+		for (unsigned bit = 0; bit < 8; bit += (i < 64 ? 1 : 3)) {
+			int ret;
+
+			p[i] ^= (uint8_t)(1u << bit);
+			ret = read_buf(p, len, &e);
+			if (ret == 0)
+				fail_msg("flip of bit %u at offset %zu was not detected", bit, i);
+			p[i] ^= (uint8_t)(1u << bit);
+		}
+	}
+	assert_int_equal(read_buf(p, len, &e), 0);
+	free(p);
+}
+
+static void test_flipped_byte_message(void **state)
+{
+	struct errbuf e;
+	size_t len;
+	uint8_t *p = reference_stream(&len);
+	size_t section_payload = STATE_HEADER_SIZE + 16 + 5 + 4; /* past the control record */
+
+	/* find the first SECTION record: skip control and CONFIG by reading their lengths */
+	section_payload += 16 + (size_t)le_get64(p + section_payload + 4) + 4;
+	p[section_payload + 16 + 2] ^= 0x40;
+	assert_fails_with(read_buf(p, len, &e), -EBADMSG, &e, "record 2 (SECTION) at offset");
+	assert_non_null(strstr(e.msg, "CRC mismatch"));
+	free(p);
+}
+
+/* A header with chosen fields and a correct CRC. */
+static void put_header(uint8_t *out, uint32_t version, uint32_t page_size, uint32_t kind,
+		       uint32_t flags)
+{
+	memcpy(out, STATE_MAGIC, 8);
+	le_put32(out + 8, version);
+	le_put32(out + 12, page_size);
+	le_put32(out + 16, kind);
+	le_put32(out + 20, flags);
+	le_put32(out + 24, 0);
+	le_put32(out + 28, crc32c(0, out, 28));
+}
+
+static void test_bad_headers(void **state)
+{
+	uint8_t h[STATE_HEADER_SIZE];
+	struct errbuf e;
+
+	put_header(h, 1, PS, STATE_KIND_MIGRATION, 0);
+	assert_fails_with(read_buf(h, sizeof(h), &e), -EPIPE, &e, "without an END record");
+	memcpy(h, "QFI\xfbxxxx", 8);
+	assert_fails_with(read_buf(h, sizeof(h), &e), -EBADMSG, &e,
+			  "not a godwit state stream/snapshot (bad magic)");
+	put_header(h, 2, PS, STATE_KIND_MIGRATION, 0);
+	assert_fails_with(read_buf(h, sizeof(h), &e), -ENOTSUP, &e,
+			  "format version 2 is not supported by this build (reads 1)");
+	put_header(h, 1, 65536, STATE_KIND_MIGRATION, 0);
+	assert_fails_with(read_buf(h, sizeof(h), &e), -ENOTSUP, &e,
+			  "page size 65536 is not supported");
+	put_header(h, 1, PS, 7, 0);
+	assert_fails_with(read_buf(h, sizeof(h), &e), -EBADMSG, &e, "unknown stream kind 7");
+	put_header(h, 1, PS, STATE_KIND_MIGRATION, 0x10);
+	assert_fails_with(read_buf(h, sizeof(h), &e), -ENOTSUP, &e, "flags 0x10");
+	put_header(h, 1, PS, STATE_KIND_MIGRATION, 0);
+	h[29] ^= 1;
+	assert_fails_with(read_buf(h, sizeof(h), &e), -EBADMSG, &e, "stream header: CRC mismatch");
+	assert_fails_with(read_buf(h, 0, &e), -EPIPE, &e, "stream is empty");
+	assert_fails_with(read_buf(h, 12, &e), -EPIPE, &e, "stream header truncated (12 of 32");
+	assert_fails_with(read_buf((const uint8_t *)"hello", 5, &e), -EBADMSG, &e, "bad magic");
+	{
+		struct state_reader_opts o = { .kind = STATE_KIND_SNAPSHOT };
+		struct state_reader *r;
+
+		put_header(h, 1, PS, STATE_KIND_MIGRATION, 0);
+		assert_fails_with(state_reader_open_mem(&r, h, sizeof(h), &o, &e), -EPROTO, &e,
+				  "expected a snapshot state file");
+	}
+}
+
+/* A stream builder for hand-made (possibly invalid) records with correct CRCs. */
+struct raw {
+	uint8_t b[65536];
+	size_t len;
+	uint32_t n;
+};
+
+static void raw_begin(struct raw *s, uint32_t kind)
+{
+	s->len = 0;
+	s->n = 0;
+	put_header(s->b, 1, PS, kind, 0);
+	s->len = STATE_HEADER_SIZE;
+}
+
+static void raw_record_len(struct raw *s, uint32_t type, const void *p, size_t len,
+			   uint64_t claimed)
+{
+	uint8_t *h = s->b + s->len;
+
+	le_put32(h, type);
+	le_put64(h + 4, claimed);
+	le_put32(h + 12, crc32c(0, h, 12));
+	memcpy(h + 16, p, len);
+	le_put32(h + 16 + len, crc32c(0, h, 16 + len));
+	s->len += 16 + len + 4;
+	s->n++;
+}
+
+static void raw_record(struct raw *s, uint32_t type, const void *p, size_t len)
+{
+	raw_record_len(s, type, p, len, len);
+}
+
+static void raw_config(struct raw *s)
+{
+	struct state_config c;
+	struct buf b;
+	struct errbuf e;
+
+	make_config(&c);
+	buf_init(&b);
+	assert_int_equal(state_config_encode(&c, &b, &e), 0);
+	raw_record(s, STATE_REC_CONFIG, b.data, b.len);
+	buf_free(&b);
+}
+
+static void raw_end(struct raw *s)
+{
+	uint8_t p[8];
+
+	le_put64(p, s->n);
+	raw_record(s, STATE_REC_END, p, 8);
+}
+
+static void test_record_errors(void **state)
+{
+	static struct raw s;
+	struct state_reader_opts o = { .max_record = 1000 };
+	struct state_reader *r;
+	struct state_record rec;
+	struct errbuf e;
+	uint8_t big[2000] = { 0 };
+
+	/* unknown record type */
+	raw_begin(&s, STATE_KIND_MIGRATION);
+	raw_config(&s);
+	raw_record(&s, 0x77, "x", 1);
+	raw_end(&s);
+	assert_fails_with(read_buf(s.b, s.len, &e), -EBADMSG, &e,
+			  "record 1 at offset");
+	assert_non_null(strstr(e.msg, "unknown record type 0x77"));
+
+	/* a length over the bound is refused before anything is read or allocated */
+	raw_begin(&s, STATE_KIND_MIGRATION);
+	raw_config(&s);
+	raw_record_len(&s, STATE_REC_SECTION, "", 0, 1ull << 40);
+	assert_fails_with(read_buf(s.b, s.len, &e), -EFBIG, &e,
+			  "record 1 (SECTION) at offset");
+	assert_non_null(strstr(e.msg, "length 1099511627776 exceeds the limit of 67108864"));
+
+	/* a caller-given bound */
+	raw_begin(&s, STATE_KIND_MIGRATION);
+	raw_config(&s);
+	raw_record(&s, STATE_REC_SECTION, big, sizeof(big));
+	assert_int_equal(state_reader_open_mem(&r, s.b, s.len, &o, &e), 0);
+	assert_int_equal(state_reader_next(r, &rec, &e), 0);
+	assert_fails_with(state_reader_next(r, &rec, &e), -EFBIG, &e, "limit of 1000 bytes");
+	assert_int_equal(state_reader_next(r, &rec, &e), -EIO);
+	state_reader_free(r);
+
+	/* records before CONFIG, a second CONFIG, END counting wrong, PAGES in a snapshot */
+	raw_begin(&s, STATE_KIND_MIGRATION);
+	raw_end(&s);
+	assert_fails_with(read_buf(s.b, s.len, &e), -EPROTO, &e, "comes before the CONFIG record");
+	raw_begin(&s, STATE_KIND_MIGRATION);
+	raw_config(&s);
+	raw_config(&s);
+	assert_fails_with(read_buf(s.b, s.len, &e), -EPROTO, &e, "a second CONFIG record");
+	raw_begin(&s, STATE_KIND_MIGRATION);
+	raw_config(&s);
+	s.n = 5;
+	raw_end(&s);
+	assert_fails_with(read_buf(s.b, s.len, &e), -EBADMSG, &e,
+			  "END counts 5 records before it, the stream had 1");
+	raw_begin(&s, STATE_KIND_SNAPSHOT);
+	raw_config(&s);
+	{
+		uint8_t pages[8 + 12];
+
+		le_put32(pages, 1);
+		le_put32(pages + 4, 0);
+		le_put64(pages + 8, 0);
+		le_put32(pages + 16, STATE_PAGE_F_ZERO);
+		raw_record(&s, STATE_REC_PAGES, pages, sizeof(pages));
+	}
+	assert_fails_with(read_buf(s.b, s.len, &e), -EPROTO, &e,
+			  "PAGES records do not belong in a snapshot");
+
+	/* control records only where allowed */
+	raw_begin(&s, STATE_KIND_MIGRATION);
+	raw_record(&s, 0x101, "", 0);
+	raw_config(&s);
+	raw_end(&s);
+	assert_int_equal(read_buf(s.b, s.len, &e), 0);
+	assert_int_equal(state_reader_open_mem(&r, s.b, s.len, NULL, &e), 0);
+	assert_fails_with(state_reader_next(r, &rec, &e), -EPROTO, &e,
+			  "control record 0x101 is not expected here");
+	state_reader_free(r);
+
+	/* bytes after END */
+	raw_begin(&s, STATE_KIND_MIGRATION);
+	raw_config(&s);
+	raw_end(&s);
+	s.b[s.len++] = 0;
+	assert_fails_with(read_buf(s.b, s.len, &e), -EBADMSG, &e, "1 unexpected bytes after END");
+
+	/* a record header whose own CRC is wrong names the record, not a bogus type */
+	raw_begin(&s, STATE_KIND_MIGRATION);
+	raw_config(&s);
+	s.b[STATE_HEADER_SIZE + 5] ^= 1;
+	assert_fails_with(read_buf(s.b, s.len, &e), -EBADMSG, &e,
+			  "record 0 at offset 32: record header CRC mismatch");
+}
+
+static void test_writer_order(void **state)
+{
+	struct state_writer *w;
+	struct state_config c;
+	struct state_page pg = { 0x1000, NULL };
+	struct errbuf e;
+	int fd = memfd_create("w", 0);
+
+	make_config(&c);
+	assert_int_equal(state_writer_open(&w, fd, STATE_KIND_SNAPSHOT, &e), 0);
+	assert_fails_with(state_writer_section(w, "vcpu", "0", 1, "", 0, &e), -EPROTO, &e,
+			  "SECTION record before CONFIG");
+	assert_int_equal(state_writer_config(w, &c, &e), 0);
+	assert_fails_with(state_writer_config(w, &c, &e), -EPROTO, &e, "a second CONFIG");
+	assert_fails_with(state_writer_pages(w, &pg, 1, 0, &e), -EPROTO, &e,
+			  "PAGES records do not belong in a snapshot");
+	assert_fails_with(state_writer_record(w, 0x42, "", 0, &e), -EINVAL, &e,
+			  "unknown record type 0x42");
+	assert_fails_with(state_writer_section(w, "bad name", "0", 1, "", 0, &e), -EINVAL, &e,
+			  "section name has a byte 0x20");
+	assert_int_equal(state_writer_end(w, &e), 0);
+	assert_fails_with(state_writer_section(w, "vcpu", "0", 1, "", 0, &e), -EPROTO, &e,
+			  "after END");
+	state_writer_free(w);
+	close(fd);
+}
+
+static void test_config_validation(void **state)
+{
+	struct state_config c;
+	struct buf b;
+	struct errbuf e;
+
+	make_config(&c);
+	assert_int_equal(state_config_validate(&c, &e), 0);
+	c.nr_vcpus = 0;
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "0 vCPUs (supported: 1..8)");
+	c.nr_vcpus = 9;
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "9 vCPUs");
+	make_config(&c);
+	c.nr_regions = 0;
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "0 memory regions");
+	c.nr_regions = 5;
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "5 memory regions");
+	make_config(&c);
+	c.regions[1].gpa = 0x1800;
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "not page-aligned");
+	c.regions[1].gpa = 0x100000;
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "overlaps region 0");
+	c.regions[1].gpa = (1ull << 52) - PS;
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "2^52");
+	c.regions[1].gpa = UINT64_MAX & ~(uint64_t)(PS - 1);
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "2^52");
+	make_config(&c);
+	c.regions[1].size = 0;
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "empty");
+	make_config(&c);
+	c.cpuid[2].function = 1;
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e,
+			  "CPUID leaf 0x1 index 0 appears twice");
+	make_config(&c);
+	c.nr_cpuid = STATE_MAX_CPUID + 1;
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "257 CPUID entries");
+	make_config(&c);
+	c.caps[1] = 1;
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "capability 1 appears twice");
+	make_config(&c);
+	c.machine[2] = '\n';
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "machine name");
+	make_config(&c);
+	c.kernel[2] = '\t';
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "kernel path");
+
+	/* a full-size config round-trips */
+	make_config(&c);
+	c.nr_cpuid = STATE_MAX_CPUID;
+	for (uint32_t i = 0; i < c.nr_cpuid; i++)
+		c.cpuid[i] = (struct state_cpuid_entry){ i, i % 3, 1, i, ~i, i * 3, i ^ 0x55 };
+	c.nr_caps = STATE_MAX_CAPS;
+	for (uint32_t i = 0; i < c.nr_caps; i++)
+		c.caps[i] = i * 7;
+	memset(c.machine, 'm', STATE_NAME_MAX);
+	memset(c.kernel, 'k', STATE_PATH_MAX);
+	c.nr_regions = 4;
+	for (uint32_t i = 0; i < 4; i++)
+		c.regions[i] = (struct state_region){ (uint64_t)i << 40, (uint64_t)(i + 1) << 20 };
+	buf_init(&b);
+	assert_int_equal(state_config_encode(&c, &b, &e), 0);
+	{
+		struct state_config d;
+
+		assert_int_equal(state_config_decode(b.data, b.len, &d, &e), 0);
+		assert_config_equal(&c, &d);
+		assert_int_equal(state_config_region_find(&d, 3ull << 40, 4ull << 20), 3);
+		assert_int_equal(state_config_region_find(&d, 3ull << 40, (4ull << 20) + 1), -1);
+		assert_int_equal(state_config_region_find(&d, 5ull << 40, 1), -1);
+		assert_int_equal(state_config_mem_size(&d), 10ull << 20);
+		/* every truncation and a trailing byte are refused */
+		for (size_t cut = 0; cut < b.len; cut++)
+			assert_int_equal(state_config_decode(b.data, cut, &d, &e), -EBADMSG);
+		buf_put_u8(&b, 0);
+		assert_fails_with(state_config_decode(b.data, b.len, &d, &e), -EBADMSG, &e,
+				  "1 unexpected bytes");
+	}
+	buf_free(&b);
+}
+
+static void test_section_codec(void **state)
+{
+	struct state_section s;
+	struct buf b;
+	struct errbuf e;
+	char long_name[STATE_NAME_MAX + 2];
+
+	buf_init(&b);
+	assert_int_equal(state_section_encode(&b, "ioapic", "kvm", 7, "abc", 3, &e), 0);
+	assert_int_equal(state_section_decode(b.data, b.len, &s, &e), 0);
+	assert_string_equal(s.name, "ioapic");
+	assert_string_equal(s.instance, "kvm");
+	assert_int_equal(s.version, 7);
+	assert_int_equal(s.len, 3);
+	assert_memory_equal(s.data, "abc", 3);
+	for (size_t cut = 0; cut < b.len; cut++)
+		assert_int_equal(state_section_decode(b.data, cut, &s, &e), -EBADMSG);
+	buf_put_u8(&b, 1);
+	assert_fails_with(state_section_decode(b.data, b.len, &s, &e), -EBADMSG, &e,
+			  "unexpected bytes after the data");
+
+	buf_reset(&b);
+	assert_fails_with(state_section_encode(&b, "", "0", 1, "", 0, &e), -EINVAL, &e,
+			  "section name is empty");
+	memset(long_name, 'a', sizeof(long_name) - 1);
+	long_name[sizeof(long_name) - 1] = '\0';
+	assert_fails_with(state_section_encode(&b, long_name, "0", 1, "", 0, &e), -EINVAL, &e,
+			  "longer than 63 bytes");
+	assert_fails_with(state_section_encode(&b, "vcpu", "caf\xc3\xa9", 1, "", 0, &e), -EINVAL,
+			  &e, "not printable ASCII");
+	long_name[STATE_NAME_MAX] = '\0';
+	assert_int_equal(state_section_encode(&b, long_name, long_name, 1, "", 0, &e), 0);
+	assert_int_equal(state_section_decode(b.data, b.len, &s, &e), 0);
+	assert_string_equal(s.name, long_name);
+
+	/* hand-made: a NUL inside a name, a control character */
+	buf_reset(&b);
+	buf_put_blob(&b, "vc\0u", 4);
+	buf_put_blob(&b, "0", 1);
+	buf_put_u32(&b, 1);
+	buf_put_blob(&b, "", 0);
+	assert_fails_with(state_section_decode(b.data, b.len, &s, &e), -EBADMSG, &e, "NUL");
+	buf_reset(&b);
+	buf_put_blob(&b, "vcpu", 4);
+	buf_put_blob(&b, "0\x01", 2);
+	buf_put_u32(&b, 1);
+	buf_put_blob(&b, "", 0);
+	assert_fails_with(state_section_decode(b.data, b.len, &s, &e), -EBADMSG, &e,
+			  "section vcpu: section instance has a byte 0x01");
+	buf_free(&b);
+}
+
+static void put_pages_hdr(struct buf *b, uint32_t count, uint32_t flags)
+{
+	buf_reset(b);
+	buf_put_u32(b, count);
+	buf_put_u32(b, flags);
+}
+
+static void test_pages_codec(void **state)
+{
+	static uint8_t page[PS];
+	struct state_pages_iter it;
+	struct buf b;
+	struct errbuf e;
+
+	buf_init(&b);
+	put_pages_hdr(&b, 0, 0);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "batch of 0 pages");
+	put_pages_hdr(&b, STATE_PAGES_MAX + 1, 0);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "batch of 1025 pages");
+	put_pages_hdr(&b, 1, 2);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "unknown batch flags");
+	put_pages_hdr(&b, 2, 0);
+	buf_put_u64(&b, 0x1000);
+	buf_put_u32(&b, STATE_PAGE_F_ZERO);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "cannot hold 2 descriptors");
+	buf_put_u64(&b, 0x2010);
+	buf_put_u32(&b, STATE_PAGE_F_ZERO);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "page 1 has gpa 0x2010, not page-aligned");
+	put_pages_hdr(&b, 1, 0);
+	buf_put_u64(&b, 1ull << 52);
+	buf_put_u32(&b, 0);
+	buf_put_bytes(&b, page, PS);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e, "beyond 2^52");
+	put_pages_hdr(&b, 1, 0);
+	buf_put_u64(&b, 0x3000);
+	buf_put_u32(&b, 0x8);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "unknown flags 0x8");
+	/* data length must be exact */
+	put_pages_hdr(&b, 2, 0);
+	buf_put_u64(&b, 0x3000);
+	buf_put_u32(&b, 0);
+	buf_put_u64(&b, 0x4000);
+	buf_put_u32(&b, STATE_PAGE_F_ZERO);
+	buf_put_bytes(&b, page, PS - 1);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "4095 data bytes for 1 non-zero pages (expected 4096)");
+	buf_put_bytes(&b, page, 2);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "4097 data bytes");
+	b.len--;
+	assert_int_equal(state_pages_decode(b.data, b.len, &it, &e), 0);
+	assert_int_equal(it.count, 2);
+	assert_int_equal(it.nr_data, 1);
+	buf_free(&b);
+
+	assert_true(state_page_is_zero(page));
+	page[PS - 1] = 1;
+	assert_false(state_page_is_zero(page));
+	page[PS - 1] = 0;
+	page[0] = 1;
+	assert_false(state_page_is_zero(page));
+	page[0] = 0;
+}
+
+/* A maximal PAGES batch over a socket: more iovecs than IOV_MAX, short writes, both modes. */
+struct sock_writer {
+	int fd;
+	uint8_t *mem;
+	int ret;
+	struct errbuf e;
+};
+
+static void *sock_writer_main(void *arg)
+{
+	struct sock_writer *sw = arg;
+	struct state_page pages[STATE_PAGES_MAX];
+	struct state_writer *w;
+	struct state_config c;
+
+	make_config(&c);
+	sw->ret = state_writer_open(&w, sw->fd, STATE_KIND_MIGRATION, &sw->e);
+	if (sw->ret)
+		return NULL;
+	sw->ret = state_writer_config(w, &c, &sw->e);
+	for (unsigned round = 0; round < 4 && !sw->ret; round++) {
+		for (uint32_t i = 0; i < STATE_PAGES_MAX; i++) {
+			pages[i].gpa = (uint64_t)i * PS;
+			pages[i].data = (i % 5 == 4) ? NULL : sw->mem + (size_t)i * PS;
+		}
+		sw->ret = state_writer_pages(w, pages, STATE_PAGES_MAX,
+					     round % 2 ? STATE_PAGES_STABLE : 0, &sw->e);
+	}
+	if (!sw->ret)
+		sw->ret = state_writer_end(w, &sw->e);
+	state_writer_free(w);
+	close(sw->fd);
+	return NULL;
+}
+
+static void test_socket_stream(void **state)
+{
+	struct sock_writer sw = { 0 };
+	struct state_reader *r;
+	struct state_record rec;
+	struct state_pages_iter it;
+	struct state_page pg;
+	struct errbuf e;
+	pthread_t t;
+	int sv[2], bufsz = 4096;
+	unsigned batches = 0;
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	/* small socket buffers force many short writes */
+	setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &bufsz, sizeof(bufsz));
+	setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &bufsz, sizeof(bufsz));
+	sw.fd = sv[0];
+	sw.mem = malloc((size_t)STATE_PAGES_MAX * PS);
+	assert_non_null(sw.mem);
+	for (uint32_t i = 0; i < STATE_PAGES_MAX; i++)
+		fill_page(sw.mem + (size_t)i * PS, (uint64_t)i * PS);
+	assert_int_equal(pthread_create(&t, NULL, sock_writer_main, &sw), 0);
+	assert_int_equal(state_reader_open_fd(&r, sv[1], NULL, &e), 0);
+	while (!state_reader_ended(r)) {
+		assert_int_equal(state_reader_next(r, &rec, &e), 0);
+		if (rec.type != STATE_REC_PAGES)
+			continue;
+		batches++;
+		assert_int_equal(state_pages_decode(rec.payload, rec.len, &it, &e), 0);
+		for (uint32_t i = 0; state_pages_next(&it, &pg); i++) {
+			assert_int_equal(pg.gpa, (uint64_t)i * PS);
+			if (i % 5 == 4)
+				assert_null(pg.data);
+			else
+				assert_memory_equal(pg.data, sw.mem + (size_t)i * PS, PS);
+		}
+	}
+	pthread_join(t, NULL);
+	assert_int_equal(sw.ret, 0);
+	assert_int_equal(batches, 4);
+	state_reader_free(r);
+	close(sv[1]);
+	free(sw.mem);
+}
+
+/* A writer whose peer went away gets an error, not SIGPIPE. */
+static void test_socket_peer_gone(void **state)
+{
+	struct state_writer *w;
+	struct state_config c;
+	struct errbuf e;
+	int sv[2], ret;
+	static uint8_t blob[200000];
+
+	make_config(&c);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	close(sv[1]);
+	assert_int_equal(state_writer_open(&w, sv[0], STATE_KIND_MIGRATION, &e), 0);
+	assert_int_equal(state_writer_config(w, &c, &e), 0);
+	ret = state_writer_section(w, "vcpu", "0", 1, blob, sizeof(blob), &e);
+	assert_int_equal(ret, -EPIPE);
+	assert_non_null(strstr(e.msg, "write state stream"));
+	assert_fails_with(state_writer_end(w, &e), -EIO, &e, "failed earlier");
+	state_writer_free(w);
+	close(sv[0]);
+}
+
+/* ---- snapshots ---- */
+
+/* Guest memory for make_config(): region 0 and region 1, with zero and non-zero pages. */
+struct guest {
+	uint8_t *r0, *r1;
+	size_t s0, s1;
+};
+
+static void guest_make(struct guest *g, const struct state_config *c)
+{
+	g->s0 = c->regions[0].size;
+	g->s1 = c->regions[1].size;
+	g->r0 = mmap(NULL, g->s0, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	g->r1 = mmap(NULL, g->s1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(g->r0 != MAP_FAILED && g->r1 != MAP_FAILED);
+	/* every third page of region 0 and every other page of region 1 hold data */
+	for (size_t off = 0; off < g->s0; off += 3 * PS)
+		fill_page(g->r0 + off, c->regions[0].gpa + off);
+	for (size_t off = 0; off < g->s1; off += 2 * PS)
+		fill_page(g->r1 + off, c->regions[1].gpa + off);
+	g->r0[g->s0 - 1] = 0xaa; /* the last page of the partial chunk */
+}
+
+static void guest_free(struct guest *g)
+{
+	munmap(g->r0, g->s0);
+	munmap(g->r1, g->s1);
+}
+
+static uint64_t guest_present(const struct guest *g)
+{
+	uint64_t n = 0;
+
+	for (size_t off = 0; off < g->s0; off += PS)
+		n += !state_page_is_zero(g->r0 + off);
+	for (size_t off = 0; off < g->s1; off += PS)
+		n += !state_page_is_zero(g->r1 + off);
+	return n;
+}
+
+static void snapshot_write(const char *dir, const struct guest *g)
+{
+	struct snapshot_writer *w;
+	struct snapshot_stats st;
+	struct state_config c;
+	struct errbuf e;
+
+	make_config(&c);
+	assert_int_equal(snapshot_writer_begin(dir, &w, &e), 0);
+	assert_int_equal(snapshot_writer_config(w, &c, &e), 0);
+	assert_int_equal(snapshot_writer_section(w, "vcpu", "0", 1, "vcpu zero", 9, &e), 0);
+	assert_int_equal(snapshot_writer_section(w, "vcpu", "1", 1, "vcpu one", 8, &e), 0);
+	/* region 0 in two calls, region 1 in one */
+	assert_int_equal(snapshot_writer_memory(w, 0, g->r0, 1024 * 1024, &e), 0);
+	assert_int_equal(snapshot_writer_memory(w, 1024 * 1024, g->r0 + 1024 * 1024,
+						g->s0 - 1024 * 1024, &e), 0);
+	assert_int_equal(snapshot_writer_memory(w, c.regions[1].gpa, g->r1, g->s1, &e), 0);
+	assert_int_equal(snapshot_writer_section(w, "serial8250", "io:3f8", 3, "", 0, &e), 0);
+	snapshot_writer_stats(w, &st);
+	assert_int_equal(st.pages_present, guest_present(g));
+	assert_int_equal(st.pages_present + st.pages_zero, (g->s0 + g->s1) / PS);
+	assert_int_equal(snapshot_writer_commit(w, &e), 0);
+}
+
+static void test_snapshot_roundtrip(void **state)
+{
+	struct snapshot_reader *r;
+	const struct snapshot_memory *m;
+	const struct state_section *s;
+	struct state_config want;
+	struct guest g, back;
+	struct errbuf e;
+	struct stat st;
+	char dir[128], snap[160];
+
+	make_config(&want);
+	guest_make(&g, &want);
+	test_dir(dir, sizeof(dir), "roundtrip");
+	snprintf(snap, sizeof(snap), "%s/snap/", dir); /* a trailing slash is fine */
+	snapshot_write(snap, &g);
+	assert_int_equal(dir_entries(dir), 1); /* no temporary directory left */
+
+	assert_int_equal(snapshot_open(snap, &r, &e), 0);
+	assert_config_equal(snapshot_config(r), &want);
+	assert_int_equal(snapshot_header(r)->kind, STATE_KIND_SNAPSHOT);
+	assert_int_equal(snapshot_section_count(r), 3);
+	assert_string_equal(snapshot_section(r, 0)->name, "vcpu");
+	assert_string_equal(snapshot_section(r, 2)->name, "serial8250");
+	assert_null(snapshot_section(r, 3));
+	s = snapshot_section_find(r, "vcpu", "1");
+	assert_non_null(s);
+	assert_int_equal(s->len, 8);
+	assert_memory_equal(s->data, "vcpu one", 8);
+	assert_null(snapshot_section_find(r, "vcpu", "2"));
+	assert_null(snapshot_section_find(r, "memory", "ram")); /* not the caller's */
+
+	m = snapshot_memory(r);
+	assert_int_equal(m->nr_pages, (g.s0 + g.s1) / PS);
+	assert_int_equal(m->pages_present, guest_present(&g));
+	assert_int_equal(m->chunk_size, SNAPSHOT_CHUNK_SIZE);
+	assert_int_equal(m->nr_chunks, 3 + 1);
+	assert_true(snapshot_memory_page_present(m, 0));
+	assert_false(snapshot_memory_page_present(m, 1));
+	assert_int_equal(m->regions[1].file_offset, 6 * 1024 * 1024);
+	assert_int_equal(snapshot_memory_verify(r, NULL, &e), 0);
+
+	/* the memory file is sparse: zero pages take no blocks */
+	assert_int_equal(fstat(snapshot_memory_fd(r), &st), 0);
+	assert_int_equal(st.st_size, m->file_size);
+	assert_true((uint64_t)st.st_blocks * 512 < m->file_size / 2);
+
+	/* eager load gives back exactly what was saved */
+	back.s0 = g.s0;
+	back.s1 = g.s1;
+	back.r0 = mmap(NULL, g.s0, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	back.r1 = mmap(NULL, g.s1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_int_equal(snapshot_memory_load(r, 0, back.r0, &e), 0);
+	assert_int_equal(snapshot_memory_load(r, 1, back.r1, &e), 0);
+	assert_memory_equal(back.r0, g.r0, g.s0);
+	assert_memory_equal(back.r1, g.r1, g.s1);
+	assert_int_equal(snapshot_memory_load(r, 2, back.r1, &e), -EINVAL);
+
+	/* a lazy mapping of the memory file sees the same bytes */
+	{
+		uint8_t *map = mmap(NULL, g.s1, PROT_READ | PROT_WRITE, MAP_PRIVATE,
+				    snapshot_memory_fd(r), (off_t)m->regions[1].file_offset);
+
+		assert_true(map != MAP_FAILED);
+		assert_memory_equal(map, g.r1, g.s1);
+		munmap(map, g.s1);
+	}
+	snapshot_close(r);
+	guest_free(&back);
+	guest_free(&g);
+}
+
+static void test_snapshot_abort_and_refusals(void **state)
+{
+	struct snapshot_writer *w;
+	struct state_config c;
+	struct guest g;
+	struct errbuf e;
+	char dir[128], snap[160];
+
+	make_config(&c);
+	guest_make(&g, &c);
+	test_dir(dir, sizeof(dir), "abort");
+	snprintf(snap, sizeof(snap), "%s/snap", dir);
+
+	/* abort after writing everything leaves nothing */
+	assert_int_equal(snapshot_writer_begin(snap, &w, &e), 0);
+	assert_int_equal(dir_entries(dir), 1);
+	assert_int_equal(snapshot_writer_config(w, &c, &e), 0);
+	assert_int_equal(snapshot_writer_memory(w, 0, g.r0, g.s0, &e), 0);
+	assert_int_equal(snapshot_writer_section(w, "vcpu", "0", 1, "x", 1, &e), 0);
+	snapshot_writer_abort(w);
+	assert_int_equal(dir_entries(dir), 0);
+
+	/* misuse is refused with a message; commit without config cleans up too */
+	assert_int_equal(snapshot_writer_begin(snap, &w, &e), 0);
+	assert_fails_with(snapshot_writer_section(w, "vcpu", "0", 1, "x", 1, &e), -EPROTO, &e,
+			  "the config must come first");
+	assert_fails_with(snapshot_writer_commit(w, &e), -EPROTO, &e, "config must come first");
+	assert_int_equal(dir_entries(dir), 0);
+
+	assert_int_equal(snapshot_writer_begin(snap, &w, &e), 0);
+	assert_int_equal(snapshot_writer_config(w, &c, &e), 0);
+	assert_fails_with(snapshot_writer_section(w, "memory", "x", 1, "", 0, &e), -EINVAL, &e,
+			  "reserved");
+	assert_int_equal(snapshot_writer_section(w, "vcpu", "0", 1, "x", 1, &e), 0);
+	assert_fails_with(snapshot_writer_section(w, "vcpu", "0", 1, "x", 1, &e), -EEXIST, &e,
+			  "section vcpu@0 given twice");
+	assert_fails_with(snapshot_writer_memory(w, 0x1000, g.r0, 100, &e), -EINVAL, &e,
+			  "not page-aligned");
+	assert_fails_with(snapshot_writer_memory(w, g.s0, g.r0, PS, &e), -EINVAL, &e,
+			  "not inside one memory region");
+	assert_int_equal(snapshot_writer_memory(w, 0x2000, g.r0, PS, &e), 0);
+	assert_fails_with(snapshot_writer_memory(w, 0x1000, g.r0, PS, &e), -EINVAL, &e,
+			  "gpa 0x1000 given twice or out of order");
+	assert_fails_with(snapshot_writer_commit(w, &e), -EIO, &e, "failed earlier");
+	assert_int_equal(dir_entries(dir), 0);
+
+	/* the target appears while writing: commit refuses and leaves it alone */
+	assert_int_equal(snapshot_writer_begin(snap, &w, &e), 0);
+	assert_int_equal(snapshot_writer_config(w, &c, &e), 0);
+	assert_int_equal(mkdir(snap, 0755), 0);
+	assert_fails_with(snapshot_writer_commit(w, &e), -EEXIST, &e, "already exists");
+	assert_int_equal(dir_entries(dir), 1);
+	assert_int_equal(dir_entries(snap), 0);
+	assert_fails_with(snapshot_writer_begin(snap, &w, &e), -EEXIST, &e, "already exists");
+	rmdir(snap);
+	guest_free(&g);
+}
+
+/* Snapshot to a directory where writing fails (ENOSPC-like) leaves nothing. */
+static void test_snapshot_write_failure(void **state)
+{
+	struct snapshot_writer *w;
+	struct state_config c;
+	struct guest g;
+	struct errbuf e;
+	char dir[128], snap[160];
+	int ret;
+
+	make_config(&c);
+	guest_make(&g, &c);
+	test_dir(dir, sizeof(dir), "wfail");
+	snprintf(snap, sizeof(snap), "%s/snap", dir);
+	assert_int_equal(snapshot_writer_begin(snap, &w, &e), 0);
+	assert_int_equal(snapshot_writer_config(w, &c, &e), 0);
+	/* make the memory file unwritable under the writer: replace its fd with a read-only one */
+	{
+		char tmpl[512];
+		DIR *d = opendir(dir);
+		struct dirent *de;
+		int ro, fd = -1;
+
+		while ((de = readdir(d)))
+			if (strstr(de->d_name, "snap.tmp-"))
+				snprintf(tmpl, sizeof(tmpl), "%s/%s/memory", dir, de->d_name);
+		closedir(d);
+		ro = open(tmpl, O_RDONLY);
+		assert_true(ro >= 0);
+		/* the writer's memory fd is the most recent writable one; find it by probing */
+		for (int i = 3; i < 64; i++) {
+			char link[64], target[256];
+			ssize_t n;
+
+			snprintf(link, sizeof(link), "/proc/self/fd/%d", i);
+			n = readlink(link, target, sizeof(target) - 1);
+			if (n > 0 && i != ro) {
+				target[n] = '\0';
+				if (strstr(target, "snap.tmp-") && strstr(target, "/memory"))
+					fd = i;
+			}
+		}
+		assert_true(fd >= 0);
+		assert_int_equal(dup2(ro, fd), fd);
+		close(ro);
+	}
+	ret = snapshot_writer_memory(w, 0, g.r0, g.s0, &e);
+	assert_int_equal(ret, -EBADF);
+	assert_non_null(strstr(e.msg, "write memory file"));
+	snapshot_writer_abort(w);
+	assert_int_equal(dir_entries(dir), 0);
+	guest_free(&g);
+}
+
+static void flip_file_byte(const char *path, off_t off)
+{
+	uint8_t c;
+	int fd = open(path, O_RDWR);
+
+	assert_true(fd >= 0);
+	assert_int_equal(io_pread_full(fd, &c, 1, off), 0);
+	c ^= 0x10;
+	assert_int_equal(io_pwrite_full(fd, &c, 1, off), 0);
+	close(fd);
+}
+
+static void test_snapshot_memory_corruption(void **state)
+{
+	struct snapshot_reader *r;
+	struct state_config c;
+	struct guest g, back;
+	struct errbuf e;
+	char dir[128], snap[160], mem[200];
+
+	make_config(&c);
+	guest_make(&g, &c);
+	test_dir(dir, sizeof(dir), "memflip");
+	snprintf(snap, sizeof(snap), "%s/snap", dir);
+	snprintf(mem, sizeof(mem), "%s/memory", snap);
+	snapshot_write(snap, &g);
+
+	/* a flipped byte in a present page: verify and load both catch it */
+	flip_file_byte(mem, 3 * PS + 100);
+	assert_int_equal(snapshot_open(snap, &r, &e), 0); /* open does not read memory */
+	assert_fails_with(snapshot_memory_verify(r, NULL, &e), -EBADMSG, &e,
+			  "memory chunk 0 (gpa 0x0-0x1fffff, file offset 0x0): CRC mismatch");
+	back.s0 = g.s0;
+	back.r0 = mmap(NULL, g.s0, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_fails_with(snapshot_memory_load(r, 0, back.r0, &e), -EBADMSG, &e, "CRC mismatch");
+	munmap(back.r0, back.s0);
+	snapshot_close(r);
+	flip_file_byte(mem, 3 * PS + 100);
+
+	/* data written into a hole (a page the index calls zero) */
+	flip_file_byte(mem, 4 * PS + 5);
+	assert_int_equal(snapshot_open(snap, &r, &e), 0);
+	assert_fails_with(snapshot_memory_verify(r, NULL, &e), -EBADMSG, &e,
+			  "page 4 is zero in the index but holds data");
+	snapshot_close(r);
+	flip_file_byte(mem, 4 * PS + 5);
+
+	/* data between regions */
+	flip_file_byte(mem, 6 * 1024 * 1024 - PS);
+	assert_int_equal(snapshot_open(snap, &r, &e), 0);
+	assert_fails_with(snapshot_memory_verify(r, NULL, &e), -EBADMSG, &e, "between regions");
+	snapshot_close(r);
+	flip_file_byte(mem, 6 * 1024 * 1024 - PS);
+
+	/* all clean again */
+	assert_int_equal(snapshot_open(snap, &r, &e), 0);
+	assert_int_equal(snapshot_memory_verify(r, NULL, &e), 0);
+	snapshot_close(r);
+
+	/* a truncated memory file is refused at open */
+	assert_int_equal(truncate(mem, 6 * 1024 * 1024), 0);
+	assert_fails_with(snapshot_open(snap, &r, &e), -EBADMSG, &e,
+			  "memory file is 6291456 bytes, the index says");
+	guest_free(&g);
+}
+
+static void test_snapshot_state_corruption(void **state)
+{
+	struct snapshot_reader *r;
+	struct state_config c;
+	struct guest g;
+	struct errbuf e;
+	char dir[128], snap[160], path[200];
+	uint8_t *orig;
+	size_t len;
+	int fd;
+
+	make_config(&c);
+	guest_make(&g, &c);
+	test_dir(dir, sizeof(dir), "stateflip");
+	snprintf(snap, sizeof(snap), "%s/snap", dir);
+	snprintf(path, sizeof(path), "%s/state", snap);
+	snapshot_write(snap, &g);
+	fd = open(path, O_RDWR);
+	orig = read_fd_all(fd, &len);
+
+	/* every byte of the state file matters */
+	for (size_t i = 0; i < len; i += (i < 256 ? 1 : 7)) {
+		uint8_t c2 = orig[i] ^ 0x04;
+
+		assert_int_equal(io_pwrite_full(fd, &c2, 1, (off_t)i), 0);
+		if (snapshot_open(snap, &r, &e) == 0)
+			fail_msg("flipped state byte at %zu not detected", i);
+		assert_int_equal(io_pwrite_full(fd, orig + i, 1, (off_t)i), 0);
+	}
+	/* truncated anywhere */
+	for (size_t cut = 0; cut < len; cut += (cut < 256 ? 1 : 13)) {
+		assert_int_equal(ftruncate(fd, (off_t)cut), 0);
+		if (snapshot_open(snap, &r, &e) == 0)
+			fail_msg("state truncated at %zu not detected", cut);
+	}
+	assert_int_equal(ftruncate(fd, 0), 0);
+	assert_int_equal(io_pwrite_full(fd, orig, len, 0), 0);
+	assert_int_equal(snapshot_open(snap, &r, &e), 0);
+	snapshot_close(r);
+	/* a message names the problem */
+	assert_int_equal(ftruncate(fd, (off_t)len - 3), 0);
+	assert_fails_with(snapshot_open(snap, &r, &e), -EPIPE, &e, "snapshot ");
+	assert_non_null(strstr(e.msg, "truncated"));
+	assert_int_equal(ftruncate(fd, 0), 0);
+	assert_int_equal(io_pwrite_full(fd, orig, len, 0), 0);
+	close(fd);
+	free(orig);
+	guest_free(&g);
+}
+
+static void test_not_a_snapshot(void **state)
+{
+	struct snapshot_reader *r;
+	struct errbuf e;
+	char dir[128], path[200];
+	int fd;
+
+	test_dir(dir, sizeof(dir), "notsnap");
+	assert_fails_with(snapshot_open(dir, &r, &e), -ENOENT, &e,
+			  "is not a godwit snapshot (no state file)");
+	assert_non_null(strstr(e.msg, dir));
+	assert_fails_with(state_inspect_dir(dir, stdout, &e), -ENOENT, &e,
+			  "is not a godwit snapshot (no state file)");
+	snprintf(path, sizeof(path), "%s/file", dir);
+	fd = open(path, O_CREAT | O_WRONLY, 0644);
+	assert_int_equal(io_write_full(fd, "hello", 5), 0);
+	close(fd);
+	assert_fails_with(snapshot_open(path, &r, &e), -ENOTDIR, &e, "not a directory");
+	snprintf(path, sizeof(path), "%s/missing", dir);
+	assert_fails_with(snapshot_open(path, &r, &e), -ENOENT, &e, "No such file");
+	/* a state file that is something else entirely */
+	snprintf(path, sizeof(path), "%s/state", dir);
+	fd = open(path, O_CREAT | O_WRONLY, 0644);
+	assert_int_equal(io_write_full(fd, "#!/bin/sh\necho hi\n", 18), 0);
+	close(fd);
+	assert_fails_with(snapshot_open(dir, &r, &e), -EBADMSG, &e, "bad magic");
+	/* an empty state file (a crash before anything was written) */
+	assert_int_equal(truncate(path, 0), 0);
+	assert_fails_with(snapshot_open(dir, &r, &e), -EPIPE, &e, "stream is empty");
+}
+
+/* inspect prints everything it can and flags what is wrong. */
+static void test_inspect(void **state)
+{
+	struct state_config c;
+	struct guest g;
+	struct errbuf e;
+	char dir[128], snap[160], path[200];
+	char *text;
+	size_t text_len;
+	FILE *out;
+	uint8_t *stream;
+	size_t len;
+
+	make_config(&c);
+	guest_make(&g, &c);
+	test_dir(dir, sizeof(dir), "inspect");
+	snprintf(snap, sizeof(snap), "%s/snap", dir);
+	snapshot_write(snap, &g);
+
+	out = open_memstream(&text, &text_len);
+	assert_int_equal(state_inspect_dir(snap, out, &e), 0);
+	fclose(out);
+	assert_non_null(strstr(text, "format version 1, page size 4096"));
+	assert_non_null(strstr(text, "2 vCPUs"));
+	assert_non_null(strstr(text, "vcpu@1 version 1, 8 bytes"));
+	assert_non_null(strstr(text, "serial8250@io:3f8 version 3"));
+	assert_non_null(strstr(text, "zero pages skipped"));
+	assert_non_null(strstr(text, "all chunk CRCs ok"));
+	assert_non_null(strstr(text, "0 problems"));
+	free(text);
+
+	/* corrupt the first section's payload and a memory page: both flagged, walk goes on */
+	{
+		struct snapshot_reader *r;
+		uint8_t *st;
+		size_t st_len, off = STATE_HEADER_SIZE;
+		int fd;
+
+		snprintf(path, sizeof(path), "%s/state", snap);
+		fd = open(path, O_RDONLY);
+		st = read_fd_all(fd, &st_len);
+		close(fd);
+		off += 16 + (size_t)le_get64(st + off + 4) + 4; /* past CONFIG */
+		free(st);
+		flip_file_byte(path, (off_t)(off + 16 + 3));
+		snprintf(path, sizeof(path), "%s/memory", snap);
+		flip_file_byte(path, 0);
+		assert_int_equal(snapshot_open(snap, &r, &e), -EBADMSG);
+	}
+	out = open_memstream(&text, &text_len);
+	assert_fails_with(state_inspect_dir(snap, out, &e), -EBADMSG, &e, "2 problems found");
+	fclose(out);
+	assert_non_null(strstr(text, "CRC mismatch"));
+	assert_non_null(strstr(text, "vcpu@1 version 1")); /* the next section is still shown */
+	assert_non_null(strstr(text, "serial8250@io:3f8"));
+	assert_non_null(strstr(text, "memory chunk 0"));
+	assert_non_null(strstr(text, "zero pages skipped"));
+	free(text);
+
+	/* a captured migration stream */
+	stream = reference_stream(&len);
+	out = open_memstream(&text, &text_len);
+	assert_int_equal(state_inspect_buf(stream, len, out, &e), 0);
+	fclose(out);
+	assert_non_null(strstr(text, "migration stream"));
+	assert_non_null(strstr(text, "PAGES    x2"));
+	assert_non_null(strstr(text, "5 pages (2 zero"));
+	assert_non_null(strstr(text, "control message 0x100"));
+	free(text);
+	snprintf(path, sizeof(path), "%s/stream", dir);
+	{
+		int fd = open(path, O_CREAT | O_RDWR, 0644);
+
+		stream[len - 40] ^= 1; /* inside the last PAGES record's data */
+		assert_int_equal(io_write_full(fd, stream, len - 7), 0);
+		close(fd);
+	}
+	out = open_memstream(&text, &text_len);
+	assert_fails_with(state_inspect_path(path, out, &e), -EBADMSG, &e, "2 problems found");
+	fclose(out);
+	assert_non_null(strstr(text, "PAGES    x1"));
+	assert_non_null(strstr(text, "BAD"));
+	assert_non_null(strstr(text, "truncated"));
+	free(text);
+	free(stream);
+	guest_free(&g);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_stream_roundtrip_mem),
+		cmocka_unit_test(test_stream_roundtrip_fd),
+		cmocka_unit_test(test_truncated_everywhere),
+		cmocka_unit_test(test_flipped_byte_everywhere),
+		cmocka_unit_test(test_flipped_byte_message),
+		cmocka_unit_test(test_bad_headers),
+		cmocka_unit_test(test_record_errors),
+		cmocka_unit_test(test_writer_order),
+		cmocka_unit_test(test_config_validation),
+		cmocka_unit_test(test_section_codec),
+		cmocka_unit_test(test_pages_codec),
+		cmocka_unit_test(test_socket_stream),
+		cmocka_unit_test(test_socket_peer_gone),
+		cmocka_unit_test(test_snapshot_roundtrip),
+		cmocka_unit_test(test_snapshot_abort_and_refusals),
+		cmocka_unit_test(test_snapshot_write_failure),
+		cmocka_unit_test(test_snapshot_memory_corruption),
+		cmocka_unit_test(test_snapshot_state_corruption),
+		cmocka_unit_test(test_not_a_snapshot),
+		cmocka_unit_test(test_inspect),
+	};
+
+	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
