@@ -183,7 +183,7 @@ def main(argv=None):
     log(f"results -> {resdir}; {len(chosen)} scenario(s), {runs} run(s) per VMM")
 
     # SIGTERM behaves like Ctrl-C: stop, clean up, keep the partial results
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _sigterm)
 
     tmpdir = tempfile.mkdtemp(prefix="gwb-")
     net = None
@@ -219,8 +219,10 @@ def main(argv=None):
         info = machine_info(args, guest, godwit_bin)
 
         # -- network and limits --------------------------------------------
-        need_net = any(s["op"] in ("warm-migrate", "live-migrate") for s in chosen)
-        links = sorted({s["link"] for s in chosen if s["link"] != "-"},
+        need_net = (any(s["op"] in ("warm-migrate", "live-migrate") for s in chosen)
+                    or not args.no_limits)
+        # loopback always, then every link a chosen scenario uses
+        links = sorted({"loopback"} | {s["link"] for s in chosen if s["link"] != "-"},
                        key=lambda x: (x != "loopback", x))
         if need_net:
             net = Net()
@@ -324,6 +326,10 @@ def main(argv=None):
     log(f"done: {n_ok}/{len(rows)} runs measured; {os.path.join(resdir, 'results.md')}")
     print(resdir)
     return 130 if interrupted else 0
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt()
 
 
 def base_row(sc, vmm, i):

@@ -218,6 +218,8 @@ def _judge(row, res):
     row["hb_last_before"] = res["last_before"]
     row["hb_first_after"] = res["first_after"]
     row["downtime_guest_ms"] = res["gap_ms"]
+    row["switchover_gap_ms"] = res["switchover_gap_ms"]
+    row["baseline_gap_ms"] = res["baseline_gap_ms"]
     row["check_ok_after"] = res["check_ok_after"]
     if not res["ok"]:
         raise RunFailed(res["reason"])

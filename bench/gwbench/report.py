@@ -21,18 +21,23 @@ METRICS = {
                          ("restore_ms", "restore to first heartbeat", "ms"),
                          ("total_ms", "snapshot + restore", "ms"),
                          ("downtime_guest_ms", "guest-observed gap", "ms"),
+                         ("baseline_gap_ms", "longest gap before (noise)", "ms"),
                          ("src_vmhwm_bytes", "peak RSS source", "bytes"),
                          ("dst_vmhwm_bytes", "peak RSS restored", "bytes")],
     "warm-migrate": [("total_ms", "total time", "ms"),
                      ("downtime_vmm_ms", "downtime (VMM)", "ms"),
-                     ("downtime_guest_ms", "downtime (guest gap)", "ms"),
+                     ("downtime_guest_ms", "downtime (guest, longest gap)", "ms"),
+                     ("switchover_gap_ms", "switchover gap (guest)", "ms"),
+                     ("baseline_gap_ms", "longest gap before (noise)", "ms"),
                      ("vmm_bytes", "bytes (VMM)", "bytes"), ("wire_bytes", "bytes on the wire", "bytes"),
                      ("throughput_bytes_per_s", "throughput", "rate"),
                      ("src_vmhwm_bytes", "peak RSS source", "bytes"),
                      ("dst_vmhwm_bytes", "peak RSS destination", "bytes")],
     "live-migrate": [("total_ms", "total time", "ms"),
                      ("downtime_vmm_ms", "downtime (VMM)", "ms"),
-                     ("downtime_guest_ms", "downtime (guest gap)", "ms"),
+                     ("downtime_guest_ms", "downtime (guest, longest gap)", "ms"),
+                     ("switchover_gap_ms", "switchover gap (guest)", "ms"),
+                     ("baseline_gap_ms", "longest gap before (noise)", "ms"),
                      ("rounds", "rounds", "count"), ("throttle_pct", "throttle reached", "pct"),
                      ("vmm_bytes", "bytes (VMM)", "bytes"), ("wire_bytes", "bytes on the wire", "bytes"),
                      ("throughput_bytes_per_s", "throughput", "rate"),
@@ -222,26 +227,46 @@ plot {plots}
     return f"{name}.png" if _gnuplot(script, plotdir) else None
 
 
-def plot_timeline(plotdir, name, title, traces):
-    """traces: {vmm: [(t_s, pages_sent, dirty_rate, round)]}: pages sent and dirty rate over time."""
+def plot_timeline(plotdir, name, title, traces, rounds):
+    """Live migration: top, pages sent and dirty rate over time (labels mark a new round);
+    bottom, pages sent in each round and the dirty rate at its end.
+
+    traces: {vmm: [(t_s, pages_sent, dirty_rate, round)]}; rounds: {vmm: [(round, pages, dirty)]}"""
     if not any(traces.values()):
         return None
-    parts = []
-    for vmm, pts in traces.items():
-        if not pts:
-            continue
+    top, bottom = [], []
+    vmms = [v for v in traces if traces[v]]
+    for k, vmm in enumerate(vmms):
+        pts = traces[vmm]
         with open(os.path.join(plotdir, f"{name}-{vmm}.dat"), "w") as f:
-            f.write("# t_s pages_sent dirty_pages_per_s round\n")
-            for p in pts:
-                f.write(" ".join(_nan(x) for x in p) + "\n")
-        parts.append(f"'{name}-{vmm}.dat' using 1:2 with linespoints title '{vmm} pages sent'")
-        parts.append(f"'{name}-{vmm}.dat' using 1:3 axes x1y2 with lines dt 2 lw 2 "
-                     f"title '{vmm} dirty rate'")
-        parts.append(f"'{name}-{vmm}.dat' using 1:2:(sprintf('r%d', $4)) with labels offset 0,1 "
-                     f"font ',7' notitle")
+            f.write("# t_s pages_sent dirty_pages_per_s round label\n")
+            prev = None
+            for t, pages, dirty, rnd in pts:
+                label = f"r{int(rnd)}" if rnd is not None and rnd != prev else ""
+                prev = rnd
+                f.write(f"{_nan(t)} {_nan(pages)} {_nan(dirty)} {_nan(rnd)} \"{label}\"\n")
+        top.append(f"'{name}-{vmm}.dat' using 1:2 with linespoints lc {k + 1} pt 7 ps 0.4 "
+                   f"title '{vmm} pages sent'")
+        top.append(f"'{name}-{vmm}.dat' using 1:3 axes x1y2 with steps dt 2 lw 2 lc {k + 1} "
+                   f"title '{vmm} dirty rate'")
+        top.append(f"'{name}-{vmm}.dat' using 1:2:5 with labels offset 0,0.8 font ',7' "
+                   f"tc lt {k + 1} notitle")
+        rr = rounds.get(vmm) or []
+        if rr:
+            with open(os.path.join(plotdir, f"{name}-{vmm}-rounds.dat"), "w") as f:
+                f.write("# round pages_sent_in_round dirty_pages_per_s\n")
+                for r in rr:
+                    f.write(" ".join(_nan(x) for x in r) + "\n")
+            off = -0.2 + 0.4 * k
+            bottom.append(f"'{name}-{vmm}-rounds.dat' using ($1+{off}):2 with boxes lc {k + 1} "
+                          f"title '{vmm} pages sent in round'")
+            bottom.append(f"'{name}-{vmm}-rounds.dat' using 1:3 axes x1y2 with linespoints dt 2 "
+                          f"lc {k + 1} title '{vmm} dirty rate'")
     script = f"""
-set terminal pngcairo size 1000,520 font 'sans,9'
+set terminal pngcairo size 1000,{820 if bottom else 480} font 'sans,9'
 set output '{name}.png'
+set datafile missing 'NaN'
+{'set multiplot layout 2,1' if bottom else ''}
 set title '{title}' noenhanced
 set xlabel 'seconds since migrate command'
 set ylabel 'pages sent (cumulative)'
@@ -250,8 +275,20 @@ set ytics nomirror
 set y2tics
 set key top left
 set grid
-set datafile missing 'NaN'
-plot {', '.join(parts)}
+plot {', '.join(top)}
+"""
+    if bottom:
+        script += f"""
+set title 'per round (QEMU: derived from polled query-migrate; godwit: from migrate-status)'
+set xlabel 'round'
+set ylabel 'pages sent in round'
+set style fill solid 0.6
+set boxwidth 0.4
+set yrange [0:*]
+set y2range [0:*]
+set xtics 1
+plot {', '.join(bottom)}
+unset multiplot
 """
     return f"{name}.png" if _gnuplot(script, plotdir) else None
 
@@ -268,16 +305,54 @@ def timeline_points(vmm, samples):
             dirty = ram.get("dirty-pages-rate")
             rnd = ram.get("dirty-sync-count")
         else:
-            pages = s.get("pages_sent")
+            pages = _first(s, "pages_sent", "pages")
             if pages is None:
-                b = s.get("bytes", s.get("bytes_sent"))
-                pages = b / 4096 if isinstance(b, (int, float)) else None
-            dirty = s.get("dirty_rate", s.get("dirty_pages_rate"))
-            rnd = s.get("round", s.get("rounds"))
+                b = _first(s, "bytes", "bytes_sent")
+                pages = b / 4096 if b is not None else None
+            dirty = _first(s, "dirty_rate", "dirty_pages_rate", "dirty_rate_pps")
+            rnd = _first(s, "round", "rounds")
         if t is None or pages is None:
             continue
-        pts.append((t, pages, dirty, rnd if isinstance(rnd, (int, float)) else None))
+        pts.append((t, pages, dirty, rnd))
     return pts
+
+
+def _first(d, *keys):
+    for k in keys:
+        v = d.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def per_round(vmm, samples):
+    """[(round, pages sent in it, dirty rate at its end)].
+
+    godwit: the per-round list of its last migrate-status if it has one
+    ('per_round' or 'round_stats': [{round, pages, dirty_rate}, ...]).
+    Otherwise derived from the polled samples: the growth of pages sent between
+    the last sample of one round and the last sample of the next."""
+    for s in reversed(samples):
+        lst = s.get("per_round") or s.get("round_stats")
+        if isinstance(lst, list) and lst:
+            out = []
+            for i, d in enumerate(lst):
+                if isinstance(d, dict):
+                    out.append((_first(d, "round") if _first(d, "round") is not None else i,
+                                _first(d, "pages", "pages_sent"),
+                                _first(d, "dirty_rate", "dirty_pages_rate")))
+            return out
+    last = {}
+    for t, pages, dirty, rnd in timeline_points(vmm, samples):
+        if rnd is not None:
+            last[rnd] = (pages, dirty)
+    out = []
+    prev_pages = 0
+    for rnd in sorted(last):
+        pages, dirty = last[rnd]
+        out.append((rnd, pages - prev_pages, dirty))
+        prev_pages = pages
+    return out
 
 
 def make_plots(resdir, rows, scenarios, samples_by_run):
@@ -302,13 +377,15 @@ def make_plots(resdir, rows, scenarios, samples_by_run):
     for s in scenarios:
         if s["op"] != "live-migrate" or s["name"] not in g:
             continue
-        traces = {}
+        traces, rounds = {}, {}
         for v in VMMS:
             ok = [r for r in g[s["name"]].get(v, []) if r["status"] == "ok"]
             if ok:
-                traces[v] = timeline_points(v, samples_by_run.get((s["name"], v, str(ok[0]["run"])), []))
+                smp = samples_by_run.get((s["name"], v, str(ok[0]["run"])), [])
+                traces[v] = timeline_points(v, smp)
+                rounds[v] = per_round(v, smp)
         p = plot_timeline(plotdir, f"timeline-{s['name']}", f"{s['name']}: pages sent and dirty rate "
-                          f"(labels: round)", traces)
+                          f"(first passed run; labels mark a new round)", traces, rounds)
         if p:
             out.append(f"plots/{p}")
     return out

@@ -16,7 +16,9 @@ METRIC_COLUMNS = [
     "snapshot_apparent_bytes",   # sum of file sizes
     "restore_ms",                # launch of the restoring VMM -> first heartbeat
     "downtime_vmm_ms",           # as the VMM reports it
-    "downtime_guest_ms",         # longest gap between consecutive heartbeats
+    "downtime_guest_ms",         # longest gap between consecutive heartbeats during the move
+    "switchover_gap_ms",         # source's last heartbeat -> destination's first
+    "baseline_gap_ms",           # longest gap in the second before the move (noise floor)
     "vmm_total_ms",              # total time as the VMM reports it
     "vmm_bytes",                 # bytes sent as the VMM reports it
     "wire_bytes",                # tx bytes counted on the source's interface

@@ -157,10 +157,16 @@ def heartbeats(lines):
 def analyse_move(lines, boundary, t_from, settle_hb=20):
     """Check and measure a move (source lines [0, boundary), destination after).
 
-    Returns dict: ok, reason, last_before, first_after, gap_ms (the longest gap
-    between consecutive heartbeats from t_from on), check_ok_after, check_fail."""
+    Returns dict: ok, reason, last_before, first_after,
+      gap_ms            the longest gap between consecutive heartbeats from t_from
+                        (the operation's start) on: the guest-observed downtime,
+                        including any stall while a live migration's rounds run;
+      switchover_gap_ms from the source's last heartbeat to the destination's first;
+      baseline_gap_ms   the longest gap in the second before t_from (the noise floor);
+      check_ok_before/after, check_fail."""
     res = {"ok": False, "reason": "", "last_before": None, "first_after": None,
-           "gap_ms": None, "check_ok_before": None, "check_ok_after": None, "check_fail": None}
+           "gap_ms": None, "switchover_gap_ms": None, "baseline_gap_ms": None,
+           "check_ok_before": None, "check_ok_after": None, "check_fail": None}
     hb = heartbeats(lines)
     before = [h for h in hb if h[2] < boundary]
     after = [h for h in hb if h[2] >= boundary]
@@ -176,10 +182,15 @@ def analyse_move(lines, boundary, t_from, settle_hb=20):
         res["last_before"] = before[-1][1]
     if after:
         res["first_after"] = after[0][1]
-    # longest gap between consecutive heartbeats, over the move window
-    gaps = [(b[0] - a[0]) for a, b in zip(hb, hb[1:]) if b[0] >= t_from]
+    pairs = list(zip(hb, hb[1:]))
+    gaps = [(b[0] - a[0]) for a, b in pairs if b[0] >= t_from]
     if gaps:
         res["gap_ms"] = max(gaps) * 1000.0
+    base = [(b[0] - a[0]) for a, b in pairs if t_from - 1.0 <= a[0] and b[0] < t_from]
+    if base:
+        res["baseline_gap_ms"] = max(base) * 1000.0
+    if before and after:
+        res["switchover_gap_ms"] = (after[0][0] - before[-1][0]) * 1000.0
     if not before:
         res["reason"] = "no heartbeat on the source before the move"
     elif not after:
@@ -193,6 +204,10 @@ def analyse_move(lines, boundary, t_from, settle_hb=20):
         res["reason"] = f"only {len(after)} heartbeats after the move"
     elif res["check_fail"]:
         res["reason"] = f"abcheck failed: {res['check_fail']}"
+    elif res["check_ok_before"] is not None and (res["check_ok_after"] is None or
+                                                  res["check_ok_after"] <= res["check_ok_before"]):
+        res["reason"] = (f"abcheck did not continue: last pass before {res['check_ok_before']}, "
+                         f"after {res['check_ok_after']}")
     else:
         res["ok"] = True
     return res
