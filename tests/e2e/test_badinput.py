@@ -3,6 +3,7 @@
 requests get an error response while the VM keeps running."""
 import json
 import os
+import struct
 import subprocess
 
 import gwtest
@@ -42,7 +43,17 @@ def test(env):
     run_fails(env, ["run", "--memory", "64M", "--kernel", notpvh, "--api-socket", sock],
               "kernel")
     run_fails(env, ["run", "--memory", "64M", "--kernel", "/bin/true", "--api-socket", sock],
-              "PVH")
+              "not an ELF executable")
+    # the guest kit with its PVH entry note turned into another note type
+    with open(env.guest, "rb") as f:
+        img = f.read()
+    note = struct.pack("<III", 4, 4, 18) + b"Xen\0"
+    assert img.count(note) == 1
+    nopvh = env.path("nopvh.elf")
+    with open(nopvh, "wb") as f:
+        f.write(img.replace(note, struct.pack("<III", 4, 4, 19) + b"Xen\0"))
+    run_fails(env, ["run", "--memory", "64M", "--kernel", nopvh, "--api-socket", sock],
+              "no PVH entry note")
     run_fails(env, ["run", "--memory", "64M", "--kernel", env.guest, "--api-socket",
                     env.path("no/such/dir/x.sock")], "no/such/dir")
     run_fails(env, ["run", "--memory", "64M", "--kernel", env.guest, "--api-socket",
