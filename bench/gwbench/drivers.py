@@ -6,6 +6,7 @@ driver measures comes back in a dict with the harness's own field names."""
 import json
 import os
 import re
+import shlex
 import subprocess
 import time
 
@@ -246,7 +247,9 @@ class Godwit(Driver):
         if p.returncode != 0:
             classify(f"godwit migrate exit {p.returncode}: {err.strip() or out.strip()}")
         # the source exits after COMMIT; the destination keeps the figures
-        final = self.status(dst, "migrate-status") or last or {}
+        final = dict(last or {})
+        final.update({k: v for k, v in (self.status(dst, "migrate-status") or {}).items()
+                      if v is not None})
         final["_t"] = t_done - t0
         samples.append(final)
         return {
@@ -301,7 +304,7 @@ class Qemu(Driver):
         if incoming:
             argv += ["-incoming", "defer"]
         elif restore:
-            argv += ["-incoming", f"exec:cat {os.path.join(restore, 'qemu.state')}"]
+            argv += ["-incoming", f"exec:cat {shlex.quote(os.path.join(restore, 'qemu.state'))}"]
         proc, serial, errp, t = self._spawn(argv, role, ns, logprefix)
         inst = Instance(self.name, role, proc, serial, sock, ns, errp, t)
         try:
@@ -378,7 +381,7 @@ class Qemu(Driver):
         inst.qmp.cmd("stop")
         self._set_params(inst, {"max-bandwidth": QEMU_UNLIMITED}, {})
         self.params["stop, then migrate"] = f"exec:cat > {os.path.basename(path)} (then fsync)"
-        inst.qmp.cmd("migrate", uri=f"exec:cat > {path}")
+        inst.qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(path)}")
         r = self._wait_migration(inst, 600)
         self.stop(inst)
         fd = os.open(path, os.O_RDONLY)

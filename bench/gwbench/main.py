@@ -207,7 +207,7 @@ def main(argv=None):
             godwit_err = build_godwit(os.path.join(resdir, "build.log"))
             if godwit_err:
                 log(f"build: {godwit_err}")
-        godwit_bin = args.godwit or os.path.join(BUILD, GODWIT_REL)
+        godwit_bin = os.path.abspath(args.godwit or os.path.join(BUILD, GODWIT_REL))
         guest = os.path.abspath(args.guest or os.path.join(BUILD, GUEST_REL))
         guest_err = None if os.path.isfile(guest) else f"guest kit {guest} not found"
         if not os.access(godwit_bin, os.X_OK):
