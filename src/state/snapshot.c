@@ -803,6 +803,22 @@ void snapshot_close(struct snapshot_reader *r)
 	free(r);
 }
 
+int snapshot_state_check(const void *p, size_t len, struct errbuf *e)
+{
+	struct snapshot_reader *r = calloc(1, sizeof(*r));
+	int ret;
+
+	if (!r)
+		return err_set(e, -ENOMEM, "out of memory");
+	r->mem_fd = -1;
+	r->state = (uint8_t *)p; /* only read; detached again before the close */
+	r->state_len = len;
+	ret = reader_parse(r, e);
+	r->state = NULL;
+	snapshot_close(r);
+	return ret;
+}
+
 int snapshot_memory_check_size(int fd, const struct snapshot_memory *m, struct errbuf *e)
 {
 	struct stat st;

@@ -106,6 +106,8 @@ struct snapshot_reader;
  */
 int __must_check snapshot_open(const char *dir, struct snapshot_reader **rp, struct errbuf *e);
 void snapshot_close(struct snapshot_reader *r);
+/* The checks snapshot_open() makes on a `state` file, on an image in memory (tests, fuzzing). */
+int __must_check snapshot_state_check(const void *p, size_t len, struct errbuf *e);
 
 const struct state_header *snapshot_header(const struct snapshot_reader *r);
 const struct state_config *snapshot_config(const struct snapshot_reader *r);
