@@ -9,6 +9,7 @@
 #include "api/client.h"
 #include "base/buf.h"
 #include "base/log.h"
+#include "migration/snapshot.h"
 #include "vmm/vm.h"
 
 #include <errno.h>
@@ -124,9 +125,18 @@ static int api_cmd_status(struct api_ctx *ctx, struct errbuf *e)
 	vm_status_get(ctx->server->vm, &st);
 	st.name[sizeof(st.name) - 1] = '\0';
 	if (json_is_true(json_object_get(ctx->req, "digest"))) {
+		char mem[17], state[17];
+		int ret;
+
 		if (st.state != VM_STATE_PAUSED)
 			return err_set(e, -EBUSY, "digest needs a paused VM");
-		return err_set(e, -ENOTSUP, "digest not supported yet");
+		ret = vm_digest(ctx->server->vm, mem, state, e);
+		if (ret < 0)
+			return ret;
+		ret = api_reply_merge(ctx, json_pack("{s:{s:s, s:s}}", "digest", "memory", mem,
+						     "state", state), e);
+		if (ret < 0)
+			return ret;
 	}
 	return api_reply_merge(ctx, json_pack("{s:o, s:s, s:I, s:I, s:I, s:I, s:I}",
 					      "name", api_json_string(st.name),
@@ -159,6 +169,61 @@ static void api_cmd_stop_after(struct api_server *s)
 	vm_stop_request(s->vm);
 }
 
+/*
+ * Pauses the VM, writes the snapshot, then resumes it (if it was running) or, with
+ * "stop", stops the VM once the snapshot is complete and synced. A failed snapshot
+ * leaves nothing that looks like one, and the guest keeps running.
+ */
+static int api_cmd_snapshot(struct api_ctx *ctx, struct errbuf *e)
+{
+	const char *dir = json_string_value(json_object_get(ctx->req, "dir"));
+	bool stop = json_is_true(json_object_get(ctx->req, "stop"));
+	struct vm *vm = ctx->server->vm;
+	struct vm_snapshot_stats st = { 0 };
+	struct vm_status vs;
+	struct errbuf e2;
+	uint64_t t0 = time_mono_ns(), paused_ns;
+	bool was_running;
+	int ret;
+
+	vm_status_get(vm, &vs);
+	if (vs.state != VM_STATE_RUNNING && vs.state != VM_STATE_PAUSED)
+		return err_set(e, -EBUSY, "cannot snapshot a VM that is %s", vm_state_name(vs.state));
+	was_running = vs.state == VM_STATE_RUNNING;
+	ret = vm_pause(vm, e);
+	if (ret < 0)
+		return ret;
+	ret = vm_snapshot_save(vm, dir, &st, e);
+	paused_ns = time_mono_ns() - t0;
+	if (ret < 0) {
+		err_prefix(e, ret, "snapshot %s", dir);
+		if (was_running && vm_resume(vm, &e2) < 0)
+			log_err("resume after a failed snapshot: %s", e2.msg);
+		return ret;
+	}
+	if (stop) {
+		vm_stop_request(vm);
+	} else if (was_running) {
+		ret = vm_resume(vm, e);
+		if (ret < 0)
+			return ret;
+	}
+	return api_reply_merge(ctx, json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:b}",
+					      "dir", dir,
+					      "pages_present", (json_int_t)st.pages_present,
+					      "pages_zero", (json_int_t)st.pages_zero,
+					      "memory_bytes", (json_int_t)st.bytes,
+					      "elapsed_ms", (json_int_t)(st.elapsed_ns / 1000000),
+					      "paused_ms", (json_int_t)(paused_ns / 1000000),
+					      "stopped", stop), e);
+}
+
+static const struct api_arg api_snapshot_args[] = {
+	{ "dir", API_ARG_STRING, true },
+	{ "stop", API_ARG_BOOL, false },
+	{ NULL, API_ARG_BOOL, false },
+};
+
 static const struct api_arg api_status_args[] = {
 	{ "digest", API_ARG_BOOL, false },
 	{ NULL, API_ARG_BOOL, false },
@@ -169,6 +234,7 @@ static const struct api_command api_commands[] = {
 	{ "pause", api_cmd_pause, NULL, NULL },
 	{ "resume", api_cmd_resume, NULL, NULL },
 	{ "stop", api_cmd_stop, NULL, api_cmd_stop_after },
+	{ "snapshot", api_cmd_snapshot, api_snapshot_args, NULL },
 };
 
 /* ---- request dispatch ---- */

@@ -4,5 +4,7 @@
 #define GODWIT_CLI_CLI_H
 
 int cli_run_main(int argc, char **argv);
+int cli_snapshot_main(int argc, char **argv);
+int cli_inspect_main(int argc, char **argv);
 
 #endif

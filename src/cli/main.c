@@ -15,6 +15,8 @@ static void main_usage(FILE *out)
 	      "  pause      pause every vCPU\n"
 	      "  resume     resume every vCPU\n"
 	      "  stop       stop the VM; `godwit run` exits 0\n"
+	      "  snapshot   write the VM's complete state to a directory\n"
+	      "  inspect    print a snapshot or a captured migration stream\n"
 	      "run `godwit COMMAND --help` for a command's options\n", out);
 }
 
@@ -29,6 +31,8 @@ int main(int argc, char **argv)
 		{ "pause", cli_ctl_main },
 		{ "resume", cli_ctl_main },
 		{ "stop", cli_ctl_main },
+		{ "snapshot", cli_snapshot_main },
+		{ "inspect", cli_inspect_main },
 	};
 
 	if (argc < 2) {

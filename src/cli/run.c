@@ -4,6 +4,7 @@
 #include "api/api.h"
 #include "base/log.h"
 #include "cli/run_opts.h"
+#include "migration/snapshot.h"
 #include "vmm/vm.h"
 
 #include <errno.h>
@@ -43,9 +44,8 @@ int cli_run_main(int argc, char **argv)
 		run_opts_usage(stdout);
 		return 0;
 	}
-	if (o.restore || o.incoming) {
-		fprintf(stderr, "godwit run: --%s is not available in this build yet\n",
-			o.restore ? "restore" : "incoming");
+	if (o.incoming) {
+		fprintf(stderr, "godwit run: --incoming is not available in this build yet\n");
 		return 2;
 	}
 
@@ -74,9 +74,28 @@ int cli_run_main(int argc, char **argv)
 	/* tests point this elsewhere to check the error for a missing /dev/kvm */
 	cfg.kvm_path = getenv("GODWIT_KVM_DEVICE");
 
-	ret = vm_create(&vm, loop, &cfg, &e);
-	if (ret < 0)
-		goto err;
+	if (o.restore) {
+		struct vm_restore_opts ro = {
+			.name = o.name,
+			.eager = o.restore_eager,
+			.serial = cfg.serial,
+			.serial_path = cfg.serial_path,
+			.kvm_path = cfg.kvm_path,
+		};
+		uint64_t t0 = time_mono_ns();
+
+		ret = vm_snapshot_restore(&vm, loop, o.restore, &ro, &e);
+		if (ret < 0) {
+			err_prefix(&e, ret, "restore %s", o.restore);
+			goto err;
+		}
+		log_info("restored %s (%s) in %.1f ms", o.restore, o.restore_eager ? "eager" : "lazy",
+			 (double)(time_mono_ns() - t0) / 1e6);
+	} else {
+		ret = vm_create(&vm, loop, &cfg, &e);
+		if (ret < 0)
+			goto err;
+	}
 	ret = api_server_create(&api, loop, o.api_socket, vm, &e);
 	if (ret < 0)
 		goto err;
@@ -85,9 +104,13 @@ int cli_run_main(int argc, char **argv)
 		ret = err_set(&e, -errno, "signalfd: %s", strerror(errno));
 		goto err;
 	}
-	ret = vm_start(vm, &e);
-	if (ret < 0)
-		goto err;
+	if (o.restore && o.paused) {
+		vm_start_paused(vm);
+	} else {
+		ret = vm_start(vm, &e);
+		if (ret < 0)
+			goto err;
+	}
 	ret = evloop_run(loop);
 	if (ret < 0)
 		log_err("event loop: %s", strerror(-ret));

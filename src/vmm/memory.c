@@ -63,13 +63,44 @@ void guest_mem_destroy(struct guest_mem *m)
 	memset(m, 0, sizeof(*m));
 }
 
-int guest_mem_map_file(struct guest_mem *m, int fd, struct errbuf *e)
+int guest_mem_map_region_file(struct guest_mem *m, unsigned idx, int fd, uint64_t offset,
+			      struct errbuf *e)
 {
-	void *p = mmap(m->base, m->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, 0);
+	struct guest_mem_region *r = &m->regions[idx];
+	void *p;
 
+	if (idx >= m->nregions)
+		return err_set(e, -EINVAL, "no memory region %u", idx);
+	p = mmap(r->host, r->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE,
+		 fd, (off_t)offset);
 	if (p == MAP_FAILED)
-		return err_set(e, -errno, "map the memory file: %s", strerror(errno));
+		return err_set(e, -errno, "map the memory file at offset 0x%llx: %s",
+			       (unsigned long long)offset, strerror(errno));
+	m->file_backed = true;
 	return 0;
+}
+
+bool guest_mem_range_touched(struct guest_mem *m, const void *host, uint64_t len)
+{
+	unsigned char vec[512];
+	uintptr_t start = ALIGN_DOWN((uintptr_t)host, GUEST_PAGE_SIZE);
+	uint64_t pages = (len + ((uintptr_t)host - start) + GUEST_PAGE_SIZE - 1) / GUEST_PAGE_SIZE;
+
+	if (m->file_backed)
+		return true;
+	while (pages) {
+		uint64_t n = MIN(pages, sizeof(vec));
+
+		/* if mincore cannot tell, the range has to be read */
+		if (mincore((void *)start, n * GUEST_PAGE_SIZE, vec) < 0)
+			return true;
+		for (uint64_t i = 0; i < n; i++)
+			if (vec[i] & 1)
+				return true;
+		pages -= n;
+		start += n * GUEST_PAGE_SIZE;
+	}
+	return false;
 }
 
 void *guest_mem_ptr(struct guest_mem *m, uint64_t gpa, uint64_t len)

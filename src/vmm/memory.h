@@ -43,13 +43,24 @@ struct guest_mem {
 	unsigned nregions;
 	struct guest_mem_region regions[GUEST_MEM_MAX_REGIONS];
 	_Atomic uint64_t *vmm_dirty;  /* one bit per page, indexed by flat RAM offset */
+	bool file_backed;             /* some region maps a snapshot file */
 };
 
 /* Reserves size bytes of RAM (page-aligned, GUEST_MEM_MIN..GUEST_MEM_MAX). */
 int __must_check guest_mem_create(struct guest_mem *m, uint64_t size, struct errbuf *e);
 void guest_mem_destroy(struct guest_mem *m);
-/* Replaces RAM by a private (copy-on-write) mapping of fd, flat layout at offset 0. */
-int __must_check guest_mem_map_file(struct guest_mem *m, int fd, struct errbuf *e);
+/*
+ * Replaces region idx by a private (copy-on-write) mapping of fd at offset: a lazy
+ * restore. Pages are read from the file when the guest first touches them.
+ */
+int __must_check guest_mem_map_region_file(struct guest_mem *m, unsigned idx, int fd,
+					   uint64_t offset, struct errbuf *e);
+/*
+ * False only if no page of [host, host+len) was ever touched, so the range is all
+ * zero without reading it (anonymous memory, asked with mincore). Always true for
+ * file-backed memory, whose contents are in the file.
+ */
+bool guest_mem_range_touched(struct guest_mem *m, const void *host, uint64_t len);
 /* Host pointer for [gpa, gpa+len) if it lies inside one region, else NULL. */
 void *guest_mem_ptr(struct guest_mem *m, uint64_t gpa, uint64_t len);
 /* Flat RAM offset of gpa, or -1 if gpa is not RAM */

@@ -262,7 +262,7 @@ int vcpu_thread_start(struct vcpu *v, struct errbuf *e)
 	return 0;
 }
 
-void vcpu_state_request(struct vcpu *v, enum vcpu_state req)
+void vcpu_state_request(struct vcpu *v, enum vcpu_run_state req)
 {
 	bool kick;
 

@@ -24,7 +24,7 @@
 
 struct vm;
 
-enum vcpu_state { VCPU_PAUSED, VCPU_RUNNING, VCPU_EXITING, VCPU_EXITED };
+enum vcpu_run_state { VCPU_PAUSED, VCPU_RUNNING, VCPU_EXITING, VCPU_EXITED };
 
 struct vcpu;
 typedef int vcpu_call_fn(struct vcpu *v, void *arg);
@@ -40,8 +40,8 @@ struct vcpu {
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	enum vcpu_state state;  /* what the thread is doing (written by the thread) */
-	enum vcpu_state req;    /* what the main thread asked for */
+	enum vcpu_run_state state;  /* what the thread is doing (written by the thread) */
+	enum vcpu_run_state req;    /* what the main thread asked for */
 	bool io_pending;        /* an I/O exit was handled but KVM has not completed it yet */
 
 	vcpu_call_fn *call_fn;
@@ -57,7 +57,7 @@ int __must_check vcpu_create(struct vcpu *v, struct vm *vm, int vmfd, unsigned i
 /* Starts the thread; the vCPU waits in PAUSED until vcpu_state_request(RUNNING). */
 int __must_check vcpu_thread_start(struct vcpu *v, struct errbuf *e);
 /* Asks for RUNNING, PAUSED or EXITING and kicks the thread out of KVM_RUN if needed. */
-void vcpu_state_request(struct vcpu *v, enum vcpu_state req);
+void vcpu_state_request(struct vcpu *v, enum vcpu_run_state req);
 /* Waits until the thread acknowledged the last request (PAUSED/EXITED). 0 or -ETIMEDOUT. */
 int __must_check vcpu_state_wait(struct vcpu *v, int timeout_ms);
 /* Runs fn(v, arg) on the vCPU thread; the vCPU must be paused. Returns fn's result. */

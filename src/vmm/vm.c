@@ -8,6 +8,7 @@
 #include "arch/x86/boot.h"
 #include "arch/x86/cpuid.h"
 #include "arch/x86/pvh.h"
+#include "arch/x86/vcpu_state.h"
 #include "base/log.h"
 #include "devices/serial.h"
 #include "vmm/vm_impl.h"
@@ -23,12 +24,6 @@
 #define SERIAL_PORT_BASE 0x3f8
 #define SERIAL_IRQ 4
 #define VM_MAX_DEVICES 16
-
-struct vm_device_entry {
-	const struct vm_device_ops *ops;
-	char instance[64];
-	void *opaque;
-};
 
 const char *vm_state_name(enum vm_state st)
 {
@@ -177,13 +172,13 @@ static int vm_serial_setup(struct vm *vm, const struct vm_config *cfg, struct er
 
 /* ---- creation ---- */
 
-static int vm_kvm_setup(struct vm *vm, const struct vm_config *cfg, struct errbuf *e)
+static int vm_kvm_setup(struct vm *vm, const char *kvm_path, struct errbuf *e)
 {
 	struct kvm_pit_config pit = { .flags = 0 };
 	uint64_t ident = BOOT_IDENTITY_MAP_GPA;
 	int ret;
 
-	ret = kvm_sys_open(&vm->kvm, cfg->kvm_path ? cfg->kvm_path : "/dev/kvm", e);
+	ret = kvm_sys_open(&vm->kvm, kvm_path ? kvm_path : "/dev/kvm", e);
 	if (ret < 0)
 		return ret;
 	ret = kvm_vm_create(&vm->kvm, &vm->fd, e);
@@ -229,20 +224,6 @@ struct vm_boot_arg {
 	struct errbuf *e;
 };
 
-static int vm_vcpu_boot_setup(struct vcpu *v, void *arg)
-{
-	struct vm_boot_arg *b = arg;
-	int ret;
-
-	ret = cpuid_vcpu_set(v->fd, v->vm->cpuid, v->index, v->vm->nvcpus, b->e);
-	if (ret < 0)
-		return ret;
-	/* the APs wait for INIT/SIPI from the guest through the in-kernel LAPIC */
-	if (v->index == 0)
-		return boot_pvh_vcpu_setup(v->fd, b->entry, b->e);
-	return 0;
-}
-
 static int vm_kernel_load(struct vm *vm, const struct vm_config *cfg, uint32_t *entry,
 			  struct errbuf *e)
 {
@@ -265,15 +246,40 @@ static int vm_kernel_load(struct vm *vm, const struct vm_config *cfg, uint32_t *
 	return 0;
 }
 
-int vm_create(struct vm **out, struct evloop *loop, const struct vm_config *cfg,
-	      struct errbuf *e)
+struct vm_build_args {
+	const char *name;
+	uint64_t memory;
+	unsigned nvcpus;
+	enum vm_serial_mode serial;
+	const char *serial_path;
+	const char *kvm_path;
+	const struct kvm_cpuid2 *cpuid; /* NULL: what this host supports */
+};
+
+static int vm_vcpu_cpuid_setup(struct vcpu *v, void *arg)
 {
-	struct vm_boot_arg boot = { .e = e };
+	return cpuid_vcpu_set(v->fd, v->vm->cpuid, v->index, v->vm->nvcpus, arg);
+}
+
+static int vm_vcpu_cpuid_restore(struct vcpu *v, void *arg)
+{
+	int ret = kvm_ioctl(v->fd, KVM_SET_CPUID2, v->vm->cpuid);
+
+	if (ret < 0)
+		return err_set(arg, ret, "KVM_SET_CPUID2 on vCPU %u: %s", v->index, strerror(-ret));
+	return 0;
+}
+
+/* Everything but the guest's contents: KVM VM, irqchip, PIT, memory, devices, vCPUs. */
+static int vm_build(struct vm **out, struct evloop *loop, const struct vm_build_args *a,
+		    struct errbuf *e)
+{
+	struct vm_config serial_cfg = { .serial = a->serial, .serial_path = a->serial_path };
 	struct vm *vm;
 	int ret;
 
-	if (cfg->vcpus < 1 || cfg->vcpus > VM_MAX_VCPUS)
-		return err_set(e, -EINVAL, "--cpus %u out of range (1 to %u)", cfg->vcpus,
+	if (a->nvcpus < 1 || a->nvcpus > VM_MAX_VCPUS)
+		return err_set(e, -EINVAL, "%u vCPUs out of range (1 to %u)", a->nvcpus,
 			       VM_MAX_VCPUS);
 	vm = calloc(1, sizeof(*vm));
 	if (!vm)
@@ -289,7 +295,7 @@ int vm_create(struct vm **out, struct evloop *loop, const struct vm_config *cfg,
 	vm->loop = loop;
 	vm->state = VM_STATE_CREATED;
 	pthread_mutex_init(&vm->fail_lock, NULL);
-	snprintf(vm->name, sizeof(vm->name), "%s", cfg->name);
+	snprintf(vm->name, sizeof(vm->name), "%s", a->name);
 	for (unsigned i = 0; i < VM_MAX_VCPUS; i++)
 		vm->vcpus[i].fd = -1;
 
@@ -298,19 +304,33 @@ int vm_create(struct vm **out, struct evloop *loop, const struct vm_config *cfg,
 		err_set(e, ret, "install the vCPU kick signal: %s", strerror(-ret));
 		goto err;
 	}
-	ret = vm_kvm_setup(vm, cfg, e);
+	ret = vm_kvm_setup(vm, a->kvm_path, e);
 	if (ret < 0)
 		goto err;
-	ret = vm_memory_setup(vm, cfg->memory, e);
+	if (a->cpuid) {
+		ret = vm_cpuid_check(vm, a->cpuid, e);
+		if (ret < 0)
+			goto err;
+		free(vm->cpuid);
+		vm->cpuid = malloc(sizeof(*a->cpuid) + a->cpuid->nent * sizeof(a->cpuid->entries[0]));
+		if (!vm->cpuid) {
+			ret = err_set(e, -ENOMEM, "out of memory");
+			goto err;
+		}
+		memcpy(vm->cpuid, a->cpuid,
+		       sizeof(*a->cpuid) + a->cpuid->nent * sizeof(a->cpuid->entries[0]));
+	}
+	ret = kvm_msr_index_list(&vm->kvm, &vm->msr_indices, &vm->nmsrs, e);
 	if (ret < 0)
 		goto err;
-	ret = vm_serial_setup(vm, cfg, e);
+	vm->xsave_size = vcpu_state_xsave_size(vm->fd);
+	ret = vm_memory_setup(vm, a->memory, e);
 	if (ret < 0)
 		goto err;
-	ret = vm_kernel_load(vm, cfg, &boot.entry, e);
+	ret = vm_serial_setup(vm, &serial_cfg, e);
 	if (ret < 0)
 		goto err;
-	vm->nvcpus = cfg->vcpus;
+	vm->nvcpus = a->nvcpus;
 	for (unsigned i = 0; i < vm->nvcpus; i++) {
 		ret = vcpu_create(&vm->vcpus[i], vm, vm->fd, i, vm->kvm.vcpu_mmap_size, e);
 		if (ret < 0)
@@ -318,7 +338,9 @@ int vm_create(struct vm **out, struct evloop *loop, const struct vm_config *cfg,
 		ret = vcpu_thread_start(&vm->vcpus[i], e);
 		if (ret < 0)
 			goto err;
-		ret = vcpu_call(&vm->vcpus[i], vm_vcpu_boot_setup, &boot);
+		/* CPUID before any other vCPU state (MACHINE-NOTES) */
+		ret = vcpu_call(&vm->vcpus[i], a->cpuid ? vm_vcpu_cpuid_restore : vm_vcpu_cpuid_setup,
+				e);
 		if (ret < 0)
 			goto err;
 	}
@@ -330,9 +352,92 @@ err:
 	return ret;
 }
 
+static int vm_vcpu_boot_setup(struct vcpu *v, void *arg)
+{
+	struct vm_boot_arg *b = arg;
+
+	return boot_pvh_vcpu_setup(v->fd, b->entry, b->e);
+}
+
+int vm_create(struct vm **out, struct evloop *loop, const struct vm_config *cfg,
+	      struct errbuf *e)
+{
+	struct vm_build_args a = {
+		.name = cfg->name,
+		.memory = cfg->memory,
+		.nvcpus = cfg->vcpus,
+		.serial = cfg->serial,
+		.serial_path = cfg->serial_path,
+		.kvm_path = cfg->kvm_path,
+	};
+	struct vm_boot_arg boot = { .e = e };
+	struct vm *vm;
+	int ret;
+
+	ret = vm_build(&vm, loop, &a, e);
+	if (ret < 0)
+		return ret;
+	ret = vm_kernel_load(vm, cfg, &boot.entry, e);
+	if (ret < 0)
+		goto err;
+	/* the APs wait for INIT/SIPI from the guest through the in-kernel LAPIC */
+	ret = vcpu_call(&vm->vcpus[0], vm_vcpu_boot_setup, &boot);
+	if (ret < 0)
+		goto err;
+	*out = vm;
+	return 0;
+
+err:
+	vm_destroy(vm);
+	return ret;
+}
+
+int vm_create_restore(struct vm **out, struct evloop *loop, const struct vm_restore_config *cfg,
+		      struct errbuf *e)
+{
+	struct vm_build_args a = {
+		.name = cfg->name,
+		.memory = cfg->memory,
+		.nvcpus = cfg->nvcpus,
+		.serial = cfg->serial,
+		.serial_path = cfg->serial_path,
+		.kvm_path = cfg->kvm_path,
+		.cpuid = cfg->cpuid,
+	};
+
+	return vm_build(out, loop, &a, e);
+}
+
+void vm_start_paused(struct vm *vm)
+{
+	vm->start_ns = time_mono_ns();
+	vm->paused_since_ns = vm->start_ns;
+	vm->state = VM_STATE_PAUSED;
+}
+
+struct guest_mem *vm_memory(struct vm *vm)
+{
+	return &vm->mem;
+}
+
+void vm_machine_get(struct vm *vm, struct vm_machine *m)
+{
+	memset(m, 0, sizeof(*m));
+	m->nvcpus = vm->nvcpus;
+	m->memory = vm->mem.size;
+	m->nregions = vm->mem.nregions;
+	for (unsigned i = 0; i < vm->mem.nregions; i++) {
+		m->regions[i].gpa = vm->mem.regions[i].gpa;
+		m->regions[i].size = vm->mem.regions[i].size;
+		m->regions[i].offset = vm->mem.regions[i].offset;
+		m->regions[i].host = vm->mem.regions[i].host;
+	}
+	m->cpuid = vm->cpuid;
+}
+
 /* ---- run control ---- */
 
-static int vm_vcpus_request(struct vm *vm, enum vcpu_state req, struct errbuf *e)
+static int vm_vcpus_request(struct vm *vm, enum vcpu_run_state req, struct errbuf *e)
 {
 	int ret = 0;
 
@@ -469,6 +574,7 @@ void vm_destroy(struct vm *vm)
 		close(vm->serial_fd);
 	guest_mem_destroy(&vm->mem);
 	free(vm->cpuid);
+	free(vm->msr_indices);
 	if (vm->fd >= 0)
 		close(vm->fd);
 	kvm_sys_close(&vm->kvm);

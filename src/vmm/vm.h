@@ -11,13 +11,16 @@
 #include "base/evloop.h"
 #include "base/util.h"
 
+#include <linux/kvm.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define VM_MAX_VCPUS 8
 #define VM_NAME_MAX 64
 
 struct vm;
+struct guest_mem;
 
 enum vm_state {
 	VM_STATE_CREATED,  /* built, vCPUs not started */
@@ -74,6 +77,72 @@ struct vm_device_ops {
 
 int __must_check vm_device_register(struct vm *vm, const struct vm_device_ops *ops,
 				    const char *instance, void *opaque);
+
+/* ---- state for snapshots, migration and digests (vm_sections.c) ---- */
+
+/* One piece of VM state as the state layer carries it. */
+struct vm_section {
+	const char *name;
+	const char *instance;
+	uint32_t version;
+	const void *data;
+	size_t len;
+};
+
+/* What the guest was given: checked by a receiver before any state is loaded. */
+struct vm_machine {
+	unsigned nvcpus;
+	uint64_t memory;
+	unsigned nregions;
+	struct {
+		uint64_t gpa, size, offset;
+		uint8_t *host;
+	} regions[2];
+	const struct kvm_cpuid2 *cpuid;
+};
+
+void vm_machine_get(struct vm *vm, struct vm_machine *m);
+
+typedef int vm_section_cb(void *opaque, const struct vm_section *s, struct errbuf *e);
+
+/*
+ * Saves every section of a paused VM, in a fixed order: irqchips, PIT, clock, vCPUs,
+ * devices. With digest, the time-varying fields are zeroed (not loadable).
+ */
+int __must_check vm_sections_save(struct vm *vm, bool digest, vm_section_cb *cb, void *opaque,
+				  struct errbuf *e);
+/*
+ * Loads the given sections into a VM that has not run: every section is decoded and
+ * validated first; an unknown section or a missing mandatory one fails the load naming
+ * it, before anything is applied.
+ */
+int __must_check vm_sections_load(struct vm *vm, const struct vm_section *secs, size_t n,
+				  struct errbuf *e);
+/* A digest (hex) of non-zero guest pages and of the digest form of every section. */
+int __must_check vm_digest(struct vm *vm, char *mem_hex, char *state_hex, struct errbuf *e);
+
+/*
+ * Creates a VM for a restore or an incoming migration: memory layout, vCPUs and CPUID
+ * from the source; no kernel is loaded and nothing runs. The caller fills memory and
+ * loads the sections, then calls vm_start() (or leaves it paused with vm_start_paused()).
+ */
+struct vm_restore_config {
+	char name[VM_NAME_MAX];
+	unsigned nvcpus;
+	uint64_t memory;
+	const struct kvm_cpuid2 *cpuid;  /* the CPUID the guest was given */
+	enum vm_serial_mode serial;
+	const char *serial_path;
+	const char *kvm_path;
+};
+
+int __must_check vm_create_restore(struct vm **out, struct evloop *loop,
+				   const struct vm_restore_config *cfg, struct errbuf *e);
+/* Checks that this host can give the guest that CPUID (every feature bit supported). */
+int __must_check vm_cpuid_check(struct vm *vm, const struct kvm_cpuid2 *cpuid, struct errbuf *e);
+/* Marks the VM paused without having run (a restore with --paused). */
+void vm_start_paused(struct vm *vm);
+struct guest_mem *vm_memory(struct vm *vm);
 
 const char *vm_state_name(enum vm_state st);
 void vm_status_get(struct vm *vm, struct vm_status *st);

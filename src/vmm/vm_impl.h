@@ -11,6 +11,12 @@
 
 struct serial;
 
+struct vm_device_entry {
+	const struct vm_device_ops *ops;
+	char instance[64];
+	void *opaque;
+};
+
 struct vm {
 	char name[VM_NAME_MAX];
 	struct kvm_sys kvm;
@@ -18,6 +24,9 @@ struct vm {
 	struct guest_mem mem;
 	struct iobus iobus;
 	struct kvm_cpuid2 *cpuid;
+	uint32_t *msr_indices;  /* MSRs KVM reports as saveable */
+	uint32_t nmsrs;
+	uint32_t xsave_size;
 	unsigned nvcpus;
 	struct vcpu vcpus[VM_MAX_VCPUS];
 	struct evloop *loop;

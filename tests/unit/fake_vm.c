@@ -2,6 +2,9 @@
 /* The vm.h functions api/ uses, over struct vm from fake_vm.h instead of KVM. */
 #include "fake_vm.h"
 
+#include "migration/snapshot.h"
+
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -61,4 +64,16 @@ int vm_resume(struct vm *vm, struct errbuf *e)
 void vm_stop_request(struct vm *vm)
 {
 	vm->stops++;
+}
+
+/* Snapshots and digests need a real VM: the fake refuses them with a clear error. */
+int vm_digest(struct vm *vm, char *mem_hex, char *state_hex, struct errbuf *e)
+{
+	return err_set(e, -ENOTSUP, "fake VM: no digest");
+}
+
+int vm_snapshot_save(struct vm *vm, const char *dir, struct vm_snapshot_stats *st,
+		     struct errbuf *e)
+{
+	return err_set(e, -ENOSPC, "fake VM: no space for %s", dir);
 }

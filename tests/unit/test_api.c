@@ -298,7 +298,7 @@ static void test_digest(void **state)
 
 	req_expect_error(d, "{\"cmd\": \"status\", \"digest\": true}", "digest needs a paused VM");
 	req_expect_ok(d, "{\"cmd\": \"pause\"}");
-	req_expect_error(d, "{\"cmd\": \"status\", \"digest\": true}", "digest not supported yet");
+	req_expect_error(d, "{\"cmd\": \"status\", \"digest\": true}", "fake VM: no digest");
 }
 
 /* ---- the socket ---- */

@@ -1,0 +1,224 @@
+/* SPDX-License-Identifier: MIT */
+/* Snapshot save and restore: the glue between the VM (vmm/) and the snapshot files (state/). */
+#include "migration/snapshot.h"
+#include "base/log.h"
+#include "state/snapshot.h"
+#include "vmm/memory.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+void vm_state_config_build(struct vm *vm, struct state_config *cfg)
+{
+	struct vm_machine m;
+	struct vm_status st;
+
+	vm_machine_get(vm, &m);
+	vm_status_get(vm, &st);
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->nr_vcpus = m.nvcpus;
+	cfg->nr_regions = m.nregions;
+	for (unsigned i = 0; i < m.nregions; i++) {
+		cfg->regions[i].gpa = m.regions[i].gpa;
+		cfg->regions[i].size = m.regions[i].size;
+	}
+	cfg->nr_cpuid = MIN(m.cpuid->nent, STATE_MAX_CPUID);
+	for (uint32_t i = 0; i < cfg->nr_cpuid; i++) {
+		const struct kvm_cpuid_entry2 *c = &m.cpuid->entries[i];
+
+		cfg->cpuid[i] = (struct state_cpuid_entry){ c->function, c->index, c->flags,
+							    c->eax, c->ebx, c->ecx, c->edx };
+	}
+	snprintf(cfg->machine, sizeof(cfg->machine), "%s", st.name);
+}
+
+struct kvm_cpuid2 *vm_state_config_cpuid(const struct state_config *cfg)
+{
+	struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + cfg->nr_cpuid * sizeof(c->entries[0]));
+
+	if (!c)
+		return NULL;
+	c->nent = cfg->nr_cpuid;
+	for (uint32_t i = 0; i < cfg->nr_cpuid; i++) {
+		const struct state_cpuid_entry *s = &cfg->cpuid[i];
+
+		c->entries[i] = (struct kvm_cpuid_entry2){ .function = s->function, .index = s->index,
+							   .flags = s->flags, .eax = s->eax,
+							   .ebx = s->ebx, .ecx = s->ecx,
+							   .edx = s->edx };
+	}
+	return c;
+}
+
+int vm_state_config_layout_check(const struct state_config *cfg, struct vm *vm, struct errbuf *e)
+{
+	struct vm_machine m;
+
+	vm_machine_get(vm, &m);
+	if (m.nregions != cfg->nr_regions)
+		goto bad;
+	for (unsigned i = 0; i < m.nregions; i++)
+		if (m.regions[i].gpa != cfg->regions[i].gpa ||
+		    m.regions[i].size != cfg->regions[i].size)
+			goto bad;
+	return 0;
+bad:
+	return err_set(e, -EINVAL, "memory layout of the saved guest (%u regions, %llu MiB) is not "
+				   "one this build creates", cfg->nr_regions,
+		       (unsigned long long)(state_config_mem_size(cfg) / MiB));
+}
+
+static int vm_snapshot_section(void *opaque, const struct vm_section *s, struct errbuf *e)
+{
+	return snapshot_writer_section(opaque, s->name, s->instance, s->version, s->data, s->len,
+				       e);
+}
+
+/* Writes a region's memory, skipping 2 MiB ranges the guest never touched. */
+static int vm_snapshot_region(struct snapshot_writer *w, struct guest_mem *mem,
+			      const struct guest_mem_region *r, struct errbuf *e)
+{
+	const uint64_t chunk = 2 * MiB;
+	int ret;
+
+	for (uint64_t off = 0; off < r->size; off += chunk) {
+		uint64_t len = MIN(chunk, r->size - off);
+
+		if (!guest_mem_range_touched(mem, r->host + off, len))
+			continue;
+		ret = snapshot_writer_memory(w, r->gpa + off, r->host + off, len, e);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+int vm_snapshot_save(struct vm *vm, const char *dir, struct vm_snapshot_stats *st,
+		     struct errbuf *e)
+{
+	struct guest_mem *mem = vm_memory(vm);
+	struct snapshot_writer *w = NULL;
+	struct snapshot_stats ss;
+	struct state_config *cfg;
+	uint64_t t0 = time_mono_ns();
+	int ret;
+
+	cfg = calloc(1, sizeof(*cfg));
+	if (!cfg)
+		return err_set(e, -ENOMEM, "out of memory");
+	vm_state_config_build(vm, cfg);
+	ret = snapshot_writer_begin(dir, &w, e);
+	if (ret < 0)
+		goto out;
+	ret = snapshot_writer_config(w, cfg, e);
+	if (ret < 0)
+		goto err;
+	ret = vm_sections_save(vm, false, vm_snapshot_section, w, e);
+	if (ret < 0)
+		goto err;
+	for (unsigned i = 0; i < mem->nregions; i++) {
+		ret = vm_snapshot_region(w, mem, &mem->regions[i], e);
+		if (ret < 0)
+			goto err;
+	}
+	snapshot_writer_stats(w, &ss);
+	ret = snapshot_writer_commit(w, e);
+	w = NULL;
+	if (ret < 0)
+		goto out;
+	if (st) {
+		st->pages_present = ss.pages_present;
+		st->pages_zero = ss.pages_total - ss.pages_present;
+		st->bytes = ss.pages_present * GUEST_PAGE_SIZE;
+		st->elapsed_ns = time_mono_ns() - t0;
+	}
+	goto out;
+err:
+	snapshot_writer_abort(w);
+out:
+	free(cfg);
+	return ret;
+}
+
+static int vm_restore_memory(struct vm *vm, struct snapshot_reader *r, bool eager,
+			     struct errbuf *e)
+{
+	const struct snapshot_memory *sm = snapshot_memory(r);
+	struct guest_mem *mem = vm_memory(vm);
+	int ret;
+
+	for (uint32_t i = 0; i < sm->nr_regions; i++) {
+		struct guest_mem_region *reg = &mem->regions[i];
+
+		if (eager) {
+			ret = snapshot_memory_load(r, i, reg->host, e);
+		} else {
+			ret = guest_mem_map_region_file(mem, i, snapshot_memory_fd(r),
+							sm->regions[i].file_offset, e);
+		}
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+int vm_snapshot_restore(struct vm **out, struct evloop *loop, const char *dir,
+			const struct vm_restore_opts *o, struct errbuf *e)
+{
+	struct vm_restore_config rc = { 0 };
+	struct snapshot_reader *r = NULL;
+	const struct state_config *cfg;
+	struct vm_section *secs = NULL;
+	struct kvm_cpuid2 *cpuid = NULL;
+	struct vm *vm = NULL;
+	size_t n;
+	int ret;
+
+	ret = snapshot_open(dir, &r, e);
+	if (ret < 0)
+		return ret;
+	cfg = snapshot_config(r);
+	cpuid = vm_state_config_cpuid(cfg);
+	n = snapshot_section_count(r);
+	secs = calloc(n ? n : 1, sizeof(*secs));
+	if (!cpuid || !secs) {
+		ret = err_set(e, -ENOMEM, "out of memory");
+		goto out;
+	}
+	snprintf(rc.name, sizeof(rc.name), "%s", o->name ? o->name : cfg->machine);
+	rc.nvcpus = cfg->nr_vcpus;
+	rc.memory = state_config_mem_size(cfg);
+	rc.cpuid = cpuid;
+	rc.serial = o->serial;
+	rc.serial_path = o->serial_path;
+	rc.kvm_path = o->kvm_path;
+	ret = vm_create_restore(&vm, loop, &rc, e);
+	if (ret < 0)
+		goto out;
+	ret = vm_state_config_layout_check(cfg, vm, e);
+	if (ret < 0)
+		goto out;
+	ret = vm_restore_memory(vm, r, o->eager, e);
+	if (ret < 0)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		const struct state_section *s = snapshot_section(r, i);
+
+		secs[i] = (struct vm_section){ s->name, s->instance, s->version, s->data, s->len };
+	}
+	ret = vm_sections_load(vm, secs, n, e);
+	if (ret < 0)
+		goto out;
+	*out = vm;
+	vm = NULL;
+out:
+	if (vm)
+		vm_destroy(vm);
+	free(secs);
+	free(cpuid);
+	snapshot_close(r);
+	return ret;
+}
