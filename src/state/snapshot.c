@@ -134,6 +134,35 @@ uint32_t snapshot_memory_chunk_crc(const struct snapshot_memory *m, uint64_t chu
 	return chunk < m->nr_chunks ? le_get32(m->crcs + chunk * 4) : 0;
 }
 
+bool snapshot_memory_next_extent(const struct snapshot_memory *m, uint32_t idx, uint64_t from,
+				 uint64_t *first, uint64_t *count)
+{
+	const struct snapshot_mem_region *rg;
+	uint64_t pages, p;
+
+	if (idx >= m->nr_regions)
+		return false;
+	rg = &m->regions[idx];
+	pages = rg->size / STATE_PAGE_SIZE;
+	p = from;
+	while (p < pages && !snapshot_memory_page_present(m, rg->first_page + p)) {
+		/* skip whole zero bytes of the bitmap at once */
+		uint64_t g = rg->first_page + p;
+
+		if (g % 8 == 0 && p + 8 <= pages && m->bitmap[g / 8] == 0)
+			p += 8;
+		else
+			p++;
+	}
+	if (p >= pages)
+		return false;
+	*first = p;
+	while (p < pages && snapshot_memory_page_present(m, rg->first_page + p))
+		p++;
+	*count = p - *first;
+	return true;
+}
+
 /* Lays out regions in the memory file: each starts on a chunk boundary, in config order. */
 static void memory_layout(const struct state_config *cfg, uint32_t chunk_size,
 			  struct snapshot_mem_region *regions, uint64_t *nr_pages,

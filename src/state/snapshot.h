@@ -55,6 +55,13 @@ int __must_check snapshot_memory_decode(const void *p, size_t len, const struct 
 /* page: index over all regions (snapshot_mem_region.first_page + page within region) */
 bool snapshot_memory_page_present(const struct snapshot_memory *m, uint64_t page);
 uint32_t snapshot_memory_chunk_crc(const struct snapshot_memory *m, uint64_t chunk);
+/*
+ * Extent list view of the bitmap: the first run of present pages of region idx at or after
+ * region page `from` (pages counted from the region's start). Fills *first and *count and
+ * returns true, or returns false when no present page follows.
+ */
+bool snapshot_memory_next_extent(const struct snapshot_memory *m, uint32_t idx, uint64_t from,
+				 uint64_t *first, uint64_t *count);
 
 /* ---- writing ---- */
 

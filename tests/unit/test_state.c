@@ -23,8 +23,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -1001,6 +1004,7 @@ static void test_snapshot_roundtrip(void **state)
 	struct errbuf e;
 	struct stat st;
 	char dir[128], snap[160];
+	uint64_t first_unused, count_unused;
 
 	make_config(&want);
 	guest_make(&g, &want);
@@ -1032,6 +1036,26 @@ static void test_snapshot_roundtrip(void **state)
 	assert_false(snapshot_memory_page_present(m, 1));
 	assert_int_equal(m->regions[1].file_offset, 6 * 1024 * 1024);
 	assert_int_equal(snapshot_memory_verify(r, NULL, &e), 0);
+
+	/* the extent view agrees with the guest's non-zero pages */
+	for (uint32_t idx = 0; idx < 2; idx++) {
+		const uint8_t *base = idx ? g.r1 : g.r0;
+		uint64_t pages = (idx ? g.s1 : g.s0) / PS, from = 0, first, count, seen = 0;
+
+		while (snapshot_memory_next_extent(m, idx, from, &first, &count)) {
+			assert_true(count > 0);
+			for (uint64_t p = from; p < first; p++)
+				assert_true(state_page_is_zero(base + p * PS));
+			for (uint64_t p = first; p < first + count; p++)
+				assert_false(state_page_is_zero(base + p * PS));
+			seen += count;
+			from = first + count;
+		}
+		for (uint64_t p = from; p < pages; p++)
+			assert_true(state_page_is_zero(base + p * PS));
+		assert_true(seen > 0);
+	}
+	assert_false(snapshot_memory_next_extent(m, 2, 0, &first_unused, &count_unused));
 
 	/* the memory file is sparse: zero pages take no blocks */
 	assert_int_equal(fstat(snapshot_memory_fd(r), &st), 0);
@@ -1173,6 +1197,70 @@ static void test_snapshot_write_failure(void **state)
 	snapshot_writer_abort(w);
 	assert_int_equal(dir_entries(dir), 0);
 	guest_free(&g);
+}
+
+/*
+ * A real full filesystem: a 1 MiB tmpfs in a private mount namespace (needs root; skipped
+ * otherwise). Running out of space in the memory file or in the state file fails cleanly and
+ * leaves nothing behind.
+ */
+static int full_fs_child(const char *dir)
+{
+	static uint8_t big[2 * 1024 * 1024];
+	struct snapshot_writer *w;
+	struct state_config c;
+	struct guest g;
+	struct errbuf e;
+	char snap[200];
+	int ret;
+
+	if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+	    mount("tmpfs", dir, "tmpfs", 0, "size=1m") < 0)
+		return 77;
+	make_config(&c);
+	guest_make(&g, &c);
+	for (size_t off = 0; off < g.s0; off += PS) /* more data than fits */
+		fill_page(g.r0 + off, off);
+	snprintf(snap, sizeof(snap), "%s/snap", dir);
+	if (snapshot_writer_begin(snap, &w, &e) || snapshot_writer_config(w, &c, &e))
+		return 1;
+	ret = snapshot_writer_memory(w, 0, g.r0, g.s0, &e);
+	snapshot_writer_abort(w);
+	if (ret != -ENOSPC || !strstr(e.msg, "No space left") || dir_entries(dir) != 0)
+		return 2;
+	/* now the state file: little memory, one big section */
+	memset(big, 0x77, sizeof(big));
+	if (snapshot_writer_begin(snap, &w, &e) || snapshot_writer_config(w, &c, &e))
+		return 3;
+	ret = snapshot_writer_section(w, "blob", "0", 1, big, sizeof(big), &e);
+	if (!ret)
+		ret = snapshot_writer_commit(w, &e);
+	else
+		snapshot_writer_abort(w);
+	if (ret != -ENOSPC || dir_entries(dir) != 0)
+		return 4;
+	guest_free(&g);
+	return 0;
+}
+
+static void test_snapshot_full_filesystem(void **state)
+{
+	char dir[128];
+	int status;
+	pid_t pid;
+
+	if (geteuid() != 0)
+		skip();
+	test_dir(dir, sizeof(dir), "fullfs");
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(full_fs_child(dir));
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	if (WEXITSTATUS(status) == 77)
+		skip();
+	assert_int_equal(WEXITSTATUS(status), 0);
 }
 
 static void flip_file_byte(const char *path, off_t off)
@@ -1429,6 +1517,7 @@ int main(void)
 		cmocka_unit_test(test_snapshot_roundtrip),
 		cmocka_unit_test(test_snapshot_abort_and_refusals),
 		cmocka_unit_test(test_snapshot_write_failure),
+		cmocka_unit_test(test_snapshot_full_filesystem),
 		cmocka_unit_test(test_snapshot_memory_corruption),
 		cmocka_unit_test(test_snapshot_state_corruption),
 		cmocka_unit_test(test_not_a_snapshot),
