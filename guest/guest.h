@@ -1,0 +1,164 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The godwit guest kit: a freestanding PVH test guest. This header holds the constants the
+ * assembly and the C parts share, and the C declarations and small CPU helpers.
+ */
+#ifndef GODWIT_GUEST_H
+#define GODWIT_GUEST_H
+
+/* Segment selectors in our GDT (entry.S). */
+#define KERNEL_CS	0x08
+#define KERNEL_DS	0x10
+#define GDT_SIZE	24
+
+#define MAX_CPUS	64
+#define STACK_SHIFT	13			/* 8 KiB stack per vCPU, index = cpu number */
+#define STACK_SIZE	(1 << STACK_SHIFT)
+
+/*
+ * The AP start-up code is copied here: below 1 MiB as SIPI requires, above godwit's
+ * start_info/cmdline/memmap at 0x6000-0x7fff.
+ */
+#define AP_TRAMPOLINE	0x8000
+
+#define CR0_PE		0x00000001
+#define CR0_ET		0x00000010
+#define CR0_NW		0x20000000
+#define CR0_CD		0x40000000
+#define CR0_PG		0x80000000
+#define CR4_PAE		0x00000020
+#define MSR_EFER	0xc0000080
+#define EFER_LME	0x00000100
+#define MSR_APIC_BASE	0x1b
+
+/* Page table entry bits. */
+#define PTE_P		0x001
+#define PTE_W		0x002
+#define PTE_PWT		0x008
+#define PTE_PCD		0x010
+#define PTE_PS		0x080
+
+/* Interrupt vectors. */
+#define VEC_TIMER	0x20			/* BSP tick: counts `ticks` */
+#define VEC_WAKE	0x21			/* AP timer: only wakes a halted AP */
+#define VEC_SPURIOUS	0xff
+
+/* Local APIC registers (offsets from its base). */
+#define LAPIC_ID	0x020
+#define LAPIC_TPR	0x080
+#define LAPIC_EOI	0x0b0
+#define LAPIC_SVR	0x0f0
+#define LAPIC_ICR_LO	0x300
+#define LAPIC_ICR_HI	0x310
+#define LAPIC_LVT_TIMER	0x320
+#define LAPIC_LVT_LINT0	0x350
+#define LAPIC_TMICT	0x380
+#define LAPIC_TDCR	0x3e0
+
+#ifndef __ASSEMBLER__
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef uint8_t u8;
+typedef uint16_t u16;
+typedef uint32_t u32;
+typedef uint64_t u64;
+
+#define READ_ONCE(x)		(*(const volatile __typeof__(x) *)&(x))
+#define WRITE_ONCE(x, v)	(*(volatile __typeof__(x) *)&(x) = (v))
+#define ARRAY_SIZE(a)		(sizeof(a) / sizeof((a)[0]))
+#define MIN(a, b)		((a) < (b) ? (a) : (b))
+
+#define PAGE_SHIFT		12
+#define PAGE_SIZE		(1ul << PAGE_SHIFT)
+#define MiB			(1ul << 20)
+#define GiB			(1ul << 30)
+
+static inline void outb(u16 port, u8 v)
+{
+	asm volatile("outb %0, %1" : : "a"(v), "Nd"(port));
+}
+
+static inline u64 rdmsr(u32 msr)
+{
+	u32 lo, hi;
+
+	asm volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr));
+	return (u64)hi << 32 | lo;
+}
+
+static inline void cpu_relax(void)
+{
+	asm volatile("pause" : : : "memory");
+}
+
+static inline __attribute__((noreturn)) void cpu_park(void)
+{
+	for (;;)
+		asm volatile("cli; hlt" : : : "memory");
+}
+
+/* Configuration from the command line (main.c). */
+enum workload { WORK_IDLE, WORK_DIRTY, WORK_ABCHECK };
+
+struct guest_config {
+	enum workload workload;
+	u64 wss;		/* bytes */
+	u64 rate;		/* pages per second over all vCPUs, 0 = unlimited */
+	bool random;		/* pattern=random */
+	u32 hz;			/* timer and heartbeat rate */
+	u32 stats;		/* seconds between `stats` lines, 0 = none */
+};
+
+extern struct guest_config cfg;
+
+/* Guest-physical RAM above the kernel that the working set may use (main.c). */
+#define MEM_EXTENTS_MAX	8
+
+struct mem_extent {
+	u64 gpa;
+	u64 npages;
+};
+
+/* console.c */
+void uart_init(void);
+__attribute__((format(printf, 1, 2))) void con_printf(const char *fmt, ...);
+__attribute__((format(printf, 1, 2))) void con_printf_force(const char *fmt, ...);
+
+/* cpu.c */
+extern volatile u64 ticks;
+extern u64 lapic;
+extern volatile u32 ap_arrivals;
+void idt_init(void);
+void idt_load(void);
+void lapic_init(u32 timer_vector);
+void pic_mask(void);
+u32 smp_start(void);
+void wait_tick(u64 seen);
+
+/* work.c */
+int work_setup(u32 ncpus, const struct mem_extent *ram, u32 nram);
+__attribute__((noreturn)) void work_run(u32 cpu);
+void work_release(u32 ncpus);
+__attribute__((noreturn)) void ap_main(u32 cpu);
+
+/* entry.S, trampoline.S */
+extern u64 pml4[512], pdpt[512];
+extern char ap_trampoline[], ap_trampoline_end[];
+extern char isr_stubs[], isr_timer[], isr_wake[], isr_spurious[], isr_nmi[];
+extern char __image_end[];
+__attribute__((noreturn)) void boot_main(u32 start_info);
+__attribute__((noreturn)) void trap_report(const u64 *frame);
+
+/* lib.c: the compiler may emit calls to these even in freestanding code */
+void *memcpy(void *dst, const void *src, size_t n);
+void *memset(void *dst, int c, size_t n);
+void *memmove(void *dst, const void *src, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+size_t strlen(const char *s);
+
+#endif /* __ASSEMBLER__ */
+#endif /* GODWIT_GUEST_H */
