@@ -13,10 +13,15 @@
 #define HV_X64_MSR_TIME_REF_COUNT 0x40000020u
 #define APIC_TMCCT 0x390u
 
-/* the XSAVE header: XSTATE_BV at 512, XCOMP_BV at 520, then 48 reserved bytes */
+/* the XSAVE legacy region's XMM registers, then the header: XSTATE_BV at 512,
+ * XCOMP_BV at 520, then 48 reserved bytes */
+#define XSAVE_LEGACY_XMM 160u
+#define XSAVE_HDR_XSTATE_BV 512u
 #define XSAVE_HDR_XCOMP_BV 520u
 #define XSAVE_HDR_RESERVED 528u
 #define XSAVE_HDR_END 576u
+#define XSTATE_X87 (1ull << 0)
+#define XSTATE_SSE (1ull << 1)
 
 #define VCPU_EVENTS_KNOWN_FLAGS                                                              \
 	(KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR |                  \
@@ -221,9 +226,9 @@ static uint32_t vcpu_xsave_host_max(void)
 	return c;
 }
 
-static int vcpu_xsave_write(int vcpufd, const struct vcpu_state *s, struct errbuf *e)
+static int vcpu_xsave_write(int vcpufd, const void *area, uint32_t len, struct errbuf *e)
 {
-	uint32_t size = s->xsave_len, host_max = vcpu_xsave_host_max();
+	uint32_t size = len, host_max = vcpu_xsave_host_max();
 	struct kvm_xsave *x;
 	int ret;
 
@@ -232,12 +237,44 @@ static int vcpu_xsave_write(int vcpufd, const struct vcpu_state *s, struct errbu
 	x = calloc(1, size);
 	if (!x)
 		return err_set(e, -ENOMEM, "vcpu state: out of memory");
-	memcpy(x, s->xsave, s->xsave_len);
+	memcpy(x, area, len);
 	ret = kvm_ioctl(vcpufd, KVM_SET_XSAVE, x);
 	free(x);
 	if (ret < 0)
 		return vcpu_ioctl_err(e, ret, "KVM_SET_XSAVE");
 	return 0;
+}
+
+/*
+ * The FPU form is restored as an XSAVE area holding only the legacy (FXSAVE) region
+ * with XSTATE_BV = x87 | SSE. KVM_SET_FPU would be the mirror of KVM_GET_FPU, but on a
+ * host with XSAVE it writes the legacy region without marking x87/SSE present in the
+ * header, and the SSE registers come back as zeros whenever KVM next reloads the
+ * guest FPU (seen here). KVM_SET_XSAVE takes this form on hosts with and without XSAVE.
+ */
+static int vcpu_fpu_write(int vcpufd, const struct kvm_fpu *f, struct errbuf *e)
+{
+	uint8_t *x = calloc(1, VCPU_STATE_XSAVE_MIN);
+	int ret;
+
+	if (!x)
+		return err_set(e, -ENOMEM, "vcpu state: out of memory");
+	x[0] = (uint8_t)f->fcw;
+	x[1] = (uint8_t)(f->fcw >> 8);
+	x[2] = (uint8_t)f->fsw;
+	x[3] = (uint8_t)(f->fsw >> 8);
+	x[4] = f->ftwx;
+	x[6] = (uint8_t)f->last_opcode;
+	x[7] = (uint8_t)(f->last_opcode >> 8);
+	le_put64(x + 8, f->last_ip);
+	le_put64(x + 16, f->last_dp);
+	le_put32(x + 24, f->mxcsr);
+	memcpy(x + 32, f->fpr, sizeof(f->fpr));
+	memcpy(x + XSAVE_LEGACY_XMM, f->xmm, sizeof(f->xmm));
+	le_put64(x + XSAVE_HDR_XSTATE_BV, XSTATE_X87 | XSTATE_SSE);
+	ret = vcpu_xsave_write(vcpufd, x, VCPU_STATE_XSAVE_MIN, e);
+	free(x);
+	return ret;
 }
 
 /*
@@ -286,7 +323,7 @@ int vcpu_state_set(int vcpufd, const struct vcpu_state *s, struct errbuf *e)
 	if (ret < 0)
 		return vcpu_ioctl_err(e, ret, "KVM_SET_REGS");
 	if (s->has_xsave) {
-		ret = vcpu_xsave_write(vcpufd, s, e);
+		ret = vcpu_xsave_write(vcpufd, s->xsave, s->xsave_len, e);
 		if (ret < 0)
 			return ret;
 		if (s->xcrs.nr_xcrs) {
@@ -295,9 +332,9 @@ int vcpu_state_set(int vcpufd, const struct vcpu_state *s, struct errbuf *e)
 				return vcpu_ioctl_err(e, ret, "KVM_SET_XCRS");
 		}
 	} else {
-		ret = kvm_ioctl(vcpufd, KVM_SET_FPU, (void *)&s->fpu);
+		ret = vcpu_fpu_write(vcpufd, &s->fpu, e);
 		if (ret < 0)
-			return vcpu_ioctl_err(e, ret, "KVM_SET_FPU");
+			return ret;
 	}
 	ret = vcpu_msrs_write(vcpufd, s->msrs, false, e);
 	if (ret < 0)

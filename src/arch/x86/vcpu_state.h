@@ -6,8 +6,9 @@
  *
  * Read order (vcpu_state_get): regs, sregs, XSAVE (or FPU), XCRs, MSRs, LAPIC,
  * vcpu events, debug registers, MP state.
- * Write order (vcpu_state_set): sregs (carries the APIC base), regs, XSAVE (or FPU),
- * XCRs, MSRs, LAPIC, the TSC deadline MSR, vcpu events, MP state, debug registers.
+ * Write order (vcpu_state_set): sregs (carries the APIC base), regs, XSAVE, XCRs, MSRs,
+ * LAPIC, the TSC deadline MSR, vcpu events, MP state, debug registers. The FPU form is
+ * written with KVM_SET_XSAVE too, as a legacy-region-only area (see vcpu_state.c).
  * CPUID must already be set on the vCPU (KVM_SET_CPUID2), and both run on the
  * vCPU's own thread while it is paused with any pending I/O exit completed.
  *
