@@ -177,6 +177,13 @@ static void inspect_record(struct inspect *in, const struct state_record *rec, i
 		return;
 	}
 	if (!rec->crc_ok) {
+		struct state_section s;
+
+		/* name the damaged section if its header still decodes; use nothing from it */
+		if (rec->type == STATE_REC_SECTION &&
+		    !state_section_decode(rec->payload, (size_t)rec->len, &s, &msg))
+			fprintf(in->out, "(unverified) %s@%s version %" PRIu32 ", %" PRIu32 " bytes",
+				s.name, s.instance, s.version, s.len);
 		snprintf(crc, sizeof(crc), "stored 0x%08" PRIx32 ", computed 0x%08" PRIx32,
 			 rec->crc_stored, rec->crc_computed);
 		fputc('\n', in->out);
