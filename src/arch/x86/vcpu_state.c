@@ -28,9 +28,8 @@
 	 KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_SMM | KVM_VCPUEVENT_VALID_PAYLOAD | \
 	 KVM_VCPUEVENT_VALID_TRIPLE_FAULT)
 
-/* fixed-size parts of the payload, for bounding counts against what is left */
+/* bytes per MSR in the payload, for bounding the count against what is left */
 #define MSR_ENTRY_LEN 12u
-#define XCR_ENTRY_LEN 12u
 
 static const char *const vcpu_seg_names[] = { "cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt" };
 
