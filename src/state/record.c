@@ -424,6 +424,7 @@ struct state_writer {
 	uint32_t kind;
 	struct buf out;
 	struct buf scratch;
+	struct iovec *iov; /* for PAGES batches: STATE_PAGES_MAX + 4 entries */
 	uint64_t flushed;
 	uint64_t nr_records;
 	bool seen_config;
@@ -528,6 +529,7 @@ void state_writer_free(struct state_writer *w)
 		return;
 	buf_free(&w->out);
 	buf_free(&w->scratch);
+	free(w->iov);
 	free(w);
 }
 
@@ -657,10 +659,9 @@ int state_writer_section(struct state_writer *w, const char *name, const char *i
 int state_writer_pages(struct state_writer *w, const struct state_page *pages, uint32_t count,
 		       unsigned flags, struct errbuf *e)
 {
-	struct iovec *iov = NULL;
 	bool stable = flags & STATE_PAGES_STABLE;
+	struct iovec *iov;
 	size_t n = 1;
-	int ret;
 
 	if (count < 1 || count > STATE_PAGES_MAX)
 		return err_set(e, -EINVAL, "state writer: batch of %" PRIu32 " pages (allowed 1..%u)",
@@ -684,9 +685,12 @@ int state_writer_pages(struct state_writer *w, const struct state_page *pages, u
 	if (buf_status(&w->scratch))
 		return err_set(e, -ENOMEM, "state writer: out of memory");
 	/* [pending output][record header][descriptors][pages...][trailer] */
-	iov = calloc((size_t)count + 4, sizeof(*iov));
-	if (!iov)
-		return err_set(e, -ENOMEM, "state writer: out of memory");
+	if (!w->iov) {
+		w->iov = calloc(STATE_PAGES_MAX + 4, sizeof(*w->iov));
+		if (!w->iov)
+			return err_set(e, -ENOMEM, "state writer: out of memory");
+	}
+	iov = w->iov;
 	iov[2].iov_base = w->scratch.data;
 	iov[2].iov_len = w->scratch.len;
 	if (stable) {
@@ -698,9 +702,7 @@ int state_writer_pages(struct state_writer *w, const struct state_page *pages, u
 			n++;
 		}
 	}
-	ret = writer_emit(w, STATE_REC_PAGES, iov + 1, n, e);
-	free(iov);
-	return ret;
+	return writer_emit(w, STATE_REC_PAGES, iov + 1, n, e);
 }
 
 int state_writer_end(struct state_writer *w, struct errbuf *e)
