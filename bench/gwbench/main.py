@@ -201,10 +201,10 @@ def main(argv=None):
     info = {}
     try:
         # -- build ----------------------------------------------------------
-        godwit_err = None
+        godwit_err = build_msg = None
         if not args.no_build and not (args.godwit and args.guest):
             log("building godwit (build-bench, release)")
-            godwit_err = build_godwit(os.path.join(resdir, "build.log"))
+            godwit_err = build_msg = build_godwit(os.path.join(resdir, "build.log"))
             if godwit_err:
                 log(f"build: {godwit_err}")
         godwit_bin = os.path.abspath(args.godwit or os.path.join(BUILD, GODWIT_REL))
@@ -217,6 +217,11 @@ def main(argv=None):
         qemu_bin = shutil.which(args.qemu)
         qemu_err = None if qemu_bin else f"{args.qemu} not installed"
         info = machine_info(args, guest, godwit_bin)
+        info["build"] = ("skipped (--no-build)" if args.no_build or (args.godwit and args.guest)
+                         else build_msg or "ok")
+        if build_msg and not godwit_err and os.path.exists(godwit_bin):
+            mtime = datetime.datetime.fromtimestamp(os.path.getmtime(godwit_bin), datetime.timezone.utc)
+            info["build"] += f"; using the godwit binary built {mtime.strftime('%Y-%m-%d %H:%M:%SZ')}"
 
         # -- network and limits --------------------------------------------
         need_net = (any(s["op"] in ("warm-migrate", "live-migrate") for s in chosen)
@@ -241,6 +246,7 @@ def main(argv=None):
             drivers.append(("qemu", Qemu(qemu_bin or args.qemu, guest, tmpdir, sampler, args.qemu_machine),
                             qemu_err or guest_err))
         port = 47100
+        unavailable = {}    # (scenario, vmm) -> reason: not offered, so not retried
         for sc in chosen:
             scdir = os.path.join(resdir, "logs", sc["name"])
             os.makedirs(scdir, exist_ok=True)
@@ -254,6 +260,8 @@ def main(argv=None):
                     if sc["op"] == "snapshot-restore":
                         ctx.workdir = os.path.join(resdir, "snapshots")
                         os.makedirs(ctx.workdir, exist_ok=True)
+                    if not err and (sc["name"], vname) in unavailable:
+                        err = f"{unavailable[(sc['name'], vname)]} (run 1; not retried)"
                     if err:
                         row.update(status="unavailable", reason=err)
                     else:
@@ -263,6 +271,7 @@ def main(argv=None):
                             row["status"] = "ok"
                         except Unavailable as e:
                             row = failed_row(sc, vname, i, row, "unavailable", str(e))
+                            unavailable[(sc["name"], vname)] = row["reason"]
                         except RunFailed as e:
                             row = failed_row(sc, vname, i, row, "failed", str(e))
                         except KeyboardInterrupt:
@@ -300,6 +309,7 @@ def main(argv=None):
         csvf.close()
     # -- report ------------------------------------------------------------------
     meta = {"started_utc": started.strftime("%Y-%m-%d %H:%M:%SZ"), "runs": runs,
+            "build": info.get("build", "?"),
             "godwit_commit": info.get("godwit_commit"), "qemu_version": info.get("qemu"),
             "qemu_machine": args.qemu_machine, "guest": os.path.relpath(info.get("guest") or "?", REPO),
             "quick": args.quick, "interrupted": interrupted}

@@ -38,6 +38,10 @@ def _first_hb(inst, timeout, start=0):
     if r is None:
         raise RunFailed(inst.why_dead() if not inst.alive()
                         else f"no heartbeat within {timeout:.0f}s; last lines: {inst.serial.tail(3)}")
+    lines, _, _ = inst.serial.snapshot()
+    for _, text in lines[:r[0]]:
+        if text.startswith("error:"):   # the guest kit refused part of its command line
+            raise RunFailed(f"guest: {text}")
     return r
 
 
@@ -182,11 +186,12 @@ def migrate(drv, sc, ctx, mode):
     uri = f"tcp:{addr}:{ctx.port}"
     src = dst = None
     try:
+        # the destination first: it waits, and a godwit without --incoming says so at once
+        dst = drv.launch(sc, "dst", dst_ns, ctx.logprefix, incoming=uri)
+        drv.wait_listening(dst)
         src = drv.launch(sc, "src", src_ns, ctx.logprefix)
         _first_hb(src, FIRST_LINE_TIMEOUT)
         _warmup(src, sc)
-        dst = drv.launch(sc, "dst", dst_ns, ctx.logprefix, incoming=uri)
-        drv.wait_listening(dst)
         tx0 = net.tx_bytes(cns, cdev)
         t0 = time.monotonic()
         info = drv.migrate(src, dst, uri, sc, mode, ctx.samples)

@@ -103,6 +103,10 @@ def write_markdown(path, rows, scenarios, limits, limit_notes, meta, plots):
              f"{meta['runs']} run(s) per VMM and scenario, alternating godwit/QEMU · "
              f"guest kit `{meta.get('guest')}`.  Machine: see machine.md; QEMU settings: "
              f"qemu-params.md; every run: runs.csv.\n")
+    if meta.get("build") not in (None, "ok"):
+        L.append(f"**Build:** {meta['build']}.\n")
+    if meta.get("interrupted"):
+        L.append("**Interrupted:** this run was stopped early; the tables hold the runs that finished.\n")
     L.append("Medians over the runs that passed the correctness checks (heartbeats continue with "
              "the next seq, abcheck keeps passing); min–max beside them; n = passed runs / runs. "
              "godwit/QEMU < 1 means godwit's figure is smaller (faster, less memory).\n")
@@ -203,7 +207,7 @@ def plot_bars(plotdir, name, title, ylabel, scen_names, series, logscale=True):
                 cells += [_nan(s["median"]) if s else "NaN", _nan(s["min"]) if s else "NaN",
                           _nan(s["max"]) if s else "NaN"]
             f.write(" ".join(cells) + "\n")
-    width = max(900, 60 + 38 * len(scen_names) * max(1, len(series)) // 2)
+    width = max(700, 160 + 26 * len(scen_names) * max(2, len(series)))
     plots = ", ".join(
         f"'{name}.dat' using {2 + 3 * i}:{3 + 3 * i}:{4 + 3 * i}:xtic(1) title '{lab}'"
         for i, (lab, _) in enumerate(series))
@@ -216,12 +220,13 @@ set style data histogram
 set style histogram errorbars gap 1 lw 1
 set style fill solid 0.8 border -1
 set boxwidth 0.9
-set xtics rotate by -40 left noenhanced
+set xtics rotate by 40 right noenhanced
 set key top left
 set grid ytics
 set datafile missing 'NaN'
 {'set logscale y' if logscale else ''}
-set bmargin 9
+set bmargin 12
+set lmargin 12
 plot {plots}
 """
     return f"{name}.png" if _gnuplot(script, plotdir) else None
@@ -359,21 +364,28 @@ def make_plots(resdir, rows, scenarios, samples_by_run):
     plotdir = os.path.join(resdir, "plots")
     os.makedirs(plotdir, exist_ok=True)
     g = group(rows)
-    names = [s["name"] for s in scenarios if s["name"] in g]
     out = []
-    p = plot_bars(plotdir, "total-time", "Total time per scenario (median, min-max)", "ms", names,
-                  [(v, {n: stats(g[n].get(v, []), "total_ms") for n in names}) for v in VMMS])
-    if p:
-        out.append(f"plots/{p}")
-    mig = [s["name"] for s in scenarios if s["name"] in g and s["op"] != "boot"]
-    series = []
-    for v in VMMS:
-        series.append((f"{v} (VMM)", {n: stats(g[n].get(v, []), "downtime_vmm_ms") for n in mig}))
-        series.append((f"{v} (guest gap)", {n: stats(g[n].get(v, []), "downtime_guest_ms") for n in mig}))
-    p = plot_bars(plotdir, "downtime", "Downtime per scenario: as the VMM reports it and as the guest "
-                  "sees it (median, min-max)", "ms", mig, series)
-    if p:
-        out.append(f"plots/{p}")
+    for op in ("boot", "snapshot-restore", "warm-migrate", "live-migrate"):
+        names = [s["name"] for s in scenarios if s["name"] in g and s["op"] == op]
+        if not names:
+            continue
+        col, what = ("boot_ms", "Boot: launch to first serial line") if op == "boot" else \
+            ("total_ms", f"{op}: total time")
+        p = plot_bars(plotdir, f"total-time-{op}", f"{what} (median, min-max)", "ms", names,
+                      [(v, {n: stats(g[n].get(v, []), col) for n in names}) for v in VMMS])
+        if p:
+            out.append(f"plots/{p}")
+        if op == "boot":
+            continue
+        series = []
+        for v in VMMS:
+            if op != "snapshot-restore":
+                series.append((f"{v} (VMM)", {n: stats(g[n].get(v, []), "downtime_vmm_ms") for n in names}))
+            series.append((f"{v} (guest gap)", {n: stats(g[n].get(v, []), "downtime_guest_ms") for n in names}))
+        p = plot_bars(plotdir, f"downtime-{op}", f"{op}: downtime as the VMM reports it and as the "
+                      "guest sees it (median, min-max)", "ms", names, series)
+        if p:
+            out.append(f"plots/{p}")
     for s in scenarios:
         if s["op"] != "live-migrate" or s["name"] not in g:
             continue
