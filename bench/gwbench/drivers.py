@@ -117,12 +117,14 @@ class Driver:
             kill_proc(inst.proc)
         inst.serial.close()
         kill_proc(inst.proc)
+        self.sampler.unwatch(inst.pid)
 
     def kill(self, inst):
         if inst is None:
             return
         self.final_memory(inst)
         kill_proc(inst.proc, grace=1.0)
+        self.sampler.unwatch(inst.pid)
         inst.serial.close()
         if inst.qmp:
             inst.qmp.close()
@@ -309,12 +311,13 @@ class Qemu(Driver):
         inst = Instance(self.name, role, proc, serial, sock, ns, errp, t)
         try:
             inst.qmp = QMP(sock).connect(wait=30)
+            if incoming:
+                inst.qmp.cmd("migrate-incoming", uri=incoming)
         except (QMPError, OSError) as e:
             if not inst.alive():
                 raise RunFailed(inst.why_dead()) from e
+            self.kill(inst)
             raise RunFailed(f"qemu {role}: {e}") from e
-        if incoming:
-            inst.qmp.cmd("migrate-incoming", uri=incoming)
         return inst
 
     def wait_listening(self, inst, timeout=10.0):

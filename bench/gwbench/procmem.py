@@ -64,6 +64,10 @@ class MemSampler:
         with self.lock:
             self.pids.add(pid)
 
+    def unwatch(self, pid):
+        with self.lock:
+            self.pids.discard(pid)
+
     def sample(self, pid):
         st = read_status(pid)
         if st:
