@@ -46,6 +46,8 @@ def parse_args(argv):
                    help="QEMU machine type: microvm (default; fastest start here) or pc")
     p.add_argument("--no-limits", action="store_true", help="skip measuring the machine's limits")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument("--report", metavar="DIR",
+                   help="only rewrite results.md and the plots of DIR from its runs.csv")
     p.add_argument("-q", "--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -164,6 +166,8 @@ def main(argv=None):
     from .util import set_verbose
     set_verbose(not args.quiet)
     all_sc = scen_mod.load(args.table)
+    if args.report:
+        return regenerate(os.path.abspath(args.report), all_sc)
     if args.list:
         for s in all_sc:
             print(f"{s['name']:40} {s['set']:6} {s['op']:17} {s['memory']:5} cpus={s['cpus']} "
@@ -336,6 +340,42 @@ def main(argv=None):
     log(f"done: {n_ok}/{len(rows)} runs measured; {os.path.join(resdir, 'results.md')}")
     print(resdir)
     return 130 if interrupted else 0
+
+
+def regenerate(resdir, all_sc):
+    """Rewrite results.md and plots/ from runs.csv, machine.json, meta.json and the logs."""
+    with open(os.path.join(resdir, "runs.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        with open(os.path.join(resdir, "meta.json")) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        meta = {"started_utc": "?", "runs": "?"}
+    try:
+        with open(os.path.join(resdir, "machine.json")) as f:
+            mj = json.load(f)
+    except (OSError, ValueError):
+        mj = {}
+    by_name = {s["name"]: s for s in all_sc}
+    names = meta.get("scenarios") or list(dict.fromkeys(r["scenario"] for r in rows))
+    chosen = []
+    for n in names:
+        if n in by_name:
+            chosen.append(by_name[n])
+        else:   # a scenario since removed from the table: enough to report it
+            r = next((r for r in rows if r["scenario"] == n), None)
+            if r:
+                chosen.append(scen_mod.Scenario(name=n, op=r["op"]))
+    samples = {}
+    for r in rows:
+        p = os.path.join(resdir, (r.get("log") or "") + "-migrate-status.jsonl")
+        if r.get("log") and os.path.exists(p):
+            samples[(r["scenario"], r["vmm"], str(r["run"]))] = report.load_samples(p)
+    plots = report.make_plots(resdir, rows, chosen, samples)
+    report.write_markdown(os.path.join(resdir, "results.md"), rows, chosen,
+                          mj.get("limits_bytes_per_s", {}), mj.get("limit_notes", {}), meta, plots)
+    print(os.path.join(resdir, "results.md"))
+    return 0
 
 
 def _sigterm(signum, frame):
