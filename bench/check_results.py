@@ -91,7 +91,9 @@ def check(resdir, quick, table):
         expected = [s["name"] for s in scen_mod.load(table) if s["set"] == "quick"]
     else:
         expected = meta.get("scenarios", [])
-    vmms = sorted({r.get("vmm") for r in rows}) or ["godwit", "qemu"]
+    if meta.get("interrupted"):
+        err("meta.json: the run was interrupted; results are incomplete")
+    vmms = meta.get("vmms") or sorted({r.get("vmm") for r in rows}) or ["godwit", "qemu"]
     for name in expected:
         for v in vmms:
             if not any(r.get("scenario") == name and r.get("vmm") == v for r in rows):

@@ -188,6 +188,7 @@ def main(argv=None):
 
     # SIGTERM behaves like Ctrl-C: stop, clean up, keep the partial results
     signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started with SIGINT ignored
 
     tmpdir = tempfile.mkdtemp(prefix="gwb-")
     net = None
@@ -316,7 +317,8 @@ def main(argv=None):
             "build": info.get("build", "?"),
             "godwit_commit": info.get("godwit_commit"), "qemu_version": info.get("qemu"),
             "qemu_machine": args.qemu_machine, "guest": os.path.relpath(info.get("guest") or "?", REPO),
-            "quick": args.quick, "interrupted": interrupted}
+            "quick": args.quick, "interrupted": interrupted,
+            "vmms": ["godwit", "qemu"] if args.vmm == "both" else [args.vmm]}
     qemu_argv = Qemu("qemu-system-x86_64", "GUEST.elf", "TMP", None, args.qemu_machine).argv(
         {"memory": "SIZE", "cpus": "N", "workload": "WORKLOAD"}, "QMP.sock")
     write_qemu_params(resdir, qemu_params, qemu_argv)
