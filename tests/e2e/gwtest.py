@@ -60,6 +60,7 @@ class Vm:
         self.name = name
         self.sock = env.path(f"{name}.sock")
         self.lines = []          # (monotonic time, text)
+        self.partial = ""        # an unterminated last line (output cut by a pause + exit)
         self.cond = threading.Condition()
         if args is None:
             args = ["run", "--memory", memory, "--cpus", str(cpus),
@@ -76,11 +77,17 @@ class Vm:
         self.reader.start()
 
     def _read(self):
-        for raw in self.proc.stdout:
+        fd = self.proc.stdout.fileno()
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
             t = time.monotonic()
-            text = raw.decode(errors="replace").rstrip("\r\n")
             with self.cond:
-                self.lines.append((t, text))
+                text = self.partial + chunk.decode(errors="replace")
+                *full, self.partial = text.split("\n")
+                for line in full:
+                    self.lines.append((t, line.rstrip("\r")))
                 self.cond.notify_all()
 
     def stderr(self):
@@ -126,11 +133,15 @@ class Vm:
             time.sleep(0.02)
         raise AssertionError(f"{self.name}: api socket did not appear")
 
-    def heartbeats(self, start=0):
-        """Heartbeat seqs seen from line index start on."""
+    def heartbeats(self, start=0, prefix=""):
+        """Heartbeat seqs seen from line index start on. prefix: the unterminated last line
+        of the VM this one continues (a guest paused mid-line finishes it here)."""
         out = []
         with self.cond:
-            for _, text in self.lines[start:]:
+            texts = [t for _, t in self.lines[start:]]
+            if prefix and texts:
+                texts[0] = prefix + texts[0]
+            for text in texts:
                 m = re.fullmatch(r"hb (\d+)", text)
                 if m:
                     out.append(int(m.group(1)))
@@ -165,9 +176,11 @@ class Vm:
 
     def wait_exit(self, timeout=30):
         try:
-            return self.proc.wait(timeout)
+            rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"{self.name} did not exit within {timeout}s")
+        self.reader.join(10)  # every line the process wrote is in self.lines
+        return rc
 
     def kill(self):
         if self.proc.poll() is None:
@@ -192,5 +205,8 @@ def main(test):
         print(f"FAIL: {e}", file=sys.stderr)
         env.cleanup()
         sys.exit(1)
+    except BaseException:
+        env.cleanup()
+        raise
     env.cleanup()
     print("PASS")

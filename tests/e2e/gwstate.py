@@ -1,0 +1,97 @@
+"""Reads and rewrites godwit state files (docs/state-format.md) so tests can build
+snapshots that are wrong in one precise way, with every CRC still correct."""
+import struct
+
+MAGIC = b"GODWIT\r\n"
+CONFIG, SECTION, PAGES, END = 1, 2, 3, 4
+
+
+def _table():
+    t = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        t.append(c)
+    return t
+
+
+_T = _table()
+
+
+def crc32c(data, crc=0):
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc = _T[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def read(path):
+    """Returns (header bytes, [(type, payload)])."""
+    with open(path, "rb") as f:
+        data = f.read()
+    hdr = data[:32]
+    assert hdr[:8] == MAGIC
+    recs, off = [], 32
+    while off < len(data):
+        typ, length = struct.unpack_from("<IQ", data, off)
+        payload = data[off + 16:off + 16 + length]
+        recs.append((typ, payload))
+        off += 16 + length + 4
+    return hdr, recs
+
+
+def write(path, hdr, recs, fix_end=True):
+    out = bytearray(hdr)
+    n = 0
+    for typ, payload in recs:
+        if typ == END and fix_end:
+            payload = struct.pack("<Q", n)
+        h = struct.pack("<IQ", typ, len(payload))
+        h += struct.pack("<I", crc32c(h))
+        out += h + payload + struct.pack("<I", crc32c(payload, crc32c(h)))
+        n += 1
+    with open(path, "wb") as f:
+        f.write(out)
+
+
+def header(version=1, page_size=4096, kind=1):
+    h = MAGIC + struct.pack("<IIIII", version, page_size, kind, 0, 0)
+    return h + struct.pack("<I", crc32c(h))
+
+
+def _str(p, off):
+    n = struct.unpack_from("<I", p, off)[0]
+    return p[off + 4:off + 4 + n], off + 4 + n
+
+
+def section_parse(p):
+    name, off = _str(p, 0)
+    inst, off = _str(p, off)
+    ver = struct.unpack_from("<I", p, off)[0]
+    data, off = _str(p, off + 4)
+    return name.decode(), inst.decode(), ver, data
+
+
+def section_build(name, inst, ver, data):
+    def s(b):
+        return struct.pack("<I", len(b)) + b
+    return s(name.encode()) + s(inst.encode()) + struct.pack("<I", ver) + s(data)
+
+
+def config_cpuid_patch(p, function, index, reg, set_bits):
+    """Sets bits in one CPUID register (0 eax .. 3 edx) of a CONFIG payload."""
+    p = bytearray(p)
+    off = 8
+    nvcpus, nreg = struct.unpack_from("<II", p, off)
+    off += 8 + nreg * 16
+    ncpuid = struct.unpack_from("<I", p, off)[0]
+    off += 4
+    for i in range(ncpuid):
+        e = off + i * 28
+        fn, idx = struct.unpack_from("<II", p, e)
+        if fn == function and idx == index:
+            r = e + 12 + reg * 4
+            struct.pack_into("<I", p, r, struct.unpack_from("<I", p, r)[0] | set_bits)
+            return bytes(p)
+    raise KeyError(f"no CPUID leaf {function:#x}.{index}")

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Broken snapshots are refused with a message naming the problem, a non-zero exit and
+no VM left running; a snapshot to a full filesystem fails cleanly and the guest keeps
+running."""
+import os
+import shutil
+import struct
+import subprocess
+
+import gwstate
+import gwtest
+
+
+def restore_fails(env, snap, expect, mode="eager"):
+    sock = env.path("bad.sock")
+    p = subprocess.run([env.godwit, "run", "--restore", snap, "--restore-mode", mode,
+                        "--api-socket", sock], capture_output=True, text=True, timeout=60)
+    err = p.stderr.strip()
+    assert p.returncode != 0, f"restore of {snap} succeeded"
+    assert expect.lower() in err.lower(), f"{os.path.basename(snap)}: expected {expect!r} in {err!r}"
+    assert not os.path.exists(sock), "a refused restore left its socket (a VM?) behind"
+
+
+def variant(env, good, name):
+    d = env.path(name)
+    shutil.copytree(good, d)
+    return d
+
+
+def test(env):
+    vm = env.vm("src", memory="64M", cmdline="workload=abcheck wss=4M")
+    vm.wait_line(r"^check ok 1$", timeout=120)
+    vm.wait_socket()
+    good = env.path("good")
+    vm.ctl("snapshot", good)
+
+    # a full filesystem: the snapshot fails, nothing that looks like one is left, the guest runs
+    small = env.path("small")
+    os.mkdir(small)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small], check=True)
+    try:
+        rc, _, err = vm.ctl("snapshot", os.path.join(small, "snap"), check=False)
+        assert rc != 0 and "space" in err.lower(), f"snapshot to a full disk: {rc} {err}"
+        assert os.listdir(small) == [], f"left behind: {os.listdir(small)}"
+    finally:
+        subprocess.run(["umount", small], check=True)
+    n = vm.line_count()
+    vm.wait_line(r"^hb \d+$", start=n)
+    vm.wait_line(r"^check ok \d+$", start=n, timeout=60)
+    assert vm.status()["state"] == "running"
+    vm.ctl("stop")
+    vm.wait_exit()
+
+    state = os.path.join(good, "state")
+    size = os.path.getsize(state)
+    hdr, recs = gwstate.read(state)
+
+    d = variant(env, good, "trunc-state")
+    os.truncate(os.path.join(d, "state"), size // 2)
+    restore_fails(env, d, "truncated")
+
+    d = variant(env, good, "trunc-mem")
+    os.truncate(os.path.join(d, "memory"), 1 << 20)
+    restore_fails(env, d, "memory")
+
+    # a flipped byte inside every record of the state file
+    off = 32
+    for i, (typ, payload) in enumerate(recs):
+        d = variant(env, good, f"flip-rec{i}")
+        with open(os.path.join(d, "state"), "r+b") as f:
+            pos = off + 16 + len(payload) // 2
+            f.seek(pos)
+            b = f.read(1)
+            f.seek(pos)
+            f.write(bytes([b[0] ^ 0x40]))
+        restore_fails(env, d, "CRC")
+        off += 16 + len(payload) + 4
+
+    # a flipped byte in the memory file's covered range (a present page)
+    d = variant(env, good, "flip-mem")
+    with open(os.path.join(d, "memory"), "r+b") as f:
+        pos = os.lseek(f.fileno(), 16 << 20, os.SEEK_DATA)  # the guest's working set
+        f.seek(pos + 100)
+        b = f.read(1)
+        f.seek(pos + 100)
+        f.write(bytes([b[0] ^ 1]))
+    restore_fails(env, d, "CRC")
+
+    d = variant(env, good, "magic")
+    with open(os.path.join(d, "state"), "r+b") as f:
+        f.write(b"NOTGODWT")
+    restore_fails(env, d, "bad magic")
+
+    d = variant(env, good, "version")
+    gwstate.write(os.path.join(d, "state"), gwstate.header(version=2), recs)
+    restore_fails(env, d, "format version 2")
+
+    d = variant(env, good, "unknown-section")
+    extra = (gwstate.SECTION, gwstate.section_build("bogus", "x", 1, b"\0" * 8))
+    gwstate.write(os.path.join(d, "state"), hdr, recs[:-1] + [extra, recs[-1]])
+    restore_fails(env, d, "unknown section bogus@x")
+
+    d = variant(env, good, "missing-section")
+    keep = [r for r in recs if r[0] != gwstate.SECTION or
+            gwstate.section_parse(r[1])[0] != "serial8250"]
+    assert len(keep) == len(recs) - 1
+    gwstate.write(os.path.join(d, "state"), hdr, keep)
+    restore_fails(env, d, "missing section serial8250@io:3f8")
+
+    d = variant(env, good, "vcpu-version")
+    bumped = []
+    for typ, p in recs:
+        if typ == gwstate.SECTION and gwstate.section_parse(p)[0] == "vcpu":
+            name, inst, ver, data = gwstate.section_parse(p)
+            p = gwstate.section_build(name, inst, ver + 1, data)
+        bumped.append((typ, p))
+    gwstate.write(os.path.join(d, "state"), hdr, bumped)
+    restore_fails(env, d, "version")
+
+    d = variant(env, good, "cpuid")
+    patched = [(t, gwstate.config_cpuid_patch(p, 7, 0, 2, 0xFFFFFFFF) if t == gwstate.CONFIG
+                else p) for t, p in recs]
+    gwstate.write(os.path.join(d, "state"), hdr, patched)
+    restore_fails(env, d, "cannot give", mode="lazy")
+
+    empty = env.path("empty")
+    os.mkdir(empty)
+    restore_fails(env, empty, "not a godwit snapshot")
+    restore_fails(env, env.path("nonexistent"), "nonexistent")
+    # a running VM's memory file is not a snapshot either
+    restore_fails(env, os.path.join(good, "memory"), "memory")
+
+
+gwtest.main(test)
