@@ -9,6 +9,8 @@
 #include "api/client.h"
 #include "base/buf.h"
 #include "base/log.h"
+#include "migration/migrate.h"
+#include "migration/proto.h"
 #include "migration/snapshot.h"
 #include "vmm/vm.h"
 
@@ -53,6 +55,7 @@ struct api_server {
 	ino_t ino;		/* unlinks what it created */
 	struct api_client *clients;
 	unsigned nclients;	/* with an open fd */
+	struct api_client *mig_client;	/* waits for the outgoing migration to end */
 };
 
 enum api_arg_type { API_ARG_BOOL, API_ARG_STRING, API_ARG_INT };
@@ -218,6 +221,172 @@ static int api_cmd_snapshot(struct api_ctx *ctx, struct errbuf *e)
 					      "stopped", stop), e);
 }
 
+/* ---- migration ---- */
+
+static json_t *api_mig_status_json(void)
+{
+	struct mig_status *st = calloc(1, sizeof(*st));
+	json_t *j, *rounds;
+
+	if (!st)
+		return NULL;
+	migration_status_get(st);
+	rounds = json_array();
+	for (uint32_t i = 0; rounds && i < st->nrounds; i++) {
+		struct mig_round *r = &st->rounds[i];
+
+		json_array_append_new(rounds, json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}",
+			"pages", (json_int_t)r->pages, "bytes", (json_int_t)r->bytes,
+			"ms", (json_int_t)(r->duration_ns / 1000000),
+			"dirty_pages", (json_int_t)r->dirty_pages,
+			"dirty_rate", (json_int_t)r->dirty_rate,
+			"throttle_pct", (json_int_t)r->throttle_pct));
+	}
+	j = json_pack("{s:s, s:s, s:b, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o*, s:I, "
+		      "s:I, s:I, s:I}",
+		      "state", mig_state_name(st->state),
+		      "mode", mig_mode_name(st->mode),
+		      "incoming", st->incoming,
+		      "uri", st->uri,
+		      "dirty_tracking", st->dirty_tracking,
+		      "bytes_sent", (json_int_t)st->bytes_sent,
+		      "bytes_total", (json_int_t)st->bytes_total,
+		      "pages_zero", (json_int_t)st->pages_zero,
+		      "pages_normal", (json_int_t)st->pages_normal,
+		      "elapsed_ms", (json_int_t)(st->elapsed_ns / 1000000),
+		      "throughput", (json_int_t)st->throughput,
+		      "round", (json_int_t)st->round,
+		      "dirty_rate", (json_int_t)st->dirty_rate,
+		      "rounds", rounds,
+		      "remaining_bytes", (json_int_t)st->remaining_bytes,
+		      "expected_downtime_ms", (json_int_t)st->expected_downtime_ms,
+		      "throttle_pct", (json_int_t)st->throttle_pct,
+		      "downtime_us", (json_int_t)(st->downtime_ns / 1000));
+	if (j && st->state == MIG_STATE_COMPLETED)
+		json_object_set_new(j, "downtime_ms", json_real((double)st->downtime_ns / 1e6));
+	if (j && st->error[0])
+		json_object_set_new(j, "error", api_json_string(st->error));
+	free(st);
+	return j;
+}
+
+static int api_cmd_migrate_status(struct api_ctx *ctx, struct errbuf *e)
+{
+	return api_reply_merge(ctx, api_mig_status_json(), e);
+}
+
+static int api_cmd_migrate_cancel(struct api_ctx *ctx, struct errbuf *e)
+{
+	return migration_cancel(e);
+}
+
+/* The migration ended: answer the `migrate` request; a guest handed over stops here. */
+static void api_mig_done(void *opaque)
+{
+	struct api_server *s = opaque;
+	struct api_client *c = s->mig_client;
+	struct mig_status st;
+	json_t *j = api_mig_status_json();
+
+	migration_status_get(&st);
+	s->mig_client = NULL;
+	if (c) {
+		if (st.state == MIG_STATE_COMPLETED)
+			api_client_reply(c, j);
+		else {
+			api_client_reply_error(c, st.error[0] ? st.error : mig_state_name(st.state));
+			json_decref(j);
+		}
+	} else {
+		json_decref(j);
+	}
+	if (st.state == MIG_STATE_COMPLETED)
+		vm_stop_request(s->vm);
+}
+
+static int api_cmd_migrate(struct api_ctx *ctx, struct errbuf *e)
+{
+	json_t *req = ctx->req, *v;
+	struct mig_params p = { .mode = MIG_MODE_LIVE, .downtime_ms = 300, .dirty_tracking = -1,
+				.on_stall = MIG_STALL_THROTTLE };
+	const char *str;
+	int ret;
+
+	snprintf(p.uri, sizeof(p.uri), "%s", json_string_value(json_object_get(req, "uri")));
+	if ((str = json_string_value(json_object_get(req, "mode")))) {
+		if (!strcmp(str, "warm"))
+			p.mode = MIG_MODE_WARM;
+		else if (strcmp(str, "live"))
+			return err_set(e, -EINVAL, "migrate: mode must be live or warm");
+	}
+	if ((v = json_object_get(req, "downtime_ms"))) {
+		if (json_integer_value(v) < 1 || json_integer_value(v) > 3600000)
+			return err_set(e, -EINVAL, "migrate: downtime_ms must be 1 to 3600000");
+		p.downtime_ms = (uint64_t)json_integer_value(v);
+	}
+	if ((v = json_object_get(req, "bandwidth"))) {
+		if (json_integer_value(v) < 0)
+			return err_set(e, -EINVAL, "migrate: bandwidth must not be negative");
+		p.bandwidth = (uint64_t)json_integer_value(v);
+	}
+	if ((v = json_object_get(req, "max_rounds"))) {
+		if (json_integer_value(v) < 0 || json_integer_value(v) > 100000)
+			return err_set(e, -EINVAL, "migrate: max_rounds must be 0 to 100000");
+		p.max_rounds = (uint32_t)json_integer_value(v);
+	}
+	if ((v = json_object_get(req, "timeout_ms"))) {
+		if (json_integer_value(v) < 0)
+			return err_set(e, -EINVAL, "migrate: timeout_ms must not be negative");
+		p.timeout_ms = (uint64_t)json_integer_value(v);
+	}
+	if ((str = json_string_value(json_object_get(req, "dirty_tracking")))) {
+		if (!strcmp(str, "bitmap"))
+			p.dirty_tracking = VM_DIRTY_BITMAP;
+		else if (!strcmp(str, "ring"))
+			p.dirty_tracking = VM_DIRTY_RING;
+		else
+			return err_set(e, -EINVAL, "migrate: dirty_tracking must be bitmap or ring");
+	}
+	if ((str = json_string_value(json_object_get(req, "on_stall")))) {
+		if (!strcmp(str, "throttle"))
+			p.on_stall = MIG_STALL_THROTTLE;
+		else if (!strcmp(str, "pause"))
+			p.on_stall = MIG_STALL_PAUSE;
+		else if (!strcmp(str, "cancel"))
+			p.on_stall = MIG_STALL_CANCEL;
+		else
+			return err_set(e, -EINVAL, "migrate: on_stall must be throttle, pause or cancel");
+	}
+	{
+		struct mig_uri u;
+
+		ret = mig_uri_parse(p.uri, &u, e);
+		if (ret < 0)
+			return ret;
+	}
+	if (ctx->server->mig_client)
+		return err_set(e, -EBUSY, "a migration is already in progress");
+	ret = migration_start(ctx->server->vm, ctx->server->loop, &p, api_mig_done, ctx->server, e);
+	if (ret < 0)
+		return ret;
+	if (!ctx->client)
+		return 0;
+	ctx->server->mig_client = ctx->client;
+	return API_REPLY_LATER;
+}
+
+static const struct api_arg api_migrate_args[] = {
+	{ "uri", API_ARG_STRING, true },
+	{ "mode", API_ARG_STRING, false },
+	{ "downtime_ms", API_ARG_INT, false },
+	{ "bandwidth", API_ARG_INT, false },
+	{ "max_rounds", API_ARG_INT, false },
+	{ "timeout_ms", API_ARG_INT, false },
+	{ "dirty_tracking", API_ARG_STRING, false },
+	{ "on_stall", API_ARG_STRING, false },
+	{ NULL, API_ARG_BOOL, false },
+};
+
 static const struct api_arg api_snapshot_args[] = {
 	{ "dir", API_ARG_STRING, true },
 	{ "stop", API_ARG_BOOL, false },
@@ -235,6 +404,9 @@ static const struct api_command api_commands[] = {
 	{ "resume", api_cmd_resume, NULL, NULL },
 	{ "stop", api_cmd_stop, NULL, api_cmd_stop_after },
 	{ "snapshot", api_cmd_snapshot, api_snapshot_args, NULL },
+	{ "migrate", api_cmd_migrate, api_migrate_args, NULL },
+	{ "migrate-status", api_cmd_migrate_status, NULL, NULL },
+	{ "migrate-cancel", api_cmd_migrate_cancel, NULL, NULL },
 };
 
 /* ---- request dispatch ---- */

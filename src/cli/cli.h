@@ -6,5 +6,7 @@
 int cli_run_main(int argc, char **argv);
 int cli_snapshot_main(int argc, char **argv);
 int cli_inspect_main(int argc, char **argv);
+int cli_migrate_main(int argc, char **argv);
+int cli_migrate_ctl_main(int argc, char **argv);
 
 #endif

@@ -17,6 +17,9 @@ static void main_usage(FILE *out)
 	      "  stop       stop the VM; `godwit run` exits 0\n"
 	      "  snapshot   write the VM's complete state to a directory\n"
 	      "  inspect    print a snapshot or a captured migration stream\n"
+	      "  migrate    move the running guest to another godwit (live or warm)\n"
+	      "  migrate-status  print the migration's state as JSON\n"
+	      "  migrate-cancel  cancel the outgoing migration; the guest keeps running\n"
 	      "run `godwit COMMAND --help` for a command's options\n", out);
 }
 
@@ -33,6 +36,9 @@ int main(int argc, char **argv)
 		{ "stop", cli_ctl_main },
 		{ "snapshot", cli_snapshot_main },
 		{ "inspect", cli_inspect_main },
+		{ "migrate", cli_migrate_main },
+		{ "migrate-status", cli_migrate_ctl_main },
+		{ "migrate-cancel", cli_migrate_ctl_main },
 	};
 
 	if (argc < 2) {

@@ -4,6 +4,7 @@
 #include "api/api.h"
 #include "base/log.h"
 #include "cli/run_opts.h"
+#include "migration/migrate.h"
 #include "migration/snapshot.h"
 #include "vmm/vm.h"
 
@@ -44,10 +45,6 @@ int cli_run_main(int argc, char **argv)
 		run_opts_usage(stdout);
 		return 0;
 	}
-	if (o.incoming) {
-		fprintf(stderr, "godwit run: --incoming is not available in this build yet\n");
-		return 2;
-	}
 
 	/* SIGINT/SIGTERM are read through a signalfd by the loop; vCPU threads block them */
 	sigemptyset(&sigs);
@@ -73,6 +70,7 @@ int cli_run_main(int argc, char **argv)
 	cfg.serial_path = o.serial_path;
 	/* tests point this elsewhere to check the error for a missing /dev/kvm */
 	cfg.kvm_path = getenv("GODWIT_KVM_DEVICE");
+	cfg.dirty = o.dirty_ring ? VM_DIRTY_RING : VM_DIRTY_BITMAP;
 
 	if (o.restore) {
 		struct vm_restore_opts ro = {
@@ -81,6 +79,7 @@ int cli_run_main(int argc, char **argv)
 			.serial = cfg.serial,
 			.serial_path = cfg.serial_path,
 			.kvm_path = cfg.kvm_path,
+			.dirty = cfg.dirty,
 		};
 		uint64_t t0 = time_mono_ns();
 
@@ -91,6 +90,10 @@ int cli_run_main(int argc, char **argv)
 		}
 		log_info("restored %s (%s) in %.1f ms", o.restore, o.restore_eager ? "eager" : "lazy",
 			 (double)(time_mono_ns() - t0) / 1e6);
+	} else if (o.incoming) {
+		ret = vm_incoming_create(&vm, loop, cfg.name, &e);
+		if (ret < 0)
+			goto err;
 	} else {
 		ret = vm_create(&vm, loop, &cfg, &e);
 		if (ret < 0)
@@ -104,7 +107,19 @@ int cli_run_main(int argc, char **argv)
 		ret = err_set(&e, -errno, "signalfd: %s", strerror(errno));
 		goto err;
 	}
-	if (o.restore && o.paused) {
+	if (o.incoming) {
+		struct mig_incoming_opts io = {
+			.serial = cfg.serial,
+			.serial_path = cfg.serial_path,
+			.kvm_path = cfg.kvm_path,
+			.paused = o.paused,
+			.dirty = cfg.dirty,
+		};
+
+		ret = migration_incoming_start(vm, loop, o.incoming, &io, &e);
+		if (ret < 0)
+			goto err;
+	} else if (o.restore && o.paused) {
 		vm_start_paused(vm);
 	} else {
 		ret = vm_start(vm, &e);
@@ -114,6 +129,7 @@ int cli_run_main(int argc, char **argv)
 	ret = evloop_run(loop);
 	if (ret < 0)
 		log_err("event loop: %s", strerror(-ret));
+	migration_shutdown();
 	ret = vm_exit_code(vm);
 	api_server_destroy(api);
 	vm_destroy(vm);

@@ -10,7 +10,7 @@
 
 enum {
 	OPT_MEMORY = 256, OPT_CPUS, OPT_KERNEL, OPT_CMDLINE, OPT_SERIAL, OPT_API, OPT_NAME,
-	OPT_RESTORE, OPT_PAUSED, OPT_RESTORE_MODE, OPT_INCOMING,
+	OPT_RESTORE, OPT_PAUSED, OPT_RESTORE_MODE, OPT_INCOMING, OPT_DIRTY,
 };
 
 static const struct option run_longopts[] = {
@@ -25,6 +25,7 @@ static const struct option run_longopts[] = {
 	{ "paused", no_argument, NULL, OPT_PAUSED },
 	{ "restore-mode", required_argument, NULL, OPT_RESTORE_MODE },
 	{ "incoming", required_argument, NULL, OPT_INCOMING },
+	{ "dirty-tracking", required_argument, NULL, OPT_DIRTY },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -35,7 +36,10 @@ void run_opts_usage(FILE *out)
 	      "                  [--serial stdio|file:PATH|none] --api-socket PATH [--name NAME]\n"
 	      "       godwit run --restore DIR [--restore-mode lazy|eager] [--paused]\n"
 	      "                  --api-socket PATH [--serial ...] [--name NAME]\n"
-	      "       godwit run --incoming URI --api-socket PATH [--serial ...] [--name NAME]\n"
+	      "       godwit run --incoming URI [--paused] --api-socket PATH [--serial ...]\n"
+	      "                  [--name NAME]\n"
+	      "  every form also takes --dirty-tracking bitmap|ring (default bitmap): how a live\n"
+	      "  migration of this VM finds written pages; the ring must be chosen at start\n"
 	      "  SIZE: 64M, 1G, 8G ... (16M to 256G, a multiple of 2M); N: 1 to 8 vCPUs\n"
 	      "  URI: tcp:HOST:PORT or unix:PATH\n", out);
 }
@@ -70,9 +74,10 @@ static int run_opts_check(struct run_opts *o, struct errbuf *e)
 		if (o->cmdline)
 			return err_set(e, -EINVAL, "--cmdline conflicts with %s", what);
 	}
-	if (!o->restore && (o->paused || o->restore_mode_set))
-		return err_set(e, -EINVAL, "--%s needs --restore",
-			       o->paused ? "paused" : "restore-mode");
+	if (!o->restore && o->restore_mode_set)
+		return err_set(e, -EINVAL, "--restore-mode needs --restore");
+	if (o->kernel && o->paused)
+		return err_set(e, -EINVAL, "--paused needs --restore or --incoming");
 	if (o->incoming && strncmp(o->incoming, "tcp:", 4) && strncmp(o->incoming, "unix:", 5))
 		return err_set(e, -EINVAL, "--incoming %s: URI must be tcp:HOST:PORT or unix:PATH",
 			       o->incoming);
@@ -152,6 +157,18 @@ int run_opts_parse(int argc, char **argv, struct run_opts *o, struct errbuf *e)
 				return err_set(e, -EINVAL, "--restore-mode %s: use lazy or eager",
 					       optarg);
 			o->restore_mode_set = true;
+			break;
+		case OPT_INCOMING:
+			o->incoming = optarg;
+			break;
+		case OPT_DIRTY:
+			if (!strcmp(optarg, "ring"))
+				o->dirty_ring = true;
+			else if (!strcmp(optarg, "bitmap"))
+				o->dirty_ring = false;
+			else
+				return err_set(e, -EINVAL, "--dirty-tracking %s: use bitmap or ring",
+					       optarg);
 			break;
 		case 'h':
 			o->help = true;

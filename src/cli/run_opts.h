@@ -27,6 +27,7 @@ struct run_opts {
 	bool restore_eager;
 	bool restore_mode_set;
 	const char *incoming;
+	bool dirty_ring;
 	bool help;
 };
 

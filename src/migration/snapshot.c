@@ -195,6 +195,7 @@ int vm_snapshot_restore(struct vm **out, struct evloop *loop, const char *dir,
 	rc.serial = o->serial;
 	rc.serial_path = o->serial_path;
 	rc.kvm_path = o->kvm_path;
+	rc.dirty = o->dirty;
 	ret = vm_create_restore(&vm, loop, &rc, e);
 	if (ret < 0)
 		goto out;

@@ -32,6 +32,7 @@ struct vm_restore_opts {
 	enum vm_serial_mode serial;
 	const char *serial_path;
 	const char *kvm_path;
+	enum vm_dirty_mode dirty;
 };
 
 /* Builds a paused, not yet started VM from the snapshot in dir. */

@@ -123,6 +123,13 @@ static int vcpu_exit_handle(struct vcpu *v)
 		iobus_access(&v->vm->iobus, IOBUS_MMIO, run->mmio.phys_addr, run->mmio.data,
 			     MIN(run->mmio.len, 8u), run->mmio.is_write);
 		return 1;
+	case KVM_EXIT_DIRTY_RING_FULL:
+		/* harvest the ring, then go on: the guest loses nothing */
+		if (vm_dirty_ring_full(v->vm, v) < 0) {
+			vcpu_fatal(v, "dirty ring full and could not be harvested");
+			return -1;
+		}
+		return 0;
 	case KVM_EXIT_HLT:
 	case KVM_EXIT_IRQ_WINDOW_OPEN:
 	case KVM_EXIT_INTR:
@@ -165,6 +172,35 @@ static void vcpu_io_complete(struct vcpu *v)
 	if (ret < 0 && errno != EINTR)
 		log_warn("vCPU %u: completing I/O before pause: %s", v->index, strerror(errno));
 	v->io_pending = false;
+}
+
+/* Sleeps pct/(100-pct) of a 10 ms slice, as QEMU's auto-converge does. */
+static void vcpu_throttle_sleep(struct vcpu *v)
+{
+	unsigned pct = atomic_load(&v->vm->throttle_pct);
+	uint64_t ns;
+	struct timespec ts;
+
+	if (!pct || v->req != VCPU_RUNNING)
+		return;
+	ns = 10000000ull * pct / (100 - pct);
+	ts.tv_sec = (time_t)(ns / 1000000000ull);
+	ts.tv_nsec = (long)(ns % 1000000000ull);
+	/* a pause request's signal cuts the sleep short, as it should */
+	nanosleep(&ts, NULL);
+}
+
+void vcpu_throttle_kick(struct vcpu *v)
+{
+	bool running;
+
+	pthread_mutex_lock(&v->lock);
+	running = v->state == VCPU_RUNNING && v->req == VCPU_RUNNING;
+	pthread_mutex_unlock(&v->lock);
+	if (!running || !v->thread_started)
+		return;
+	atomic_store(&v->throttle_kick, true);
+	pthread_kill(v->thread, VCPU_KICK_SIGNAL);
 }
 
 static void *vcpu_thread_main(void *arg)
@@ -237,6 +273,8 @@ static void *vcpu_thread_main(void *arg)
 				continue;
 			}
 		}
+		if (atomic_exchange(&v->throttle_kick, false))
+			vcpu_throttle_sleep(v);
 		pthread_mutex_lock(&v->lock);
 	}
 	v->state = VCPU_EXITED;

@@ -19,6 +19,7 @@
 
 #include <linux/kvm.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -50,6 +51,7 @@ struct vcpu {
 	bool call_pending;
 
 	uint64_t exits;
+	_Atomic bool throttle_kick;  /* sleep for the VM's throttle share at the next exit */
 };
 
 int __must_check vcpu_create(struct vcpu *v, struct vm *vm, int vmfd, unsigned index,
@@ -62,6 +64,8 @@ void vcpu_state_request(struct vcpu *v, enum vcpu_run_state req);
 int __must_check vcpu_state_wait(struct vcpu *v, int timeout_ms);
 /* Runs fn(v, arg) on the vCPU thread; the vCPU must be paused. Returns fn's result. */
 int vcpu_call(struct vcpu *v, vcpu_call_fn *fn, void *arg);
+/* Interrupts KVM_RUN so the vCPU sleeps its throttle share (auto-converge). */
+void vcpu_throttle_kick(struct vcpu *v);
 /* Joins the thread (after EXITING) and releases the vCPU. */
 void vcpu_destroy(struct vcpu *v);
 /* Installs the no-op kick signal handler (once per process). */

@@ -11,6 +11,7 @@
 #include "arch/x86/vcpu_state.h"
 #include "base/log.h"
 #include "devices/serial.h"
+#include "kvm/dirty.h"
 #include "vmm/vm_impl.h"
 
 #include <errno.h>
@@ -254,6 +255,7 @@ struct vm_build_args {
 	const char *serial_path;
 	const char *kvm_path;
 	const struct kvm_cpuid2 *cpuid; /* NULL: what this host supports */
+	enum vm_dirty_mode dirty;
 };
 
 static int vm_vcpu_cpuid_setup(struct vcpu *v, void *arg)
@@ -271,23 +273,16 @@ static int vm_vcpu_cpuid_restore(struct vcpu *v, void *arg)
 }
 
 /* Everything but the guest's contents: KVM VM, irqchip, PIT, memory, devices, vCPUs. */
-static int vm_build(struct vm **out, struct evloop *loop, const struct vm_build_args *a,
-		    struct errbuf *e)
+static struct vm *vm_alloc(struct evloop *loop, const char *name)
 {
-	struct vm_config serial_cfg = { .serial = a->serial, .serial_path = a->serial_path };
-	struct vm *vm;
-	int ret;
+	struct vm *vm = calloc(1, sizeof(*vm));
 
-	if (a->nvcpus < 1 || a->nvcpus > VM_MAX_VCPUS)
-		return err_set(e, -EINVAL, "%u vCPUs out of range (1 to %u)", a->nvcpus,
-			       VM_MAX_VCPUS);
-	vm = calloc(1, sizeof(*vm));
 	if (!vm)
-		return err_set(e, -ENOMEM, "out of memory");
+		return NULL;
 	vm->devices = calloc(VM_MAX_DEVICES, sizeof(*vm->devices));
 	if (!vm->devices) {
 		free(vm);
-		return err_set(e, -ENOMEM, "out of memory");
+		return NULL;
 	}
 	vm->fd = -1;
 	vm->kvm.fd = -1;
@@ -295,61 +290,91 @@ static int vm_build(struct vm **out, struct evloop *loop, const struct vm_build_
 	vm->loop = loop;
 	vm->state = VM_STATE_CREATED;
 	pthread_mutex_init(&vm->fail_lock, NULL);
-	snprintf(vm->name, sizeof(vm->name), "%s", a->name);
+	pthread_mutex_init(&vm->lock, NULL);
+	snprintf(vm->name, sizeof(vm->name), "%s", name);
 	for (unsigned i = 0; i < VM_MAX_VCPUS; i++)
 		vm->vcpus[i].fd = -1;
+	return vm;
+}
 
+/*
+ * Builds everything into vm; on failure the caller destroys it. Not under vm->lock:
+ * nothing else looks at the parts being built until the state changes.
+ */
+static int vm_build_into(struct vm *vm, const struct vm_build_args *a, struct errbuf *e)
+{
+	struct vm_config serial_cfg = { .serial = a->serial, .serial_path = a->serial_path };
+	int ret;
+
+	if (a->nvcpus < 1 || a->nvcpus > VM_MAX_VCPUS)
+		return err_set(e, -EINVAL, "%u vCPUs out of range (1 to %u)", a->nvcpus,
+			       VM_MAX_VCPUS);
 	ret = vcpu_signal_setup();
-	if (ret < 0) {
-		err_set(e, ret, "install the vCPU kick signal: %s", strerror(-ret));
-		goto err;
-	}
+	if (ret < 0)
+		return err_set(e, ret, "install the vCPU kick signal: %s", strerror(-ret));
 	ret = vm_kvm_setup(vm, a->kvm_path, e);
 	if (ret < 0)
-		goto err;
+		return ret;
 	if (a->cpuid) {
 		ret = vm_cpuid_check(vm, a->cpuid, e);
 		if (ret < 0)
-			goto err;
+			return ret;
 		free(vm->cpuid);
 		vm->cpuid = malloc(sizeof(*a->cpuid) + a->cpuid->nent * sizeof(a->cpuid->entries[0]));
-		if (!vm->cpuid) {
-			ret = err_set(e, -ENOMEM, "out of memory");
-			goto err;
-		}
+		if (!vm->cpuid)
+			return err_set(e, -ENOMEM, "out of memory");
 		memcpy(vm->cpuid, a->cpuid,
 		       sizeof(*a->cpuid) + a->cpuid->nent * sizeof(a->cpuid->entries[0]));
 	}
 	ret = kvm_msr_index_list(&vm->kvm, &vm->msr_indices, &vm->nmsrs, e);
 	if (ret < 0)
-		goto err;
+		return ret;
 	vm->xsave_size = vcpu_state_xsave_size(vm->fd);
 	ret = vm_memory_setup(vm, a->memory, e);
 	if (ret < 0)
-		goto err;
+		return ret;
 	ret = vm_serial_setup(vm, &serial_cfg, e);
 	if (ret < 0)
-		goto err;
+		return ret;
+	vm->dirty_mode = a->dirty;
+	ret = vm_dirty_setup(vm, a->nvcpus, e);
+	if (ret < 0)
+		return ret;
 	vm->nvcpus = a->nvcpus;
 	for (unsigned i = 0; i < vm->nvcpus; i++) {
 		ret = vcpu_create(&vm->vcpus[i], vm, vm->fd, i, vm->kvm.vcpu_mmap_size, e);
 		if (ret < 0)
-			goto err;
+			return ret;
+		ret = vm_dirty_vcpu_setup(vm, &vm->vcpus[i], e);
+		if (ret < 0)
+			return ret;
 		ret = vcpu_thread_start(&vm->vcpus[i], e);
 		if (ret < 0)
-			goto err;
+			return ret;
 		/* CPUID before any other vCPU state (MACHINE-NOTES) */
 		ret = vcpu_call(&vm->vcpus[i], a->cpuid ? vm_vcpu_cpuid_restore : vm_vcpu_cpuid_setup,
 				e);
 		if (ret < 0)
-			goto err;
+			return ret;
+	}
+	return 0;
+}
+
+static int vm_build(struct vm **out, struct evloop *loop, const struct vm_build_args *a,
+		    struct errbuf *e)
+{
+	struct vm *vm = vm_alloc(loop, a->name);
+	int ret;
+
+	if (!vm)
+		return err_set(e, -ENOMEM, "out of memory");
+	ret = vm_build_into(vm, a, e);
+	if (ret < 0) {
+		vm_destroy(vm);
+		return ret;
 	}
 	*out = vm;
 	return 0;
-
-err:
-	vm_destroy(vm);
-	return ret;
 }
 
 static int vm_vcpu_boot_setup(struct vcpu *v, void *arg)
@@ -369,6 +394,7 @@ int vm_create(struct vm **out, struct evloop *loop, const struct vm_config *cfg,
 		.serial = cfg->serial,
 		.serial_path = cfg->serial_path,
 		.kvm_path = cfg->kvm_path,
+		.dirty = cfg->dirty,
 	};
 	struct vm_boot_arg boot = { .e = e };
 	struct vm *vm;
@@ -403,6 +429,7 @@ int vm_create_restore(struct vm **out, struct evloop *loop, const struct vm_rest
 		.serial_path = cfg->serial_path,
 		.kvm_path = cfg->kvm_path,
 		.cpuid = cfg->cpuid,
+		.dirty = cfg->dirty,
 	};
 
 	return vm_build(out, loop, &a, e);
@@ -410,9 +437,11 @@ int vm_create_restore(struct vm **out, struct evloop *loop, const struct vm_rest
 
 void vm_start_paused(struct vm *vm)
 {
+	pthread_mutex_lock(&vm->lock);
 	vm->start_ns = time_mono_ns();
 	vm->paused_since_ns = vm->start_ns;
 	vm->state = VM_STATE_PAUSED;
+	pthread_mutex_unlock(&vm->lock);
 }
 
 struct guest_mem *vm_memory(struct vm *vm)
@@ -457,12 +486,17 @@ static int vm_vcpus_request(struct vm *vm, enum vcpu_run_state req, struct errbu
 
 int vm_start(struct vm *vm, struct errbuf *e)
 {
+	int ret;
+
+	pthread_mutex_lock(&vm->lock);
 	vm->start_ns = time_mono_ns();
 	vm->state = VM_STATE_RUNNING;
-	return vm_vcpus_request(vm, VCPU_RUNNING, e);
+	ret = vm_vcpus_request(vm, VCPU_RUNNING, e);
+	pthread_mutex_unlock(&vm->lock);
+	return ret;
 }
 
-int vm_pause(struct vm *vm, struct errbuf *e)
+static int vm_pause_locked(struct vm *vm, struct errbuf *e)
 {
 	int ret;
 
@@ -479,7 +513,7 @@ int vm_pause(struct vm *vm, struct errbuf *e)
 	return 0;
 }
 
-int vm_resume(struct vm *vm, struct errbuf *e)
+static int vm_resume_locked(struct vm *vm, struct errbuf *e)
 {
 	if (vm->state == VM_STATE_RUNNING)
 		return 0;
@@ -491,11 +525,79 @@ int vm_resume(struct vm *vm, struct errbuf *e)
 	return vm_vcpus_request(vm, VCPU_RUNNING, e);
 }
 
+static int vm_run_change(struct vm *vm, bool pause, bool owner, struct errbuf *e)
+{
+	int ret;
+
+	pthread_mutex_lock(&vm->lock);
+	if (vm->busy && !owner)
+		ret = err_set(e, -EBUSY, "cannot %s: %s is in progress", pause ? "pause" : "resume",
+			      vm->busy);
+	else
+		ret = pause ? vm_pause_locked(vm, e) : vm_resume_locked(vm, e);
+	pthread_mutex_unlock(&vm->lock);
+	return ret;
+}
+
+int vm_pause(struct vm *vm, struct errbuf *e)
+{
+	return vm_run_change(vm, true, false, e);
+}
+
+int vm_resume(struct vm *vm, struct errbuf *e)
+{
+	return vm_run_change(vm, false, false, e);
+}
+
+int vm_owner_pause(struct vm *vm, struct errbuf *e)
+{
+	return vm_run_change(vm, true, true, e);
+}
+
+int vm_owner_resume(struct vm *vm, struct errbuf *e)
+{
+	return vm_run_change(vm, false, true, e);
+}
+
+int vm_busy_set(struct vm *vm, const char *what, struct errbuf *e)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&vm->lock);
+	if (vm->busy)
+		ret = err_set(e, -EBUSY, "%s is already in progress", vm->busy);
+	else if (vm->state != VM_STATE_RUNNING && vm->state != VM_STATE_PAUSED)
+		ret = err_set(e, -EINVAL, "the VM is %s", vm_state_name(vm->state));
+	else
+		vm->busy = what;
+	pthread_mutex_unlock(&vm->lock);
+	return ret;
+}
+
+void vm_busy_clear(struct vm *vm)
+{
+	pthread_mutex_lock(&vm->lock);
+	vm->busy = NULL;
+	pthread_mutex_unlock(&vm->lock);
+}
+
+void vm_throttle_set(struct vm *vm, unsigned pct)
+{
+	atomic_store(&vm->throttle_pct, MIN(pct, 99u));
+}
+
+void vm_throttle_kick(struct vm *vm)
+{
+	for (unsigned i = 0; i < vm->nvcpus; i++)
+		vcpu_throttle_kick(&vm->vcpus[i]);
+}
+
 void vm_status_get(struct vm *vm, struct vm_status *st)
 {
 	uint64_t now = time_mono_ns();
 
 	memset(st, 0, sizeof(*st));
+	pthread_mutex_lock(&vm->lock);
 	snprintf(st->name, sizeof(st->name), "%s", vm->name);
 	st->state = vm->state;
 	st->memory_bytes = vm->mem.size;
@@ -504,6 +606,36 @@ void vm_status_get(struct vm *vm, struct vm_status *st)
 	st->paused_ns = vm->paused_total_ns;
 	if (vm->state == VM_STATE_PAUSED)
 		st->paused_ns += now - vm->paused_since_ns;
+	pthread_mutex_unlock(&vm->lock);
+}
+
+int vm_incoming_create(struct vm **out, struct evloop *loop, const char *name, struct errbuf *e)
+{
+	struct vm *vm = vm_alloc(loop, name);
+
+	if (!vm)
+		return err_set(e, -ENOMEM, "out of memory");
+	vm->state = VM_STATE_INCOMING;
+	*out = vm;
+	return 0;
+}
+
+int vm_incoming_build(struct vm *vm, const struct vm_restore_config *cfg, struct errbuf *e)
+{
+	struct vm_build_args a = {
+		.name = vm->name,
+		.memory = cfg->memory,
+		.nvcpus = cfg->nvcpus,
+		.serial = cfg->serial,
+		.serial_path = cfg->serial_path,
+		.kvm_path = cfg->kvm_path,
+		.cpuid = cfg->cpuid,
+		.dirty = cfg->dirty,
+	};
+
+	if (vm->nvcpus || vm->fd >= 0)
+		return err_set(e, -EBUSY, "the VM was already built");
+	return vm_build_into(vm, &a, e);
 }
 
 static void vm_stop_cb(void *opaque)
@@ -511,10 +643,12 @@ static void vm_stop_cb(void *opaque)
 	struct vm *vm = opaque;
 	struct errbuf e;
 
-	if (vm->state == VM_STATE_RUNNING && vm_pause(vm, &e) < 0)
+	if (vm_owner_pause(vm, &e) < 0 && vm->state == VM_STATE_RUNNING)
 		log_err("stop: %s", e.msg);
+	pthread_mutex_lock(&vm->lock);
 	if (vm->state != VM_STATE_FAILED)
 		vm->state = VM_STATE_STOPPED;
+	pthread_mutex_unlock(&vm->lock);
 	evloop_stop(vm->loop);
 }
 
@@ -531,7 +665,7 @@ static void vm_fail_cb(void *opaque)
 
 	if (vm->state == VM_STATE_FAILED)
 		return;
-	if (vm->state == VM_STATE_RUNNING && vm_pause(vm, &e) < 0)
+	if (vm_owner_pause(vm, &e) < 0 && vm->state == VM_STATE_RUNNING)
 		log_err("pausing after a guest failure: %s", e.msg);
 	pthread_mutex_lock(&vm->fail_lock);
 	log_err("guest stopped: %s", vm->fail_report);
@@ -568,6 +702,8 @@ void vm_destroy(struct vm *vm)
 	for (unsigned i = 0; i < VM_MAX_VCPUS; i++)
 		if (vm->vcpus[i].fd >= 0 || vm->vcpus[i].thread_started)
 			vcpu_destroy(&vm->vcpus[i]);
+	if (vm->dirty)
+		dirty_tracker_destroy(vm->dirty);
 	if (vm->serial)
 		serial_destroy(vm->serial);
 	if (vm->serial_fd_owned && vm->serial_fd >= 0)
@@ -580,5 +716,11 @@ void vm_destroy(struct vm *vm)
 	kvm_sys_close(&vm->kvm);
 	free(vm->devices);
 	pthread_mutex_destroy(&vm->fail_lock);
+	pthread_mutex_destroy(&vm->lock);
 	free(vm);
+}
+
+void vm_exit_code_set(struct vm *vm, int code)
+{
+	vm->exit_code = code;
 }

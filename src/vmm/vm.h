@@ -40,6 +40,12 @@ struct vm_status {
 	uint64_t paused_ns;      /* total time spent paused */
 };
 
+/*
+ * Dirty page tracking, chosen when the VM is created (KVM's dirty ring must be enabled
+ * before any vCPU exists): the KVM dirty bitmap with manual clearing, or the dirty ring.
+ */
+enum vm_dirty_mode { VM_DIRTY_BITMAP, VM_DIRTY_RING };
+
 /* Serial console sink of `godwit run --serial` */
 enum vm_serial_mode { VM_SERIAL_STDIO, VM_SERIAL_FILE, VM_SERIAL_NONE };
 
@@ -52,6 +58,7 @@ struct vm_config {
 	enum vm_serial_mode serial;
 	const char *serial_path; /* for VM_SERIAL_FILE */
 	const char *kvm_path;    /* normally /dev/kvm */
+	enum vm_dirty_mode dirty;
 };
 
 /* Creates the VM, loads the kernel and prepares the boot vCPU; vCPUs stay paused. */
@@ -134,12 +141,23 @@ struct vm_restore_config {
 	enum vm_serial_mode serial;
 	const char *serial_path;
 	const char *kvm_path;
+	enum vm_dirty_mode dirty;
 };
-
 int __must_check vm_create_restore(struct vm **out, struct evloop *loop,
 				   const struct vm_restore_config *cfg, struct errbuf *e);
 /* Checks that this host can give the guest that CPUID (every feature bit supported). */
 int __must_check vm_cpuid_check(struct vm *vm, const struct kvm_cpuid2 *cpuid, struct errbuf *e);
+
+/*
+ * An incoming migration: an empty VM (state "incoming") is created first so the control
+ * socket can report on it; it is built once the source's configuration arrived.
+ */
+int __must_check vm_incoming_create(struct vm **out, struct evloop *loop, const char *name,
+				    struct errbuf *e);
+int __must_check vm_incoming_build(struct vm *vm, const struct vm_restore_config *cfg,
+				   struct errbuf *e);
+/* Sets the exit status `godwit run` returns (e.g. 1 after a failed incoming migration). */
+void vm_exit_code_set(struct vm *vm, int code);
 /* Marks the VM paused without having run (a restore with --paused). */
 void vm_start_paused(struct vm *vm);
 struct guest_mem *vm_memory(struct vm *vm);
@@ -150,6 +168,36 @@ void vm_status_get(struct vm *vm, struct vm_status *st);
 int __must_check vm_pause(struct vm *vm, struct errbuf *e);
 /* Restarts every vCPU. Resuming a running VM is a no-op. */
 int __must_check vm_resume(struct vm *vm, struct errbuf *e);
+/*
+ * An operation (a migration) that owns run control marks the VM busy: vm_pause() and
+ * vm_resume() are then refused with a message naming it, and the owner uses the
+ * vm_owner_* variants. Any thread.
+ */
+int __must_check vm_busy_set(struct vm *vm, const char *what, struct errbuf *e);
+void vm_busy_clear(struct vm *vm);
+int __must_check vm_owner_pause(struct vm *vm, struct errbuf *e);
+int __must_check vm_owner_resume(struct vm *vm, struct errbuf *e);
+/*
+ * Throttling (auto-converge): each vCPU sleeps pct/(100-pct) of every 10 ms slice it
+ * runs; the caller calls vm_throttle_kick() every 10 ms while pct > 0.
+ */
+void vm_throttle_set(struct vm *vm, unsigned pct);
+void vm_throttle_kick(struct vm *vm);
+/* ---- dirty page tracking for live migration (vm_dirty.c); pages in flat RAM order ---- */
+enum vm_dirty_mode vm_dirty_mode_get(struct vm *vm);
+const char *vm_dirty_mode_name(enum vm_dirty_mode m);
+/* Turns logging on; every page counts as dirty until it is first cleared. */
+int __must_check vm_dirty_start(struct vm *vm, struct errbuf *e);
+/* ORs into bitmap the pages written since the last sync, by the guest or by the VMM. */
+int __must_check vm_dirty_sync(struct vm *vm, uint64_t *bitmap, struct errbuf *e);
+/* Re-arms tracking for pages about to be read (bitmap mode: KVM_CLEAR_DIRTY_LOG). */
+int __must_check vm_dirty_clear(struct vm *vm, uint64_t first_page, uint64_t npages,
+				struct errbuf *e);
+void vm_dirty_stop(struct vm *vm);
+/* Host address and guest-physical address of flat page i. */
+uint8_t *vm_page_host(struct vm *vm, uint64_t page, uint64_t *gpa);
+uint64_t vm_pages(struct vm *vm);
+
 /* Asks the main loop to stop the VM and make `godwit run` exit 0. */
 void vm_stop_request(struct vm *vm);
 

@@ -9,7 +9,12 @@
 #include "vmm/vcpu.h"
 #include "vmm/vm.h"
 
+#include <stdatomic.h>
+
 struct serial;
+struct dirty_tracker;
+
+#define VM_DIRTY_RING_BYTES (64u * 1024) /* 4096 entries of 16 bytes per vCPU */
 
 struct vm_device_entry {
 	const struct vm_device_ops *ops;
@@ -31,7 +36,12 @@ struct vm {
 	struct vcpu vcpus[VM_MAX_VCPUS];
 	struct evloop *loop;
 
+	pthread_mutex_t lock;   /* state, paused times, busy */
 	enum vm_state state;
+	const char *busy;       /* an operation that owns run control ("a migration") */
+	_Atomic unsigned throttle_pct;
+	enum vm_dirty_mode dirty_mode;
+	struct dirty_tracker *dirty;
 	uint64_t start_ns;
 	uint64_t paused_since_ns;
 	uint64_t paused_total_ns;
@@ -48,6 +58,10 @@ struct vm {
 	char fail_report[1024];
 	int exit_code;
 };
+
+int vm_dirty_setup(struct vm *vm, unsigned nvcpus, struct errbuf *e);
+int vm_dirty_vcpu_setup(struct vm *vm, struct vcpu *v, struct errbuf *e);
+int vm_dirty_ring_full(struct vm *vm, struct vcpu *v);
 
 /* Called on a vCPU thread after a fatal exit: records the report, asks the main loop to stop. */
 void vm_vcpu_fatal(struct vm *vm, struct vcpu *v, const char *report);

@@ -2,6 +2,8 @@
 /* The vm.h functions api/ uses, over struct vm from fake_vm.h instead of KVM. */
 #include "fake_vm.h"
 
+#include "migration/migrate.h"
+#include "migration/proto.h"
 #include "migration/snapshot.h"
 
 #include <errno.h>
@@ -76,4 +78,37 @@ int vm_snapshot_save(struct vm *vm, const char *dir, struct vm_snapshot_stats *s
 		     struct errbuf *e)
 {
 	return err_set(e, -ENOSPC, "fake VM: no space for %s", dir);
+}
+
+/* The migration engine needs a real VM too: the fake has none in progress. */
+const char *mig_state_name(enum mig_state st)
+{
+	return st == MIG_STATE_NONE ? "none" : "other";
+}
+
+const char *mig_mode_name(uint32_t mode)
+{
+	return mode == MIG_MODE_WARM ? "warm" : "live";
+}
+
+void migration_status_get(struct mig_status *st)
+{
+	memset(st, 0, sizeof(*st));
+}
+
+int migration_cancel(struct errbuf *e)
+{
+	return err_set(e, -EINVAL, "no migration in progress");
+}
+
+int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params *p,
+		    void (*done)(void *opaque), void *opaque, struct errbuf *e)
+{
+	return err_set(e, -ENOTSUP, "fake VM: no migration");
+}
+
+int mig_uri_parse(const char *s, struct mig_uri *u, struct errbuf *e)
+{
+	return strncmp(s, "tcp:", 4) && strncmp(s, "unix:", 5) ?
+		err_set(e, -EINVAL, "%s: URI must be tcp:HOST:PORT or unix:PATH", s) : 0;
 }

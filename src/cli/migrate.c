@@ -1,0 +1,302 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * godwit migrate, migrate-status and migrate-cancel. `migrate` sends one request that
+ * the VMM answers when the migration has ended; meanwhile, on a terminal, it polls
+ * migrate-status and redraws a progress line.
+ */
+#include "api/client.h"
+#include "cli/cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MIGRATE_TIMEOUT_MS (24 * 3600 * 1000)
+#define STATUS_TIMEOUT_MS 10000
+
+enum {
+	OPT_API = 256, OPT_MODE, OPT_DOWNTIME, OPT_BANDWIDTH, OPT_ROUNDS, OPT_TIMEOUT, OPT_DIRTY,
+	OPT_STALL,
+};
+
+static void migrate_usage(FILE *out)
+{
+	fputs("usage: godwit migrate --api-socket PATH [--mode live|warm] [--downtime-ms N]\n"
+	      "                      [--bandwidth RATE] [--max-rounds N] [--timeout S]\n"
+	      "                      [--dirty-tracking bitmap|ring]\n"
+	      "                      [--on-stall throttle|pause|cancel] URI\n"
+	      "  move the running guest to a godwit started with `run --incoming URI`\n"
+	      "  URI: tcp:HOST:PORT or unix:PATH; RATE: bytes per second, e.g. 100M, 1G\n"
+	      "  live (default): copy memory in rounds while the guest runs, pause for the\n"
+	      "  remainder (target --downtime-ms, default 300); warm: pause, then copy\n", out);
+}
+
+struct migrate_call {
+	const char *sock;
+	char *line;
+	char *resp;
+	struct errbuf e;
+	int ret;
+	volatile bool done;
+};
+
+static void *migrate_call_thread(void *arg)
+{
+	struct migrate_call *c = arg;
+
+	c->ret = api_client_call(c->sock, c->line, &c->resp, MIGRATE_TIMEOUT_MS, &c->e);
+	c->done = true;
+	return NULL;
+}
+
+static json_t *status_fetch(const char *sock)
+{
+	struct errbuf e;
+	char *resp = NULL;
+	json_t *j;
+
+	if (api_client_call(sock, "{\"cmd\":\"migrate-status\"}", &resp, STATUS_TIMEOUT_MS, &e) < 0)
+		return NULL;
+	j = json_loads(resp, 0, NULL);
+	free(resp);
+	return j;
+}
+
+static long long jint(json_t *o, const char *k)
+{
+	return (long long)json_integer_value(json_object_get(o, k));
+}
+
+static void progress_print(json_t *st)
+{
+	const char *state = json_string_value(json_object_get(st, "state"));
+
+	if (!state)
+		return;
+	fprintf(stderr, "\r\033[K%s round %lld: %lld/%lld MiB sent, %lld MiB/s, dirty %lld pages/s, "
+		"remaining %lld MiB, expected downtime %lld ms, throttle %lld%%", state,
+		jint(st, "round"), jint(st, "bytes_sent") >> 20, jint(st, "bytes_total") >> 20,
+		jint(st, "throughput") >> 20, jint(st, "dirty_rate"), jint(st, "remaining_bytes") >> 20,
+		jint(st, "expected_downtime_ms"), jint(st, "throttle_pct"));
+}
+
+static int migrate_parse_rate(const char *s, long long *out)
+{
+	uint64_t v;
+
+	if (parse_size(s, &v) < 0 || v > (uint64_t)1 << 50)
+		return -EINVAL;
+	*out = (long long)v;
+	return 0;
+}
+
+int cli_migrate_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "api-socket", required_argument, NULL, OPT_API },
+		{ "mode", required_argument, NULL, OPT_MODE },
+		{ "downtime-ms", required_argument, NULL, OPT_DOWNTIME },
+		{ "bandwidth", required_argument, NULL, OPT_BANDWIDTH },
+		{ "max-rounds", required_argument, NULL, OPT_ROUNDS },
+		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
+		{ "dirty-tracking", required_argument, NULL, OPT_DIRTY },
+		{ "on-stall", required_argument, NULL, OPT_STALL },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct migrate_call call = { 0 };
+	json_t *req = json_object(), *r;
+	bool tty = isatty(STDERR_FILENO);
+	pthread_t th;
+	uint64_t v;
+	long long rate;
+	int c, ret = 1;
+
+	optind = 1;
+	opterr = 0;
+	json_object_set_new(req, "cmd", json_string("migrate"));
+	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (c) {
+		case OPT_API:
+			call.sock = optarg;
+			break;
+		case OPT_MODE:
+			if (strcmp(optarg, "live") && strcmp(optarg, "warm"))
+				goto bad_value;
+			json_object_set_new(req, "mode", json_string(optarg));
+			break;
+		case OPT_DOWNTIME:
+			if (parse_u64(optarg, 1, 3600000, &v) < 0)
+				goto bad_value;
+			json_object_set_new(req, "downtime_ms", json_integer((json_int_t)v));
+			break;
+		case OPT_BANDWIDTH:
+			if (migrate_parse_rate(optarg, &rate) < 0)
+				goto bad_value;
+			json_object_set_new(req, "bandwidth", json_integer(rate));
+			break;
+		case OPT_ROUNDS:
+			if (parse_u64(optarg, 1, 100000, &v) < 0)
+				goto bad_value;
+			json_object_set_new(req, "max_rounds", json_integer((json_int_t)v));
+			break;
+		case OPT_TIMEOUT:
+			if (parse_u64(optarg, 1, 86400, &v) < 0)
+				goto bad_value;
+			json_object_set_new(req, "timeout_ms", json_integer((json_int_t)v * 1000));
+			break;
+		case OPT_DIRTY:
+			if (strcmp(optarg, "bitmap") && strcmp(optarg, "ring"))
+				goto bad_value;
+			json_object_set_new(req, "dirty_tracking", json_string(optarg));
+			break;
+		case OPT_STALL:
+			if (strcmp(optarg, "throttle") && strcmp(optarg, "pause") &&
+			    strcmp(optarg, "cancel"))
+				goto bad_value;
+			json_object_set_new(req, "on_stall", json_string(optarg));
+			break;
+		case 'h':
+			migrate_usage(stdout);
+			json_decref(req);
+			return 0;
+		case ':':
+			fprintf(stderr, "godwit migrate: option %s needs a value\n", argv[optind - 1]);
+			json_decref(req);
+			return 2;
+		default:
+			fprintf(stderr, "godwit migrate: unknown option %s\n", argv[optind - 1]);
+			json_decref(req);
+			return 2;
+		}
+	}
+	if (!call.sock || optind != argc - 1) {
+		fprintf(stderr, "godwit migrate: %s\n", !call.sock ? "--api-socket PATH is required" :
+			optind >= argc ? "the destination URI is required" : "only one URI may be given");
+		json_decref(req);
+		return 2;
+	}
+	json_object_set_new(req, "uri", json_string(argv[optind]));
+	call.line = json_dumps(req, JSON_COMPACT);
+	json_decref(req);
+	if (!call.line || pthread_create(&th, NULL, migrate_call_thread, &call)) {
+		fprintf(stderr, "godwit migrate: out of resources\n");
+		free(call.line);
+		return 1;
+	}
+	while (!call.done) {
+		usleep(200000);
+		if (tty && !call.done) {
+			json_t *st = status_fetch(call.sock);
+
+			if (st)
+				progress_print(st);
+			json_decref(st);
+		}
+	}
+	pthread_join(th, NULL);
+	if (tty)
+		fputs("\r\033[K", stderr);
+	if (call.ret < 0) {
+		fprintf(stderr, "godwit migrate: %s\n", call.e.msg);
+		goto out;
+	}
+	r = json_loads(call.resp, 0, NULL);
+	if (!r || !json_is_object(r)) {
+		fprintf(stderr, "godwit migrate: malformed response from the VMM\n");
+	} else if (!json_is_true(json_object_get(r, "ok"))) {
+		fprintf(stderr, "godwit migrate: %s\n",
+			json_string_value(json_object_get(r, "error")) ?: "failed");
+	} else {
+		json_t *rounds = json_object_get(r, "rounds");
+
+		printf("migration completed: %s, %zu round%s, %lld MiB sent (%lld pages, %lld zero), "
+		       "%lld ms total, downtime %.1f ms\n",
+		       json_string_value(json_object_get(r, "mode")) ?: "?",
+		       json_array_size(rounds), json_array_size(rounds) == 1 ? "" : "s",
+		       jint(r, "bytes_sent") >> 20, jint(r, "pages_normal"), jint(r, "pages_zero"),
+		       jint(r, "elapsed_ms"), json_real_value(json_object_get(r, "downtime_ms")));
+		ret = 0;
+	}
+	json_decref(r);
+out:
+	free(call.line);
+	free(call.resp);
+	return ret;
+
+bad_value:
+	fprintf(stderr, "godwit migrate: %s %s: invalid value\n", argv[optind - 1], optarg);
+	json_decref(req);
+	return 2;
+}
+
+/* migrate-status and migrate-cancel: one request, the answer printed or checked. */
+int cli_migrate_ctl_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "api-socket", required_argument, NULL, OPT_API },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	bool status = !strcmp(argv[0], "migrate-status");
+	const char *sock = NULL;
+	struct errbuf e;
+	char *resp = NULL;
+	json_t *r;
+	int c, ret = 1;
+
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		if (c == OPT_API) {
+			sock = optarg;
+		} else if (c == 'h') {
+			printf("usage: godwit %s --api-socket PATH\n  %s\n", argv[0],
+			       status ? "print the migration's state as one JSON object" :
+					"cancel the outgoing migration; the guest keeps running here");
+			return 0;
+		} else {
+			fprintf(stderr, "godwit %s: %s %s\n", argv[0],
+				c == ':' ? "option needs a value:" : "unknown option", argv[optind - 1]);
+			return 2;
+		}
+	}
+	if (!sock || optind != argc) {
+		fprintf(stderr, "godwit %s: %s\n", argv[0], !sock ? "--api-socket PATH is required" :
+			"unexpected argument");
+		return 2;
+	}
+	if (api_client_call(sock, status ? "{\"cmd\":\"migrate-status\"}" :
+					   "{\"cmd\":\"migrate-cancel\"}", &resp, STATUS_TIMEOUT_MS,
+			    &e) < 0) {
+		fprintf(stderr, "godwit %s: %s\n", argv[0], e.msg);
+		return 1;
+	}
+	r = json_loads(resp, 0, NULL);
+	if (!r || !json_is_object(r)) {
+		fprintf(stderr, "godwit %s: malformed response from the VMM\n", argv[0]);
+	} else if (!json_is_true(json_object_get(r, "ok"))) {
+		fprintf(stderr, "godwit %s: %s\n", argv[0],
+			json_string_value(json_object_get(r, "error")) ?: "failed");
+	} else {
+		if (status) {
+			char *out;
+
+			json_object_del(r, "ok");
+			out = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER);
+			if (out)
+				puts(out);
+			free(out);
+		}
+		ret = 0;
+	}
+	json_decref(r);
+	free(resp);
+	return ret;
+}

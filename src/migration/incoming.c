@@ -1,0 +1,424 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The destination of a migration. Every byte from the source is hostile: records are
+ * bounded and CRC-checked (state/record.c), the configuration is checked against what
+ * this host can give before any memory moves, pages must fall inside guest RAM, and all
+ * vCPU and device state is validated before READY. The guest runs only after COMMIT;
+ * on any failure the process exits non-zero having run nothing.
+ */
+#include "base/log.h"
+#include "migration/mig_internal.h"
+#include "migration/migrate.h"
+#include "migration/proto.h"
+#include "migration/snapshot.h"
+#include "vmm/memory.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* the largest record a source may send: a PAGES batch of STATE_PAGES_MAX pages */
+#define MIG_RECV_RECORD_MAX (STATE_PAGES_MAX * (STATE_PAGE_SIZE + 16) + 64)
+#define MIG_RECV_SECTIONS_MAX 256
+
+struct mig_incoming {
+	int listen_fd;
+	struct mig_incoming_opts o;
+	struct vm_section secs[MIG_RECV_SECTIONS_MAX];
+	void *sec_data[MIG_RECV_SECTIONS_MAX];
+	size_t nsecs;
+	/* main-thread start handshake */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool start_done;
+	int start_ret;
+	uint64_t t_commit;
+	uint64_t resume_ns;
+};
+
+static struct mig_incoming inc = { .listen_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER,
+				   .cond = PTHREAD_COND_INITIALIZER };
+
+static int inc_reply(uint32_t type, const char *reason)
+{
+	struct mig_ctrl m = { .type = type };
+	struct errbuf e;
+
+	if (!mig.w)
+		return -EPIPE;
+	if (reason)
+		snprintf(m.reason, sizeof(m.reason), "%s", reason);
+	if (mig_ctrl_send(mig.w, &m, &e) < 0 || state_writer_flush(mig.w, &e) < 0)
+		return -EPIPE;
+	return 0;
+}
+
+static int inc_next(struct state_record *rec, struct errbuf *e)
+{
+	int ret = state_reader_next(mig.r, rec, e);
+
+	if (ret < 0)
+		return err_prefix(e, ret, "from the source");
+	pthread_mutex_lock(&mig.lock);
+	mig.st.bytes_sent = state_reader_offset(mig.r);
+	mig.st.bytes_total = mig.st.bytes_sent;
+	pthread_mutex_unlock(&mig.lock);
+	return 0;
+}
+
+static int inc_config(const struct state_record *rec, struct errbuf *e)
+{
+	struct vm_restore_config rc = { 0 };
+	struct state_config *cfg;
+	struct kvm_cpuid2 *cpuid = NULL;
+	int ret;
+
+	if (rec->type != STATE_REC_CONFIG)
+		return err_set(e, -EPROTO, "expected the source's CONFIG, got %s",
+			       state_record_type_name(rec->type));
+	cfg = calloc(1, sizeof(*cfg));
+	if (!cfg)
+		return err_set(e, -ENOMEM, "out of memory");
+	ret = state_config_decode(rec->payload, rec->len, cfg, e);
+	if (ret < 0) {
+		err_prefix(e, ret, "the source's configuration");
+		goto out;
+	}
+	if (cfg->flags != MIG_MODE_WARM && cfg->flags != MIG_MODE_LIVE) {
+		ret = err_set(e, -EPROTO, "the source's configuration names unknown mode %llu",
+			      (unsigned long long)cfg->flags);
+		goto out;
+	}
+	cpuid = vm_state_config_cpuid(cfg);
+	if (!cpuid) {
+		ret = err_set(e, -ENOMEM, "out of memory");
+		goto out;
+	}
+	rc.nvcpus = cfg->nr_vcpus;
+	rc.memory = state_config_mem_size(cfg);
+	rc.cpuid = cpuid;
+	rc.serial = inc.o.serial;
+	rc.serial_path = inc.o.serial_path;
+	rc.kvm_path = inc.o.kvm_path;
+	rc.dirty = inc.o.dirty;
+	ret = vm_incoming_build(mig.vm, &rc, e);
+	if (ret < 0)
+		goto out;
+	ret = vm_state_config_layout_check(cfg, mig.vm, e);
+out:
+	free(cpuid);
+	free(cfg);
+	return ret;
+}
+
+static int inc_pages(const struct state_record *rec, struct errbuf *e)
+{
+	struct guest_mem *mem = vm_memory(mig.vm);
+	struct state_pages_iter it;
+	struct state_page pg;
+	uint64_t normal = 0, zero = 0;
+	int ret = state_pages_decode(rec->payload, rec->len, &it, e);
+
+	if (ret < 0)
+		return err_prefix(e, ret, "record %llu", (unsigned long long)rec->index);
+	while (state_pages_next(&it, &pg)) {
+		uint8_t *dst = guest_mem_ptr(mem, pg.gpa, GUEST_PAGE_SIZE);
+
+		if (!dst)
+			return err_set(e, -EFAULT, "record %llu: page 0x%llx is outside guest memory",
+				       (unsigned long long)rec->index, (unsigned long long)pg.gpa);
+		if (pg.data) {
+			memcpy(dst, pg.data, GUEST_PAGE_SIZE);
+			normal++;
+		} else {
+			/* only pages that hold something need writing: fresh memory reads zero */
+			if (guest_mem_range_touched(mem, dst, GUEST_PAGE_SIZE))
+				memset(dst, 0, GUEST_PAGE_SIZE);
+			zero++;
+		}
+	}
+	pthread_mutex_lock(&mig.lock);
+	mig.st.pages_normal += normal;
+	mig.st.pages_zero += zero;
+	pthread_mutex_unlock(&mig.lock);
+	return 0;
+}
+
+static int inc_section(const struct state_record *rec, struct errbuf *e)
+{
+	struct state_section s;
+	struct vm_section *v;
+	char *copy;
+	int ret = state_section_decode(rec->payload, rec->len, &s, e);
+
+	if (ret < 0)
+		return err_prefix(e, ret, "record %llu", (unsigned long long)rec->index);
+	if (inc.nsecs >= MIG_RECV_SECTIONS_MAX)
+		return err_set(e, -E2BIG, "more than %u sections", MIG_RECV_SECTIONS_MAX);
+	/* name, instance and data together; the record buffer is reused by the next read */
+	copy = malloc(sizeof(s.name) + sizeof(s.instance) + s.len + 1);
+	if (!copy)
+		return err_set(e, -ENOMEM, "out of memory");
+	memcpy(copy, s.name, sizeof(s.name));
+	memcpy(copy + sizeof(s.name), s.instance, sizeof(s.instance));
+	memcpy(copy + sizeof(s.name) + sizeof(s.instance), s.data, s.len);
+	inc.sec_data[inc.nsecs] = copy;
+	v = &inc.secs[inc.nsecs++];
+	*v = (struct vm_section){ copy, copy + sizeof(s.name), s.version,
+				  copy + sizeof(s.name) + sizeof(s.instance), s.len };
+	return 0;
+}
+
+static void inc_start_cb(void *opaque)
+{
+	struct errbuf e;
+	int ret;
+
+	(void)opaque;
+	if (inc.o.paused) {
+		vm_start_paused(mig.vm);
+		ret = 0;
+	} else {
+		ret = vm_start(mig.vm, &e);
+		if (ret < 0)
+			log_err("starting the guest: %s", e.msg);
+	}
+	pthread_mutex_lock(&inc.lock);
+	inc.resume_ns = time_mono_ns() - inc.t_commit;
+	inc.start_ret = ret;
+	inc.start_done = true;
+	pthread_cond_broadcast(&inc.cond);
+	pthread_mutex_unlock(&inc.lock);
+}
+
+static int inc_receive(struct errbuf *e)
+{
+	struct state_reader_opts ro = { .kind = STATE_KIND_MIGRATION, .allow_control = true,
+					.max_record = MIG_RECV_RECORD_MAX };
+	struct state_record rec;
+	struct mig_ctrl m;
+	struct errbuf e2;
+	int ret;
+
+	mig_socket_timeouts(mig.fd, MIG_IO_TIMEOUT_MS);
+	ret = state_reader_open_fd(&mig.r, mig.fd, &ro, e);
+	if (ret < 0)
+		return err_prefix(e, ret, "from the source");
+	ret = inc_next(&rec, e);
+	if (ret < 0)
+		return ret;
+	ret = mig_ctrl_decode(&rec, &m, e);
+	if (ret < 0 || m.type != MIG_MSG_HELLO)
+		return ret < 0 ? ret : err_set(e, -EPROTO, "expected HELLO, got %s",
+					       mig_msg_name(m.type));
+	ret = state_writer_open(&mig.w, mig.fd, STATE_KIND_MIGRATION, e);
+	if (ret < 0)
+		return ret;
+	if (m.u32a != MIG_PROTOCOL_VERSION) {
+		err_set(e, -EPROTO, "the source speaks migration protocol version %u, this build "
+				    "speaks %u", m.u32a, MIG_PROTOCOL_VERSION);
+		inc_reply(MIG_MSG_REFUSE, e->msg);
+		return -EPROTO;
+	}
+	pthread_mutex_lock(&mig.lock);
+	mig.st.mode = m.u32b;
+	pthread_mutex_unlock(&mig.lock);
+	ret = inc_next(&rec, e);
+	if (ret < 0)
+		return ret;
+	ret = inc_config(&rec, e);
+	if (ret < 0) {
+		inc_reply(MIG_MSG_REFUSE, e->msg);
+		return ret;
+	}
+	m = (struct mig_ctrl){ .type = MIG_MSG_ACCEPT, .u32a = MIG_PROTOCOL_VERSION };
+	ret = mig_ctrl_send(mig.w, &m, e);
+	if (ret == 0)
+		ret = state_writer_flush(mig.w, e);
+	if (ret < 0)
+		return ret;
+	mig_state_set_incoming(MIG_STATE_ACTIVE);
+
+	for (;;) {
+		ret = inc_next(&rec, e);
+		if (ret < 0)
+			return ret;
+		if (rec.type == STATE_REC_PAGES) {
+			ret = inc_pages(&rec, e);
+		} else if (rec.type == STATE_REC_SECTION) {
+			ret = inc_section(&rec, e);
+		} else {
+			ret = mig_ctrl_decode(&rec, &m, e);
+			if (ret < 0)
+				return ret;
+			if (m.type == MIG_MSG_DONE)
+				break;
+			if (m.type == MIG_MSG_ABORT)
+				return err_set(e, -ECANCELED, "the source aborted: %s", m.reason);
+			if (m.type != MIG_MSG_ROUND)
+				return err_set(e, -EPROTO, "unexpected %s from the source",
+					       mig_msg_name(m.type));
+			pthread_mutex_lock(&mig.lock);
+			mig.st.round = m.u32a; /* per-round figures are the source's to report */
+			pthread_mutex_unlock(&mig.lock);
+		}
+		if (ret < 0) {
+			inc_reply(MIG_MSG_ERROR, e->msg);
+			return ret;
+		}
+	}
+	mig_state_set_incoming(MIG_STATE_COMPLETING);
+	ret = vm_sections_load(mig.vm, inc.secs, inc.nsecs, e);
+	if (ret < 0) {
+		inc_reply(MIG_MSG_ERROR, e->msg);
+		return ret;
+	}
+	ret = inc_reply(MIG_MSG_READY, NULL);
+	if (ret < 0)
+		return err_set(e, ret, "sending READY: the source went away");
+
+	/* wait for COMMIT: without it, nothing runs here */
+	mig_socket_timeouts(mig.fd, MIG_HANDOVER_TIMEOUT_MS);
+	ret = inc_next(&rec, e);
+	if (ret < 0)
+		return err_prefix(e, ret, "waiting for COMMIT (nothing was started)");
+	ret = mig_ctrl_decode(&rec, &m, e);
+	if (ret < 0)
+		return ret;
+	if (m.type == MIG_MSG_ABORT)
+		return err_set(e, -ECANCELED, "the source aborted: %s", m.reason);
+	if (m.type != MIG_MSG_COMMIT)
+		return err_set(e, -EPROTO, "expected COMMIT, got %s", mig_msg_name(m.type));
+	inc.t_commit = time_mono_ns();
+	pthread_mutex_lock(&inc.lock);
+	inc.start_done = false;
+	pthread_mutex_unlock(&inc.lock);
+	ret = evloop_call(mig.loop, inc_start_cb, NULL);
+	if (ret < 0)
+		return err_set(e, ret, "cannot start the guest");
+	pthread_mutex_lock(&inc.lock);
+	while (!inc.start_done)
+		pthread_cond_wait(&inc.cond, &inc.lock);
+	ret = inc.start_ret;
+	pthread_mutex_unlock(&inc.lock);
+	if (ret < 0)
+		return err_set(e, ret, "starting the guest after COMMIT failed");
+	pthread_mutex_lock(&mig.lock);
+	mig.st.downtime_ns = m.u64a + inc.resume_ns;
+	pthread_mutex_unlock(&mig.lock);
+	m = (struct mig_ctrl){ .type = MIG_MSG_STARTED, .u64a = inc.resume_ns };
+	/* this direction carries no CONFIG, so it ends without END: the source closes */
+	if (mig_ctrl_send(mig.w, &m, &e2) < 0 || state_writer_flush(mig.w, &e2) < 0)
+		log_warn("migration: the source did not get STARTED: %s", e2.msg);
+	return 0;
+}
+
+static void inc_fail_cb(void *opaque)
+{
+	(void)opaque;
+	vm_exit_code_set(mig.vm, 1);
+	vm_stop_request(mig.vm);
+}
+
+static void *inc_thread(void *arg)
+{
+	struct errbuf e = { { 0 } };
+	int ret, fd;
+
+	(void)arg;
+	do {
+		fd = accept4(inc.listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	} while (fd < 0 && errno == EINTR);
+	close(inc.listen_fd);
+	inc.listen_fd = -1;
+	if (fd < 0) {
+		ret = err_set(&e, -errno, "accept: %s", strerror(errno));
+	} else {
+		pthread_mutex_lock(&mig.lock);
+		mig.fd = fd;
+		mig.t_start = time_mono_ns();
+		mig.st.state = MIG_STATE_SETUP;
+		pthread_mutex_unlock(&mig.lock);
+		ret = inc_receive(&e);
+	}
+	for (size_t i = 0; i < inc.nsecs; i++)
+		free(inc.sec_data[i]);
+	inc.nsecs = 0;
+	pthread_mutex_lock(&mig.lock);
+	mig.st.state = ret == 0 ? MIG_STATE_COMPLETED : MIG_STATE_FAILED;
+	if (ret < 0)
+		snprintf(mig.st.error, sizeof(mig.st.error), "%s", e.msg);
+	mig.st.elapsed_ns = time_mono_ns() - mig.t_start;
+	pthread_mutex_unlock(&mig.lock);
+	if (mig.w)
+		state_writer_free(mig.w);
+	if (mig.r)
+		state_reader_free(mig.r);
+	mig.w = NULL;
+	mig.r = NULL;
+	if (mig.fd >= 0)
+		close(mig.fd);
+	mig.fd = -1;
+	if (ret < 0) {
+		log_err("incoming migration failed: %s; nothing was started", e.msg);
+		if (evloop_call(mig.loop, inc_fail_cb, NULL) < 0)
+			log_err("cannot stop the VM after a failed migration");
+	} else {
+		log_info("incoming migration completed: the guest runs here (downtime %.1f ms)",
+			 (double)mig.st.downtime_ns / 1e6);
+	}
+	return NULL;
+}
+
+void mig_state_set_incoming(enum mig_state s)
+{
+	pthread_mutex_lock(&mig.lock);
+	mig.st.state = s;
+	pthread_mutex_unlock(&mig.lock);
+}
+
+int migration_incoming_start(struct vm *vm, struct evloop *loop, const char *uri,
+			     const struct mig_incoming_opts *o, struct errbuf *e)
+{
+	struct mig_uri u;
+	int ret;
+
+	ret = mig_uri_parse(uri, &u, e);
+	if (ret < 0)
+		return ret;
+	ret = mig_listen(&u, &inc.listen_fd, e);
+	if (ret < 0)
+		return ret;
+	inc.o = *o;
+	pthread_mutex_lock(&mig.lock);
+	memset(&mig.st, 0, sizeof(mig.st));
+	mig.st.incoming = true;
+	mig.st.state = MIG_STATE_NONE;
+	snprintf(mig.st.uri, sizeof(mig.st.uri), "%s", uri);
+	snprintf(mig.st.dirty_tracking, sizeof(mig.st.dirty_tracking), "%s",
+		 vm_dirty_mode_name(o->dirty));
+	mig.vm = vm;
+	mig.loop = loop;
+	mig.t_start = time_mono_ns();
+	ret = pthread_create(&mig.thread, NULL, inc_thread, NULL);
+	if (ret == 0)
+		mig.running = true;
+	pthread_mutex_unlock(&mig.lock);
+	if (ret) {
+		close(inc.listen_fd);
+		inc.listen_fd = -1;
+		return err_set(e, -ret, "start the incoming migration thread: %s", strerror(ret));
+	}
+	return 0;
+}
+
+void mig_incoming_unblock(void)
+{
+	/* wakes a thread blocked in accept(): it then fails and exits */
+	if (inc.listen_fd >= 0)
+		shutdown(inc.listen_fd, SHUT_RDWR);
+}

@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: MIT */
+/* The migration engine's shared state, for the files of migration/ only. */
+#ifndef GODWIT_MIGRATION_MIG_INTERNAL_H
+#define GODWIT_MIGRATION_MIG_INTERNAL_H
+
+#include "migration/migrate.h"
+#include "state/record.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define MIG_IO_TIMEOUT_MS 30000
+#define MIG_HANDOVER_TIMEOUT_MS 60000
+
+struct migration {
+	pthread_mutex_t lock;
+	struct mig_status st;     /* under lock */
+	bool running;             /* a source or destination thread exists */
+	pthread_t thread;
+	_Atomic bool cancel;
+	_Atomic bool committed;
+	int fd;                   /* the connection, for cancel to cut */
+
+	struct vm *vm;
+	struct evloop *loop;
+	struct mig_params p;
+	void (*done)(void *opaque);
+	void *done_opaque;
+
+	/* source working state */
+	struct state_writer *w;
+	struct state_reader *r;
+	uint64_t *dirty;          /* flat page bitmap */
+	uint64_t npages;
+	uint64_t t_start, t_pause;
+	bool paused_by_us;
+	bool tracking;
+	_Atomic bool throttle_on;
+	pthread_t throttle_thread;
+	bool throttle_thread_started;
+	uint64_t bw_start_ns, bw_start_bytes; /* bandwidth cap accounting */
+};
+
+extern struct migration mig;
+
+void mig_state_set_incoming(enum mig_state s);
+void mig_incoming_unblock(void);
+/* Runs the done callback on the main loop thread. */
+void mig_done_cb(void *opaque);
+
+#endif

@@ -1,0 +1,745 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The outgoing side of a migration and the status both sides report. The engine runs
+ * on its own thread; the main loop only starts it, reads its status and cancels it.
+ *
+ * Live migration: dirty logging on; round 0 sends every non-zero page (2 MiB ranges the
+ * guest never touched are not even read); each next round sends the pages written since
+ * they were last read. After each round the expected downtime is the dirty remainder
+ * over the bandwidth measured in that round; once it fits the target, the guest is
+ * paused for the final sync, the remainder, and the vCPU and device state. A guest that
+ * dirties faster than the link is throttled, paused or left alone, per --on-stall.
+ *
+ * Correctness of the rounds: a page's dirty bit is cleared (re-armed) just before the
+ * page is read, never earlier, so a write that lands after the read is seen by a later
+ * sync; the final sync happens with every vCPU paused. Every attempt starts with a full
+ * round 0, so a retry after a failure can never skip a page.
+ */
+#include "migration/migrate.h"
+#include "migration/mig_internal.h"
+#include "base/log.h"
+#include "migration/proto.h"
+#include "migration/snapshot.h"
+#include "state/record.h"
+#include "vmm/memory.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MIG_CONNECT_TIMEOUT_MS 10000
+#define MIG_RANGE_PAGES 512 /* 2 MiB: the unit of clearing and of skipping untouched memory */
+
+struct migration mig = { .lock = PTHREAD_MUTEX_INITIALIZER, .fd = -1 };
+
+const char *mig_state_name(enum mig_state st)
+{
+	switch (st) {
+	case MIG_STATE_NONE: return "none";
+	case MIG_STATE_SETUP: return "setup";
+	case MIG_STATE_ACTIVE: return "active";
+	case MIG_STATE_COMPLETING: return "completing";
+	case MIG_STATE_COMPLETED: return "completed";
+	case MIG_STATE_FAILED: return "failed";
+	case MIG_STATE_CANCELLED: return "cancelled";
+	}
+	return "unknown";
+}
+
+void migration_status_get(struct mig_status *st)
+{
+	pthread_mutex_lock(&mig.lock);
+	*st = mig.st;
+	if (st->state == MIG_STATE_SETUP || st->state == MIG_STATE_ACTIVE ||
+	    st->state == MIG_STATE_COMPLETING)
+		st->elapsed_ns = time_mono_ns() - mig.t_start;
+	if (st->elapsed_ns)
+		st->throughput = (uint64_t)((double)st->bytes_sent * 1e9 / (double)st->elapsed_ns);
+	pthread_mutex_unlock(&mig.lock);
+}
+
+static void mig_state_set(enum mig_state s)
+{
+	pthread_mutex_lock(&mig.lock);
+	mig.st.state = s;
+	pthread_mutex_unlock(&mig.lock);
+}
+
+static void mig_bytes_update(void)
+{
+	uint64_t b = mig.w ? state_writer_bytes(mig.w) : 0;
+
+	pthread_mutex_lock(&mig.lock);
+	mig.st.bytes_sent = b;
+	if (mig.st.bytes_total < b)
+		mig.st.bytes_total = b;
+	pthread_mutex_unlock(&mig.lock);
+}
+
+/* ---- bandwidth cap and cancellation ---- */
+
+static int mig_check_cancel(struct errbuf *e)
+{
+	if (atomic_load(&mig.cancel))
+		return err_set(e, -ECANCELED, "cancelled");
+	return 0;
+}
+
+static void mig_bandwidth_wait(void)
+{
+	uint64_t sent, due_ns, now;
+
+	if (!mig.p.bandwidth)
+		return;
+	sent = state_writer_bytes(mig.w) - mig.bw_start_bytes;
+	due_ns = (uint64_t)((double)sent * 1e9 / (double)mig.p.bandwidth);
+	now = time_mono_ns() - mig.bw_start_ns;
+	while (now < due_ns && !atomic_load(&mig.cancel)) {
+		uint64_t d = MIN(due_ns - now, 50000000ull);
+
+		usleep((useconds_t)(d / 1000));
+		now = time_mono_ns() - mig.bw_start_ns;
+	}
+}
+
+/* ---- sending pages ---- */
+
+struct mig_batch {
+	struct state_page pages[STATE_PAGES_MAX];
+	uint32_t n;
+	unsigned flags;
+	uint64_t sent_pages, zero_pages;
+};
+
+static int mig_batch_flush(struct mig_batch *b, struct errbuf *e)
+{
+	int ret;
+
+	if (!b->n)
+		return 0;
+	ret = state_writer_pages(mig.w, b->pages, b->n, b->flags, e);
+	b->n = 0;
+	if (ret < 0)
+		return ret;
+	mig_bytes_update();
+	mig_bandwidth_wait();
+	return mig_check_cancel(e);
+}
+
+static bool mig_page_zero(const uint8_t *p)
+{
+	const uint64_t *q = (const uint64_t *)p;
+
+	for (size_t i = 0; i < GUEST_PAGE_SIZE / 8; i++)
+		if (q[i])
+			return false;
+	return true;
+}
+
+/*
+ * Queues flat page pg. In round 0 (send_zero false) zero pages are skipped: the
+ * destination's memory starts zeroed. Later, a page that became zero goes as a flag.
+ */
+static int mig_page_queue(struct mig_batch *b, uint64_t pg, bool send_zero, struct errbuf *e)
+{
+	uint64_t gpa;
+	uint8_t *host = vm_page_host(mig.vm, pg, &gpa);
+
+	if (mig_page_zero(host)) {
+		b->zero_pages++;
+		if (!send_zero)
+			return 0;
+		b->pages[b->n++] = (struct state_page){ gpa, NULL };
+	} else {
+		b->sent_pages++;
+		b->pages[b->n++] = (struct state_page){ gpa, host };
+	}
+	if (b->n == STATE_PAGES_MAX)
+		return mig_batch_flush(b, e);
+	return 0;
+}
+
+/* Round 0: every page that may be non-zero, re-arming tracking range by range first. */
+static int mig_round0(struct mig_batch *b, struct errbuf *e)
+{
+	struct guest_mem *mem = vm_memory(mig.vm);
+	int ret;
+
+	for (uint64_t first = 0; first < mig.npages; first += MIG_RANGE_PAGES) {
+		uint64_t n = MIN(MIG_RANGE_PAGES, mig.npages - first);
+		uint64_t gpa;
+		uint8_t *host = vm_page_host(mig.vm, first, &gpa);
+
+		if (mig.tracking) {
+			ret = vm_dirty_clear(mig.vm, first, n, e);
+			if (ret < 0)
+				return ret;
+		}
+		if (!guest_mem_range_touched(mem, host, n * GUEST_PAGE_SIZE)) {
+			b->zero_pages += n;
+			continue;
+		}
+		for (uint64_t pg = first; pg < first + n; pg++) {
+			ret = mig_page_queue(b, pg, false, e);
+			if (ret < 0)
+				return ret;
+		}
+	}
+	return mig_batch_flush(b, e);
+}
+
+/* Sends the pages set in mig.dirty, clearing each range's tracking before reading it. */
+static int mig_round_dirty(struct mig_batch *b, struct errbuf *e)
+{
+	int ret;
+
+	for (uint64_t first = 0; first < mig.npages; first += MIG_RANGE_PAGES) {
+		uint64_t n = MIN(MIG_RANGE_PAGES, mig.npages - first);
+		bool any = false;
+
+		for (uint64_t w = first / 64; w < (first + n + 63) / 64; w++)
+			if (mig.dirty[w])
+				any = true;
+		if (!any)
+			continue;
+		if (mig.tracking) {
+			ret = vm_dirty_clear(mig.vm, first, n, e);
+			if (ret < 0)
+				return ret;
+		}
+		for (uint64_t pg = first; pg < first + n; pg++) {
+			if (!(mig.dirty[pg / 64] & (1ull << (pg % 64))))
+				continue;
+			mig.dirty[pg / 64] &= ~(1ull << (pg % 64));
+			ret = mig_page_queue(b, pg, true, e);
+			if (ret < 0)
+				return ret;
+		}
+	}
+	return mig_batch_flush(b, e);
+}
+
+static uint64_t mig_dirty_count(void)
+{
+	uint64_t n = 0;
+
+	for (uint64_t w = 0; w < (mig.npages + 63) / 64; w++)
+		n += (uint64_t)__builtin_popcountll(mig.dirty[w]);
+	return n;
+}
+
+static void mig_round_record(uint32_t round, const struct mig_batch *b, uint64_t bytes,
+			     uint64_t ns, uint64_t dirty, uint64_t expected_ms)
+{
+	pthread_mutex_lock(&mig.lock);
+	if (round < MIG_ROUNDS_MAX) {
+		struct mig_round *r = &mig.st.rounds[round];
+
+		r->pages = b->sent_pages;
+		r->bytes = bytes;
+		r->duration_ns = ns;
+		r->dirty_pages = dirty;
+		r->dirty_rate = ns ? (uint64_t)((double)dirty * 1e9 / (double)ns) : 0;
+		r->throttle_pct = mig.st.throttle_pct;
+		mig.st.nrounds = round + 1;
+		mig.st.dirty_rate = r->dirty_rate;
+	}
+	mig.st.round = round;
+	mig.st.pages_normal += b->sent_pages;
+	mig.st.pages_zero += b->zero_pages;
+	mig.st.remaining_bytes = dirty * GUEST_PAGE_SIZE;
+	mig.st.expected_downtime_ms = expected_ms;
+	mig.st.bytes_total = mig.st.bytes_sent + mig.st.remaining_bytes;
+	pthread_mutex_unlock(&mig.lock);
+}
+
+/* ---- throttling (auto-converge) ---- */
+
+static void *mig_throttle_main(void *arg)
+{
+	while (atomic_load(&mig.throttle_on)) {
+		vm_throttle_kick(mig.vm);
+		usleep(10000);
+	}
+	return NULL;
+}
+
+static void mig_throttle_step(void)
+{
+	unsigned pct;
+
+	pthread_mutex_lock(&mig.lock);
+	pct = mig.st.throttle_pct ? MIN(mig.st.throttle_pct + 10, 99u) : 20;
+	mig.st.throttle_pct = pct;
+	pthread_mutex_unlock(&mig.lock);
+	vm_throttle_set(mig.vm, pct);
+	if (!mig.throttle_thread_started) {
+		atomic_store(&mig.throttle_on, true);
+		if (pthread_create(&mig.throttle_thread, NULL, mig_throttle_main, NULL) == 0)
+			mig.throttle_thread_started = true;
+	}
+	log_info("migration: guest dirties memory faster than it is sent: throttled to %u%%", pct);
+}
+
+static void mig_throttle_stop(void)
+{
+	vm_throttle_set(mig.vm, 0);
+	if (mig.throttle_thread_started) {
+		atomic_store(&mig.throttle_on, false);
+		pthread_join(mig.throttle_thread, NULL);
+		mig.throttle_thread_started = false;
+	}
+}
+
+/* ---- the phases ---- */
+
+static int mig_expect(uint32_t type, struct mig_ctrl *m, struct errbuf *e)
+{
+	struct state_record rec;
+	int ret = state_reader_next(mig.r, &rec, e);
+
+	if (ret < 0)
+		return err_prefix(e, ret, "waiting for %s from the destination", mig_msg_name(type));
+	ret = mig_ctrl_decode(&rec, m, e);
+	if (ret < 0)
+		return ret;
+	if (m->type == MIG_MSG_REFUSE)
+		return err_set(e, -EPROTO, "the destination refused the migration: %s", m->reason);
+	if (m->type == MIG_MSG_ERROR)
+		return err_set(e, -EPROTO, "the destination failed: %s", m->reason);
+	if (m->type == MIG_MSG_ABORT)
+		return err_set(e, -EPROTO, "the destination aborted: %s", m->reason);
+	if (m->type != type)
+		return err_set(e, -EPROTO, "expected %s from the destination, got %s",
+			       mig_msg_name(type), mig_msg_name(m->type));
+	return 0;
+}
+
+static int mig_handshake(struct errbuf *e)
+{
+	struct state_reader_opts ro = { .kind = STATE_KIND_MIGRATION, .allow_control = true,
+					.max_record = 1 << 20 };
+	struct mig_ctrl m = { .type = MIG_MSG_HELLO, .u32a = MIG_PROTOCOL_VERSION,
+			      .u32b = mig.p.mode };
+	struct state_config *cfg;
+	struct mig_uri u;
+	int ret, fd;
+
+	ret = mig_uri_parse(mig.p.uri, &u, e);
+	if (ret < 0)
+		return ret;
+	ret = mig_connect(&u, MIG_CONNECT_TIMEOUT_MS, &fd, e);
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&mig.lock);
+	mig.fd = fd;
+	pthread_mutex_unlock(&mig.lock);
+	mig_socket_timeouts(fd, MIG_IO_TIMEOUT_MS);
+	ret = state_writer_open(&mig.w, fd, STATE_KIND_MIGRATION, e);
+	if (ret < 0)
+		return ret;
+	ret = mig_ctrl_send(mig.w, &m, e);
+	if (ret < 0)
+		return ret;
+	cfg = calloc(1, sizeof(*cfg));
+	if (!cfg)
+		return err_set(e, -ENOMEM, "out of memory");
+	vm_state_config_build(mig.vm, cfg);
+	cfg->flags = mig.p.mode;
+	ret = state_writer_config(mig.w, cfg, e);
+	free(cfg);
+	if (ret < 0)
+		return ret;
+	ret = state_writer_flush(mig.w, e);
+	if (ret < 0)
+		return ret;
+	ret = state_reader_open_fd(&mig.r, fd, &ro, e);
+	if (ret < 0)
+		return err_prefix(e, ret, "reading from the destination");
+	return mig_expect(MIG_MSG_ACCEPT, &m, e);
+}
+
+static int mig_pause_guest(struct errbuf *e)
+{
+	int ret;
+
+	mig.t_pause = time_mono_ns();
+	ret = vm_owner_pause(mig.vm, e);
+	if (ret < 0)
+		return ret;
+	mig.paused_by_us = true;
+	return 0;
+}
+
+static int mig_section_send(void *opaque, const struct vm_section *s, struct errbuf *e)
+{
+	return state_writer_section(mig.w, s->name, s->instance, s->version, s->data, s->len, e);
+}
+
+static int mig_round_marker(uint32_t round, struct errbuf *e)
+{
+	struct mig_ctrl m = { .type = MIG_MSG_ROUND, .u32a = round };
+
+	return mig_ctrl_send(mig.w, &m, e);
+}
+
+/* Live iteration: returns 0 when it is time for stop-and-copy. */
+static int mig_iterate(struct mig_batch *b, struct errbuf *e)
+{
+	uint64_t prev_dirty = UINT64_MAX, deadline = 0;
+	unsigned stalls = 0;
+	uint32_t round = 0;
+	int ret;
+
+	if (mig.p.timeout_ms)
+		deadline = mig.t_start + mig.p.timeout_ms * 1000000ull;
+	ret = vm_dirty_start(mig.vm, e);
+	if (ret < 0)
+		return ret;
+	mig.tracking = true;
+	for (;;) {
+		uint64_t t0 = time_mono_ns(), bytes0 = state_writer_bytes(mig.w);
+		uint64_t ns, bytes, dirty, bw, expected_ms;
+		bool stalled, limit;
+
+		b->n = 0;
+		b->flags = 0; /* the guest runs: pages are copied before they are sent */
+		b->sent_pages = b->zero_pages = 0;
+		ret = mig_round_marker(round, e);
+		if (ret == 0)
+			ret = round == 0 ? mig_round0(b, e) : mig_round_dirty(b, e);
+		if (ret == 0)
+			ret = state_writer_flush(mig.w, e);
+		if (ret < 0)
+			return ret;
+		mig_bytes_update();
+		ns = time_mono_ns() - t0;
+		bytes = state_writer_bytes(mig.w) - bytes0;
+		ret = vm_dirty_sync(mig.vm, mig.dirty, e);
+		if (ret < 0)
+			return ret;
+		dirty = mig_dirty_count();
+		/* the bandwidth this round achieved; a tiny round says little, assume 1 GB/s */
+		bw = bytes > (1 << 20) && ns ? (uint64_t)((double)bytes * 1e9 / (double)ns) :
+		     (mig.p.bandwidth ? mig.p.bandwidth : 1000000000ull);
+		if (mig.p.bandwidth && bw > mig.p.bandwidth)
+			bw = mig.p.bandwidth;
+		expected_ms = (uint64_t)((double)dirty * GUEST_PAGE_SIZE * 1000.0 / (double)bw);
+		mig_round_record(round, b, bytes, ns, dirty, expected_ms);
+		log_debug("round %u: %llu pages, %llu dirty, expected downtime %llu ms", round,
+			  (unsigned long long)b->sent_pages, (unsigned long long)dirty,
+			  (unsigned long long)expected_ms);
+		round++;
+		/* a margin for the vCPU/device state and the handover round trips */
+		if (expected_ms * 10 <= mig.p.downtime_ms * 8)
+			return 0;
+		/* stalled: the remainder does not shrink round over round */
+		stalled = round >= 2 && dirty * 100 >= prev_dirty * 95;
+		prev_dirty = dirty;
+		limit = (mig.p.max_rounds && round >= mig.p.max_rounds) ||
+			(deadline && time_mono_ns() >= deadline);
+		if (limit) {
+			if (mig.p.on_stall == MIG_STALL_CANCEL)
+				return err_set(e, -ETIMEDOUT, "the migration did not converge within "
+							      "its round or time limit (%llu MiB "
+							      "still dirty)",
+					       (unsigned long long)(dirty * GUEST_PAGE_SIZE / MiB));
+			return 0;
+		}
+		if (!stalled)
+			continue;
+		stalls++;
+		switch (mig.p.on_stall) {
+		case MIG_STALL_CANCEL:
+			return err_set(e, -ETIMEDOUT, "the guest dirties memory faster than it can be "
+						      "sent (%llu pages/s dirtied, link %llu MB/s)",
+				       (unsigned long long)mig.st.dirty_rate,
+				       (unsigned long long)(bw / 1000000));
+		case MIG_STALL_PAUSE:
+			return 0;
+		case MIG_STALL_THROTTLE:
+			if (mig.st.throttle_pct >= 99 && stalls > 3)
+				return 0; /* throttled as far as it goes: finish with a longer pause */
+			mig_throttle_step();
+			break;
+		}
+	}
+}
+
+static int mig_complete(struct mig_batch *b, struct errbuf *e)
+{
+	struct mig_ctrl m = { .type = MIG_MSG_DONE };
+	uint64_t t0 = time_mono_ns(), bytes0;
+	int ret;
+
+	mig_state_set(MIG_STATE_COMPLETING);
+	if (!mig.paused_by_us) {
+		ret = mig_pause_guest(e);
+		if (ret < 0)
+			return ret;
+	}
+	mig_throttle_stop();
+	bytes0 = state_writer_bytes(mig.w);
+	memset(b, 0, sizeof(*b));
+	b->flags = STATE_PAGES_STABLE; /* paused: straight from guest memory */
+	if (mig.tracking) {
+		/* the last sync, with every vCPU out of KVM_RUN */
+		ret = vm_dirty_sync(mig.vm, mig.dirty, e);
+		if (ret == 0)
+			ret = mig_round_marker(mig.st.round + 1, e);
+		if (ret == 0)
+			ret = mig_round_dirty(b, e);
+	} else {
+		ret = mig_round_marker(0, e);
+		if (ret == 0)
+			ret = mig_round0(b, e);
+	}
+	if (ret < 0)
+		return ret;
+	mig_round_record(mig.tracking ? mig.st.round + 1 : 0, b,
+			 state_writer_bytes(mig.w) - bytes0, time_mono_ns() - t0, 0, 0);
+	ret = vm_sections_save(mig.vm, false, mig_section_send, NULL, e);
+	if (ret < 0)
+		return ret;
+	m.u64a = mig.st.pages_normal;
+	m.u64b = state_writer_bytes(mig.w);
+	ret = mig_ctrl_send(mig.w, &m, e);
+	if (ret == 0)
+		ret = state_writer_flush(mig.w, e);
+	if (ret < 0)
+		return ret;
+	mig_bytes_update();
+	/* the destination now loads and validates everything */
+	mig_socket_timeouts(mig.fd, MIG_HANDOVER_TIMEOUT_MS);
+	ret = mig_expect(MIG_MSG_READY, &m, e);
+	if (ret < 0)
+		return ret;
+	ret = mig_check_cancel(e);
+	if (ret < 0)
+		return ret;
+
+	/* the point of no return: after COMMIT this side never resumes the guest */
+	pthread_mutex_lock(&mig.lock);
+	atomic_store(&mig.committed, true);
+	pthread_mutex_unlock(&mig.lock);
+	m = (struct mig_ctrl){ .type = MIG_MSG_COMMIT, .u64a = time_mono_ns() - mig.t_pause };
+	ret = mig_ctrl_send(mig.w, &m, e);
+	if (ret == 0)
+		ret = state_writer_flush(mig.w, e);
+	if (ret < 0)
+		return err_prefix(e, ret, "sending COMMIT (the guest stays paused here; it may be "
+					  "running on the destination)");
+	ret = mig_expect(MIG_MSG_STARTED, &m, e);
+	if (ret < 0)
+		return err_prefix(e, ret, "COMMIT was sent but not acknowledged (the guest stays "
+					  "paused here; it may be running on the destination)");
+	pthread_mutex_lock(&mig.lock);
+	mig.st.downtime_ns = time_mono_ns() - mig.t_pause;
+	mig.st.remaining_bytes = 0;
+	pthread_mutex_unlock(&mig.lock);
+	/* the destination closes after STARTED: the stream ends with COMMIT, without END */
+	return 0;
+}
+
+static int mig_send_run(struct errbuf *e)
+{
+	struct mig_batch *b = calloc(1, sizeof(*b));
+	int ret;
+
+	if (!b)
+		return err_set(e, -ENOMEM, "out of memory");
+	mig.npages = vm_pages(mig.vm);
+	mig.dirty = calloc((mig.npages + 63) / 64, sizeof(uint64_t));
+	if (!mig.dirty) {
+		free(b);
+		return err_set(e, -ENOMEM, "out of memory for the dirty bitmap");
+	}
+	ret = mig_handshake(e);
+	if (ret < 0)
+		goto out;
+	mig_state_set(MIG_STATE_ACTIVE);
+	mig.bw_start_ns = time_mono_ns();
+	mig.bw_start_bytes = state_writer_bytes(mig.w);
+	if (mig.p.mode == MIG_MODE_WARM) {
+		ret = mig_pause_guest(e);
+	} else {
+		ret = mig_iterate(b, e);
+	}
+	if (ret < 0)
+		goto out;
+	ret = mig_complete(b, e);
+out:
+	free(b);
+	return ret;
+}
+
+void mig_done_cb(void *opaque)
+{
+	(void)opaque;
+	if (mig.done)
+		mig.done(mig.done_opaque);
+}
+
+static void *mig_send_thread(void *arg)
+{
+	struct errbuf e = { { 0 } };
+	struct errbuf e2;
+	int ret;
+
+	(void)arg;
+	ret = mig_send_run(&e);
+	mig_throttle_stop();
+	if (mig.tracking) {
+		vm_dirty_stop(mig.vm);
+		mig.tracking = false;
+	}
+	if (ret < 0 && !atomic_load(&mig.committed)) {
+		/* before COMMIT: the guest is ours, keep it running here */
+		if (mig.w)
+			state_writer_free(mig.w), mig.w = NULL;
+		if (mig.paused_by_us && vm_owner_resume(mig.vm, &e2) < 0)
+			log_err("migration: resuming the guest after failure: %s", e2.msg);
+	}
+	pthread_mutex_lock(&mig.lock);
+	if (ret == 0) {
+		mig.st.state = MIG_STATE_COMPLETED;
+	} else if (ret == -ECANCELED || (atomic_load(&mig.cancel) && !atomic_load(&mig.committed))) {
+		mig.st.state = MIG_STATE_CANCELLED;
+		snprintf(mig.st.error, sizeof(mig.st.error), "cancelled; the guest keeps running here");
+	} else {
+		mig.st.state = MIG_STATE_FAILED;
+		snprintf(mig.st.error, sizeof(mig.st.error), "%s%s", e.msg,
+			 atomic_load(&mig.committed) ? "" : "; the guest keeps running here");
+	}
+	mig.st.elapsed_ns = time_mono_ns() - mig.t_start;
+	if (mig.fd >= 0)
+		close(mig.fd);
+	mig.fd = -1;
+	pthread_mutex_unlock(&mig.lock);
+	if (mig.w)
+		state_writer_free(mig.w);
+	if (mig.r)
+		state_reader_free(mig.r);
+	mig.w = NULL;
+	mig.r = NULL;
+	free(mig.dirty);
+	mig.dirty = NULL;
+	if (ret < 0)
+		log_warn("migration %s: %s", mig_state_name(mig.st.state), mig.st.error);
+	else
+		log_info("migration completed: %llu pages, downtime %.1f ms",
+			 (unsigned long long)mig.st.pages_normal, (double)mig.st.downtime_ns / 1e6);
+	if (!atomic_load(&mig.committed) || ret < 0)
+		vm_busy_clear(mig.vm);
+	if (evloop_call(mig.loop, mig_done_cb, NULL) < 0)
+		log_err("migration: cannot notify the main loop");
+	return NULL;
+}
+
+int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params *p,
+		    void (*done)(void *opaque), void *opaque, struct errbuf *e)
+{
+	int ret;
+
+	pthread_mutex_lock(&mig.lock);
+	if (mig.running && (mig.st.state == MIG_STATE_SETUP || mig.st.state == MIG_STATE_ACTIVE ||
+			    mig.st.state == MIG_STATE_COMPLETING)) {
+		pthread_mutex_unlock(&mig.lock);
+		return err_set(e, -EBUSY, "a migration is already in progress");
+	}
+	if (mig.st.state == MIG_STATE_COMPLETED) {
+		pthread_mutex_unlock(&mig.lock);
+		return err_set(e, -EINVAL, "this VM was already migrated away");
+	}
+	if (mig.running) {
+		pthread_mutex_unlock(&mig.lock);
+		pthread_join(mig.thread, NULL);
+		pthread_mutex_lock(&mig.lock);
+		mig.running = false;
+	}
+	pthread_mutex_unlock(&mig.lock);
+	if (p->dirty_tracking >= 0 && (enum vm_dirty_mode)p->dirty_tracking != vm_dirty_mode_get(vm))
+		return err_set(e, -EINVAL, "--dirty-tracking %s: this VM was started with %s "
+					   "tracking (start it with --dirty-tracking %s)",
+			       vm_dirty_mode_name(p->dirty_tracking),
+			       vm_dirty_mode_name(vm_dirty_mode_get(vm)),
+			       vm_dirty_mode_name(p->dirty_tracking));
+	ret = vm_busy_set(vm, "a migration", e);
+	if (ret < 0)
+		return ret;
+
+	pthread_mutex_lock(&mig.lock);
+	memset(&mig.st, 0, sizeof(mig.st));
+	mig.st.state = MIG_STATE_SETUP;
+	mig.st.mode = p->mode;
+	snprintf(mig.st.uri, sizeof(mig.st.uri), "%s", p->uri);
+	snprintf(mig.st.dirty_tracking, sizeof(mig.st.dirty_tracking), "%s",
+		 vm_dirty_mode_name(vm_dirty_mode_get(vm)));
+	mig.vm = vm;
+	mig.loop = loop;
+	mig.p = *p;
+	mig.done = done;
+	mig.done_opaque = opaque;
+	atomic_store(&mig.cancel, false);
+	atomic_store(&mig.committed, false);
+	mig.paused_by_us = false;
+	mig.tracking = false;
+	mig.t_start = time_mono_ns();
+	mig.running = true;
+	ret = pthread_create(&mig.thread, NULL, mig_send_thread, NULL);
+	if (ret) {
+		mig.running = false;
+		mig.st.state = MIG_STATE_FAILED;
+		pthread_mutex_unlock(&mig.lock);
+		vm_busy_clear(vm);
+		return err_set(e, -ret, "start the migration thread: %s", strerror(ret));
+	}
+	pthread_mutex_unlock(&mig.lock);
+	return 0;
+}
+
+int migration_cancel(struct errbuf *e)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&mig.lock);
+	if (mig.st.incoming)
+		ret = err_set(e, -EINVAL, "this is the destination: cancel on the source");
+	else if (mig.st.state != MIG_STATE_SETUP && mig.st.state != MIG_STATE_ACTIVE &&
+		 mig.st.state != MIG_STATE_COMPLETING)
+		ret = err_set(e, -EINVAL, "no migration in progress");
+	else if (atomic_load(&mig.committed))
+		ret = err_set(e, -EINVAL, "too late to cancel: COMMIT was sent");
+	else {
+		atomic_store(&mig.cancel, true);
+		/* unblock any send or receive; the engine then resumes the guest */
+		if (mig.fd >= 0)
+			shutdown(mig.fd, SHUT_RDWR);
+	}
+	pthread_mutex_unlock(&mig.lock);
+	return ret;
+}
+
+void migration_shutdown(void)
+{
+	pthread_mutex_lock(&mig.lock);
+	if (!mig.running) {
+		pthread_mutex_unlock(&mig.lock);
+		return;
+	}
+	if (!atomic_load(&mig.committed))
+		atomic_store(&mig.cancel, true);
+	if (mig.fd >= 0)
+		shutdown(mig.fd, SHUT_RDWR);
+	pthread_mutex_unlock(&mig.lock);
+	mig_incoming_unblock();
+	pthread_join(mig.thread, NULL);
+	pthread_mutex_lock(&mig.lock);
+	mig.running = false;
+	pthread_mutex_unlock(&mig.lock);
+}

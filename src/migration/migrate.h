@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Migration engine: the source (warm: pause then copy; live: copy in rounds while the
+ * guest runs, then a short stop-and-copy) and the destination, each on one thread of
+ * its own so the control socket keeps answering. One migration per process at a time.
+ * Handover is two-phase: the destination loads and validates everything and answers
+ * READY; only then does the source send COMMIT. Before COMMIT any failure resumes the
+ * guest on the source; after it the source never resumes.
+ */
+#ifndef GODWIT_MIGRATION_MIGRATE_H
+#define GODWIT_MIGRATION_MIGRATE_H
+
+#include "base/util.h"
+#include "vmm/vm.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+enum mig_state {
+	MIG_STATE_NONE,
+	MIG_STATE_SETUP,      /* connecting, handshake, configuration check */
+	MIG_STATE_ACTIVE,     /* memory moving */
+	MIG_STATE_COMPLETING, /* guest paused: last pages, state, handover */
+	MIG_STATE_COMPLETED,
+	MIG_STATE_FAILED,
+	MIG_STATE_CANCELLED,
+};
+
+enum mig_stall { MIG_STALL_THROTTLE, MIG_STALL_PAUSE, MIG_STALL_CANCEL };
+
+struct mig_params {
+	uint32_t mode;          /* MIG_MODE_WARM or MIG_MODE_LIVE */
+	uint64_t downtime_ms;   /* target pause (live) */
+	uint64_t bandwidth;     /* bytes/s cap, 0 = none */
+	uint32_t max_rounds;    /* 0 = no limit */
+	uint64_t timeout_ms;    /* 0 = no limit (for the iteration phase) */
+	int dirty_tracking;     /* -1: the VM's, else enum vm_dirty_mode */
+	enum mig_stall on_stall;
+	char uri[512];
+};
+
+#define MIG_ROUNDS_MAX 64
+
+struct mig_round {
+	uint64_t pages;          /* pages sent in the round */
+	uint64_t bytes;
+	uint64_t duration_ns;
+	uint64_t dirty_pages;    /* found dirty when the round ended */
+	uint64_t dirty_rate;     /* pages/s dirtied during the round */
+	unsigned throttle_pct;
+};
+
+struct mig_status {
+	enum mig_state state;
+	bool incoming;
+	uint32_t mode;
+	char uri[512];
+	char dirty_tracking[16];
+	uint64_t bytes_sent;     /* on the wire, both directions' payloads of this side */
+	uint64_t bytes_total;    /* sent + still to send (estimate while live) */
+	uint64_t pages_zero;
+	uint64_t pages_normal;
+	uint64_t elapsed_ns;
+	uint64_t throughput;     /* bytes/s over the whole migration */
+	uint64_t downtime_ns;    /* for a completed migration */
+	uint32_t round;
+	uint32_t nrounds;        /* entries used in rounds[] */
+	struct mig_round rounds[MIG_ROUNDS_MAX];
+	uint64_t dirty_rate;     /* pages/s, last round */
+	uint64_t remaining_bytes;
+	uint64_t expected_downtime_ms;
+	unsigned throttle_pct;
+	char error[ERRBUF_LEN + 64];
+};
+
+const char *mig_state_name(enum mig_state st);
+/*
+ * Starts an outgoing migration on its own thread. done(opaque) runs on the main loop
+ * thread once it has ended (completed, failed or cancelled).
+ */
+int __must_check migration_start(struct vm *vm, struct evloop *loop, const struct mig_params *p,
+				 void (*done)(void *opaque), void *opaque, struct errbuf *e);
+/* Cancels the outgoing migration if COMMIT was not sent yet; the guest keeps running here. */
+int __must_check migration_cancel(struct errbuf *e);
+void migration_status_get(struct mig_status *st);
+
+/* Cancels (before COMMIT) and joins any migration thread; for process exit. */
+void migration_shutdown(void);
+
+struct mig_incoming_opts {
+	enum vm_serial_mode serial;
+	const char *serial_path;
+	const char *kvm_path;
+	bool paused;   /* keep the guest paused after the handover (tests) */
+	enum vm_dirty_mode dirty;
+};
+
+/*
+ * Listens on uri (synchronously, so errors are immediate) and accepts one migration on
+ * its own thread into vm (created with vm_incoming_create()). On failure the process
+ * exits non-zero having run nothing; on success the guest runs here.
+ */
+int __must_check migration_incoming_start(struct vm *vm, struct evloop *loop, const char *uri,
+					  const struct mig_incoming_opts *o, struct errbuf *e);
+
+#endif

@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The migration protocol's control messages and transports. A migration uses two record
+ * streams (state/record.h), one each way over one connection; control messages are
+ * control records (types 0x100..0x1ff) with small explicit little-endian payloads.
+ * docs/migration-protocol.md describes both sides' state machines.
+ *
+ *   source -> destination: HELLO CONFIG [ROUND PAGES...]... SECTION... DONE COMMIT END
+ *   destination -> source: ACCEPT|REFUSE READY|ERROR STARTED END
+ * Either side may send ABORT (with a reason) instead of its next message.
+ */
+#ifndef GODWIT_MIGRATION_PROTO_H
+#define GODWIT_MIGRATION_PROTO_H
+
+#include "base/util.h"
+#include "state/record.h"
+
+#include <stdint.h>
+
+#define MIG_PROTOCOL_VERSION 1u
+#define MIG_MSG_MAX 1024u /* control payloads and reasons are small */
+
+enum mig_msg {
+	MIG_MSG_HELLO = 0x100,   /* u32 protocol version, u32 mode, u64 capabilities */
+	MIG_MSG_ACCEPT = 0x101,  /* u32 protocol version */
+	MIG_MSG_REFUSE = 0x102,  /* str reason */
+	MIG_MSG_ROUND = 0x103,   /* u32 round, u64 pages in the round */
+	MIG_MSG_DONE = 0x104,    /* all memory and state sent: u64 pages sent, u64 bytes */
+	MIG_MSG_READY = 0x105,   /* destination loaded and validated everything */
+	MIG_MSG_ERROR = 0x106,   /* str reason: the destination failed to load */
+	MIG_MSG_COMMIT = 0x107,  /* u64 ns the guest has been paused on the source so far */
+	MIG_MSG_STARTED = 0x108, /* u64 ns from COMMIT received to the guest running */
+	MIG_MSG_ABORT = 0x109,   /* str reason */
+};
+
+enum mig_mode { MIG_MODE_WARM = 1, MIG_MODE_LIVE = 2 };
+
+const char *mig_msg_name(uint32_t type);
+const char *mig_mode_name(uint32_t mode);
+
+/* A decoded control message. */
+struct mig_ctrl {
+	uint32_t type;
+	uint32_t u32a, u32b;
+	uint64_t u64a, u64b;
+	char reason[MIG_MSG_MAX + 1];
+};
+
+int __must_check mig_ctrl_send(struct state_writer *w, const struct mig_ctrl *m, struct errbuf *e);
+/* Decodes a control record; fails on a non-control record or a malformed payload. */
+int __must_check mig_ctrl_decode(const struct state_record *rec, struct mig_ctrl *m,
+				 struct errbuf *e);
+
+/* ---- transports: tcp:HOST:PORT or unix:PATH ---- */
+
+struct mig_uri {
+	enum { MIG_URI_TCP, MIG_URI_UNIX } kind;
+	char host[256];
+	char port[16];
+	char path[108];
+};
+
+int __must_check mig_uri_parse(const char *s, struct mig_uri *u, struct errbuf *e);
+/* Connects with a timeout; the socket is blocking, with send/receive timeouts of timeout_ms. */
+int __must_check mig_connect(const struct mig_uri *u, int timeout_ms, int *fd, struct errbuf *e);
+/* Binds and listens (backlog 1). Listens only where told: no wildcard unless given one. */
+int __must_check mig_listen(const struct mig_uri *u, int *fd, struct errbuf *e);
+/* Sets SO_RCVTIMEO/SO_SNDTIMEO (0 = none). */
+void mig_socket_timeouts(int fd, int timeout_ms);
+
+#endif

@@ -1,0 +1,124 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Dirty page tracking for the VM: the KVM tracker (kvm/dirty.h, bitmap or ring) OR-ed
+ * with the VMM's own bitmap of pages it wrote itself (device emulation), which KVM
+ * cannot see. Pages are numbered in flat RAM order (region after region).
+ */
+#include "base/log.h"
+#include "kvm/dirty.h"
+#include "vmm/vm_impl.h"
+
+#include <errno.h>
+#include <string.h>
+
+enum vm_dirty_mode vm_dirty_mode_get(struct vm *vm)
+{
+	return vm->dirty_mode;
+}
+
+const char *vm_dirty_mode_name(enum vm_dirty_mode m)
+{
+	return m == VM_DIRTY_RING ? "ring" : "bitmap";
+}
+
+uint64_t vm_pages(struct vm *vm)
+{
+	return guest_mem_pages(&vm->mem);
+}
+
+uint8_t *vm_page_host(struct vm *vm, uint64_t page, uint64_t *gpa)
+{
+	uint64_t off = page * GUEST_PAGE_SIZE;
+
+	for (unsigned i = 0; i < vm->mem.nregions; i++) {
+		struct guest_mem_region *r = &vm->mem.regions[i];
+
+		if (off >= r->offset && off - r->offset < r->size) {
+			*gpa = r->gpa + (off - r->offset);
+			return r->host + (off - r->offset);
+		}
+	}
+	*gpa = 0;
+	return NULL;
+}
+
+/* Creates the tracker at VM build time (ring mode: before the vCPUs exist). */
+int vm_dirty_setup(struct vm *vm, unsigned nvcpus, struct errbuf *e)
+{
+	struct dirty_slot slots[GUEST_MEM_MAX_REGIONS];
+	struct dirty_config cfg = {
+		.mode = vm->dirty_mode == VM_DIRTY_RING ? DIRTY_MODE_RING : DIRTY_MODE_BITMAP,
+		.vmfd = vm->fd,
+		.slots = slots,
+		.nslots = vm->mem.nregions,
+		.ring_bytes = VM_DIRTY_RING_BYTES,
+		.nvcpus = nvcpus,
+	};
+	int ret;
+
+	if (vm->dirty_mode == VM_DIRTY_RING) {
+		ret = dirty_ring_enable(vm->fd, VM_DIRTY_RING_BYTES, e);
+		if (ret < 0)
+			return err_prefix(e, ret, "--dirty-tracking ring");
+	}
+	for (unsigned i = 0; i < vm->mem.nregions; i++)
+		slots[i] = (struct dirty_slot){
+			.slot = i,
+			.gpa = vm->mem.regions[i].gpa,
+			.npages = vm->mem.regions[i].size / GUEST_PAGE_SIZE,
+			.host = vm->mem.regions[i].host,
+			.first_page = vm->mem.regions[i].offset / GUEST_PAGE_SIZE,
+		};
+	return dirty_tracker_create(&vm->dirty, &cfg, e);
+}
+
+int vm_dirty_vcpu_setup(struct vm *vm, struct vcpu *v, struct errbuf *e)
+{
+	return dirty_tracker_vcpu_add(vm->dirty, v->index, v->fd, e);
+}
+
+int vm_dirty_start(struct vm *vm, struct errbuf *e)
+{
+	uint64_t words = (guest_mem_pages(&vm->mem) + 63) / 64;
+
+	/* VMM writes from before the start are covered by round 0 */
+	for (uint64_t w = 0; w < words; w++)
+		atomic_store(&vm->mem.vmm_dirty[w], 0);
+	return dirty_tracker_start(vm->dirty, e);
+}
+
+int vm_dirty_sync(struct vm *vm, uint64_t *bitmap, struct errbuf *e)
+{
+	uint64_t words = (guest_mem_pages(&vm->mem) + 63) / 64;
+	int ret = dirty_tracker_sync(vm->dirty, bitmap, e);
+
+	if (ret < 0)
+		return ret;
+	for (uint64_t w = 0; w < words; w++)
+		bitmap[w] |= atomic_exchange(&vm->mem.vmm_dirty[w], 0);
+	return 0;
+}
+
+int vm_dirty_clear(struct vm *vm, uint64_t first_page, uint64_t npages, struct errbuf *e)
+{
+	return dirty_tracker_clear(vm->dirty, first_page, npages, e);
+}
+
+void vm_dirty_stop(struct vm *vm)
+{
+	struct errbuf e;
+
+	if (dirty_tracker_stop(vm->dirty, &e) < 0)
+		log_warn("stopping dirty tracking: %s", e.msg);
+}
+
+/* A vCPU's dirty ring is full: harvest it so the vCPU can go on. */
+int vm_dirty_ring_full(struct vm *vm, struct vcpu *v)
+{
+	struct errbuf e;
+	int ret = dirty_tracker_ring_full(vm->dirty, v->index, &e);
+
+	if (ret < 0)
+		log_err("vCPU %u: dirty ring full: %s", v->index, e.msg);
+	return ret;
+}
