@@ -902,7 +902,7 @@ static void test_ctl_commands(void **state)
 	ctl_run(k, &r, "status", "--digest", "--api-socket", k->path, NULL);
 	assert_int_equal(r.code, 1);
 	assert_string_equal(r.out, "");
-	assert_string_equal(r.err, "godwit status: digest not supported yet\n");
+	assert_string_equal(r.err, "godwit status: fake VM: no digest\n");
 
 	ctl_run(k, &r, "resume", "--api-socket", k->path, NULL);
 	assert_int_equal(r.code, 0);
