@@ -266,6 +266,9 @@ static json_t *api_mig_status_json(void)
 		json_object_set_new(j, "downtime_ms", json_real((double)st->downtime_ns / 1e6));
 	if (j && st->error[0])
 		json_object_set_new(j, "error", api_json_string(st->error));
+	if (j && st->digest_memory[0])
+		json_object_set_new(j, "digest", json_pack("{s:s, s:s}", "memory", st->digest_memory,
+							   "state", st->digest_state));
 	free(st);
 	return j;
 }
@@ -357,6 +360,7 @@ static int api_cmd_migrate(struct api_ctx *ctx, struct errbuf *e)
 		else
 			return err_set(e, -EINVAL, "migrate: on_stall must be throttle, pause or cancel");
 	}
+	p.digest = json_is_true(json_object_get(req, "digest"));
 	{
 		struct mig_uri u;
 
@@ -384,6 +388,7 @@ static const struct api_arg api_migrate_args[] = {
 	{ "timeout_ms", API_ARG_INT, false },
 	{ "dirty_tracking", API_ARG_STRING, false },
 	{ "on_stall", API_ARG_STRING, false },
+	{ "digest", API_ARG_BOOL, false },
 	{ NULL, API_ARG_BOOL, false },
 };
 

@@ -22,7 +22,7 @@
 
 enum {
 	OPT_API = 256, OPT_MODE, OPT_DOWNTIME, OPT_BANDWIDTH, OPT_ROUNDS, OPT_TIMEOUT, OPT_DIRTY,
-	OPT_STALL,
+	OPT_STALL, OPT_DIGEST, OPT_JSON,
 };
 
 static void migrate_usage(FILE *out)
@@ -30,11 +30,13 @@ static void migrate_usage(FILE *out)
 	fputs("usage: godwit migrate --api-socket PATH [--mode live|warm] [--downtime-ms N]\n"
 	      "                      [--bandwidth RATE] [--max-rounds N] [--timeout S]\n"
 	      "                      [--dirty-tracking bitmap|ring]\n"
-	      "                      [--on-stall throttle|pause|cancel] URI\n"
+	      "                      [--on-stall throttle|pause|cancel] [--json] [--digest] URI\n"
 	      "  move the running guest to a godwit started with `run --incoming URI`\n"
 	      "  URI: tcp:HOST:PORT or unix:PATH; RATE: bytes per second, e.g. 100M, 1G\n"
 	      "  live (default): copy memory in rounds while the guest runs, pause for the\n"
-	      "  remainder (target --downtime-ms, default 300); warm: pause, then copy\n", out);
+	      "  remainder (target --downtime-ms, default 300); warm: pause, then copy\n"
+	      "  --json: print the final migration status as JSON; --digest: include a digest\n"
+	      "  of the paused guest taken just before the handover (adds to the downtime)\n", out);
 }
 
 struct migrate_call {
@@ -107,12 +109,14 @@ int cli_migrate_main(int argc, char **argv)
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 		{ "dirty-tracking", required_argument, NULL, OPT_DIRTY },
 		{ "on-stall", required_argument, NULL, OPT_STALL },
+		{ "digest", no_argument, NULL, OPT_DIGEST },
+		{ "json", no_argument, NULL, OPT_JSON },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct migrate_call call = { 0 };
 	json_t *req = json_object(), *r;
-	bool tty = isatty(STDERR_FILENO);
+	bool tty = isatty(STDERR_FILENO), json_out = false;
 	pthread_t th;
 	uint64_t v;
 	long long rate;
@@ -161,6 +165,12 @@ int cli_migrate_main(int argc, char **argv)
 			    strcmp(optarg, "cancel"))
 				goto bad_value;
 			json_object_set_new(req, "on_stall", json_string(optarg));
+			break;
+		case OPT_DIGEST:
+			json_object_set_new(req, "digest", json_true());
+			break;
+		case OPT_JSON:
+			json_out = true;
 			break;
 		case 'h':
 			migrate_usage(stdout);
@@ -213,6 +223,15 @@ int cli_migrate_main(int argc, char **argv)
 	} else if (!json_is_true(json_object_get(r, "ok"))) {
 		fprintf(stderr, "godwit migrate: %s\n",
 			json_string_value(json_object_get(r, "error")) ?: "failed");
+	} else if (json_out) {
+		char *out;
+
+		json_object_del(r, "ok");
+		out = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		if (out)
+			puts(out);
+		free(out);
+		ret = 0;
 	} else {
 		json_t *rounds = json_object_get(r, "rounds");
 

@@ -245,8 +245,10 @@ static int inc_receive(struct errbuf *e)
 
 	for (;;) {
 		ret = inc_next(&rec, e);
-		if (ret < 0)
+		if (ret < 0) {
+			inc_reply(MIG_MSG_ERROR, e->msg); /* best effort: the link may be gone */
 			return ret;
+		}
 		if (rec.type == STATE_REC_PAGES) {
 			ret = inc_pages(&rec, e);
 		} else if (rec.type == STATE_REC_SECTION) {

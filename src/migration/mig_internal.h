@@ -9,8 +9,10 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-#define MIG_IO_TIMEOUT_MS 30000
-#define MIG_HANDOVER_TIMEOUT_MS 60000
+/* how long a send or receive may block; GODWIT_MIGRATION_IO_TIMEOUT_MS overrides (tests) */
+int mig_io_timeout_ms(void);
+#define MIG_IO_TIMEOUT_MS mig_io_timeout_ms()
+#define MIG_HANDOVER_TIMEOUT_MS (2 * mig_io_timeout_ms())
 
 struct migration {
 	pthread_mutex_t lock;

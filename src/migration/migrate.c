@@ -37,6 +37,16 @@
 
 struct migration mig = { .lock = PTHREAD_MUTEX_INITIALIZER, .fd = -1 };
 
+int mig_io_timeout_ms(void)
+{
+	const char *s = getenv("GODWIT_MIGRATION_IO_TIMEOUT_MS");
+	uint64_t v;
+
+	if (s && parse_u64(s, 100, 3600000, &v) == 0)
+		return (int)v;
+	return 30000;
+}
+
 const char *mig_state_name(enum mig_state st)
 {
 	switch (st) {
@@ -522,6 +532,17 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 	ret = mig_check_cancel(e);
 	if (ret < 0)
 		return ret;
+	if (mig.p.digest) {
+		char dm[17], ds[17];
+
+		ret = vm_digest(mig.vm, dm, ds, e);
+		if (ret < 0)
+			return ret;
+		pthread_mutex_lock(&mig.lock);
+		memcpy(mig.st.digest_memory, dm, sizeof(dm));
+		memcpy(mig.st.digest_state, ds, sizeof(ds));
+		pthread_mutex_unlock(&mig.lock);
+	}
 
 	/* the point of no return: after COMMIT this side never resumes the guest */
 	pthread_mutex_lock(&mig.lock);

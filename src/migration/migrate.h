@@ -36,6 +36,7 @@ struct mig_params {
 	uint64_t timeout_ms;    /* 0 = no limit (for the iteration phase) */
 	int dirty_tracking;     /* -1: the VM's, else enum vm_dirty_mode */
 	enum mig_stall on_stall;
+	bool digest;            /* verification: digest the paused guest before COMMIT */
 	char uri[512];
 };
 
@@ -70,6 +71,7 @@ struct mig_status {
 	uint64_t remaining_bytes;
 	uint64_t expected_downtime_ms;
 	unsigned throttle_pct;
+	char digest_memory[17], digest_state[17]; /* with mig_params.digest */
 	char error[ERRBUF_LEN + 64];
 };
 

@@ -48,6 +48,8 @@ class TestEnv:
     def cleanup(self):
         for v in self.procs:
             v.kill()
+        for h in getattr(self, "hosts", []):
+            h.cleanup()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -210,3 +212,85 @@ def main(test):
         raise
     env.cleanup()
     print("PASS")
+
+
+class Hosts:
+    """Two test hosts: network namespaces joined by a veth pair, addresses inside them only."""
+
+    def __init__(self, env, rate=None):
+        tag = f"{os.getpid() % 100000}"
+        self.src, self.dst = f"gwt{tag}s", f"gwt{tag}d"
+        self.src_if, self.dst_if = f"gw{tag}s", f"gw{tag}d"
+        net = 10 + os.getpid() % 240
+        self.src_ip, self.dst_ip = f"10.77.{net}.1", f"10.77.{net}.2"
+        self._run("ip", "netns", "add", self.src)
+        self._run("ip", "netns", "add", self.dst)
+        env.hosts = getattr(env, "hosts", []) + [self]
+        self._run("ip", "link", "add", self.src_if, "type", "veth", "peer", "name", self.dst_if)
+        for ns, ifname, ip in ((self.src, self.src_if, self.src_ip),
+                               (self.dst, self.dst_if, self.dst_ip)):
+            self._run("ip", "link", "set", ifname, "netns", ns)
+            self._ns(ns, "ip", "addr", "add", f"{ip}/24", "dev", ifname)
+            self._ns(ns, "ip", "link", "set", ifname, "up")
+            self._ns(ns, "ip", "link", "set", "lo", "up")
+            if rate:
+                self._ns(ns, "tc", "qdisc", "add", "dev", ifname, "root", "tbf", "rate", rate,
+                         "burst", "1mb", "latency", "50ms")
+
+    @staticmethod
+    def _run(*cmd):
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    def _ns(self, ns, *cmd):
+        self._run("ip", "netns", "exec", ns, *cmd)
+
+    def link(self, up):
+        self._ns(self.src, "ip", "link", "set", self.src_if, "up" if up else "down")
+
+    def cleanup(self):
+        for ns in (self.src, self.dst):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+
+def start_source(env, name, memory="128M", cpus=1, cmdline="workload=idle", netns=None,
+                 extra=None):
+    vm = env.vm(name, memory=memory, cpus=cpus, cmdline=cmdline, netns=netns, extra=extra)
+    vm.wait_line(r"^godwit-guest ready")
+    vm.wait_socket()
+    return vm
+
+
+def start_dest(env, name, uri, netns=None, paused=False, extra=None):
+    args = ["run", "--incoming", uri, "--api-socket", env.path(f"{name}.sock"), "--name", name]
+    if paused:
+        args.append("--paused")
+    vm = env.vm(name, args=args + (extra or []), netns=netns)
+    vm.wait_socket()
+    return vm
+
+
+def migrate(src, uri, *opts, check=True, timeout=300):
+    """Runs godwit migrate --json; returns (rc, result dict or None, stderr)."""
+    rc, out, err = src.ctl("migrate", "--json", *opts, uri, check=False, timeout=timeout)
+    if check and rc != 0:
+        raise AssertionError(f"migrate {uri} failed ({rc}): {err.strip()}\n"
+                             f"source stderr: {src.stderr()[-1500:]}")
+    return rc, (json.loads(out) if rc == 0 and out.strip() else None), err
+
+
+def check_moved(src, dst, what, abcheck=False):
+    """The guest continued on dst: first heartbeat is the next seq, no restart, checks ok."""
+    last = src.heartbeats()[-1]
+    dst.wait_line(rf"^hb {last + 30}$", timeout=60)
+    seqs = dst.heartbeats(prefix=src.partial)
+    assert seqs[0] == last + 1, f"{what}: first heartbeat on the destination {seqs[0]}, " \
+                                f"source's last {last}"
+    check_seq_continuous(seqs, f"{what} (destination)")
+    texts = [t for _, t in dst.lines]
+    assert not any("ready" in t for t in texts), f"{what}: the guest restarted"
+    if abcheck:
+        oks = [int(t.split()[2]) for _, t in src.lines if t.startswith("check ok")]
+        dst.wait_line(rf"^check ok {(oks[-1] if oks else 0) + 2}$", timeout=120)
+        fails = [t for t in texts if t.startswith("check fail")]
+        assert not fails, f"{what}: {fails[:3]}"

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""A test-only man in the middle for migration streams: forwards source -> destination
+record by record (docs/state-format.md framing) and can corrupt or cut the stream at a
+chosen point; destination -> source is forwarded untouched.
+
+usage: gwproxy.py LISTEN_HOST:PORT CONNECT_HOST:PORT MODE
+MODE: pass | flip:WHERE | cut:WHERE | cpuid
+WHERE: round0 (the first PAGES record), round2 (the first PAGES record after ROUND 2),
+       sections (the first SECTION record)
+flip changes one payload byte (the record CRC no longer matches); cut closes both
+connections at that point; cpuid sets unsupported CPUID bits in CONFIG, CRCs fixed.
+Prints "listening" once ready and "injected" when it acted."""
+import socket
+import struct
+import sys
+import threading
+
+import gwstate
+
+ROUND = 0x103
+
+
+def recv_exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return buf
+
+
+def pump_back(dst, src):
+    try:
+        while True:
+            data = dst.recv(65536)
+            if not data:
+                break
+            src.sendall(data)
+    except OSError:
+        pass
+    for s in (src, dst):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def main():
+    lhost, lport = sys.argv[1].rsplit(":", 1)
+    chost, cport = sys.argv[2].rsplit(":", 1)
+    mode = sys.argv[3]
+    action, _, where = mode.partition(":")
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((lhost, int(lport)))
+    ls.listen(1)
+    print("listening", flush=True)
+    src, _ = ls.accept()
+    dst = socket.create_connection((chost, int(cport)))
+    threading.Thread(target=pump_back, args=(dst, src), daemon=True).start()
+    dst.sendall(recv_exact(src, 32))
+    rounds_seen = -1
+    armed = True
+    try:
+        while True:
+            hdr = recv_exact(src, 16)
+            typ, length = struct.unpack_from("<IQ", hdr)
+            body = recv_exact(src, length + 4)
+            if typ == ROUND:
+                rounds_seen = struct.unpack_from("<I", body)[0]
+            hit = armed and (
+                (where == "round0" and typ == gwstate.PAGES) or
+                (where == "round2" and typ == gwstate.PAGES and rounds_seen >= 2) or
+                (where == "sections" and typ == gwstate.SECTION))
+            if action == "cpuid" and typ == gwstate.CONFIG:
+                payload = gwstate.config_cpuid_patch(body[:-4], 7, 0, 2, 0xFFFFFFFF)
+                h = struct.pack("<IQ", typ, len(payload))
+                hdr = h + struct.pack("<I", gwstate.crc32c(h))
+                body = payload + struct.pack("<I", gwstate.crc32c(payload, gwstate.crc32c(hdr)))
+                print("injected", flush=True)
+            elif hit and action == "flip":
+                body = bytearray(body)
+                body[len(body) // 2] ^= 0x20
+                body = bytes(body)
+                armed = False
+                print("injected", flush=True)
+            elif hit and action == "cut":
+                print("injected", flush=True)
+                break
+            dst.sendall(hdr + body)
+    except (EOFError, OSError):
+        pass
+    for s in (src, dst):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+main()

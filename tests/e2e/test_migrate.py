@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Warm and live migration between two hosts (network namespaces joined by a veth pair)
+and over a unix socket: heartbeats continue with the next seq, abcheck keeps passing,
+the paused source's digest equals the destination's before it resumes; live migrations
+run several rounds; a guest dirtying faster than the link converges with throttling,
+and with --on-stall cancel stays running on the source."""
+import gwtest
+
+
+def move(env, hosts, name, mode, cpus, cmdline, opts=(), abcheck=True, unix=False):
+    if unix:
+        uri, sns, dns = f"unix:{env.path(name + '.mig')}", None, None
+    else:
+        uri, sns, dns = f"tcp:{hosts.dst_ip}:4444", hosts.src, hosts.dst
+    src = gwtest.start_source(env, f"{name}-src", cpus=cpus, cmdline=cmdline, netns=sns)
+    dst = gwtest.start_dest(env, f"{name}-dst", uri, netns=dns, paused=True)
+    assert dst.status()["state"] == "incoming"
+    if abcheck:
+        src.wait_line(r"^check ok 2$", timeout=120)
+    else:
+        src.wait_line(r"^hb 100$")
+    _, res, _ = gwtest.migrate(src, uri, "--mode", mode, "--digest", *opts)
+    assert src.wait_exit() == 0, "the source must exit 0 once it handed the guest over"
+    assert res["state"] == "completed" and res["mode"] == mode, res
+    st = dst.status("--digest")
+    assert st["state"] == "paused", st
+    assert st["digest"] == res["digest"], f"{name}: digests differ: {st['digest']} {res['digest']}"
+    ms = gwtest.json.loads(dst.ctl("migrate-status")[1])
+    assert ms["state"] == "completed" and ms["incoming"] and ms["downtime_ms"] > 0, ms
+    dst.ctl("resume")
+    gwtest.check_moved(src, dst, name, abcheck=abcheck)
+    dst.ctl("stop")
+    assert dst.wait_exit() == 0
+    return res
+
+
+def test(env):
+    hosts = gwtest.Hosts(env)
+    ab = "workload=abcheck wss=8M"
+    for cpus in (1, 2):
+        move(env, hosts, f"warm{cpus}", "warm", cpus, ab)
+    move(env, hosts, "warm-unix", "warm", 2, ab, unix=True)
+    for cpus in (1, 2):
+        # a low bandwidth cap makes several rounds happen
+        res = move(env, hosts, f"live-ab{cpus}", "live", cpus, ab, ("--bandwidth", "4M"))
+        assert len(res["rounds"]) >= 3, f"only {len(res['rounds'])} rounds"
+        res = move(env, hosts, f"live-dirty{cpus}", "live", cpus,
+                   "workload=dirty wss=16M rate=2000 pattern=random", ("--bandwidth", "8M"),
+                   abcheck=False)
+        assert len(res["rounds"]) >= 3, f"only {len(res['rounds'])} rounds"
+    move(env, hosts, "live-unix", "live", 1, ab, unix=True)
+
+    # faster than the link: throttled until it converges
+    res = move(env, hosts, "throttle", "live", 2, "workload=dirty wss=32M rate=0",
+               ("--bandwidth", "10M", "--downtime-ms", "300"), abcheck=False)
+    assert res["throttle_pct"] >= 20, f"no throttling: {res['throttle_pct']}"
+
+    # ... or, with --on-stall cancel, left running on the source
+    uri = f"tcp:{hosts.dst_ip}:4444"
+    src = gwtest.start_source(env, "cancel-src", cpus=2, cmdline="workload=dirty wss=32M rate=0",
+                              netns=hosts.src)
+    dst = gwtest.start_dest(env, "cancel-dst", uri, netns=hosts.dst)
+    rc, _, err = gwtest.migrate(src, uri, "--bandwidth", "10M", "--on-stall", "cancel",
+                                check=False)
+    assert rc != 0 and "faster" in err, f"cancel on stall: {rc} {err}"
+    assert dst.wait_exit() != 0, "the destination must exit non-zero having run nothing"
+    assert not dst.heartbeats(), "the destination ran the guest"
+    n = src.line_count()
+    src.wait_line(r"^hb \d+$", start=n)
+    assert src.status()["state"] == "running"
+    src.ctl("stop")
+    assert src.wait_exit() == 0
+
+
+gwtest.main(test)
