@@ -304,6 +304,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: cleaning up, writing partial results")
+    except Exception as e:  # noqa: BLE001 - e.g. no permission for namespaces: still report
+        interrupted = f"aborted: {type(e).__name__}: {e}"
+        log(interrupted)
+        with open(os.path.join(resdir, "harness-error.txt"), "w") as f:
+            traceback.print_exc(file=f)
     finally:
         kill_all_children()
         sampler.stop()
@@ -341,7 +346,7 @@ def main(argv=None):
     n_ok = sum(r["status"] == "ok" for r in rows)
     log(f"done: {n_ok}/{len(rows)} runs measured; {os.path.join(resdir, 'results.md')}")
     print(resdir)
-    return 130 if interrupted else 0
+    return 0 if not interrupted else (130 if interrupted is True else 1)
 
 
 def regenerate(resdir, all_sc):

@@ -106,7 +106,9 @@ def write_markdown(path, rows, scenarios, limits, limit_notes, meta, plots):
     if meta.get("build") not in (None, "ok"):
         L.append(f"**Build:** {meta['build']}.\n")
     if meta.get("interrupted"):
-        L.append("**Interrupted:** this run was stopped early; the tables hold the runs that finished.\n")
+        why = "" if meta["interrupted"] is True else f" ({meta['interrupted']})"
+        L.append(f"**Interrupted{why}:** this run was stopped early; the tables hold the runs "
+                 "that finished.\n")
     L.append("Medians over the runs that passed the correctness checks (heartbeats continue with "
              "the next seq, abcheck keeps passing); min–max beside them; n = passed runs / runs. "
              "godwit/QEMU < 1 means godwit's figure is smaller (faster, less memory).\n")
