@@ -99,15 +99,8 @@ int cli_run_main(int argc, char **argv)
 		if (ret < 0)
 			goto err;
 	}
-	ret = api_server_create(&api, loop, o.api_socket, vm, &e);
-	if (ret < 0)
-		goto err;
-	sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
-	if (sfd < 0 || evloop_fd_add(loop, sfd, EPOLLIN, run_signal_cb, vm) < 0) {
-		ret = err_set(&e, -errno, "signalfd: %s", strerror(errno));
-		goto err;
-	}
 	if (o.incoming) {
+		/* listen before the control socket appears, so its presence means ready */
 		struct mig_incoming_opts io = {
 			.serial = cfg.serial,
 			.serial_path = cfg.serial_path,
@@ -119,6 +112,17 @@ int cli_run_main(int argc, char **argv)
 		ret = migration_incoming_start(vm, loop, o.incoming, &io, &e);
 		if (ret < 0)
 			goto err;
+	}
+	ret = api_server_create(&api, loop, o.api_socket, vm, &e);
+	if (ret < 0)
+		goto err;
+	sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sfd < 0 || evloop_fd_add(loop, sfd, EPOLLIN, run_signal_cb, vm) < 0) {
+		ret = err_set(&e, -errno, "signalfd: %s", strerror(errno));
+		goto err;
+	}
+	if (o.incoming) {
+		/* listening already: started before the control socket appeared */
 	} else if (o.restore && o.paused) {
 		vm_start_paused(vm);
 	} else {
@@ -138,6 +142,7 @@ int cli_run_main(int argc, char **argv)
 	return ret;
 
 err:
+	migration_shutdown();
 	fprintf(stderr, "godwit run: %s\n", e.msg);
 	if (api)
 		api_server_destroy(api);
