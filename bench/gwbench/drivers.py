@@ -241,7 +241,7 @@ class Godwit(Driver):
                     samples.append(st)
                     last = st
                 self.final_memory(src)
-                time.sleep(0.1)
+                time.sleep(0.05)
             out, err = p.communicate(timeout=10)
         finally:
             kill_proc(p)
@@ -254,14 +254,24 @@ class Godwit(Driver):
                       if v is not None})
         final["_t"] = t_done - t0
         samples.append(final)
+        # per-round details: the source's last list of them (the destination has none)
+        per_round = next((s["rounds"] for s in reversed(samples)
+                          if isinstance(s.get("rounds"), list) and s["rounds"]), [])
+        rounds = len(per_round) if per_round else _num(final, "rounds")
+        if rounds is None and mode == "live" and _num(final, "round") is not None:
+            rounds = _num(final, "round") + 1       # 'round' counts from 0
+        throttle = [_num(s, "throttle_pct", "throttle", "throttle_percent") or 0 for s in samples]
+        throttle += [_num(r, "throttle_pct") or 0 for r in per_round if isinstance(r, dict)]
+        downtime = _num(final, "downtime_ms")
+        if downtime is None and _num(final, "downtime_us") is not None:
+            downtime = _num(final, "downtime_us") / 1000
         return {
             "t_done": t_done,
-            "vmm_total_ms": _num(final, "elapsed_ms", "total_ms", "total_time_ms", "elapsed"),
-            "downtime_vmm_ms": _num(final, "downtime_ms", "downtime"),
-            "vmm_bytes": _num(final, "bytes", "bytes_sent", "sent_bytes", "transferred"),
-            "rounds": _num(final, "rounds", "round"),
-            "throttle_pct": max([_num(s, "throttle_pct", "throttle", "throttle_percent") or 0
-                                 for s in samples] or [0]) or None,
+            "vmm_total_ms": _num(final, "elapsed_ms", "total_ms", "total_time_ms"),
+            "downtime_vmm_ms": downtime,
+            "vmm_bytes": _num(final, "bytes_sent", "bytes", "sent_bytes"),
+            "rounds": rounds if rounds is not None else (0 if mode == "warm" else None),
+            "throttle_pct": max(throttle or [0]) or None,
         }
 
 
@@ -361,7 +371,7 @@ class Qemu(Driver):
                 inst.qmp.cmd("migrate_cancel")
                 raise RunFailed(f"qemu migration did not finish within {timeout:.0f}s")
             self.final_memory(inst)
-            time.sleep(0.1 if samples is not None else 0.01)
+            time.sleep(0.05 if samples is not None else 0.01)
 
     def _resume_when_loaded(self, inst, timeout):
         """A stopped source's guest arrives paused: `cont` once the load finished."""

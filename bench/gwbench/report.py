@@ -307,17 +307,16 @@ def timeline_points(vmm, samples):
         t = s.get("_t")
         if vmm == "qemu":
             ram = s.get("ram") or {}
-            b = ram.get("transferred")
-            pages = b / (ram.get("page-size") or 4096) if b is not None else None
+            pages = ram.get("normal")           # pages sent with their data (zero pages apart)
             dirty = ram.get("dirty-pages-rate")
             rnd = ram.get("dirty-sync-count")
         else:
-            pages = _first(s, "pages_sent", "pages")
+            pages = _first(s, "pages_normal", "pages_sent")
             if pages is None:
-                b = _first(s, "bytes", "bytes_sent")
+                b = _first(s, "bytes_sent", "bytes")
                 pages = b / 4096 if b is not None else None
-            dirty = _first(s, "dirty_rate", "dirty_pages_rate", "dirty_rate_pps")
-            rnd = _first(s, "round", "rounds")
+            dirty = _first(s, "dirty_rate", "dirty_pages_rate")
+            rnd = _first(s, "round")
         if t is None or pages is None:
             continue
         pts.append((t, pages, dirty, rnd))
@@ -335,12 +334,12 @@ def _first(d, *keys):
 def per_round(vmm, samples):
     """[(round, pages sent in it, dirty rate at its end)].
 
-    godwit: the per-round list of its last migrate-status if it has one
-    ('per_round' or 'round_stats': [{round, pages, dirty_rate}, ...]).
+    godwit: the per-round list of its last migrate-status that has one
+    ('rounds': [{pages, bytes, ms, dirty_pages, dirty_rate, throttle_pct}, ...]).
     Otherwise derived from the polled samples: the growth of pages sent between
     the last sample of one round and the last sample of the next."""
     for s in reversed(samples):
-        lst = s.get("per_round") or s.get("round_stats")
+        lst = s.get("rounds") if isinstance(s.get("rounds"), list) else s.get("per_round")
         if isinstance(lst, list) and lst:
             out = []
             for i, d in enumerate(lst):
