@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The VMM's vCPU run state machine on real KVM, in the selftests' style:
+ *  - SMP start-up: the guest kit with 2 vCPUs brings up its AP through INIT/SIPI from the
+ *    in-kernel LAPIC: the AP's MP state leaves UNINITIALIZED and the guest reports cpus=2;
+ *  - pause/resume under load (both vCPUs writing pages): every pause returns with each
+ *    vCPU out of KVM_RUN (its exit count and registers stay frozen while paused), and every
+ *    resume makes both run again (exit counts and RIPs move).
+ * Usage: test_vcpu_pause GUEST_ELF
+ */
+#include "kvm_test.h"
+#include "vmm/vm.h"
+#include "vmm/vm_impl.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static void msleep(unsigned ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
+
+	nanosleep(&ts, NULL);
+}
+
+static int regs_get(struct vcpu *v, void *arg)
+{
+	return kvm_ioctl(v->fd, KVM_GET_REGS, arg);
+}
+
+static int mp_get(struct vcpu *v, void *arg)
+{
+	return kvm_ioctl(v->fd, KVM_GET_MP_STATE, arg);
+}
+
+/* Waits up to timeout_ms for text in the serial output file. */
+static bool serial_wait(const char *path, const char *text, unsigned timeout_ms)
+{
+	char buf[1 << 16];
+
+	for (unsigned t = 0; t < timeout_ms; t += 20) {
+		int fd = open(path, O_RDONLY);
+		ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+
+		if (fd >= 0)
+			close(fd);
+		if (n > 0) {
+			buf[n] = '\0';
+			if (strstr(buf, text))
+				return true;
+		}
+		msleep(20);
+	}
+	return false;
+}
+
+static uint64_t exits_total(struct vm *vm, unsigned i)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&vm->vcpus[i].lock);
+	n = vm->vcpus[i].exits;
+	pthread_mutex_unlock(&vm->vcpus[i].lock);
+	return n;
+}
+
+int main(int argc, char **argv)
+{
+	char serial[] = "/tmp/gw-pause-XXXXXX";
+	struct vm_config cfg = {
+		.name = "pause-test",
+		.memory = 64 * MiB,
+		.vcpus = 2,
+		.cmdline = "workload=dirty wss=8M rate=0",
+		.serial = VM_SERIAL_FILE,
+		.serial_path = serial,
+	};
+	struct kvm_mp_state mp;
+	struct kvm_regs r1[2], r2[2];
+	struct evloop *loop;
+	struct errbuf e = { { 0 } };
+	struct vm *vm;
+	int fd;
+
+	if (access("/dev/kvm", R_OK | W_OK)) {
+		printf("SKIP: no /dev/kvm\n");
+		return KSFT_SKIP;
+	}
+	TEST_ASSERT(argc == 2, "usage: %s GUEST_ELF", argv[0]);
+	cfg.kernel = argv[1];
+	fd = mkstemp(serial);
+	TEST_ASSERT(fd >= 0, "mkstemp");
+	close(fd);
+	TEST_OK(evloop_create(&loop));
+	TEST_OK(vm_create(&vm, loop, &cfg, &e));
+
+	/* before start: the AP waits for INIT/SIPI */
+	TEST_OK(vcpu_call(&vm->vcpus[1], mp_get, &mp));
+	TEST_ASSERT_EQ(mp.mp_state, KVM_MP_STATE_UNINITIALIZED);
+	TEST_OK(vm_start(vm, &e));
+	TEST_ASSERT(serial_wait(serial, "godwit-guest ready cpus=2", 20000),
+		    "the guest did not report 2 CPUs");
+	TEST_OK(vm_pause(vm, &e));
+	TEST_OK(vcpu_call(&vm->vcpus[1], mp_get, &mp));
+	TEST_ASSERT(mp.mp_state == KVM_MP_STATE_RUNNABLE || mp.mp_state == KVM_MP_STATE_HALTED,
+		    "AP MP state %u after SMP start", mp.mp_state);
+	TEST_OK(vm_resume(vm, &e));
+
+	for (int round = 0; round < 40; round++) {
+		uint64_t before[2];
+
+		msleep(20 + (unsigned)(round % 5) * 7);
+		TEST_OK(vm_pause(vm, &e));
+		for (unsigned i = 0; i < 2; i++) {
+			TEST_ASSERT_EQ(vm->vcpus[i].state, VCPU_PAUSED);
+			TEST_ASSERT(!vm->vcpus[i].io_pending, "vCPU %u paused with I/O pending", i);
+			before[i] = exits_total(vm, i);
+			TEST_OK(vcpu_call(&vm->vcpus[i], regs_get, &r1[i]));
+		}
+		msleep(30);
+		for (unsigned i = 0; i < 2; i++) {
+			TEST_OK(vcpu_call(&vm->vcpus[i], regs_get, &r2[i]));
+			TEST_ASSERT(!memcmp(&r1[i], &r2[i], sizeof(r1[i])),
+				    "round %d: vCPU %u registers changed while paused", round, i);
+			TEST_ASSERT_EQ(exits_total(vm, i), before[i]);
+		}
+		TEST_OK(vm_resume(vm, &e));
+		msleep(30);
+		/* both run again: the working vCPUs' RIPs move on (and the BSP exits for output) */
+		TEST_OK(vm_pause(vm, &e));
+		TEST_ASSERT(exits_total(vm, 0) > before[0], "round %d: the BSP did not run", round);
+		for (unsigned i = 0; i < 2; i++) {
+			TEST_OK(vcpu_call(&vm->vcpus[i], regs_get, &r2[i]));
+			TEST_ASSERT(memcmp(&r1[i], &r2[i], sizeof(r1[i])),
+				    "round %d: vCPU %u did not run after resume", round, i);
+		}
+		TEST_OK(vm_resume(vm, &e));
+	}
+	TEST_ASSERT(serial_wait(serial, "hb 20", 5000), "no heartbeats");
+	vm_destroy(vm);
+	evloop_destroy(loop);
+	unlink(serial);
+	printf("PASS\n");
+	return 0;
+}
