@@ -397,7 +397,7 @@ int vm_create(struct vm **out, struct evloop *loop, const struct vm_config *cfg,
 		.dirty = cfg->dirty,
 	};
 	struct vm_boot_arg boot = { .e = e };
-	struct vm *vm;
+	struct vm *vm = NULL;
 	int ret;
 
 	ret = vm_build(&vm, loop, &a, e);
