@@ -174,10 +174,15 @@ static int mig_page_queue(struct mig_batch *b, uint64_t pg, bool send_zero, stru
 	return 0;
 }
 
-/* Round 0: every page that may be non-zero, re-arming tracking range by range first. */
+/*
+ * Round 0: every page that may be non-zero, re-arming tracking range by range just before
+ * reading it. Runs of ranges the guest never touched are re-armed with one call and not
+ * read at all: an idle guest costs almost nothing whatever its size.
+ */
 static int mig_round0(struct mig_batch *b, struct errbuf *e)
 {
 	struct guest_mem *mem = vm_memory(mig.vm);
+	uint64_t idle_from = 0;
 	int ret;
 
 	for (uint64_t first = 0; first < mig.npages; first += MIG_RANGE_PAGES) {
@@ -185,20 +190,27 @@ static int mig_round0(struct mig_batch *b, struct errbuf *e)
 		uint64_t gpa;
 		uint8_t *host = vm_page_host(mig.vm, first, &gpa);
 
-		if (mig.tracking) {
-			ret = vm_dirty_clear(mig.vm, first, n, e);
-			if (ret < 0)
-				return ret;
-		}
 		if (!guest_mem_range_touched(mem, host, n * GUEST_PAGE_SIZE)) {
 			b->zero_pages += n;
 			continue;
 		}
+		if (mig.tracking) {
+			/* the untouched run before this range, then this range */
+			ret = vm_dirty_clear(mig.vm, idle_from, first + n - idle_from, e);
+			if (ret < 0)
+				return ret;
+		}
+		idle_from = first + n;
 		for (uint64_t pg = first; pg < first + n; pg++) {
 			ret = mig_page_queue(b, pg, false, e);
 			if (ret < 0)
 				return ret;
 		}
+	}
+	if (mig.tracking && idle_from < mig.npages) {
+		ret = vm_dirty_clear(mig.vm, idle_from, mig.npages - idle_from, e);
+		if (ret < 0)
+			return ret;
 	}
 	return mig_batch_flush(b, e);
 }
