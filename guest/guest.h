@@ -111,6 +111,7 @@ struct guest_config {
 	bool random;		/* pattern=random */
 	u32 hz;			/* timer and heartbeat rate */
 	u32 stats;		/* seconds between `stats` lines, 0 = none */
+	u32 crash_after;	/* crash=sse: heartbeats before an SSE instruction, 0 = never */
 };
 
 extern struct guest_config cfg;

@@ -162,6 +162,12 @@ static void parse_cmdline(void)
 					cfg.workload = WORK_ABCHECK;
 				else
 					con_printf("error: unknown workload, running idle\n");
+			} else if (key_is(s, klen, "crash")) {
+				/* a test of the VMM's report: an instruction the emulator lacks */
+				if (word_is(v, "sse"))
+					cfg.crash_after = 20;
+				else
+					con_printf("error: unknown crash kind\n");
 			} else if (key_is(s, klen, "wss")) {
 				if (!parse_size(v, &cfg.wss))
 					con_printf("error: bad wss, using %luM\n", cfg.wss >> 20);

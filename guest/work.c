@@ -147,6 +147,11 @@ static void cpu_poll(struct cpu *c)
 	if (c->id)
 		return;
 	con_printf("hb %lu\n", ++hb_seq);
+	if (cfg.crash_after && hb_seq == cfg.crash_after) {
+		con_printf("crashing on purpose: movq %%rax, %%xmm0\n");
+		/* movq %rax,%xmm0, as bytes: the guest is built without SSE */
+		asm volatile(".byte 0x66, 0x48, 0x0f, 0x6e, 0xc0" ::: "memory");
+	}
 	if (cfg.stats && hb_seq % ((u64)cfg.stats * cfg.hz) == 0)
 		stats_print(t);
 }

@@ -63,6 +63,15 @@ def test(env):
     run_fails(env, ["status", "--api-socket", env.path("absent.sock")], "absent.sock")
     assert not os.path.exists(sock), "a failed run left its socket behind"
 
+    # an instruction the emulator lacks: the VM stops with a report, godwit exits 1, no hang
+    crash = env.vm("crash", cmdline="crash=sse")
+    rc = crash.wait_exit(60)
+    err = crash.stderr()
+    assert rc == 1, f"guest emulation failure: exit {rc}: {err}"
+    for want in ("vCPU 0", "emulation failed", "RIP 0x", "instruction bytes: 66 48 0f 6e c0"):
+        assert want in err, f"crash report lacks {want!r}: {err}"
+    assert not os.path.exists(crash.sock), "the crashed VM left its socket"
+
     # a live VM: malformed requests are answered with errors, the guest keeps running
     vm = env.vm("live")
     vm.wait_line(r"^hb 10$")

@@ -1,0 +1,155 @@
+/* SPDX-License-Identifier: MIT */
+/* `godwit run` option parsing and the migration URI parser: accepted forms and one-line errors. */
+#include "cli/run_opts.h"
+#include "migration/proto.h"
+
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#define ARGV(...) ((char *[]){ "run", __VA_ARGS__, NULL })
+#define ARGC(...) ((int)(sizeof((char *[]){ "run", __VA_ARGS__ }) / sizeof(char *)))
+#define PARSE(o, e, ...) run_opts_parse(ARGC(__VA_ARGS__), ARGV(__VA_ARGS__), o, e)
+
+static void expect_error(int ret, const struct errbuf *e, const char *want)
+{
+	assert_int_equal(ret, -EINVAL);
+	if (!strstr(e->msg, want))
+		fail_msg("error \"%s\" lacks \"%s\"", e->msg, want);
+	assert_null(strchr(e->msg, '\n'));
+}
+
+static void test_boot_ok(void **state)
+{
+	struct run_opts o;
+	struct errbuf e;
+
+	assert_int_equal(PARSE(&o, &e, "--memory", "1G", "--cpus", "8", "--kernel", "k",
+			       "--cmdline", "workload=idle", "--serial", "file:/tmp/x", "--api-socket",
+			       "s", "--name", "vm1", "--dirty-tracking", "ring"), 0);
+	assert_int_equal(o.memory, 1ull << 30);
+	assert_int_equal(o.cpus, 8);
+	assert_string_equal(o.kernel, "k");
+	assert_string_equal(o.cmdline, "workload=idle");
+	assert_int_equal(o.serial, RUN_SERIAL_FILE);
+	assert_string_equal(o.serial_path, "/tmp/x");
+	assert_string_equal(o.name, "vm1");
+	assert_true(o.dirty_ring);
+
+	assert_int_equal(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s"), 0);
+	assert_int_equal(o.cpus, 1);
+	assert_int_equal(o.serial, RUN_SERIAL_STDIO);
+	assert_false(o.dirty_ring);
+	assert_int_equal(PARSE(&o, &e, "--memory", "8G", "--kernel", "k", "--api-socket", "s",
+			       "--serial", "none"), 0);
+	assert_int_equal(o.serial, RUN_SERIAL_NONE);
+}
+
+static void test_restore_incoming_ok(void **state)
+{
+	struct run_opts o;
+	struct errbuf e;
+
+	assert_int_equal(PARSE(&o, &e, "--restore", "d", "--api-socket", "s", "--paused",
+			       "--restore-mode", "eager"), 0);
+	assert_string_equal(o.restore, "d");
+	assert_true(o.paused);
+	assert_true(o.restore_eager);
+	assert_int_equal(PARSE(&o, &e, "--incoming", "tcp:10.0.0.1:4444", "--api-socket", "s"), 0);
+	assert_string_equal(o.incoming, "tcp:10.0.0.1:4444");
+	assert_int_equal(PARSE(&o, &e, "--incoming", "unix:/x", "--api-socket", "s", "--paused"), 0);
+}
+
+static void test_errors(void **state)
+{
+	struct run_opts o;
+	struct errbuf e;
+
+	expect_error(PARSE(&o, &e, "--memory", "lots", "--kernel", "k", "--api-socket", "s"), &e,
+		     "--memory lots");
+	expect_error(PARSE(&o, &e, "--memory", "1000", "--kernel", "k", "--api-socket", "s"), &e,
+		     "--memory 1000");
+	expect_error(PARSE(&o, &e, "--memory", "3M", "--kernel", "k", "--api-socket", "s"), &e,
+		     "16M to 256G");
+	expect_error(PARSE(&o, &e, "--memory", "65M", "--kernel", "k", "--api-socket", "s"), &e,
+		     "multiple of 2M");
+	expect_error(PARSE(&o, &e, "--memory", "1T", "--kernel", "k", "--api-socket", "s"), &e,
+		     "--memory 1T");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--cpus", "9", "--kernel", "k",
+			   "--api-socket", "s"), &e, "--cpus 9");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--cpus", "-1", "--kernel", "k",
+			   "--api-socket", "s"), &e, "--cpus -1");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--serial", "tcp"), &e, "--serial tcp");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--serial", "file:"), &e, "--serial file:");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k"), &e, "--api-socket");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--api-socket", "s"), &e, "--kernel");
+	expect_error(PARSE(&o, &e, "--kernel", "k", "--api-socket", "s"), &e, "--memory SIZE");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--bogus"), &e, "unknown option --bogus");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "extra"), &e, "unexpected argument 'extra'");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket"), &e,
+		     "needs a value");
+	expect_error(PARSE(&o, &e, "--restore", "d", "--kernel", "k", "--api-socket", "s"), &e,
+		     "conflicts");
+	expect_error(PARSE(&o, &e, "--restore", "d", "--memory", "64M", "--api-socket", "s"), &e,
+		     "--memory conflicts");
+	expect_error(PARSE(&o, &e, "--restore", "d", "--cpus", "2", "--api-socket", "s"), &e,
+		     "--cpus conflicts");
+	expect_error(PARSE(&o, &e, "--incoming", "tcp:h:1", "--kernel", "k", "--api-socket", "s"),
+		     &e, "conflicts");
+	expect_error(PARSE(&o, &e, "--incoming", "http://x", "--api-socket", "s"), &e,
+		     "tcp:HOST:PORT or unix:PATH");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--restore-mode", "eager"), &e, "--restore-mode needs --restore");
+	expect_error(PARSE(&o, &e, "--restore", "d", "--api-socket", "s", "--restore-mode",
+			   "fast"), &e, "--restore-mode fast");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--paused"), &e, "--paused");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--dirty-tracking", "log"), &e, "--dirty-tracking log");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--name", ""), &e, "--name");
+}
+
+static void test_uri(void **state)
+{
+	struct mig_uri u;
+	struct errbuf e;
+
+	assert_int_equal(mig_uri_parse("tcp:10.1.2.3:4444", &u, &e), 0);
+	assert_int_equal(u.kind, MIG_URI_TCP);
+	assert_string_equal(u.host, "10.1.2.3");
+	assert_string_equal(u.port, "4444");
+	assert_int_equal(mig_uri_parse("tcp:[::1]:80", &u, &e), 0);
+	assert_string_equal(u.host, "::1");
+	assert_int_equal(mig_uri_parse("unix:/run/x.sock", &u, &e), 0);
+	assert_int_equal(u.kind, MIG_URI_UNIX);
+	assert_string_equal(u.path, "/run/x.sock");
+	assert_int_equal(mig_uri_parse("tcp:host:0", &u, &e), -EINVAL);
+	assert_non_null(strstr(e.msg, "port"));
+	assert_int_equal(mig_uri_parse("tcp:host:70000", &u, &e), -EINVAL);
+	assert_int_equal(mig_uri_parse("tcp:host", &u, &e), -EINVAL);
+	assert_int_equal(mig_uri_parse("tcp::4444", &u, &e), -EINVAL);
+	assert_int_equal(mig_uri_parse("unix:", &u, &e), -EINVAL);
+	assert_int_equal(mig_uri_parse("ftp:x", &u, &e), -EINVAL);
+	assert_non_null(strstr(e.msg, "tcp:HOST:PORT or unix:PATH"));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_boot_ok),
+		cmocka_unit_test(test_restore_incoming_ok),
+		cmocka_unit_test(test_errors),
+		cmocka_unit_test(test_uri),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
