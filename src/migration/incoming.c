@@ -31,17 +31,11 @@ struct mig_incoming {
 	struct vm_section secs[MIG_RECV_SECTIONS_MAX];
 	void *sec_data[MIG_RECV_SECTIONS_MAX];
 	size_t nsecs;
-	/* main-thread start handshake */
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	bool start_done;
-	int start_ret;
 	uint64_t t_commit;
 	uint64_t resume_ns;
 };
 
-static struct mig_incoming inc = { .listen_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER,
-				   .cond = PTHREAD_COND_INITIALIZER };
+static struct mig_incoming inc = { .listen_fd = -1 };
 
 static int inc_reply(uint32_t type, const char *reason)
 {
@@ -173,28 +167,6 @@ static int inc_section(const struct state_record *rec, struct errbuf *e)
 	return 0;
 }
 
-static void inc_start_cb(void *opaque)
-{
-	struct errbuf e;
-	int ret;
-
-	(void)opaque;
-	if (inc.o.paused) {
-		vm_start_paused(mig.vm);
-		ret = 0;
-	} else {
-		ret = vm_start(mig.vm, &e);
-		if (ret < 0)
-			log_err("starting the guest: %s", e.msg);
-	}
-	pthread_mutex_lock(&inc.lock);
-	inc.resume_ns = time_mono_ns() - inc.t_commit;
-	inc.start_ret = ret;
-	inc.start_done = true;
-	pthread_cond_broadcast(&inc.cond);
-	pthread_mutex_unlock(&inc.lock);
-}
-
 static int inc_receive(struct errbuf *e)
 {
 	struct state_reader_opts ro = { .kind = STATE_KIND_MIGRATION, .allow_control = true,
@@ -295,20 +267,16 @@ static int inc_receive(struct errbuf *e)
 		return err_set(e, -ECANCELED, "the source aborted: %s", m.reason);
 	if (m.type != MIG_MSG_COMMIT)
 		return err_set(e, -EPROTO, "expected COMMIT, got %s", mig_msg_name(m.type));
+	/* straight from this thread: the vCPUs' run state has its own locking */
 	inc.t_commit = time_mono_ns();
-	pthread_mutex_lock(&inc.lock);
-	inc.start_done = false;
-	pthread_mutex_unlock(&inc.lock);
-	ret = evloop_call(mig.loop, inc_start_cb, NULL);
-	if (ret < 0)
-		return err_set(e, ret, "cannot start the guest");
-	pthread_mutex_lock(&inc.lock);
-	while (!inc.start_done)
-		pthread_cond_wait(&inc.cond, &inc.lock);
-	ret = inc.start_ret;
-	pthread_mutex_unlock(&inc.lock);
-	if (ret < 0)
-		return err_set(e, ret, "starting the guest after COMMIT failed");
+	if (inc.o.paused) {
+		vm_start_paused(mig.vm);
+	} else {
+		ret = vm_start(mig.vm, e);
+		if (ret < 0)
+			return err_prefix(e, ret, "starting the guest after COMMIT failed");
+	}
+	inc.resume_ns = time_mono_ns() - inc.t_commit;
 	pthread_mutex_lock(&mig.lock);
 	mig.st.downtime_ns = m.u64a + inc.resume_ns;
 	pthread_mutex_unlock(&mig.lock);
