@@ -111,18 +111,41 @@ void wait_tick(u64 seen)
 		asm volatile("sti" : : : "memory");
 }
 
-static u64 ms_to_ticks(u32 ms)
+/*
+ * Nanoseconds since the timer started, from the tick count and the LAPIC timer's current
+ * count (1 GHz bus, divide by 1: one count per ns). Interrupts must be enabled.
+ */
+static u64 time_ns(void)
 {
-	return ((u64)ms * cfg.hz + 999) / 1000;
+	u64 period = 1000000000ull / cfg.hz;
+
+	for (;;) {
+		u64 t = ticks;
+		u32 cc = lapic_read(LAPIC_TMCCT);
+
+		if (ticks == t)
+			return t * period + (period - cc);
+	}
 }
 
-/* At least ms milliseconds: the first tick may come at once, so wait one more. */
-static void wait_ms(u32 ms)
+static void delay_us(u32 us)
 {
-	u64 t0 = ticks, n = ms_to_ticks(ms) + 1;
+	u64 end = time_ns() + (u64)us * 1000;
 
-	while (ticks - t0 < n)
-		wait_tick(ticks);
+	while (time_ns() < end)
+		asm volatile("pause");
+}
+
+/*
+ * The number of logical processors CPUID leaf 1 announces (EBX[23:16] when EDX.HTT is
+ * set; otherwise one): a hint that lets start-up stop waiting as soon as all have arrived.
+ */
+static u32 cpu_count_hint(void)
+{
+	u32 a = 1, b, c = 0, d;
+
+	asm volatile("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d));
+	return (d & (1u << 28)) ? (b >> 16) & 0xff : 1;
 }
 
 static void lapic_send_ipi(u32 icr)
@@ -145,30 +168,39 @@ static void lapic_send_ipi(u32 icr)
 u32 smp_start(void)
 {
 	u64 start, changed;
-	u32 seen;
+	u32 seen, hint;
 
 	memcpy((void *)AP_TRAMPOLINE, ap_trampoline, (size_t)(ap_trampoline_end - ap_trampoline));
 
+	/*
+	 * INIT, then SIPI twice. The waits are far shorter than the MP specification's
+	 * 10 ms and 200 us: KVM's in-kernel LAPIC (with or without QEMU) handles each IPI at
+	 * once, in order.
+	 */
+	hint = cpu_count_hint();
 	lapic_send_ipi(ICR_INIT_ALL_BUT_SELF);
-	wait_ms(10);
+	delay_us(200);
 	lapic_send_ipi(ICR_SIPI_ALL_BUT_SELF | AP_TRAMPOLINE >> 12);
-	wait_ms(1);
+	delay_us(200);
 	lapic_send_ipi(ICR_SIPI_ALL_BUT_SELF | AP_TRAMPOLINE >> 12);
 
-	start = changed = ticks;
+	/* done when CPUID's count has arrived, or when arrivals stop for 10 ms (200 ms cap) */
+	start = changed = time_ns();
 	seen = ap_arrivals;
 	for (;;) {
 		u64 now;
 		u32 n;
 
-		wait_tick(ticks);
-		now = ticks;
+		delay_us(100);
+		now = time_ns();
 		n = ap_arrivals;
 		if (n != seen) {
 			seen = n;
 			changed = now;
 		}
-		if (now - changed >= ms_to_ticks(20) || now - start >= ms_to_ticks(200))
+		if (hint > 1 && seen + 1 >= hint)
+			break;
+		if (now - changed >= 10000000ull || now - start >= 200000000ull)
 			break;
 	}
 	if (seen + 1 > MAX_CPUS) {

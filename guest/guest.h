@@ -53,6 +53,7 @@
 #define LAPIC_LVT_TIMER	0x320
 #define LAPIC_LVT_LINT0	0x350
 #define LAPIC_TMICT	0x380
+#define LAPIC_TMCCT	0x390
 #define LAPIC_TDCR	0x3e0
 
 #ifndef __ASSEMBLER__
