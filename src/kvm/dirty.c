@@ -29,6 +29,9 @@ struct dirty_slot_state {
 struct dirty_ring_vcpu {
 	struct kvm_dirty_gfn *gfns;  /* NULL until dirty_tracker_vcpu_add() */
 	uint32_t fetch;              /* next entry to harvest */
+	uint32_t unreset;            /* harvested since the last complete reset */
+	bool suspect;                /* overflowed: KVM may push ahead of fetch */
+	unsigned empty_exits;        /* ring-full exits in a row with nothing to harvest */
 };
 
 struct dirty_tracker {
@@ -313,7 +316,8 @@ static int dirty_manual_caps_enable(struct dirty_tracker *t, struct errbuf *e)
 	uint32_t caps;
 
 	avail = kvm_cap_check(t->vmfd, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2);
-	caps = (uint32_t)avail & (KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET);
+	caps = (uint32_t)avail &
+	       (KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET);
 	if (t->no_manual_protect || !(caps & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE))
 		caps = 0;
 	if (t->no_initially_set)
@@ -473,28 +477,71 @@ static struct dirty_slot_state *dirty_slot_find(struct dirty_tracker *t, uint32_
 	return NULL;
 }
 
+static bool dirty_gfn_dirty(struct kvm_dirty_gfn *g)
+{
+	/* pairs with KVM's write barrier between the entry's fields and its flags */
+	return __atomic_load_n(&g->flags, __ATOMIC_ACQUIRE) & KVM_DIRTY_GFN_F_DIRTY;
+}
+
 /*
- * Harvests vCPU index's ring into t->pending, marking each entry for reset. An entry
- * naming no tracked page is harvested all the same (so the ring does not wedge) and
- * reported as -EIO once the ring is done.
+ * The ring is out of step: the entry at fetch is empty, yet KVM has filled a later
+ * one. That happens after an overflow, when KVM counted pushes we never saw (they
+ * overwrote entries): its next push lands past fetch. Skips to the first filled entry,
+ * marking the skipped ones harvested so that KVM's reset, which walks from its own
+ * position over harvested entries only, gets past them too. Returns the entries
+ * skipped (0: in step, or KVM has pushed nothing since).
  */
-static int dirty_ring_harvest(struct dirty_tracker *t, unsigned index, struct errbuf *e)
+static uint32_t dirty_ring_resync(struct dirty_tracker *t, struct dirty_ring_vcpu *v)
+{
+	uint32_t mask = t->ring_entries - 1, j;
+
+	for (j = 1; j < t->ring_entries; j++)
+		if (dirty_gfn_dirty(&v->gfns[(v->fetch + j) & mask]))
+			break;
+	/* KVM fills entries in order: once a later one is seen, this one is final */
+	if (j == t->ring_entries || dirty_gfn_dirty(&v->gfns[v->fetch & mask]))
+		return 0;
+	for (uint32_t i = 0; i < j; i++)
+		__atomic_store_n(&v->gfns[(v->fetch + i) & mask].flags, KVM_DIRTY_GFN_F_RESET,
+				 __ATOMIC_RELEASE);
+	v->fetch += j;
+	v->unreset += j;
+	return j;
+}
+
+/*
+ * Harvests vCPU index's ring into t->pending, marking each entry for reset. Sets
+ * *overflow when entries may have been lost: the ring filled up completely (KVM keeps
+ * a reserve past the point where it makes the vCPU exit, but a vCPU that overshoots
+ * it overwrites unharvested entries), or the ring was out of step. scan: look for an
+ * out-of-step ring even if it never overflowed before (a ring-full exit with nothing
+ * to harvest). An entry naming no tracked page is harvested all the same (so the ring
+ * does not wedge) and reported as -EIO once the ring is done.
+ */
+static int dirty_ring_harvest(struct dirty_tracker *t, unsigned index, bool scan,
+			      uint32_t *harvested, bool *overflow, struct errbuf *e)
 {
 	struct dirty_ring_vcpu *v = &t->vcpus[index];
-	uint32_t bad_slot = 0;
+	uint32_t mask = t->ring_entries - 1, bad_slot = 0, n = 0;
 	uint64_t bad_offset = 0, bad = 0;
 	unsigned hint = 0;
+	bool lost = false;
 
+	*harvested = 0;
 	if (!v->gfns)
 		return 0;
-	for (;;) {
-		struct kvm_dirty_gfn *g = &v->gfns[v->fetch & (t->ring_entries - 1)];
+	if ((v->suspect || scan) && !dirty_gfn_dirty(&v->gfns[v->fetch & mask]) &&
+	    dirty_ring_resync(t, v)) {
+		t->stats.ring_resyncs++;
+		lost = true;
+	}
+	while (v->unreset < t->ring_entries) {
+		struct kvm_dirty_gfn *g = &v->gfns[v->fetch & mask];
 		struct dirty_slot_state *ss;
 		uint32_t slot;
 		uint64_t offset;
 
-		/* pairs with KVM's write barrier between the entry's fields and its flags */
-		if (!(__atomic_load_n(&g->flags, __ATOMIC_ACQUIRE) & KVM_DIRTY_GFN_F_DIRTY))
+		if (!dirty_gfn_dirty(g))
 			break;
 		slot = g->slot;
 		offset = g->offset;
@@ -510,7 +557,19 @@ static int dirty_ring_harvest(struct dirty_tracker *t, unsigned index, struct er
 		/* the fields are read: KVM may reset and reuse the entry from now on */
 		__atomic_store_n(&g->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
 		v->fetch++;
-		t->stats.ring_entries++;
+		v->unreset++;
+		n++;
+	}
+	t->stats.ring_entries += n;
+	*harvested = n;
+	/* a whole ring without a reset: KVM ran out of reserve and may have overwritten */
+	if (v->unreset >= t->ring_entries)
+		lost = true;
+	if (lost) {
+		v->suspect = true;
+		*overflow = true;
+	} else if (n) {
+		v->suspect = false; /* KVM's pushes land where we read: in step */
 	}
 	if (bad)
 		return err_set(e, -EIO, "dirty ring of vCPU %u: %llu entries for untracked pages "
@@ -520,26 +579,83 @@ static int dirty_ring_harvest(struct dirty_tracker *t, unsigned index, struct er
 	return 0;
 }
 
-/* Re-protects every harvested page; it must be complete before any of them is read. */
+/*
+ * Re-protects every harvested page; it must be complete before any of them is read.
+ * Keeps each ring's count of harvested entries not yet reset an upper bound (the
+ * overflow test relies on it): KVM returns how many it reset, except after a signal.
+ */
 static int dirty_ring_reset(struct dirty_tracker *t, struct errbuf *e)
 {
+	uint64_t marked = 0;
 	int ret;
 
+	for (unsigned v = 0; v < t->nvcpus; v++)
+		marked += t->vcpus[v].unreset;
 	do {
 		/* newer kernels stop early on a pending signal; the rest is still marked */
 		ret = kvm_ioctl(t->vmfd, KVM_RESET_DIRTY_RINGS, NULL);
 	} while (ret == -EINTR);
 	if (ret < 0)
 		return err_set(e, ret, "KVM_RESET_DIRTY_RINGS: %s", strerror(-ret));
+	for (unsigned v = 0; v < t->nvcpus; v++) {
+		struct dirty_ring_vcpu *r = &t->vcpus[v];
+
+		if ((uint64_t)ret >= marked || !r->unreset) {
+			r->unreset = 0;
+			continue;
+		}
+		/* interrupted, or KVM stuck on an entry: count what is still marked */
+		r->unreset = 0;
+		for (uint32_t i = 0; i < t->ring_entries; i++)
+			if (__atomic_load_n(&r->gfns[i].flags, __ATOMIC_RELAXED) &
+			    KVM_DIRTY_GFN_F_RESET)
+				r->unreset++;
+	}
 	return 0;
 }
 
-static int dirty_ring_sync(struct dirty_tracker *t, uint64_t *bitmap, struct errbuf *e)
+/*
+ * After a ring overflow some writes were never reported, and their pages may still be
+ * writable without logging. Re-arms every page (logging off and on again write-protects
+ * the whole slot) and reports every page: the caller reads them all after the next
+ * sync, which comes after the re-arming.
+ */
+static int dirty_ring_recover(struct dirty_tracker *t, struct errbuf *e)
 {
+	int ret = 0;
+
+	t->stats.ring_overflows++;
+	for (unsigned i = 0; i < t->nslots; i++) {
+		const struct dirty_slot *s = &t->slots[i].s;
+
+		if (t->started && ret == 0) {
+			ret = dirty_slot_log_set(t, s, false, e);
+			if (ret == 0)
+				ret = dirty_slot_log_set(t, s, true, e);
+		}
+		for (uint64_t pg = s->first_page; pg < s->first_page + s->npages; pg++)
+			t->pending[pg / 64] |= 1ull << (pg % 64);
+	}
+	if (ret < 0)
+		return err_prefix(e, ret, "re-arming after a dirty ring overflow");
+	return 0;
+}
+
+/* Harvests every ring (or one: only >= 0), resets, recovers from an overflow. Locked. */
+static int dirty_ring_collect(struct dirty_tracker *t, int only, bool scan, uint32_t *harvested,
+			      struct errbuf *e)
+{
+	bool overflow = false;
 	int ret = 0, r;
 
+	*harvested = 0;
 	for (unsigned v = 0; v < t->nvcpus; v++) {
-		r = dirty_ring_harvest(t, v, e);
+		uint32_t n;
+
+		if (only >= 0 && v != (unsigned)only)
+			continue;
+		r = dirty_ring_harvest(t, v, scan, &n, &overflow, ret < 0 ? NULL : e);
+		*harvested += n;
 		if (r < 0 && ret == 0)
 			ret = r;
 	}
@@ -547,7 +663,21 @@ static int dirty_ring_sync(struct dirty_tracker *t, uint64_t *bitmap, struct err
 	r = dirty_ring_reset(t, ret < 0 ? NULL : e);
 	if (r < 0 && ret == 0)
 		ret = r;
-	if (ret < 0)
+	if (overflow) {
+		r = dirty_ring_recover(t, ret < 0 ? NULL : e);
+		if (r < 0 && ret == 0)
+			ret = r;
+	}
+	return ret;
+}
+
+static int dirty_ring_sync(struct dirty_tracker *t, uint64_t *bitmap, struct errbuf *e)
+{
+	uint32_t n;
+	int ret;
+
+	ret = dirty_ring_collect(t, -1, false, &n, e);
+	if (ret < 0 || !bitmap)
 		return ret; /* pending keeps everything for the next sync */
 	for (uint64_t i = 0; i < DIRTY_WORDS(t->npages); i++) {
 		uint64_t w = t->pending[i];
@@ -644,21 +774,82 @@ out:
 	return ret;
 }
 
+/*
+ * The vCPU keeps exiting with a full ring, yet there is nothing to harvest and the
+ * ring is in step: after an overflow KVM's reset position can sit on an entry that is
+ * neither filled nor harvested (two pushes of different laps met in one entry), and
+ * its reset, which stops there, never frees anything again. Walking back from fetch
+ * over the harvested entries, the first other one is that entry: mark it harvested.
+ * Were KVM's position elsewhere, the entry would be a free one that KVM's reset never
+ * reaches before pushing into it, so the mark is harmless. Returns whether one was
+ * marked. Locked.
+ */
+static bool dirty_ring_unstick(struct dirty_tracker *t, struct dirty_ring_vcpu *v)
+{
+	uint32_t mask = t->ring_entries - 1;
+
+	for (uint32_t j = 1; j < t->ring_entries; j++) {
+		struct kvm_dirty_gfn *g = &v->gfns[(v->fetch - j) & mask];
+		uint32_t flags = __atomic_load_n(&g->flags, __ATOMIC_ACQUIRE);
+
+		if (flags & KVM_DIRTY_GFN_F_RESET)
+			continue;
+		if (flags & KVM_DIRTY_GFN_F_DIRTY)
+			return false;
+		__atomic_store_n(&g->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
+		v->unreset++;
+		return true;
+	}
+	return false;
+}
+
 int dirty_tracker_ring_full(struct dirty_tracker *t, unsigned vcpu_index, struct errbuf *e)
 {
-	int ret, r;
+	struct dirty_ring_vcpu *v;
+	uint32_t n;
+	int ret;
 
 	if (t->mode != DIRTY_MODE_RING)
 		return err_set(e, -EINVAL, "dirty ring full exit, but the tracker uses the bitmap");
 	if (vcpu_index >= t->nvcpus)
 		return err_set(e, -EINVAL, "dirty ring full: vCPU %u of %u", vcpu_index,
 			       t->nvcpus);
+	v = &t->vcpus[vcpu_index];
 	pthread_mutex_lock(&t->lock);
 	t->stats.ring_full++;
-	ret = dirty_ring_harvest(t, vcpu_index, e);
-	r = dirty_ring_reset(t, ret < 0 ? NULL : e);
+	ret = dirty_ring_collect(t, (int)vcpu_index, false, &n, e);
+	if (ret == 0 && n == 0) {
+		/*
+		 * Nothing to harvest: a sync got there first, or the ring is out of step
+		 * and the vCPU would exit again and again. Look for the latter.
+		 */
+		ret = dirty_ring_collect(t, (int)vcpu_index, true, &n, e);
+	}
+	if (ret == 0 && n == 0 && ++v->empty_exits >= 3 && dirty_ring_unstick(t, v)) {
+		/* a sync getting there first twice in a row is possible, but harmless here */
+		t->stats.ring_unsticks++;
+		v->suspect = true;
+		ret = dirty_ring_reset(t, e);
+		if (ret == 0)
+			ret = dirty_ring_recover(t, e);
+		v->empty_exits = 0;
+	} else if (n) {
+		v->empty_exits = 0;
+	}
 	pthread_mutex_unlock(&t->lock);
-	return ret < 0 ? ret : r;
+	return ret;
+}
+
+int dirty_tracker_harvest(struct dirty_tracker *t, struct errbuf *e)
+{
+	int ret;
+
+	if (t->mode != DIRTY_MODE_RING)
+		return 0;
+	pthread_mutex_lock(&t->lock);
+	ret = dirty_ring_sync(t, NULL, e);
+	pthread_mutex_unlock(&t->lock);
+	return ret;
 }
 
 void dirty_tracker_stats(struct dirty_tracker *t, struct dirty_stats *out)

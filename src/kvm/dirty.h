@@ -65,6 +65,22 @@
  * exits; it is retried when the vCPU runs again, the page is protected again by then,
  * and the write is logged again. clear() is a no-op in this mode.
  *
+ * Ring overflow. KVM makes a vCPU exit once its ring is full up to a reserve (64
+ * entries on x86 without PML), trusting it to push fewer than that before it exits.
+ * On kvm_pvm, where every guest instruction is emulated, a vCPU can overshoot the
+ * reserve (measured: up to a whole 256- or 1024-entry ring); KVM then overwrites
+ * unharvested entries (the kernel logs a WARNING in kvm_dirty_ring_push) and counts
+ * pushes the ring no longer holds, so its later entries land past where we read and
+ * every later ring-full exit would find nothing. The tracker notices (a whole ring
+ * harvested without a reset in between, or an empty entry where it reads with a filled
+ * one after it), steps over the gap, and recovers without losing a write: it turns
+ * logging off and on again for every slot, which write-protects every page (the page
+ * of a lost entry may have stayed writable, and its later writes would make no entry),
+ * and reports every page: they are read after the next sync, so anything written
+ * before the re-arming is read and anything after it is logged. That costs a full
+ * round; calling dirty_tracker_harvest() every few ms keeps the rings far from full.
+ * stats.ring_overflows counts them.
+ *
  * VMM writes. The VMM writes guest memory through its own mapping, which neither
  * backend sees: it marks its own bitmap, setting the bit only after the data is
  * written (release). dirty_bitmap_take() exchanges each word with zero (acquire)
@@ -88,7 +104,7 @@ enum dirty_mode { DIRTY_MODE_BITMAP, DIRTY_MODE_RING };
 
 /* One KVM memory slot the guest may write. */
 struct dirty_slot {
-	uint32_t slot;        /* as given to KVM_SET_USER_MEMORY_REGION (address space << 16 | id) */
+	uint32_t slot;        /* as for KVM_SET_USER_MEMORY_REGION: address space << 16 | id */
 	uint32_t flags;       /* the slot's flags without KVM_MEM_LOG_DIRTY_PAGES */
 	uint64_t gpa;
 	uint64_t npages;      /* 4 KiB pages */
@@ -116,6 +132,9 @@ struct dirty_stats {
 	uint64_t clear_ioctls;    /* bitmap: KVM_CLEAR_DIRTY_LOG calls */
 	uint64_t ring_entries;    /* ring: entries harvested */
 	uint64_t ring_full;       /* ring: dirty_tracker_ring_full() calls */
+	uint64_t ring_overflows;  /* ring: overflows recovered from (all re-armed and reported) */
+	uint64_t ring_resyncs;    /* ring: times a ring was found out of step after one */
+	uint64_t ring_unsticks;   /* ring: times KVM's reset was stuck after one */
 	uint32_t manual_caps;     /* bitmap: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 options in use */
 };
 
@@ -154,6 +173,14 @@ int __must_check dirty_tracker_start(struct dirty_tracker *t, struct errbuf *e);
  * running), resets the rings, and adds what ring_full() harvested since the last sync.
  */
 int __must_check dirty_tracker_sync(struct dirty_tracker *t, uint64_t *bitmap, struct errbuf *e);
+
+/*
+ * Ring mode: harvests every ring into the pending bitmap and resets them, like a sync
+ * that returns nothing yet. Call it often (every few ms, from any thread) while the
+ * caller is busy between syncs, so that rings rarely fill up (see overflows above).
+ * Bitmap mode: a no-op.
+ */
+int __must_check dirty_tracker_harvest(struct dirty_tracker *t, struct errbuf *e);
 
 /*
  * Bitmap mode with manual protection: re-arms tracking (KVM_CLEAR_DIRTY_LOG) for the
