@@ -7,12 +7,14 @@ and with --on-stall cancel stays running on the source."""
 import gwtest
 
 
-def move(env, hosts, name, mode, cpus, cmdline, opts=(), abcheck=True, unix=False):
+def move(env, hosts, name, mode, cpus, cmdline, opts=(), abcheck=True, unix=False,
+         src_extra=None):
     if unix:
         uri, sns, dns = f"unix:{env.path(name + '.mig')}", None, None
     else:
         uri, sns, dns = f"tcp:{hosts.dst_ip}:4444", hosts.src, hosts.dst
-    src = gwtest.start_source(env, f"{name}-src", cpus=cpus, cmdline=cmdline, netns=sns)
+    src = gwtest.start_source(env, f"{name}-src", cpus=cpus, cmdline=cmdline, netns=sns,
+                              extra=src_extra)
     dst = gwtest.start_dest(env, f"{name}-dst", uri, netns=dns, paused=True)
     assert dst.status()["state"] == "incoming"
     if abcheck:
@@ -49,6 +51,22 @@ def test(env):
                    abcheck=False)
         assert len(res["rounds"]) >= 3, f"only {len(res['rounds'])} rounds"
     move(env, hosts, "live-unix", "live", 1, ab, unix=True)
+    # the dirty ring instead of the bitmap (chosen when the VM starts)
+    ring = ["--dirty-tracking", "ring"]
+    res = move(env, hosts, "live-ring-ab", "live", 2, ab, ("--bandwidth", "4M"), src_extra=ring)
+    assert len(res["rounds"]) >= 3 and res["dirty_tracking"] == "ring", res
+    res = move(env, hosts, "live-ring-dirty", "live", 2,
+               "workload=dirty wss=16M rate=0 pattern=random",
+               ("--bandwidth", "8M", "--dirty-tracking", "ring"), abcheck=False, src_extra=ring)
+    assert len(res["rounds"]) >= 3 and res["dirty_tracking"] == "ring", res
+    # asking for the tracker the VM was not started with is refused; the guest runs on
+    src = gwtest.start_source(env, "mismatch-src")
+    rc, _, err = gwtest.migrate(src, "unix:" + env.path("nowhere"), "--dirty-tracking", "ring",
+                                check=False)
+    assert rc != 0 and "--dirty-tracking ring" in err, err
+    assert src.status()["state"] == "running"
+    src.ctl("stop")
+    src.wait_exit()
 
     # faster than the link: throttled until it converges
     res = move(env, hosts, "throttle", "live", 2, "workload=dirty wss=32M rate=0",
