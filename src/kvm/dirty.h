@@ -72,8 +72,9 @@
  * unharvested entries (the kernel logs a WARNING in kvm_dirty_ring_push) and counts
  * pushes the ring no longer holds, so its later entries land past where we read and
  * every later ring-full exit would find nothing. The tracker notices (a whole ring
- * harvested without a reset in between, or an empty entry where it reads with a filled
- * one after it), steps over the gap, and recovers without losing a write: it turns
+ * harvested without a reset in between, an empty entry where it reads with a filled
+ * one after it, or ring-full exits that keep finding nothing, when KVM's own reset is
+ * stuck on an entry), steps over the gap, and recovers without losing a write: it turns
  * logging off and on again for every slot, which write-protects every page (the page
  * of a lost entry may have stayed writable, and its later writes would make no entry),
  * and reports every page: they are read after the next sync, so anything written
