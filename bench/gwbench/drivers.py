@@ -371,14 +371,20 @@ class Qemu(Driver):
                 inst.qmp.cmd("migrate_cancel")
                 raise RunFailed(f"qemu migration did not finish within {timeout:.0f}s")
             self.final_memory(inst)
-            time.sleep(0.05 if samples is not None else 0.01)
+            time.sleep(0.05 if samples is not None else 0.002)
 
-    def _resume_when_loaded(self, inst, timeout):
+    def _resume_when_loaded(self, inst, timeout, src=None):
         """A stopped source's guest arrives paused: `cont` once the load finished."""
         deadline = time.monotonic() + timeout
+        n = 0
         while time.monotonic() < deadline:
             if not inst.alive():
                 raise RunFailed(inst.why_dead())
+            n += 1
+            if src is not None and n % 50 == 0:
+                r = src.qmp.cmd("query-migrate")
+                if r.get("status") in ("failed", "cancelled"):
+                    raise RunFailed(f"qemu migration {r['status']}: {r.get('error-desc', '')}")
             st = inst.qmp.cmd("query-status")
             if st.get("status") == "paused":
                 inst.qmp.cmd("cont")
@@ -421,10 +427,12 @@ class Qemu(Driver):
             src.qmp.cmd("stop")
             self.params["warm"] = "stop on the source, migrate, cont on the destination"
         src.qmp.cmd("migrate", uri=uri)
+        if mode == "warm":
+            # a stopped guest arrives paused: watch the destination and `cont` it as soon
+            # as it has loaded (as libvirt does), not after noticing the source completed
+            self._resume_when_loaded(dst, migrate_timeout(sc), src)
         r = self._wait_migration(src, migrate_timeout(sc), samples, t0)
         t_done = time.monotonic()
-        if mode == "warm":
-            self._resume_when_loaded(dst, 60)
         self.final_memory(src)
         ram = r.get("ram", {})
         return {

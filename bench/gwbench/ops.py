@@ -196,8 +196,10 @@ def migrate(drv, sc, ctx, mode):
         t0 = time.monotonic()
         info = drv.migrate(src, dst, uri, sc, mode, ctx.samples)
         _, t_hb, _ = _first_hb(dst, 60)
-        t_end = max(t_hb, info["t_done"])
-        row["total_ms"] = (t_end - t0) * 1000
+        # total: until the guest runs on the destination (its first heartbeat there), so
+        # neither VMM's figure depends on how often anyone polls for completion
+        row["total_ms"] = (t_hb - t0) * 1000
+        row["command_ms"] = (info["t_done"] - t0) * 1000
         tx1 = net.tx_bytes(cns, cdev)
         if tx0 is not None and tx1 is not None:
             row["wire_bytes"] = tx1 - tx0

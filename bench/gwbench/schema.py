@@ -9,6 +9,7 @@ SCENARIO_COLUMNS = ["scenario", "set", "op", "vmm", "run", "status", "reason",
 # measured values: empty unless status is ok
 METRIC_COLUMNS = [
     "total_ms",                  # whole operation, see docs/benchmarks.md
+    "command_ms",                # migrations: until the migrate command returned / QEMU said completed
     "boot_ms",                   # launch -> first serial line
     "first_hb_ms",               # launch -> first heartbeat
     "snapshot_ms",               # snapshot command -> snapshot complete and synced
