@@ -100,6 +100,18 @@ static int mig_check_cancel(struct errbuf *e)
 	return 0;
 }
 
+/* Ring mode: keep the dirty rings from filling while the guest runs (every 2 ms). */
+static int mig_harvest_maybe(struct errbuf *e)
+{
+	static uint64_t last;
+	uint64_t now = time_mono_ns();
+
+	if (!mig.tracking || now - last < 2000000ull)
+		return 0;
+	last = now;
+	return vm_dirty_harvest(mig.vm, e);
+}
+
 static void mig_bandwidth_wait(void)
 {
 	uint64_t sent, due_ns, now;
@@ -110,7 +122,11 @@ static void mig_bandwidth_wait(void)
 	due_ns = (uint64_t)((double)sent * 1e9 / (double)mig.p.bandwidth);
 	now = time_mono_ns() - mig.bw_start_ns;
 	while (now < due_ns && !atomic_load(&mig.cancel)) {
-		uint64_t d = MIN(due_ns - now, 50000000ull);
+		uint64_t d = MIN(due_ns - now, 2000000ull);
+		struct errbuf e;
+
+		if (mig_harvest_maybe(&e) < 0)
+			log_warn("migration: harvesting the dirty rings: %s", e.msg);
 
 		usleep((useconds_t)(d / 1000));
 		now = time_mono_ns() - mig.bw_start_ns;
@@ -134,6 +150,9 @@ static int mig_batch_flush(struct mig_batch *b, struct errbuf *e)
 		return 0;
 	ret = state_writer_pages(mig.w, b->pages, b->n, b->flags, e);
 	b->n = 0;
+	if (ret < 0)
+		return ret;
+	ret = mig_harvest_maybe(e);
 	if (ret < 0)
 		return ret;
 	mig_bytes_update();

@@ -190,6 +190,12 @@ const char *vm_dirty_mode_name(enum vm_dirty_mode m);
 int __must_check vm_dirty_start(struct vm *vm, struct errbuf *e);
 /* ORs into bitmap the pages written since the last sync, by the guest or by the VMM. */
 int __must_check vm_dirty_sync(struct vm *vm, uint64_t *bitmap, struct errbuf *e);
+/*
+ * Ring mode: reads and resets the dirty rings while the guest runs, so they never fill
+ * (a full ring overflows on this host's emulator and costs a full resend); the pages are
+ * kept for the next sync. Bitmap mode: nothing to do.
+ */
+int __must_check vm_dirty_harvest(struct vm *vm, struct errbuf *e);
 /* Re-arms tracking for pages about to be read (bitmap mode: KVM_CLEAR_DIRTY_LOG). */
 int __must_check vm_dirty_clear(struct vm *vm, uint64_t first_page, uint64_t npages,
 				struct errbuf *e);

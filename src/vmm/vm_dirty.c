@@ -99,6 +99,11 @@ int vm_dirty_sync(struct vm *vm, uint64_t *bitmap, struct errbuf *e)
 	return 0;
 }
 
+int vm_dirty_harvest(struct vm *vm, struct errbuf *e)
+{
+	return dirty_tracker_harvest(vm->dirty, e);
+}
+
 int vm_dirty_clear(struct vm *vm, uint64_t first_page, uint64_t npages, struct errbuf *e)
 {
 	return dirty_tracker_clear(vm->dirty, first_page, npages, e);
