@@ -41,8 +41,6 @@ int guest_mem_create(struct guest_mem *m, uint64_t size, struct errbuf *e)
 		return err_set(e, -errno, "mmap %llu MiB of guest memory: %s",
 			       (unsigned long long)(size / MiB), strerror(errno));
 	}
-	/* huge pages fault in ~5x faster here; failure only costs speed */
-	madvise(m->base, size, MADV_HUGEPAGE);
 	m->size = size;
 	words = (size / GUEST_PAGE_SIZE + 63) / 64;
 	m->vmm_dirty = calloc(words, sizeof(uint64_t));

@@ -4,11 +4,15 @@
  * guest-physical regions: [0, low) and, for guests over 3 GiB, [4 GiB, 4 GiB + rest),
  * leaving 3-4 GiB for the LAPIC/IOAPIC and KVM's TSS pages.
  *
- * Backing, chosen by measurement on this machine (MACHINE-NOTES.md): faulting in
- * fresh memory costs ~2.4 s/GiB with 4 KiB anonymous pages, 1.2 s for a memfd and
- * 0.5 s with transparent huge pages, against 0.1 s for memcpy. So RAM is private
- * anonymous memory with MADV_HUGEPAGE, reserved but untouched until the guest uses
- * it. A restore may instead map a snapshot's memory file copy-on-write in place.
+ * Backing, chosen by measurement: populating fresh memory, not the wire, bounds how fast
+ * restore and receive can be. MACHINE-NOTES.md measured 2.4 s/GiB with 4 KiB anonymous
+ * pages, 1.2 s for a memfd and 0.5 s with transparent huge pages; re-measured on this
+ * machine while godwit was built (touching every page of 1 GiB, several runs), 4 KiB
+ * anonymous pages took a steady 0.38-0.48 s/GiB while MADV_HUGEPAGE ranged from 0.2 to
+ * 2.3 s/GiB depending on whether the kernel had to compact memory for huge pages. So RAM
+ * is private anonymous memory with the system's default page size policy, reserved
+ * (MAP_NORESERVE) and untouched until the guest uses it: predictable beats sometimes
+ * faster. A restore may instead map a snapshot's memory file copy-on-write in place.
  *
  * The VMM never writes guest RAM behind the dirty tracker's back: device writes go
  * through guest_mem_write(), which marks the VMM-side dirty bitmap.
