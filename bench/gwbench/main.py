@@ -115,7 +115,11 @@ def machine_info(args, guest, godwit_bin):
             info["memory"] = f.readline().split(":", 1)[1].strip()
     except OSError:
         pass
-    info["kvm_modules"] = cmd(["sh", "-c", "lsmod | grep -i kvm | awk '{print $1}' | tr '\\n' ' '"])
+    try:
+        mods = sorted(m for m in os.listdir("/sys/module") if "kvm" in m)
+        info["kvm_modules"] = " ".join(mods) or "none listed"
+    except OSError:
+        info["kvm_modules"] = "?"
     info["thp"] = cmd(["cat", "/sys/kernel/mm/transparent_hugepage/enabled"])
     info["qemu"] = cmd([args.qemu, "--version"]).splitlines()[0] if shutil.which(args.qemu) else "missing"
     info["qemu_machine"] = args.qemu_machine
