@@ -11,6 +11,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,7 +46,7 @@ struct migrate_call {
 	char *resp;
 	struct errbuf e;
 	int ret;
-	volatile bool done;
+	_Atomic bool done;
 };
 
 static void *migrate_call_thread(void *arg)
@@ -200,9 +201,10 @@ int cli_migrate_main(int argc, char **argv)
 		free(call.line);
 		return 1;
 	}
-	while (!call.done) {
-		usleep(200000);
-		if (tty && !call.done) {
+	for (unsigned tick = 1; !call.done; tick++) {
+		/* notice the end within 5 ms; redraw the progress line every 200 ms */
+		usleep(5000);
+		if (tty && !call.done && tick % 40 == 0) {
 			json_t *st = status_fetch(call.sock);
 
 			if (st)

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -32,6 +33,12 @@ struct mig_incoming {
 	void *sec_data[MIG_RECV_SECTIONS_MAX];
 	size_t nsecs;
 	uint64_t t_commit;
+	/* faulting in the ranges the source announced, ahead of the data */
+	pthread_t populate_thread;
+	bool populating;
+	_Atomic bool populate_stop;
+	uint8_t *ranges;
+	uint64_t nranges;
 	uint64_t resume_ns;
 };
 
@@ -167,6 +174,57 @@ static int inc_section(const struct state_record *rec, struct errbuf *e)
 	return 0;
 }
 
+static void *inc_populate_main(void *arg)
+{
+	struct guest_mem *mem = vm_memory(mig.vm);
+
+	(void)arg;
+	for (uint64_t r = 0; r < inc.nranges && !atomic_load(&inc.populate_stop); r++) {
+		uint64_t off = r << MIG_RANGE_SHIFT, len;
+
+		if (!(inc.ranges[r / 8] & (1u << (r % 8))) || off >= mem->size)
+			continue;
+		len = MIN(1ull << MIG_RANGE_SHIFT, mem->size - off);
+		/* best effort: on failure the receiver simply faults the pages in itself */
+		if (madvise(mem->base + off, len, MADV_POPULATE_WRITE) < 0 && errno != EINTR)
+			break;
+	}
+	return NULL;
+}
+
+static int inc_populate_start(const struct mig_ctrl *m, struct errbuf *e)
+{
+	struct guest_mem *mem = vm_memory(mig.vm);
+
+	if (inc.populating)
+		return err_set(e, -EPROTO, "RANGES sent twice");
+	if (m->u64a != (mem->size + (1ull << MIG_RANGE_SHIFT) - 1) >> MIG_RANGE_SHIFT)
+		return err_set(e, -EPROTO, "RANGES covers %llu ranges, guest memory has %llu",
+			       (unsigned long long)m->u64a,
+			       (unsigned long long)((mem->size + (1ull << MIG_RANGE_SHIFT) - 1) >>
+						    MIG_RANGE_SHIFT));
+	inc.ranges = malloc((m->u64a + 7) / 8 + 1);
+	if (!inc.ranges)
+		return err_set(e, -ENOMEM, "out of memory");
+	memcpy(inc.ranges, m->bitmap, (m->u64a + 7) / 8);
+	inc.nranges = m->u64a;
+	atomic_store(&inc.populate_stop, false);
+	if (pthread_create(&inc.populate_thread, NULL, inc_populate_main, NULL) == 0)
+		inc.populating = true;
+	return 0;
+}
+
+static void inc_populate_stop(void)
+{
+	if (inc.populating) {
+		atomic_store(&inc.populate_stop, true);
+		pthread_join(inc.populate_thread, NULL);
+		inc.populating = false;
+	}
+	free(inc.ranges);
+	inc.ranges = NULL;
+}
+
 static int inc_receive(struct errbuf *e)
 {
 	struct state_reader_opts ro = { .kind = STATE_KIND_MIGRATION, .allow_control = true,
@@ -233,6 +291,14 @@ static int inc_receive(struct errbuf *e)
 				break;
 			if (m.type == MIG_MSG_ABORT)
 				return err_set(e, -ECANCELED, "the source aborted: %s", m.reason);
+			if (m.type == MIG_MSG_RANGES) {
+				ret = inc_populate_start(&m, e);
+				if (ret < 0) {
+					inc_reply(MIG_MSG_ERROR, e->msg);
+					return ret;
+				}
+				continue;
+			}
 			if (m.type != MIG_MSG_ROUND)
 				return err_set(e, -EPROTO, "unexpected %s from the source",
 					       mig_msg_name(m.type));
@@ -246,6 +312,7 @@ static int inc_receive(struct errbuf *e)
 		}
 	}
 	mig_state_set_incoming(MIG_STATE_COMPLETING);
+	inc_populate_stop();
 	ret = vm_sections_load(mig.vm, inc.secs, inc.nsecs, e);
 	if (ret < 0) {
 		inc_reply(MIG_MSG_ERROR, e->msg);
@@ -314,6 +381,7 @@ static void *inc_thread(void *arg)
 		mig.st.state = MIG_STATE_SETUP;
 		pthread_mutex_unlock(&mig.lock);
 		ret = inc_receive(&e);
+		inc_populate_stop();
 	}
 	for (size_t i = 0; i < inc.nsecs; i++)
 		free(inc.sec_data[i]);

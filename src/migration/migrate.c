@@ -598,6 +598,37 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 	return 0;
 }
 
+/*
+ * Tells the destination which 2 MiB ranges round 0 will send, so it can fault them in
+ * on another thread while the data is still on the wire (populating fresh memory costs
+ * about as much as receiving it).
+ */
+static int mig_ranges_send(struct errbuf *e)
+{
+	struct guest_mem *mem = vm_memory(mig.vm);
+	uint64_t nranges = (mig.npages + MIG_RANGE_PAGES - 1) / MIG_RANGE_PAGES;
+	struct mig_ctrl m = { .type = MIG_MSG_RANGES, .u64a = nranges };
+	uint8_t *bm = calloc((nranges + 7) / 8 + 1, 1);
+	int ret;
+
+	if (!bm)
+		return err_set(e, -ENOMEM, "out of memory");
+	for (uint64_t r = 0; r < nranges; r++) {
+		uint64_t first = r * MIG_RANGE_PAGES, gpa;
+		uint64_t n = MIN(MIG_RANGE_PAGES, mig.npages - first);
+		uint8_t *host = vm_page_host(mig.vm, first, &gpa);
+
+		if (guest_mem_range_touched(mem, host, n * GUEST_PAGE_SIZE))
+			bm[r / 8] |= (uint8_t)(1u << (r % 8));
+	}
+	m.bitmap = bm;
+	ret = mig_ctrl_send(mig.w, &m, e);
+	if (ret == 0)
+		ret = state_writer_flush(mig.w, e);
+	free(bm);
+	return ret;
+}
+
 static int mig_send_run(struct errbuf *e)
 {
 	struct mig_batch *b = calloc(1, sizeof(*b));
@@ -615,6 +646,9 @@ static int mig_send_run(struct errbuf *e)
 	if (ret < 0)
 		goto out;
 	mig_state_set(MIG_STATE_ACTIVE);
+	ret = mig_ranges_send(e);
+	if (ret < 0)
+		goto out;
 	mig.bw_start_ns = time_mono_ns();
 	mig.bw_start_bytes = state_writer_bytes(mig.w);
 	if (mig.p.mode == MIG_MODE_WARM) {

@@ -29,6 +29,7 @@ const char *mig_msg_name(uint32_t type)
 	case MIG_MSG_COMMIT: return "COMMIT";
 	case MIG_MSG_STARTED: return "STARTED";
 	case MIG_MSG_ABORT: return "ABORT";
+	case MIG_MSG_RANGES: return "RANGES";
 	}
 	return state_record_type_name(type);
 }
@@ -69,6 +70,10 @@ int mig_ctrl_send(struct state_writer *w, const struct mig_ctrl *m, struct errbu
 	case MIG_MSG_ERROR:
 	case MIG_MSG_ABORT:
 		buf_put_blob(&b, m->reason, (uint32_t)strnlen(m->reason, MIG_MSG_MAX));
+		break;
+	case MIG_MSG_RANGES:
+		buf_put_u64(&b, m->u64a);
+		buf_put_bytes(&b, m->bitmap, (size_t)((m->u64a + 7) / 8));
 		break;
 	case MIG_MSG_READY:
 		break;
@@ -129,6 +134,17 @@ int mig_ctrl_decode(const struct state_record *rec, struct mig_ctrl *m, struct e
 				if ((unsigned char)m->reason[i] < 0x20 || m->reason[i] == 0x7f)
 					m->reason[i] = '?';
 		}
+		break;
+	case MIG_MSG_RANGES:
+		m->u64a = buf_get_u64(&r);
+		if (m->u64a > MIG_RANGES_MAX)
+			return err_set(e, -EBADMSG, "RANGES names %llu ranges (at most %llu)",
+				       (unsigned long long)m->u64a, (unsigned long long)MIG_RANGES_MAX);
+		m->bitmap = rec->payload + 8;
+		if (buf_reader_left(&r) != (m->u64a + 7) / 8)
+			return err_set(e, -EBADMSG, "malformed RANGES message (%llu bytes)",
+				       (unsigned long long)rec->len);
+		r.pos = r.len;
 		break;
 	case MIG_MSG_READY:
 		break;

@@ -31,7 +31,12 @@ enum mig_msg {
 	MIG_MSG_COMMIT = 0x107,  /* u64 ns the guest has been paused on the source so far */
 	MIG_MSG_STARTED = 0x108, /* u64 ns from COMMIT received to the guest running */
 	MIG_MSG_ABORT = 0x109,   /* str reason */
+	MIG_MSG_RANGES = 0x10a,  /* u64 nr_ranges, bitmap: the 2 MiB ranges round 0 will send */
 };
+
+/* RANGES: one bit per 2 MiB of guest RAM in flat order; at most 256 GiB of guest RAM */
+#define MIG_RANGE_SHIFT 21
+#define MIG_RANGES_MAX ((256ull << 30) >> MIG_RANGE_SHIFT)
 
 enum mig_mode { MIG_MODE_WARM = 1, MIG_MODE_LIVE = 2 };
 
@@ -44,6 +49,7 @@ struct mig_ctrl {
 	uint32_t u32a, u32b;
 	uint64_t u64a, u64b;
 	char reason[MIG_MSG_MAX + 1];
+	const uint8_t *bitmap; /* RANGES: points into the record (decode) or the caller's (send) */
 };
 
 int __must_check mig_ctrl_send(struct state_writer *w, const struct mig_ctrl *m, struct errbuf *e);
