@@ -154,3 +154,19 @@ uint64_t guest_mem_pages(const struct guest_mem *m)
 {
 	return m->size / GUEST_PAGE_SIZE;
 }
+
+uint64_t guest_mem_resident(struct guest_mem *m)
+{
+	unsigned char vec[4096];
+	uint64_t pages = m->size / GUEST_PAGE_SIZE, n = 0;
+
+	for (uint64_t first = 0; first < pages; first += sizeof(vec)) {
+		uint64_t cnt = MIN(sizeof(vec), pages - first);
+
+		if (mincore(m->base + first * GUEST_PAGE_SIZE, cnt * GUEST_PAGE_SIZE, vec) < 0)
+			continue;
+		for (uint64_t i = 0; i < cnt; i++)
+			n += vec[i] & 1;
+	}
+	return n * GUEST_PAGE_SIZE;
+}

@@ -73,5 +73,7 @@ int64_t guest_mem_offset(struct guest_mem *m, uint64_t gpa);
 int __must_check guest_mem_write(struct guest_mem *m, uint64_t gpa, const void *p, size_t len);
 int __must_check guest_mem_read(struct guest_mem *m, uint64_t gpa, void *p, size_t len);
 uint64_t guest_mem_pages(const struct guest_mem *m);
+/* Bytes of guest RAM resident in this process (mincore): what the guest has touched. */
+uint64_t guest_mem_resident(struct guest_mem *m);
 
 #endif

@@ -607,6 +607,8 @@ void vm_status_get(struct vm *vm, struct vm_status *st)
 	if (vm->state == VM_STATE_PAUSED)
 		st->paused_ns += now - vm->paused_since_ns;
 	pthread_mutex_unlock(&vm->lock);
+	if (vm->mem.base)
+		st->guest_resident = guest_mem_resident(&vm->mem);
 }
 
 int vm_incoming_create(struct vm **out, struct evloop *loop, const char *name, struct errbuf *e)

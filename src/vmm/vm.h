@@ -38,6 +38,7 @@ struct vm_status {
 	unsigned vcpus;
 	uint64_t uptime_ns;      /* since the process started the VM (run or restore) */
 	uint64_t paused_ns;      /* total time spent paused */
+	uint64_t guest_resident; /* bytes of guest RAM resident in the VMM process */
 };
 
 /*

@@ -116,7 +116,7 @@ static void test_status_fields(void **state)
 	json_t *v;
 	size_t i = 0;
 	static const char *const order[] = {
-		"ok", "name", "state", "memory", "vcpus", "uptime_ms", "paused_ms", "pid",
+		"ok", "name", "state", "memory", "guest_resident", "vcpus", "uptime_ms", "paused_ms", "pid",
 	};
 
 	assert_true(json_is_true(json_object_get(resp, "ok")));
