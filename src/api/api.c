@@ -173,10 +173,32 @@ static void api_cmd_stop_after(struct api_server *s)
 	vm_stop_request(s->vm);
 }
 
+struct api_snapshot_run {
+	struct vm *vm;
+	bool resume;      /* the VM was running and is not to be stopped */
+	bool resumed;
+	uint64_t t0, paused_ns;
+	int resume_ret;
+	struct errbuf e;
+};
+
+/* Guest state is captured: let the guest run while the snapshot is synced. */
+static void api_snapshot_captured(void *opaque)
+{
+	struct api_snapshot_run *r = opaque;
+
+	r->paused_ns = time_mono_ns() - r->t0;
+	if (!r->resume)
+		return;
+	r->resume_ret = vm_resume(r->vm, &r->e);
+	r->resumed = r->resume_ret == 0;
+}
+
 /*
- * Pauses the VM, writes the snapshot, then resumes it (if it was running) or, with
- * "stop", stops the VM once the snapshot is complete and synced. A failed snapshot
- * leaves nothing that looks like one, and the guest keeps running.
+ * Pauses the VM, writes the snapshot, and resumes it (if it was running) as soon as its
+ * state is captured, while the files are synced; with "stop" the VM stays paused and is
+ * stopped once the snapshot is complete and synced. A failed snapshot leaves nothing that
+ * looks like one, and the guest keeps running.
  */
 static int api_cmd_snapshot(struct api_ctx *ctx, struct errbuf *e)
 {
@@ -184,41 +206,39 @@ static int api_cmd_snapshot(struct api_ctx *ctx, struct errbuf *e)
 	bool stop = json_is_true(json_object_get(ctx->req, "stop"));
 	struct vm *vm = ctx->server->vm;
 	struct vm_snapshot_stats st = { 0 };
+	struct api_snapshot_run run = { .vm = vm, .t0 = time_mono_ns() };
 	struct vm_status vs;
 	struct errbuf e2;
-	uint64_t t0 = time_mono_ns(), paused_ns;
-	bool was_running;
 	int ret;
 
 	vm_status_get(vm, &vs);
 	if (vs.state != VM_STATE_RUNNING && vs.state != VM_STATE_PAUSED)
 		return err_set(e, -EBUSY, "cannot snapshot a VM that is %s", vm_state_name(vs.state));
-	was_running = vs.state == VM_STATE_RUNNING;
+	run.resume = vs.state == VM_STATE_RUNNING && !stop;
 	ret = vm_pause(vm, e);
 	if (ret < 0)
 		return ret;
-	ret = vm_snapshot_save(vm, dir, &st, e);
-	paused_ns = time_mono_ns() - t0;
+	ret = vm_snapshot_save(vm, dir, &st, api_snapshot_captured, &run, e);
+	if (!run.paused_ns)
+		run.paused_ns = time_mono_ns() - run.t0;
 	if (ret < 0) {
 		err_prefix(e, ret, "snapshot %s", dir);
-		if (was_running && vm_resume(vm, &e2) < 0)
+		if (run.resume && !run.resumed && vm_resume(vm, &e2) < 0)
 			log_err("resume after a failed snapshot: %s", e2.msg);
 		return ret;
 	}
-	if (stop) {
+	if (run.resume_ret < 0)
+		return err_set(e, run.resume_ret, "snapshot written, but resuming failed: %s",
+			       run.e.msg);
+	if (stop)
 		vm_stop_request(vm);
-	} else if (was_running) {
-		ret = vm_resume(vm, e);
-		if (ret < 0)
-			return ret;
-	}
 	return api_reply_merge(ctx, json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:b}",
 					      "dir", dir,
 					      "pages_present", (json_int_t)st.pages_present,
 					      "pages_zero", (json_int_t)st.pages_zero,
 					      "memory_bytes", (json_int_t)st.bytes,
 					      "elapsed_ms", (json_int_t)(st.elapsed_ns / 1000000),
-					      "paused_ms", (json_int_t)(paused_ns / 1000000),
+					      "paused_ms", (json_int_t)(run.paused_ns / 1000000),
 					      "stopped", stop), e);
 }
 

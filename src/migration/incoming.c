@@ -392,15 +392,7 @@ static void *inc_thread(void *arg)
 		snprintf(mig.st.error, sizeof(mig.st.error), "%s", e.msg);
 	mig.st.elapsed_ns = time_mono_ns() - mig.t_start;
 	pthread_mutex_unlock(&mig.lock);
-	if (mig.w)
-		state_writer_free(mig.w);
-	if (mig.r)
-		state_reader_free(mig.r);
-	mig.w = NULL;
-	mig.r = NULL;
-	if (mig.fd >= 0)
-		close(mig.fd);
-	mig.fd = -1;
+	mig_stream_close();
 	if (ret < 0) {
 		log_err("incoming migration failed: %s; nothing was started", e.msg);
 		if (evloop_call(mig.loop, inc_fail_cb, NULL) < 0)

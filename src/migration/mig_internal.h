@@ -47,6 +47,8 @@ extern struct migration mig;
 
 void mig_state_set_incoming(enum mig_state s);
 void mig_incoming_unblock(void);
+/* Frees the stream reader and writer and closes the connection. */
+void mig_stream_close(void);
 /* Runs the done callback on the main loop thread. */
 void mig_done_cb(void *opaque);
 

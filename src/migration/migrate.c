@@ -140,7 +140,19 @@ struct mig_batch {
 	uint32_t n;
 	unsigned flags;
 	uint64_t sent_pages, zero_pages;
+	uint64_t shown_pages, shown_zero; /* already added to the status */
 };
+
+/* Adds what was sent since the last call to the status, so progress moves within a round. */
+static void mig_batch_show(struct mig_batch *b)
+{
+	pthread_mutex_lock(&mig.lock);
+	mig.st.pages_normal += b->sent_pages - b->shown_pages;
+	mig.st.pages_zero += b->zero_pages - b->shown_zero;
+	pthread_mutex_unlock(&mig.lock);
+	b->shown_pages = b->sent_pages;
+	b->shown_zero = b->zero_pages;
+}
 
 static int mig_batch_flush(struct mig_batch *b, struct errbuf *e)
 {
@@ -152,6 +164,7 @@ static int mig_batch_flush(struct mig_batch *b, struct errbuf *e)
 	b->n = 0;
 	if (ret < 0)
 		return ret;
+	mig_batch_show(b);
 	ret = mig_harvest_maybe(e);
 	if (ret < 0)
 		return ret;
@@ -274,9 +287,10 @@ static uint64_t mig_dirty_count(void)
 	return n;
 }
 
-static void mig_round_record(uint32_t round, const struct mig_batch *b, uint64_t bytes,
+static void mig_round_record(uint32_t round, struct mig_batch *b, uint64_t bytes,
 			     uint64_t ns, uint64_t dirty, uint64_t expected_ms)
 {
+	mig_batch_show(b);
 	pthread_mutex_lock(&mig.lock);
 	if (round < MIG_ROUNDS_MAX) {
 		struct mig_round *r = &mig.st.rounds[round];
@@ -291,8 +305,6 @@ static void mig_round_record(uint32_t round, const struct mig_batch *b, uint64_t
 		mig.st.dirty_rate = r->dirty_rate;
 	}
 	mig.st.round = round;
-	mig.st.pages_normal += b->sent_pages;
-	mig.st.pages_zero += b->zero_pages;
 	mig.st.remaining_bytes = dirty * GUEST_PAGE_SIZE;
 	mig.st.expected_downtime_ms = expected_ms;
 	mig.st.bytes_total = mig.st.bytes_sent + mig.st.remaining_bytes;
@@ -450,7 +462,7 @@ static int mig_iterate(struct mig_batch *b, struct errbuf *e)
 
 		b->n = 0;
 		b->flags = 0; /* the guest runs: pages are copied before they are sent */
-		b->sent_pages = b->zero_pages = 0;
+		b->sent_pages = b->zero_pages = b->shown_pages = b->shown_zero = 0;
 		ret = mig_round_marker(round, e);
 		if (ret == 0)
 			ret = round == 0 ? mig_round0(b, e) : mig_round_dirty(b, e);
@@ -664,6 +676,21 @@ out:
 	return ret;
 }
 
+void mig_stream_close(void)
+{
+	if (mig.w)
+		state_writer_free(mig.w);
+	if (mig.r)
+		state_reader_free(mig.r);
+	mig.w = NULL;
+	mig.r = NULL;
+	pthread_mutex_lock(&mig.lock);
+	if (mig.fd >= 0)
+		close(mig.fd);
+	mig.fd = -1;
+	pthread_mutex_unlock(&mig.lock);
+}
+
 void mig_done_cb(void *opaque)
 {
 	(void)opaque;
@@ -703,16 +730,8 @@ static void *mig_send_thread(void *arg)
 			 atomic_load(&mig.committed) ? "" : "; the guest keeps running here");
 	}
 	mig.st.elapsed_ns = time_mono_ns() - mig.t_start;
-	if (mig.fd >= 0)
-		close(mig.fd);
-	mig.fd = -1;
 	pthread_mutex_unlock(&mig.lock);
-	if (mig.w)
-		state_writer_free(mig.w);
-	if (mig.r)
-		state_reader_free(mig.r);
-	mig.w = NULL;
-	mig.r = NULL;
+	mig_stream_close();
 	free(mig.dirty);
 	mig.dirty = NULL;
 	if (ret < 0)

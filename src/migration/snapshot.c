@@ -97,7 +97,7 @@ static int vm_snapshot_region(struct snapshot_writer *w, struct guest_mem *mem,
 }
 
 int vm_snapshot_save(struct vm *vm, const char *dir, struct vm_snapshot_stats *st,
-		     struct errbuf *e)
+		     void (*captured)(void *opaque), void *opaque, struct errbuf *e)
 {
 	struct guest_mem *mem = vm_memory(vm);
 	struct snapshot_writer *w = NULL;
@@ -125,6 +125,8 @@ int vm_snapshot_save(struct vm *vm, const char *dir, struct vm_snapshot_stats *s
 			goto err;
 	}
 	snapshot_writer_stats(w, &ss);
+	if (captured)
+		captured(opaque);
 	ret = snapshot_writer_commit(w, e);
 	w = NULL;
 	if (ret < 0)

@@ -22,9 +22,14 @@ struct vm_snapshot_stats {
 	uint64_t elapsed_ns;
 };
 
-/* Writes the paused VM's state into dir (which must not exist yet), atomically. */
+/*
+ * Writes the paused VM's state into dir (which must not exist yet), atomically.
+ * captured(opaque), if given, runs once every byte of guest state has been handed to the
+ * kernel and before the files are synced and renamed into place: the guest may run
+ * again from then on (the sync of a large snapshot need not be guest downtime).
+ */
 int __must_check vm_snapshot_save(struct vm *vm, const char *dir, struct vm_snapshot_stats *st,
-				  struct errbuf *e);
+				  void (*captured)(void *opaque), void *opaque, struct errbuf *e);
 
 struct vm_restore_opts {
 	const char *name;        /* NULL: the snapshot's machine name */

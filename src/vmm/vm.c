@@ -418,11 +418,10 @@ err:
 	return ret;
 }
 
-int vm_create_restore(struct vm **out, struct evloop *loop, const struct vm_restore_config *cfg,
-		      struct errbuf *e)
+static struct vm_build_args vm_restore_args(const struct vm_restore_config *cfg, const char *name)
 {
-	struct vm_build_args a = {
-		.name = cfg->name,
+	return (struct vm_build_args){
+		.name = name,
 		.memory = cfg->memory,
 		.nvcpus = cfg->nvcpus,
 		.serial = cfg->serial,
@@ -431,6 +430,12 @@ int vm_create_restore(struct vm **out, struct evloop *loop, const struct vm_rest
 		.cpuid = cfg->cpuid,
 		.dirty = cfg->dirty,
 	};
+}
+
+int vm_create_restore(struct vm **out, struct evloop *loop, const struct vm_restore_config *cfg,
+		      struct errbuf *e)
+{
+	struct vm_build_args a = vm_restore_args(cfg, cfg->name);
 
 	return vm_build(out, loop, &a, e);
 }
@@ -624,16 +629,7 @@ int vm_incoming_create(struct vm **out, struct evloop *loop, const char *name, s
 
 int vm_incoming_build(struct vm *vm, const struct vm_restore_config *cfg, struct errbuf *e)
 {
-	struct vm_build_args a = {
-		.name = vm->name,
-		.memory = cfg->memory,
-		.nvcpus = cfg->nvcpus,
-		.serial = cfg->serial,
-		.serial_path = cfg->serial_path,
-		.kvm_path = cfg->kvm_path,
-		.cpuid = cfg->cpuid,
-		.dirty = cfg->dirty,
-	};
+	struct vm_build_args a = vm_restore_args(cfg, vm->name);
 
 	if (vm->nvcpus || vm->fd >= 0)
 		return err_set(e, -EBUSY, "the VM was already built");

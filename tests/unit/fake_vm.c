@@ -75,7 +75,7 @@ int vm_digest(struct vm *vm, char *mem_hex, char *state_hex, struct errbuf *e)
 }
 
 int vm_snapshot_save(struct vm *vm, const char *dir, struct vm_snapshot_stats *st,
-		     struct errbuf *e)
+		     void (*captured)(void *opaque), void *opaque, struct errbuf *e)
 {
 	return err_set(e, -ENOSPC, "fake VM: no space for %s", dir);
 }
