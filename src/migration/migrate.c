@@ -207,42 +207,43 @@ static int mig_page_queue(struct mig_batch *b, uint64_t pg, bool send_zero, stru
 }
 
 /*
- * Round 0: every page that may be non-zero, re-arming tracking range by range just before
- * reading it. Runs of ranges the guest never touched are re-armed with one call and not
- * read at all: an idle guest costs almost nothing whatever its size.
+ * Round 0: every page that may be non-zero. Memory is taken in 64 MiB windows: tracking
+ * is re-armed for the window first, then mincore tells which 2 MiB ranges the guest ever
+ * touched, and only those are read. In that order a page the guest first writes while
+ * the window is looked at is either read now or reported by the next sync; an idle guest
+ * costs a few calls per 64 MiB whatever its size.
  */
+#define MIG_WINDOW_RANGES 32
+
 static int mig_round0(struct mig_batch *b, struct errbuf *e)
 {
 	struct guest_mem *mem = vm_memory(mig.vm);
-	uint64_t idle_from = 0;
+	bool touched[MIG_WINDOW_RANGES];
 	int ret;
 
-	for (uint64_t first = 0; first < mig.npages; first += MIG_RANGE_PAGES) {
-		uint64_t n = MIN(MIG_RANGE_PAGES, mig.npages - first);
-		uint64_t gpa;
-		uint8_t *host = vm_page_host(mig.vm, first, &gpa);
+	for (uint64_t w0 = 0; w0 < mig.npages; w0 += MIG_WINDOW_RANGES * MIG_RANGE_PAGES) {
+		uint64_t wn = MIN(MIG_WINDOW_RANGES * MIG_RANGE_PAGES, mig.npages - w0), gpa;
 
-		if (!guest_mem_range_touched(mem, host, n * GUEST_PAGE_SIZE)) {
-			b->zero_pages += n;
-			continue;
-		}
 		if (mig.tracking) {
-			/* the untouched run before this range, then this range */
-			ret = vm_dirty_clear(mig.vm, idle_from, first + n - idle_from, e);
+			ret = vm_dirty_clear(mig.vm, w0, wn, e);
 			if (ret < 0)
 				return ret;
 		}
-		idle_from = first + n;
-		for (uint64_t pg = first; pg < first + n; pg++) {
-			ret = mig_page_queue(b, pg, false, e);
-			if (ret < 0)
-				return ret;
+		guest_mem_touched_map(mem, vm_page_host(mig.vm, w0, &gpa), wn, MIG_RANGE_PAGES,
+				      touched);
+		for (uint64_t first = w0; first < w0 + wn; first += MIG_RANGE_PAGES) {
+			uint64_t n = MIN(MIG_RANGE_PAGES, w0 + wn - first);
+
+			if (!touched[(first - w0) / MIG_RANGE_PAGES]) {
+				b->zero_pages += n;
+				continue;
+			}
+			for (uint64_t pg = first; pg < first + n; pg++) {
+				ret = mig_page_queue(b, pg, false, e);
+				if (ret < 0)
+					return ret;
+			}
 		}
-	}
-	if (mig.tracking && idle_from < mig.npages) {
-		ret = vm_dirty_clear(mig.vm, idle_from, mig.npages - idle_from, e);
-		if (ret < 0)
-			return ret;
 	}
 	return mig_batch_flush(b, e);
 }
@@ -625,13 +626,16 @@ static int mig_ranges_send(struct errbuf *e)
 
 	if (!bm)
 		return err_set(e, -ENOMEM, "out of memory");
-	for (uint64_t r = 0; r < nranges; r++) {
-		uint64_t first = r * MIG_RANGE_PAGES, gpa;
-		uint64_t n = MIN(MIG_RANGE_PAGES, mig.npages - first);
-		uint8_t *host = vm_page_host(mig.vm, first, &gpa);
+	for (uint64_t r0 = 0; r0 < nranges; r0 += MIG_WINDOW_RANGES) {
+		uint64_t first = r0 * MIG_RANGE_PAGES, gpa;
+		uint64_t n = MIN(MIG_WINDOW_RANGES * MIG_RANGE_PAGES, mig.npages - first);
+		bool touched[MIG_WINDOW_RANGES];
 
-		if (guest_mem_range_touched(mem, host, n * GUEST_PAGE_SIZE))
-			bm[r / 8] |= (uint8_t)(1u << (r % 8));
+		guest_mem_touched_map(mem, vm_page_host(mig.vm, first, &gpa), n, MIG_RANGE_PAGES,
+				      touched);
+		for (uint64_t r = r0; r < MIN(r0 + MIG_WINDOW_RANGES, nranges); r++)
+			if (touched[r - r0])
+				bm[r / 8] |= (uint8_t)(1u << (r % 8));
 	}
 	m.bitmap = bm;
 	ret = mig_ctrl_send(mig.w, &m, e);

@@ -155,6 +155,33 @@ uint64_t guest_mem_pages(const struct guest_mem *m)
 	return m->size / GUEST_PAGE_SIZE;
 }
 
+void guest_mem_touched_map(struct guest_mem *m, const void *host, uint64_t npages,
+			   uint64_t range_pages, bool *touched)
+{
+	static _Thread_local unsigned char vec[16384];
+	uint64_t nranges = (npages + range_pages - 1) / range_pages;
+
+	if (m->file_backed) {
+		for (uint64_t r = 0; r < nranges; r++)
+			touched[r] = true;
+		return;
+	}
+	memset(touched, 0, nranges * sizeof(*touched));
+	for (uint64_t first = 0; first < npages; first += sizeof(vec)) {
+		uint64_t n = MIN(sizeof(vec), npages - first);
+
+		/* if mincore cannot tell, the ranges have to be read */
+		if (mincore((uint8_t *)host + first * GUEST_PAGE_SIZE, n * GUEST_PAGE_SIZE, vec) < 0) {
+			for (uint64_t i = 0; i < n; i += range_pages)
+				touched[(first + i) / range_pages] = true;
+			continue;
+		}
+		for (uint64_t i = 0; i < n; i++)
+			if (vec[i] & 1)
+				touched[(first + i) / range_pages] = true;
+	}
+}
+
 uint64_t guest_mem_resident(struct guest_mem *m)
 {
 	unsigned char vec[4096];

@@ -65,6 +65,12 @@ int __must_check guest_mem_map_region_file(struct guest_mem *m, unsigned idx, in
  * file-backed memory, whose contents are in the file.
  */
 bool guest_mem_range_touched(struct guest_mem *m, const void *host, uint64_t len);
+/*
+ * The same for many ranges at once (one mincore call per 64 MiB): touched[i] for the
+ * range_pages-page range i of the npages pages at host.
+ */
+void guest_mem_touched_map(struct guest_mem *m, const void *host, uint64_t npages,
+			   uint64_t range_pages, bool *touched);
 /* Host pointer for [gpa, gpa+len) if it lies inside one region, else NULL. */
 void *guest_mem_ptr(struct guest_mem *m, uint64_t gpa, uint64_t len);
 /* Flat RAM offset of gpa, or -1 if gpa is not RAM */

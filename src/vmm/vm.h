@@ -187,7 +187,7 @@ void vm_throttle_kick(struct vm *vm);
 /* ---- dirty page tracking for live migration (vm_dirty.c); pages in flat RAM order ---- */
 enum vm_dirty_mode vm_dirty_mode_get(struct vm *vm);
 const char *vm_dirty_mode_name(enum vm_dirty_mode m);
-/* Turns logging on; every page counts as dirty until it is first cleared. */
+/* Turns logging on: writes from now on are reported (round 0 reads every page anyway). */
 int __must_check vm_dirty_start(struct vm *vm, struct errbuf *e);
 /* ORs into bitmap the pages written since the last sync, by the guest or by the VMM. */
 int __must_check vm_dirty_sync(struct vm *vm, uint64_t *bitmap, struct errbuf *e);
