@@ -44,6 +44,27 @@ int err_prefix(struct errbuf *e, int ret, const char *fmt, ...)
 	return ret;
 }
 
+/* One zero check for every layer: snapshots, migration rounds, digests. */
+bool page_is_zero(const void *page)
+{
+	const uint8_t *p = page;
+
+	/* OR whole cache lines together so the compiler can vectorise; stop at the first hit */
+	for (size_t off = 0; off < PAGE_BYTES; off += 256) {
+		uint64_t acc = 0;
+
+		for (size_t i = 0; i < 256; i += 8) {
+			uint64_t v;
+
+			memcpy(&v, p + off + i, sizeof(v));
+			acc |= v;
+		}
+		if (acc)
+			return false;
+	}
+	return true;
+}
+
 int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
 	unsigned long long v;

@@ -42,6 +42,11 @@ int __must_check parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *
 /* Formats bytes as "1.5 GiB" etc. */
 const char *fmt_bytes(uint64_t bytes, char *buf, size_t len);
 
+/* The page size of guest memory, snapshots and migration streams. */
+#define PAGE_BYTES 4096u
+/* True if the PAGE_BYTES bytes at page are all zero. */
+bool page_is_zero(const void *page);
+
 uint64_t time_mono_ns(void);
 uint64_t time_real_ns(void);
 

@@ -173,16 +173,6 @@ static int mig_batch_flush(struct mig_batch *b, struct errbuf *e)
 	return mig_check_cancel(e);
 }
 
-static bool mig_page_zero(const uint8_t *p)
-{
-	const uint64_t *q = (const uint64_t *)p;
-
-	for (size_t i = 0; i < GUEST_PAGE_SIZE / 8; i++)
-		if (q[i])
-			return false;
-	return true;
-}
-
 /*
  * Queues flat page pg. In round 0 (send_zero false) zero pages are skipped: the
  * destination's memory starts zeroed. Later, a page that became zero goes as a flag.
@@ -192,7 +182,7 @@ static int mig_page_queue(struct mig_batch *b, uint64_t pg, bool send_zero, stru
 	uint64_t gpa;
 	uint8_t *host = vm_page_host(mig.vm, pg, &gpa);
 
-	if (mig_page_zero(host)) {
+	if (page_is_zero(host)) {
 		b->zero_pages++;
 		if (!send_zero)
 			return 0;

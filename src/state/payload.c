@@ -433,26 +433,6 @@ bool state_pages_next(struct state_pages_iter *it, struct state_page *pg)
 	return true;
 }
 
-bool state_page_is_zero(const void *page)
-{
-	const uint8_t *p = page;
-
-	/* OR whole cache lines together so the compiler can vectorise; stop at the first hit */
-	for (size_t off = 0; off < STATE_PAGE_SIZE; off += 256) {
-		uint64_t acc = 0;
-
-		for (size_t i = 0; i < 256; i += 8) {
-			uint64_t v;
-
-			memcpy(&v, p + off + i, sizeof(v));
-			acc |= v;
-		}
-		if (acc)
-			return false;
-	}
-	return true;
-}
-
 /* ---- END ---- */
 
 int state_end_decode(const void *p, size_t len, uint64_t *nr_records, struct errbuf *e)

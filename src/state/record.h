@@ -161,8 +161,6 @@ int __must_check state_pages_decode(const void *p, size_t len, struct state_page
 				    struct errbuf *e);
 /* The next page of a decoded batch; false when none are left. */
 bool state_pages_next(struct state_pages_iter *it, struct state_page *pg);
-/* True if the STATE_PAGE_SIZE bytes at page are all zero. */
-bool state_page_is_zero(const void *page);
 
 /* ---- END: the last record; carries the number of records before it ---- */
 

@@ -584,7 +584,7 @@ int snapshot_writer_memory(struct snapshot_writer *w, uint64_t gpa, const void *
 				       w->dir, gpa + i);
 		}
 		w->chunk_next[chunk] = in_chunk + 1;
-		if (state_page_is_zero(p + i)) {
+		if (page_is_zero(p + i)) {
 			w->stats.pages_zero++;
 			ret = writer_put_run(w, p + run_start, run_len, rg->file_offset + base + run_start, e);
 			if (ret)
@@ -1092,7 +1092,7 @@ static int verify_holes(int fd, const struct snapshot_memory *m, uint8_t *page,
 			if (ret)
 				return err_set(v->e, ret, "memory file: read at offset 0x%" PRIx64 ": %s",
 					       off, ret == -EPIPE ? "truncated" : strerror(-ret));
-			if (state_page_is_zero(page))
+			if (page_is_zero(page))
 				continue;
 			if (pg == UINT64_MAX)
 				err_set(&tmp, -EBADMSG,

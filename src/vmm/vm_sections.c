@@ -313,14 +313,6 @@ static int vm_digest_section(void *opaque, const struct vm_section *s, struct er
 	return 0;
 }
 
-static bool vm_page_zero(const uint64_t *p)
-{
-	for (size_t i = 0; i < GUEST_PAGE_SIZE / 8; i++)
-		if (p[i])
-			return false;
-	return true;
-}
-
 int vm_digest(struct vm *vm, char *mem_hex, char *state_hex, struct errbuf *e)
 {
 	uint64_t hs = 0x6a09e667f3bcc908ull, hm = 0xbb67ae8584caa73bull;
@@ -340,7 +332,7 @@ int vm_digest(struct vm *vm, char *mem_hex, char *state_hex, struct errbuf *e)
 			const uint64_t *pg = (const uint64_t *)(reg->host + off);
 			uint64_t gpa = reg->gpa + off;
 
-			if (vm_page_zero(pg))
+			if (page_is_zero(pg))
 				continue;
 			hm = vm_mix64(hm ^ (gpa | crc32c(0, pg, GUEST_PAGE_SIZE)) ^
 				      ((uint64_t)crc32c(0x12345678u, pg, GUEST_PAGE_SIZE) << 32));

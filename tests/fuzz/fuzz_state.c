@@ -68,7 +68,7 @@ static void decode_stream(const uint8_t *data, size_t size, struct state_config 
 			while (state_pages_next(&it, &pg)) {
 				if (have_config)
 					(void)state_config_region_find(cfg, pg.gpa, STATE_PAGE_SIZE);
-				if (pg.data && state_page_is_zero(pg.data))
+				if (pg.data && page_is_zero(pg.data))
 					fputc('.', devnull);
 			}
 			break;

@@ -819,12 +819,12 @@ static void test_pages_codec(void **state)
 	assert_int_equal(it.nr_data, 1);
 	buf_free(&b);
 
-	assert_true(state_page_is_zero(page));
+	assert_true(page_is_zero(page));
 	page[PS - 1] = 1;
-	assert_false(state_page_is_zero(page));
+	assert_false(page_is_zero(page));
 	page[PS - 1] = 0;
 	page[0] = 1;
-	assert_false(state_page_is_zero(page));
+	assert_false(page_is_zero(page));
 	page[0] = 0;
 }
 
@@ -964,9 +964,9 @@ static uint64_t guest_present(const struct guest *g)
 	uint64_t n = 0;
 
 	for (size_t off = 0; off < g->s0; off += PS)
-		n += !state_page_is_zero(g->r0 + off);
+		n += !page_is_zero(g->r0 + off);
 	for (size_t off = 0; off < g->s1; off += PS)
-		n += !state_page_is_zero(g->r1 + off);
+		n += !page_is_zero(g->r1 + off);
 	return n;
 }
 
@@ -1045,14 +1045,14 @@ static void test_snapshot_roundtrip(void **state)
 		while (snapshot_memory_next_extent(m, idx, from, &first, &count)) {
 			assert_true(count > 0);
 			for (uint64_t p = from; p < first; p++)
-				assert_true(state_page_is_zero(base + p * PS));
+				assert_true(page_is_zero(base + p * PS));
 			for (uint64_t p = first; p < first + count; p++)
-				assert_false(state_page_is_zero(base + p * PS));
+				assert_false(page_is_zero(base + p * PS));
 			seen += count;
 			from = first + count;
 		}
 		for (uint64_t p = from; p < pages; p++)
-			assert_true(state_page_is_zero(base + p * PS));
+			assert_true(page_is_zero(base + p * PS));
 		assert_true(seen > 0);
 	}
 	assert_false(snapshot_memory_next_extent(m, 2, 0, &first_unused, &count_unused));
