@@ -80,25 +80,13 @@ int guest_mem_map_region_file(struct guest_mem *m, unsigned idx, int fd, uint64_
 
 bool guest_mem_range_touched(struct guest_mem *m, const void *host, uint64_t len)
 {
-	unsigned char vec[512];
 	uintptr_t start = ALIGN_DOWN((uintptr_t)host, GUEST_PAGE_SIZE);
 	uint64_t pages = (len + ((uintptr_t)host - start) + GUEST_PAGE_SIZE - 1) / GUEST_PAGE_SIZE;
+	bool touched = false;
 
-	if (m->file_backed)
-		return true;
-	while (pages) {
-		uint64_t n = MIN(pages, sizeof(vec));
-
-		/* if mincore cannot tell, the range has to be read */
-		if (mincore((void *)start, n * GUEST_PAGE_SIZE, vec) < 0)
-			return true;
-		for (uint64_t i = 0; i < n; i++)
-			if (vec[i] & 1)
-				return true;
-		pages -= n;
-		start += n * GUEST_PAGE_SIZE;
-	}
-	return false;
+	/* the whole range as a single range of the map */
+	guest_mem_touched_map(m, (const void *)start, pages, pages, &touched);
+	return touched;
 }
 
 void *guest_mem_ptr(struct guest_mem *m, uint64_t gpa, uint64_t len)
