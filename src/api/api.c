@@ -382,13 +382,6 @@ static int api_cmd_migrate(struct api_ctx *ctx, struct errbuf *e)
 			return err_set(e, -EINVAL, "migrate: on_stall must be throttle, pause or cancel");
 	}
 	p.digest = json_is_true(json_object_get(req, "digest"));
-	{
-		struct mig_uri u;
-
-		ret = mig_uri_parse(p.uri, &u, e);
-		if (ret < 0)
-			return ret;
-	}
 	if (ctx->server->mig_client)
 		return err_set(e, -EBUSY, "a migration is already in progress");
 	ret = migration_start(ctx->server->vm, ctx->server->loop, &p, api_mig_done, ctx->server, e);

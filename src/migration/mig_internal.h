@@ -4,6 +4,7 @@
 #define GODWIT_MIGRATION_MIG_INTERNAL_H
 
 #include "migration/migrate.h"
+#include "migration/proto.h"
 #include "state/record.h"
 
 #include <pthread.h>
@@ -26,6 +27,7 @@ struct migration {
 	struct vm *vm;
 	struct evloop *loop;
 	struct mig_params p;
+	struct mig_uri uri;       /* p.uri, parsed */
 	void (*done)(void *opaque);
 	void *done_opaque;
 

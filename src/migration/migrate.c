@@ -371,13 +371,9 @@ static int mig_handshake(struct errbuf *e)
 	struct mig_ctrl m = { .type = MIG_MSG_HELLO, .u32a = MIG_PROTOCOL_VERSION,
 			      .u32b = mig.p.mode };
 	struct state_config *cfg;
-	struct mig_uri u;
 	int ret, fd;
 
-	ret = mig_uri_parse(mig.p.uri, &u, e);
-	if (ret < 0)
-		return ret;
-	ret = mig_connect(&u, MIG_CONNECT_TIMEOUT_MS, &fd, e);
+	ret = mig_connect(&mig.uri, MIG_CONNECT_TIMEOUT_MS, &fd, e);
 	if (ret < 0)
 		return ret;
 	pthread_mutex_lock(&mig.lock);
@@ -743,8 +739,13 @@ static void *mig_send_thread(void *arg)
 int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params *p,
 		    void (*done)(void *opaque), void *opaque, struct errbuf *e)
 {
+	struct mig_uri uri;
 	int ret;
 
+	/* a bad URI is refused here, synchronously, before anything starts */
+	ret = mig_uri_parse(p->uri, &uri, e);
+	if (ret < 0)
+		return ret;
 	pthread_mutex_lock(&mig.lock);
 	if (mig.running && (mig.st.state == MIG_STATE_SETUP || mig.st.state == MIG_STATE_ACTIVE ||
 			    mig.st.state == MIG_STATE_COMPLETING)) {
@@ -782,6 +783,7 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 	mig.vm = vm;
 	mig.loop = loop;
 	mig.p = *p;
+	mig.uri = uri;
 	mig.done = done;
 	mig.done_opaque = opaque;
 	atomic_store(&mig.cancel, false);

@@ -106,9 +106,3 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 {
 	return err_set(e, -ENOTSUP, "fake VM: no migration");
 }
-
-int mig_uri_parse(const char *s, struct mig_uri *u, struct errbuf *e)
-{
-	return strncmp(s, "tcp:", 4) && strncmp(s, "unix:", 5) ?
-		err_set(e, -EINVAL, "%s: URI must be tcp:HOST:PORT or unix:PATH", s) : 0;
-}
