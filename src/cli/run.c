@@ -121,11 +121,10 @@ int cli_run_main(int argc, char **argv)
 		ret = err_set(&e, -errno, "signalfd: %s", strerror(errno));
 		goto err;
 	}
-	if (o.incoming) {
-		/* listening already: started before the control socket appeared */
-	} else if (o.restore && o.paused) {
+	/* an incoming VM starts when its migration commits */
+	if (o.restore && o.paused) {
 		vm_start_paused(vm);
-	} else {
+	} else if (!o.incoming) {
 		ret = vm_start(vm, &e);
 		if (ret < 0)
 			goto err;
