@@ -89,14 +89,28 @@ static void progress_print(json_t *st)
 		jint(st, "expected_downtime_ms"), jint(st, "throttle_pct"));
 }
 
-static int migrate_parse_rate(const char *s, long long *out)
+/* Sets key to s times scale if s is a whole number in [min, max]. */
+static int migrate_opt_number(json_t *req, const char *key, const char *s, uint64_t min,
+			      uint64_t max, uint64_t scale)
 {
 	uint64_t v;
 
-	if (parse_size(s, &v) < 0 || v > (uint64_t)1 << 50)
+	if (parse_u64(s, min, max, &v) < 0)
 		return -EINVAL;
-	*out = (long long)v;
+	json_object_set_new(req, key, json_integer((json_int_t)(v * scale)));
 	return 0;
+}
+
+/* Sets key to s if s is one of the NULL-terminated choices. */
+static int migrate_opt_choice(json_t *req, const char *key, const char *s, const char *const *choices)
+{
+	for (; *choices; choices++) {
+		if (!strcmp(s, *choices)) {
+			json_object_set_new(req, key, json_string(s));
+			return 0;
+		}
+	}
+	return -EINVAL;
 }
 
 int cli_migrate_main(int argc, char **argv)
@@ -120,52 +134,44 @@ int cli_migrate_main(int argc, char **argv)
 	bool tty = isatty(STDERR_FILENO), json_out = false;
 	pthread_t th;
 	uint64_t v;
-	long long rate;
-	int c, ret = 1;
+	int c, ret = 0, longindex = 0;
 
 	optind = 1;
 	opterr = 0;
 	json_object_set_new(req, "cmd", json_string("migrate"));
-	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":h", opts, &longindex)) != -1) {
 		switch (c) {
 		case OPT_API:
 			call.sock = optarg;
 			break;
 		case OPT_MODE:
-			if (strcmp(optarg, "live") && strcmp(optarg, "warm"))
-				goto bad_value;
-			json_object_set_new(req, "mode", json_string(optarg));
+			ret = migrate_opt_choice(req, "mode", optarg,
+						 (const char *const[]){ "live", "warm", NULL });
 			break;
 		case OPT_DOWNTIME:
-			if (parse_u64(optarg, 1, 3600000, &v) < 0)
-				goto bad_value;
-			json_object_set_new(req, "downtime_ms", json_integer((json_int_t)v));
+			ret = migrate_opt_number(req, "downtime_ms", optarg, 1, 3600000, 1);
 			break;
 		case OPT_BANDWIDTH:
-			if (migrate_parse_rate(optarg, &rate) < 0)
-				goto bad_value;
-			json_object_set_new(req, "bandwidth", json_integer(rate));
+			ret = parse_size(optarg, &v);
+			if (ret == 0 && v > (uint64_t)1 << 50)
+				ret = -ERANGE;
+			if (ret == 0)
+				json_object_set_new(req, "bandwidth", json_integer((json_int_t)v));
 			break;
 		case OPT_ROUNDS:
-			if (parse_u64(optarg, 1, 100000, &v) < 0)
-				goto bad_value;
-			json_object_set_new(req, "max_rounds", json_integer((json_int_t)v));
+			ret = migrate_opt_number(req, "max_rounds", optarg, 1, 100000, 1);
 			break;
 		case OPT_TIMEOUT:
-			if (parse_u64(optarg, 1, 86400, &v) < 0)
-				goto bad_value;
-			json_object_set_new(req, "timeout_ms", json_integer((json_int_t)v * 1000));
+			ret = migrate_opt_number(req, "timeout_ms", optarg, 1, 86400, 1000);
 			break;
 		case OPT_DIRTY:
-			if (strcmp(optarg, "bitmap") && strcmp(optarg, "ring"))
-				goto bad_value;
-			json_object_set_new(req, "dirty_tracking", json_string(optarg));
+			ret = migrate_opt_choice(req, "dirty_tracking", optarg,
+						 (const char *const[]){ "bitmap", "ring", NULL });
 			break;
 		case OPT_STALL:
-			if (strcmp(optarg, "throttle") && strcmp(optarg, "pause") &&
-			    strcmp(optarg, "cancel"))
-				goto bad_value;
-			json_object_set_new(req, "on_stall", json_string(optarg));
+			ret = migrate_opt_choice(req, "on_stall", optarg,
+						 (const char *const[]){ "throttle", "pause", "cancel",
+									NULL });
 			break;
 		case OPT_DIGEST:
 			json_object_set_new(req, "digest", json_true());
@@ -186,7 +192,10 @@ int cli_migrate_main(int argc, char **argv)
 			json_decref(req);
 			return 2;
 		}
+		if (ret < 0)
+			goto bad_value;
 	}
+	ret = 1; /* until the VMM reports success */
 	if (!call.sock || optind != argc - 1) {
 		fprintf(stderr, "godwit migrate: %s\n", !call.sock ? "--api-socket PATH is required" :
 			optind >= argc ? "the destination URI is required" : "only one URI may be given");
@@ -252,7 +261,7 @@ out:
 	return ret;
 
 bad_value:
-	fprintf(stderr, "godwit migrate: %s %s: invalid value\n", argv[optind - 1], optarg);
+	fprintf(stderr, "godwit migrate: --%s %s: invalid value\n", opts[longindex].name, optarg);
 	json_decref(req);
 	return 2;
 }

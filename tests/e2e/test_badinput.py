@@ -59,6 +59,10 @@ def test(env):
     run_fails(env, ["run", "--memory", "64M", "--kernel", env.guest, "--api-socket",
                     env.path("s" * 120)], "too long")
     run_fails(env, base, "/nonexistent/kvm", {"GODWIT_KVM_DEVICE": "/nonexistent/kvm"})
+    run_fails(env, ["migrate", "--api-socket", sock, "--mode", "fast", "unix:/x"], "--mode fast")
+    run_fails(env, ["migrate", "--api-socket", sock, "--bandwidth", "lots", "unix:/x"],
+              "--bandwidth lots")
+    run_fails(env, ["migrate", "--api-socket", sock, "--timeout", "0", "unix:/x"], "--timeout 0")
     run_fails(env, ["status"], "--api-socket")
     run_fails(env, ["status", "--api-socket", env.path("absent.sock")], "absent.sock")
     assert not os.path.exists(sock), "a failed run left its socket behind"
