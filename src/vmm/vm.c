@@ -449,6 +449,11 @@ void vm_start_paused(struct vm *vm)
 	pthread_mutex_unlock(&vm->lock);
 }
 
+uint64_t vm_guest_resident(struct vm *vm)
+{
+	return vm->mem.base ? guest_mem_resident(&vm->mem) : 0;
+}
+
 struct guest_mem *vm_memory(struct vm *vm)
 {
 	return &vm->mem;
@@ -612,8 +617,6 @@ void vm_status_get(struct vm *vm, struct vm_status *st)
 	if (vm->state == VM_STATE_PAUSED)
 		st->paused_ns += now - vm->paused_since_ns;
 	pthread_mutex_unlock(&vm->lock);
-	if (vm->mem.base)
-		st->guest_resident = guest_mem_resident(&vm->mem);
 }
 
 int vm_incoming_create(struct vm **out, struct evloop *loop, const char *name, struct errbuf *e)

@@ -38,7 +38,6 @@ struct vm_status {
 	unsigned vcpus;
 	uint64_t uptime_ns;      /* since the process started the VM (run or restore) */
 	uint64_t paused_ns;      /* total time spent paused */
-	uint64_t guest_resident; /* bytes of guest RAM resident in the VMM process */
 };
 
 /*
@@ -165,6 +164,8 @@ struct guest_mem *vm_memory(struct vm *vm);
 
 const char *vm_state_name(enum vm_state st);
 void vm_status_get(struct vm *vm, struct vm_status *st);
+/* Bytes of guest RAM resident in the VMM process (mincore over all of it: not for hot paths). */
+uint64_t vm_guest_resident(struct vm *vm);
 /* Returns once every vCPU is out of KVM_RUN (state PAUSED). Pausing a paused VM is a no-op. */
 int __must_check vm_pause(struct vm *vm, struct errbuf *e);
 /* Restarts every vCPU. Resuming a running VM is a no-op. */

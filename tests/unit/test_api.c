@@ -123,6 +123,7 @@ static void test_status_fields(void **state)
 	assert_string_equal(json_string_value(json_object_get(resp, "name")), "vm0");
 	assert_string_equal(json_string_value(json_object_get(resp, "state")), "running");
 	assert_int_equal(json_integer_value(json_object_get(resp, "memory")), 256 * MiB);
+	assert_int_equal(json_integer_value(json_object_get(resp, "guest_resident")), 2 * MiB);
 	assert_int_equal(json_integer_value(json_object_get(resp, "vcpus")), 2);
 	assert_int_equal(json_integer_value(json_object_get(resp, "uptime_ms")), 12345);
 	assert_int_equal(json_integer_value(json_object_get(resp, "paused_ms")), 2500);
