@@ -137,7 +137,7 @@ static int inc_pages(const struct state_record *rec, struct errbuf *e)
 			normal++;
 		} else {
 			/* only pages that hold something need writing: fresh memory reads zero */
-			if (guest_mem_range_touched(mem, dst, GUEST_PAGE_SIZE))
+			if (!page_is_zero(dst))
 				memset(dst, 0, GUEST_PAGE_SIZE);
 			zero++;
 		}
