@@ -54,7 +54,9 @@ int evloop_create(struct evloop **out)
 		ret = -errno;
 		goto err_wake;
 	}
-	pthread_mutex_init(&loop->lock, NULL);
+	ret = -pthread_mutex_init(&loop->lock, NULL);
+	if (ret < 0)
+		goto err_wake;
 	loop->calls_tail = &loop->calls;
 	*out = loop;
 	return 0;
@@ -224,8 +226,23 @@ int evloop_call(struct evloop *loop, void (*fn)(void *opaque), void *opaque)
 	pthread_mutex_lock(&loop->lock);
 	*loop->calls_tail = c;
 	loop->calls_tail = &c->next;
+	/*
+	 * Under the lock, so a failure can take the call back out before the loop sees it:
+	 * a caller told "failed" must be able to rely on fn never running. EAGAIN means the
+	 * counter is saturated, so the loop is woken already.
+	 */
+	if (write(loop->wakefd, &one, sizeof(one)) < 0 && errno != EAGAIN) {
+		int ret = -errno;
+		struct evloop_callreq **pp = &loop->calls;
+
+		while (*pp != c)
+			pp = &(*pp)->next;
+		*pp = NULL;
+		loop->calls_tail = pp;
+		pthread_mutex_unlock(&loop->lock);
+		free(c);
+		return ret;
+	}
 	pthread_mutex_unlock(&loop->lock);
-	if (write(loop->wakefd, &one, sizeof(one)) < 0)
-		return -errno;
 	return 0;
 }

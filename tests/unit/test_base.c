@@ -1,15 +1,19 @@
 /* SPDX-License-Identifier: MIT */
-/* Unit tests for base/: size and number parsing, state buffers, error messages. */
+/* Unit tests for base/: size and number parsing, state buffers, error messages, event loop. */
 #include "base/buf.h"
+#include "base/evloop.h"
 #include "base/util.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -327,6 +331,63 @@ static void test_fmt_bytes(void **state)
 	assert_string_equal(fmt_bytes(UINT64_MAX, s, sizeof(s)), "16777216.0 TiB");
 }
 
+/* The event loop's wake-up eventfd, found among this process's descriptors. */
+static int eventfd_find(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *de;
+	int fd = -1;
+
+	assert_non_null(d);
+	while ((de = readdir(d))) {
+		char path[64], target[64];
+		ssize_t n;
+
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", de->d_name);
+		n = readlink(path, target, sizeof(target) - 1);
+		if (n <= 0)
+			continue;
+		target[n] = '\0';
+		if (!strcmp(target, "anon_inode:[eventfd]"))
+			fd = atoi(de->d_name);
+	}
+	closedir(d);
+	return fd;
+}
+
+struct evloop_test {
+	struct evloop *loop;
+	unsigned runs;
+};
+
+static void evloop_test_fn(void *opaque)
+{
+	struct evloop_test *t = opaque;
+
+	t->runs++;
+	evloop_stop(t->loop);
+}
+
+/*
+ * evloop_call() says whether fn will run: with the wake-up counter saturated (the loop
+ * is woken already) the call is queued and runs, so it must report success.
+ */
+static void test_evloop_call_saturated(void **state)
+{
+	struct evloop_test t = { 0 };
+	uint64_t big = 0xfffffffffffffffeull;
+	int fd;
+
+	assert_int_equal(evloop_create(&t.loop), 0);
+	fd = eventfd_find();
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, &big, sizeof(big)), (ssize_t)sizeof(big));
+	assert_int_equal(evloop_call(t.loop, evloop_test_fn, &t), 0);
+	assert_int_equal(evloop_run(t.loop), 0);
+	assert_int_equal(t.runs, 1);
+	evloop_destroy(t.loop);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -338,6 +399,7 @@ int main(void)
 		cmocka_unit_test(test_buf_oom),
 		cmocka_unit_test(test_err),
 		cmocka_unit_test(test_fmt_bytes),
+		cmocka_unit_test(test_evloop_call_saturated),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
