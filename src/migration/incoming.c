@@ -234,7 +234,9 @@ static int inc_receive(struct errbuf *e)
 	struct errbuf e2;
 	int ret;
 
-	mig_socket_timeouts(mig.fd, MIG_IO_TIMEOUT_MS);
+	ret = mig_socket_timeouts(mig.fd, MIG_IO_TIMEOUT_MS, e);
+	if (ret < 0)
+		return ret;
 	ret = state_reader_open_fd(&mig.r, mig.fd, &ro, e);
 	if (ret < 0)
 		return err_prefix(e, ret, "from the source");
@@ -323,7 +325,11 @@ static int inc_receive(struct errbuf *e)
 		return err_set(e, ret, "sending READY: the source went away");
 
 	/* wait for COMMIT: without it, nothing runs here */
-	mig_socket_timeouts(mig.fd, MIG_HANDOVER_TIMEOUT_MS);
+	ret = mig_socket_timeouts(mig.fd, MIG_HANDOVER_TIMEOUT_MS, e);
+	if (ret < 0) {
+		inc_reply(MIG_MSG_ERROR, e->msg);
+		return ret;
+	}
 	ret = inc_next(&rec, e);
 	if (ret < 0)
 		return err_prefix(e, ret, "waiting for COMMIT (nothing was started)");

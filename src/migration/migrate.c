@@ -379,7 +379,9 @@ static int mig_handshake(struct errbuf *e)
 	pthread_mutex_lock(&mig.lock);
 	mig.fd = fd;
 	pthread_mutex_unlock(&mig.lock);
-	mig_socket_timeouts(fd, MIG_IO_TIMEOUT_MS);
+	ret = mig_socket_timeouts(fd, MIG_IO_TIMEOUT_MS, e);
+	if (ret < 0)
+		return ret;
 	ret = state_writer_open(&mig.w, fd, STATE_KIND_MIGRATION, e);
 	if (ret < 0)
 		return ret;
@@ -555,7 +557,9 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 		return ret;
 	mig_bytes_update();
 	/* the destination now loads and validates everything */
-	mig_socket_timeouts(mig.fd, MIG_HANDOVER_TIMEOUT_MS);
+	ret = mig_socket_timeouts(mig.fd, MIG_HANDOVER_TIMEOUT_MS, e);
+	if (ret < 0)
+		return ret;
 	ret = mig_expect(MIG_MSG_READY, &m, e);
 	if (ret < 0)
 		return ret;

@@ -192,12 +192,16 @@ int mig_uri_parse(const char *s, struct mig_uri *u, struct errbuf *e)
 	return err_set(e, -EINVAL, "%s: URI must be tcp:HOST:PORT or unix:PATH", s);
 }
 
-void mig_socket_timeouts(int fd, int timeout_ms)
+int mig_socket_timeouts(int fd, int timeout_ms, struct errbuf *e)
 {
 	struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
 
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	/* without them a peer that goes silent would block this side for ever */
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
+		return err_set(e, -errno, "set the migration socket's %d ms timeouts: %s",
+			       timeout_ms, strerror(errno));
+	return 0;
 }
 
 static void mig_socket_tune(int fd, int family)
@@ -217,7 +221,8 @@ static int mig_connect_one(int fd, const struct sockaddr *sa, socklen_t len, int
 	int flags = fcntl(fd, F_GETFL), err = 0;
 	socklen_t el = sizeof(err);
 
-	fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+	if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+		return -errno;
 	if (connect(fd, sa, len) < 0) {
 		if (errno != EINPROGRESS)
 			return -errno;
@@ -228,7 +233,9 @@ static int mig_connect_one(int fd, const struct sockaddr *sa, socklen_t len, int
 		if (err)
 			return -err;
 	}
-	fcntl(fd, F_SETFL, flags);
+	/* a socket left non-blocking would turn every timeout into an EAGAIN failure */
+	if (fcntl(fd, F_SETFL, flags) < 0)
+		return -errno;
 	return 0;
 }
 
@@ -247,7 +254,11 @@ int mig_connect(const struct mig_uri *u, int timeout_ms, int *out, struct errbuf
 			close(fd);
 			return err_set(e, ret, "connect unix:%s: %s", u->path, strerror(-ret));
 		}
-		mig_socket_timeouts(fd, timeout_ms);
+		ret = mig_socket_timeouts(fd, timeout_ms, e);
+		if (ret < 0) {
+			close(fd);
+			return ret;
+		}
 		*out = fd;
 		return 0;
 	} else {
@@ -268,9 +279,13 @@ int mig_connect(const struct mig_uri *u, int timeout_ms, int *out, struct errbuf
 			mig_socket_tune(fd, ai->ai_family);
 			ret = mig_connect_one(fd, ai->ai_addr, ai->ai_addrlen, timeout_ms);
 			if (ret == 0) {
-				mig_socket_timeouts(fd, timeout_ms);
-				*out = fd;
 				freeaddrinfo(res);
+				ret = mig_socket_timeouts(fd, timeout_ms, e);
+				if (ret < 0) {
+					close(fd);
+					return ret;
+				}
+				*out = fd;
 				return 0;
 			}
 			close(fd);

@@ -71,7 +71,7 @@ int __must_check mig_uri_parse(const char *s, struct mig_uri *u, struct errbuf *
 int __must_check mig_connect(const struct mig_uri *u, int timeout_ms, int *fd, struct errbuf *e);
 /* Binds and listens (backlog 1). Listens only where told: no wildcard unless given one. */
 int __must_check mig_listen(const struct mig_uri *u, int *fd, struct errbuf *e);
-/* Sets SO_RCVTIMEO/SO_SNDTIMEO (0 = none). */
-void mig_socket_timeouts(int fd, int timeout_ms);
+/* Sets SO_RCVTIMEO/SO_SNDTIMEO (0 = none); a failure is an error, never ignored. */
+int __must_check mig_socket_timeouts(int fd, int timeout_ms, struct errbuf *e);
 
 #endif
