@@ -213,6 +213,8 @@ static int api_cmd_snapshot(struct api_ctx *ctx, struct errbuf *e)
 	int ret;
 
 	vm_status_get(vm, &vs);
+	if (vs.state == VM_STATE_HANDED_OVER)
+		return err_set(e, -EPERM, "cannot snapshot: %s", VM_HANDED_OVER_MSG);
 	if (vs.state != VM_STATE_RUNNING && vs.state != VM_STATE_PAUSED)
 		return err_set(e, -EBUSY, "cannot snapshot a VM that is %s", vm_state_name(vs.state));
 	run.resume = vs.state == VM_STATE_RUNNING && !stop;

@@ -37,7 +37,9 @@ struct migration {
 	uint64_t *dirty;          /* flat page bitmap */
 	uint64_t npages;
 	uint64_t t_start, t_pause;
-	bool paused_by_us;
+	bool guest_paused;        /* the guest is paused for the final phase */
+	bool paused_by_us;        /* a failure before COMMIT resumes the guest */
+	bool operator_paused;     /* the VM was paused before the migration: it stays so */
 	bool tracking;
 	_Atomic bool throttle_on;
 	pthread_t throttle_thread;

@@ -414,7 +414,9 @@ static int mig_pause_guest(struct errbuf *e)
 	ret = vm_owner_pause(mig.vm, e);
 	if (ret < 0)
 		return ret;
-	mig.paused_by_us = true;
+	mig.guest_paused = true;
+	/* an operator's pause is theirs: a failed migration leaves that guest paused */
+	mig.paused_by_us = !mig.operator_paused;
 	return 0;
 }
 
@@ -520,7 +522,7 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 	int ret;
 
 	mig_state_set(MIG_STATE_COMPLETING);
-	if (!mig.paused_by_us) {
+	if (!mig.guest_paused) {
 		ret = mig_pause_guest(e);
 		if (ret < 0)
 			return ret;
@@ -578,7 +580,13 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 		pthread_mutex_unlock(&mig.lock);
 	}
 
-	/* the point of no return: after COMMIT this side never resumes the guest */
+	/*
+	 * The point of no return: once COMMIT may have left, the destination may run the
+	 * guest, so this copy is handed-over for good (only stop), whatever happens next.
+	 */
+	ret = vm_handover(mig.vm, e);
+	if (ret < 0)
+		return ret;
 	pthread_mutex_lock(&mig.lock);
 	atomic_store(&mig.committed, true);
 	pthread_mutex_unlock(&mig.lock);
@@ -733,8 +741,8 @@ static void *mig_send_thread(void *arg)
 	else
 		log_info("migration completed: %llu pages, downtime %.1f ms",
 			 (unsigned long long)mig.st.pages_normal, (double)mig.st.downtime_ns / 1e6);
-	if (!atomic_load(&mig.committed) || ret < 0)
-		vm_busy_clear(mig.vm);
+	/* after COMMIT the VM is handed-over: that state, not busy, keeps it from running */
+	vm_busy_clear(mig.vm);
 	if (evloop_call(mig.loop, mig_done_cb, NULL) < 0)
 		log_err("migration: cannot notify the main loop");
 	return NULL;
@@ -744,6 +752,7 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 		    void (*done)(void *opaque), void *opaque, struct errbuf *e)
 {
 	struct mig_uri uri;
+	bool was_paused = false;
 	int ret;
 
 	/* a bad URI is refused here, synchronously, before anything starts */
@@ -751,15 +760,19 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 	if (ret < 0)
 		return ret;
 	pthread_mutex_lock(&mig.lock);
+	/* never join a destination's thread that still waits: the main loop would freeze */
+	if (mig.running && mig.st.incoming && mig.st.state != MIG_STATE_COMPLETED &&
+	    mig.st.state != MIG_STATE_FAILED) {
+		pthread_mutex_unlock(&mig.lock);
+		return err_set(e, -EBUSY, "this VM is still waiting for its incoming migration "
+					  "(state incoming): it can move on once it runs here");
+	}
 	if (mig.running && (mig.st.state == MIG_STATE_SETUP || mig.st.state == MIG_STATE_ACTIVE ||
 			    mig.st.state == MIG_STATE_COMPLETING)) {
 		pthread_mutex_unlock(&mig.lock);
 		return err_set(e, -EBUSY, "a migration is already in progress");
 	}
-	if (mig.st.state == MIG_STATE_COMPLETED) {
-		pthread_mutex_unlock(&mig.lock);
-		return err_set(e, -EINVAL, "this VM was already migrated away");
-	}
+	/* a VM migrated away is handed-over: vm_busy_set() refuses it, naming why */
 	if (mig.running) {
 		pthread_mutex_unlock(&mig.lock);
 		pthread_join(mig.thread, NULL);
@@ -773,7 +786,7 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 			       vm_dirty_mode_name(p->dirty_tracking),
 			       vm_dirty_mode_name(vm_dirty_mode_get(vm)),
 			       vm_dirty_mode_name(p->dirty_tracking));
-	ret = vm_busy_set(vm, "a migration", e);
+	ret = vm_busy_set(vm, "a migration", &was_paused, e);
 	if (ret < 0)
 		return ret;
 
@@ -792,7 +805,9 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 	mig.done_opaque = opaque;
 	atomic_store(&mig.cancel, false);
 	atomic_store(&mig.committed, false);
+	mig.guest_paused = false;
 	mig.paused_by_us = false;
+	mig.operator_paused = was_paused;
 	mig.tracking = false;
 	mig.t_start = time_mono_ns();
 	mig.running = true;

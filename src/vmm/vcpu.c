@@ -49,8 +49,19 @@ int vcpu_create(struct vcpu *v, struct vm *vm, int vmfd, unsigned index, int mma
 		v->run = NULL;
 		return ret;
 	}
-	pthread_mutex_init(&v->lock, NULL);
-	pthread_cond_init(&v->cond, NULL);
+	ret = -pthread_mutex_init(&v->lock, NULL);
+	if (ret == 0) {
+		ret = -pthread_cond_init(&v->cond, NULL);
+		if (ret < 0)
+			pthread_mutex_destroy(&v->lock);
+	}
+	if (ret < 0) {
+		munmap(v->run, v->run_size);
+		close(v->fd);
+		v->fd = -1;
+		v->run = NULL;
+		return err_set(e, ret, "vCPU %u lock: %s", index, strerror(-ret));
+	}
 	v->state = VCPU_PAUSED;
 	v->req = VCPU_PAUSED;
 	return 0;
@@ -203,6 +214,33 @@ void vcpu_throttle_kick(struct vcpu *v)
 	pthread_kill(v->thread, VCPU_KICK_SIGNAL);
 }
 
+/*
+ * The fault-injection hook (tests only): a vCPU slow to get out of KVM_RUN once asked to
+ * leave it, or after KVM_RUN failed. err is KVM_RUN's errno.
+ */
+static void vcpu_test_delay(struct vcpu *v, int err)
+{
+	unsigned ms = atomic_load(&v->delay_ms);
+	struct timespec ts;
+	bool asked;
+
+	if (!ms)
+		return;
+	if (err == EINTR || err == EAGAIN) {
+		/* not for the other early returns (an AP's wait for SIPI ends with EAGAIN) */
+		pthread_mutex_lock(&v->lock);
+		asked = v->req != VCPU_RUNNING;
+		pthread_mutex_unlock(&v->lock);
+		if (!asked)
+			return;
+	}
+	ts.tv_sec = ms / 1000;
+	ts.tv_nsec = (long)(ms % 1000) * 1000000;
+	/* the kick signal may cut it short: sleep the whole delay regardless */
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
 static void *vcpu_thread_main(void *arg)
 {
 	struct vcpu *v = arg;
@@ -215,12 +253,15 @@ static void *vcpu_thread_main(void *arg)
 	for (;;) {
 		int ret;
 
-		if (v->call_pending) {
+		if (v->call) {
+			struct vcpu_callreq *c = v->call;
+
 			pthread_mutex_unlock(&v->lock);
-			ret = v->call_fn(v, v->call_arg);
+			ret = c->fn(v, c->arg);
 			pthread_mutex_lock(&v->lock);
-			v->call_ret = ret;
-			v->call_pending = false;
+			c->ret = ret;
+			c->done = true;
+			v->call = NULL;
 			pthread_cond_broadcast(&v->cond);
 			continue;
 		}
@@ -249,16 +290,21 @@ static void *vcpu_thread_main(void *arg)
 
 		ret = ioctl(v->fd, KVM_RUN, 0);
 		if (ret < 0) {
-			if (errno == EINTR || errno == EAGAIN) {
+			int err = errno;
+
+			vcpu_test_delay(v, err);
+			if (err == EINTR || err == EAGAIN) {
 				/* kicked: any pending I/O was completed by this entry */
 				v->io_pending = false;
 			} else {
 				char what[128];
 
-				snprintf(what, sizeof(what), "KVM_RUN failed: %s", strerror(errno));
+				snprintf(what, sizeof(what), "KVM_RUN failed: %s", strerror(err));
 				vcpu_fatal(v, what);
 				pthread_mutex_lock(&v->lock);
-				v->req = VCPU_PAUSED;
+				/* park, unless asked to exit meanwhile: EXITING must stand */
+				if (v->req == VCPU_RUNNING)
+					v->req = VCPU_PAUSED;
 				continue;
 			}
 		} else {
@@ -319,9 +365,8 @@ void vcpu_state_request(struct vcpu *v, enum vcpu_run_state req)
 		pthread_kill(v->thread, VCPU_KICK_SIGNAL);
 }
 
-int vcpu_state_wait(struct vcpu *v, int timeout_ms)
+int vcpu_state_wait(struct vcpu *v, uint64_t deadline)
 {
-	uint64_t deadline = time_mono_ns() + (uint64_t)timeout_ms * 1000000ull;
 	int ret = 0;
 
 	pthread_mutex_lock(&v->lock);
@@ -349,20 +394,20 @@ int vcpu_state_wait(struct vcpu *v, int timeout_ms)
 
 int vcpu_call(struct vcpu *v, vcpu_call_fn *fn, void *arg)
 {
-	int ret;
+	struct vcpu_callreq c = { .fn = fn, .arg = arg };
+	int ret = -EBUSY;
 
 	pthread_mutex_lock(&v->lock);
-	if (v->state != VCPU_PAUSED || v->req != VCPU_PAUSED) {
-		pthread_mutex_unlock(&v->lock);
-		return -EBUSY;
-	}
-	v->call_fn = fn;
-	v->call_arg = arg;
-	v->call_pending = true;
-	pthread_cond_broadcast(&v->cond);
-	while (v->call_pending)
+	/* one slot: wait for a call in flight (the vCPU stays paused while it runs) */
+	while (v->call && v->state == VCPU_PAUSED && v->req == VCPU_PAUSED)
 		pthread_cond_wait(&v->cond, &v->lock);
-	ret = v->call_ret;
+	if (v->state == VCPU_PAUSED && v->req == VCPU_PAUSED) {
+		v->call = &c;
+		pthread_cond_broadcast(&v->cond);
+		while (!c.done)
+			pthread_cond_wait(&v->cond, &v->lock);
+		ret = c.ret;
+	}
 	pthread_mutex_unlock(&v->lock);
 	return ret;
 }

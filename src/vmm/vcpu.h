@@ -10,7 +10,8 @@
  * has completed any pending I/O exit (one KVM_RUN with immediate_exit set, as the
  * KVM API documentation asks), so its state can be read consistently. Work that
  * must run on the vCPU thread (boot setup, state save/load) is passed with
- * vcpu_call() while the vCPU is paused.
+ * vcpu_call() while the vCPU is paused; calls from several threads (a migration's state
+ * save and a `status --digest`) run one after the other, each caller getting its own result.
  */
 #ifndef GODWIT_VMM_VCPU_H
 #define GODWIT_VMM_VCPU_H
@@ -30,6 +31,14 @@ enum vcpu_run_state { VCPU_PAUSED, VCPU_RUNNING, VCPU_EXITING, VCPU_EXITED };
 struct vcpu;
 typedef int vcpu_call_fn(struct vcpu *v, void *arg);
 
+/* One vcpu_call() in flight: lives on the caller's stack until it is done. */
+struct vcpu_callreq {
+	vcpu_call_fn *fn;
+	void *arg;
+	int ret;
+	bool done;
+};
+
 struct vcpu {
 	struct vm *vm;
 	unsigned index;
@@ -45,10 +54,14 @@ struct vcpu {
 	enum vcpu_run_state req;    /* what the main thread asked for */
 	bool io_pending;        /* an I/O exit was handled but KVM has not completed it yet */
 
-	vcpu_call_fn *call_fn;
-	void *call_arg;
-	int call_ret;
-	bool call_pending;
+	struct vcpu_callreq *call;  /* the call the thread runs next; others wait for the slot */
+
+	/*
+	 * Fault injection for tests (GODWIT_VCPU_PAUSE_DELAY_MS): after KVM_RUN returns
+	 * because of a kick or an error, the thread sleeps this long before it acts, as a
+	 * vCPU that cannot leave KVM_RUN in time would.
+	 */
+	_Atomic unsigned delay_ms;
 
 	uint64_t exits;
 	_Atomic bool throttle_kick;  /* sleep for the VM's throttle share at the next exit */
@@ -60,9 +73,16 @@ int __must_check vcpu_create(struct vcpu *v, struct vm *vm, int vmfd, unsigned i
 int __must_check vcpu_thread_start(struct vcpu *v, struct errbuf *e);
 /* Asks for RUNNING, PAUSED or EXITING and kicks the thread out of KVM_RUN if needed. */
 void vcpu_state_request(struct vcpu *v, enum vcpu_run_state req);
-/* Waits until the thread acknowledged the last request (PAUSED/EXITED). 0 or -ETIMEDOUT. */
-int __must_check vcpu_state_wait(struct vcpu *v, int timeout_ms);
-/* Runs fn(v, arg) on the vCPU thread; the vCPU must be paused. Returns fn's result. */
+/*
+ * Waits until the thread acknowledged the last request (PAUSED/EXITED) or the monotonic
+ * deadline (ns) passed. 0 or -ETIMEDOUT.
+ */
+int __must_check vcpu_state_wait(struct vcpu *v, uint64_t deadline_ns);
+/*
+ * Runs fn(v, arg) on the vCPU thread; the vCPU must be paused (-EBUSY otherwise). A call
+ * made while another is in flight waits for it: none is lost or overwritten. Returns fn's
+ * result. Any thread but the vCPU's own.
+ */
 int vcpu_call(struct vcpu *v, vcpu_call_fn *fn, void *arg);
 /* Interrupts KVM_RUN so the vCPU sleeps its throttle share (auto-converge). */
 void vcpu_throttle_kick(struct vcpu *v);

@@ -35,6 +35,7 @@ const char *vm_state_name(enum vm_state st)
 	case VM_STATE_INCOMING: return "incoming";
 	case VM_STATE_STOPPED: return "stopped";
 	case VM_STATE_FAILED: return "failed";
+	case VM_STATE_HANDED_OVER: return "handed-over";
 	}
 	return "unknown";
 }
@@ -289,12 +290,57 @@ static struct vm *vm_alloc(struct evloop *loop, const char *name)
 	vm->serial_fd = -1;
 	vm->loop = loop;
 	vm->state = VM_STATE_CREATED;
-	pthread_mutex_init(&vm->fail_lock, NULL);
-	pthread_mutex_init(&vm->lock, NULL);
+	if (pthread_mutex_init(&vm->fail_lock, NULL)) {
+		free(vm->devices);
+		free(vm);
+		return NULL;
+	}
+	if (pthread_mutex_init(&vm->lock, NULL)) {
+		pthread_mutex_destroy(&vm->fail_lock);
+		free(vm->devices);
+		free(vm);
+		return NULL;
+	}
+	if (pthread_mutex_init(&vm->run_lock, NULL)) {
+		pthread_mutex_destroy(&vm->lock);
+		pthread_mutex_destroy(&vm->fail_lock);
+		free(vm->devices);
+		free(vm);
+		return NULL;
+	}
 	snprintf(vm->name, sizeof(vm->name), "%s", name);
 	for (unsigned i = 0; i < VM_MAX_VCPUS; i++)
 		vm->vcpus[i].fd = -1;
 	return vm;
+}
+
+/*
+ * GODWIT_VCPU_PAUSE_DELAY_MS=INDEX:MS, fault injection for tests: vCPU INDEX takes MS
+ * longer to leave KVM_RUN when it is kicked, as a vCPU stuck in the kernel would.
+ */
+static void vm_test_delay_setup(struct vm *vm)
+{
+	const char *s = getenv("GODWIT_VCPU_PAUSE_DELAY_MS");
+	char idx[16];
+	const char *colon;
+	uint64_t i, ms;
+
+	if (!s)
+		return;
+	colon = strchr(s, ':');
+	if (!colon || (size_t)(colon - s) >= sizeof(idx)) {
+		log_warn("GODWIT_VCPU_PAUSE_DELAY_MS=%s ignored: INDEX:MS expected", s);
+		return;
+	}
+	memcpy(idx, s, (size_t)(colon - s));
+	idx[colon - s] = '\0';
+	if (parse_u64(idx, 0, vm->nvcpus - 1, &i) < 0 || parse_u64(colon + 1, 0, 600000, &ms) < 0) {
+		log_warn("GODWIT_VCPU_PAUSE_DELAY_MS=%s ignored: INDEX:MS expected", s);
+		return;
+	}
+	atomic_store(&vm->vcpus[i].delay_ms, (unsigned)ms);
+	log_warn("fault injection: vCPU %llu leaves KVM_RUN %llu ms late",
+		 (unsigned long long)i, (unsigned long long)ms);
 }
 
 /*
@@ -357,6 +403,7 @@ static int vm_build_into(struct vm *vm, const struct vm_build_args *a, struct er
 		if (ret < 0)
 			return ret;
 	}
+	vm_test_delay_setup(vm);
 	return 0;
 }
 
@@ -442,11 +489,13 @@ int vm_create_restore(struct vm **out, struct evloop *loop, const struct vm_rest
 
 void vm_start_paused(struct vm *vm)
 {
+	pthread_mutex_lock(&vm->run_lock);
 	pthread_mutex_lock(&vm->lock);
 	vm->start_ns = time_mono_ns();
 	vm->paused_since_ns = vm->start_ns;
 	vm->state = VM_STATE_PAUSED;
 	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_unlock(&vm->run_lock);
 }
 
 uint64_t vm_guest_resident(struct vm *vm)
@@ -476,76 +525,118 @@ void vm_machine_get(struct vm *vm, struct vm_machine *m)
 
 /* ---- run control ---- */
 
+static void vm_state_set(struct vm *vm, enum vm_state st)
+{
+	pthread_mutex_lock(&vm->lock);
+	vm->state = st;
+	pthread_mutex_unlock(&vm->lock);
+}
+
+static enum vm_state vm_state_get(struct vm *vm)
+{
+	enum vm_state st;
+
+	pthread_mutex_lock(&vm->lock);
+	st = vm->state;
+	pthread_mutex_unlock(&vm->lock);
+	return st;
+}
+
+/*
+ * Asks every vCPU for req; for PAUSED, waits for all of them against one deadline.
+ * Pausing is all or nothing: if a vCPU does not leave KVM_RUN in time, those that did
+ * are resumed and the VM keeps running. Called under run_lock and never under vm->lock,
+ * so status answers while a pause is in progress.
+ */
 static int vm_vcpus_request(struct vm *vm, enum vcpu_run_state req, struct errbuf *e)
 {
+	uint64_t deadline;
+	unsigned i;
 	int ret = 0;
 
-	for (unsigned i = 0; i < vm->nvcpus; i++)
+	for (i = 0; i < vm->nvcpus; i++)
 		vcpu_state_request(&vm->vcpus[i], req);
 	if (req == VCPU_RUNNING)
 		return 0;
-	for (unsigned i = 0; i < vm->nvcpus; i++) {
-		int r = vcpu_state_wait(&vm->vcpus[i], VM_PAUSE_TIMEOUT_MS);
-
-		if (r < 0 && !ret)
-			ret = err_set(e, r, "vCPU %u did not leave KVM_RUN within %d ms", i,
-				      VM_PAUSE_TIMEOUT_MS);
+	deadline = time_mono_ns() + VM_PAUSE_TIMEOUT_MS * 1000000ull;
+	for (i = 0; i < vm->nvcpus; i++) {
+		ret = vcpu_state_wait(&vm->vcpus[i], deadline);
+		if (ret < 0)
+			break;
 	}
-	return ret;
+	if (ret == 0)
+		return 0;
+	for (unsigned j = 0; j < vm->nvcpus; j++)
+		vcpu_state_request(&vm->vcpus[j], VCPU_RUNNING);
+	return err_set(e, ret, "vCPU %u did not leave KVM_RUN within %d ms; the pause was undone "
+			       "and the VM keeps running", i, VM_PAUSE_TIMEOUT_MS);
 }
 
 int vm_start(struct vm *vm, struct errbuf *e)
 {
 	int ret;
 
+	pthread_mutex_lock(&vm->run_lock);
 	pthread_mutex_lock(&vm->lock);
 	vm->start_ns = time_mono_ns();
 	vm->state = VM_STATE_RUNNING;
-	ret = vm_vcpus_request(vm, VCPU_RUNNING, e);
 	pthread_mutex_unlock(&vm->lock);
+	ret = vm_vcpus_request(vm, VCPU_RUNNING, e);
+	pthread_mutex_unlock(&vm->run_lock);
 	return ret;
 }
 
-static int vm_pause_locked(struct vm *vm, struct errbuf *e)
+/* Why st refuses a pause or resume ("pause", "resume"); 0 if it does not. */
+static int vm_run_refusal(struct vm *vm, const char *verb, bool owner, struct errbuf *e)
 {
-	int ret;
-
-	if (vm->state == VM_STATE_PAUSED)
-		return 0;
-	if (vm->state != VM_STATE_RUNNING)
-		return err_set(e, -EINVAL, "cannot pause a VM that is %s",
+	if (vm->busy && !owner)
+		return err_set(e, -EBUSY, "cannot %s: %s is in progress", verb, vm->busy);
+	if (vm->state == VM_STATE_HANDED_OVER)
+		return err_set(e, -EPERM, "cannot %s: %s", verb, VM_HANDED_OVER_MSG);
+	if (vm->state != VM_STATE_RUNNING && vm->state != VM_STATE_PAUSED)
+		return err_set(e, -EINVAL, "cannot %s a VM that is %s", verb,
 			       vm_state_name(vm->state));
-	ret = vm_vcpus_request(vm, VCPU_PAUSED, e);
-	if (ret < 0)
-		return ret;
-	vm->state = VM_STATE_PAUSED;
-	vm->paused_since_ns = time_mono_ns();
 	return 0;
 }
 
-static int vm_resume_locked(struct vm *vm, struct errbuf *e)
-{
-	if (vm->state == VM_STATE_RUNNING)
-		return 0;
-	if (vm->state != VM_STATE_PAUSED)
-		return err_set(e, -EINVAL, "cannot resume a VM that is %s",
-			       vm_state_name(vm->state));
-	vm->paused_total_ns += time_mono_ns() - vm->paused_since_ns;
-	vm->state = VM_STATE_RUNNING;
-	return vm_vcpus_request(vm, VCPU_RUNNING, e);
-}
-
+/*
+ * run_lock serialises the changes of run state (each may wait seconds for the vCPUs);
+ * vm->lock only guards the fields, so readers never wait for a handshake.
+ */
 static int vm_run_change(struct vm *vm, bool pause, bool owner, struct errbuf *e)
 {
+	const char *verb = pause ? "pause" : "resume";
+	enum vm_state want = pause ? VM_STATE_PAUSED : VM_STATE_RUNNING;
 	int ret;
 
+	/* refused at once, without waiting for an owner's handshake in progress */
 	pthread_mutex_lock(&vm->lock);
-	if (vm->busy && !owner)
-		ret = err_set(e, -EBUSY, "cannot %s: %s is in progress", pause ? "pause" : "resume",
-			      vm->busy);
-	else
-		ret = pause ? vm_pause_locked(vm, e) : vm_resume_locked(vm, e);
+	ret = vm_run_refusal(vm, verb, owner, e);
 	pthread_mutex_unlock(&vm->lock);
+	if (ret < 0)
+		return ret;
+
+	pthread_mutex_lock(&vm->run_lock);
+	pthread_mutex_lock(&vm->lock);
+	ret = vm_run_refusal(vm, verb, owner, e);
+	if (ret < 0 || vm->state == want) {
+		pthread_mutex_unlock(&vm->lock);
+		goto out;
+	}
+	if (!pause) {
+		vm->paused_total_ns += time_mono_ns() - vm->paused_since_ns;
+		vm->state = VM_STATE_RUNNING;
+	}
+	pthread_mutex_unlock(&vm->lock);
+	ret = vm_vcpus_request(vm, pause ? VCPU_PAUSED : VCPU_RUNNING, e);
+	if (pause && ret == 0) {
+		pthread_mutex_lock(&vm->lock);
+		vm->state = VM_STATE_PAUSED;
+		vm->paused_since_ns = time_mono_ns();
+		pthread_mutex_unlock(&vm->lock);
+	}
+out:
+	pthread_mutex_unlock(&vm->run_lock);
 	return ret;
 }
 
@@ -569,17 +660,39 @@ int vm_owner_resume(struct vm *vm, struct errbuf *e)
 	return vm_run_change(vm, false, true, e);
 }
 
-int vm_busy_set(struct vm *vm, const char *what, struct errbuf *e)
+int vm_handover(struct vm *vm, struct errbuf *e)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&vm->run_lock);
+	pthread_mutex_lock(&vm->lock);
+	if (vm->state != VM_STATE_PAUSED)
+		ret = err_set(e, -EINVAL, "cannot hand over a VM that is %s",
+			      vm_state_name(vm->state));
+	else
+		vm->state = VM_STATE_HANDED_OVER;
+	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_unlock(&vm->run_lock);
+	return ret;
+}
+
+int vm_busy_set(struct vm *vm, const char *what, bool *paused, struct errbuf *e)
 {
 	int ret = 0;
 
 	pthread_mutex_lock(&vm->lock);
 	if (vm->busy)
 		ret = err_set(e, -EBUSY, "%s is already in progress", vm->busy);
+	else if (vm->state == VM_STATE_HANDED_OVER)
+		ret = err_set(e, -EPERM, "%s", VM_HANDED_OVER_MSG);
+	else if (vm->state == VM_STATE_INCOMING)
+		ret = err_set(e, -EINVAL, "the VM is still waiting for its incoming migration");
 	else if (vm->state != VM_STATE_RUNNING && vm->state != VM_STATE_PAUSED)
 		ret = err_set(e, -EINVAL, "the VM is %s", vm_state_name(vm->state));
 	else
 		vm->busy = what;
+	if (ret == 0 && paused)
+		*paused = vm->state == VM_STATE_PAUSED;
 	pthread_mutex_unlock(&vm->lock);
 	return ret;
 }
@@ -644,12 +757,14 @@ static void vm_stop_cb(void *opaque)
 	struct vm *vm = opaque;
 	struct errbuf e;
 
-	if (vm_owner_pause(vm, &e) < 0 && vm->state == VM_STATE_RUNNING)
+	if (vm_owner_pause(vm, &e) < 0 && vm_state_get(vm) == VM_STATE_RUNNING)
 		log_err("stop: %s", e.msg);
+	pthread_mutex_lock(&vm->run_lock);
 	pthread_mutex_lock(&vm->lock);
 	if (vm->state != VM_STATE_FAILED)
 		vm->state = VM_STATE_STOPPED;
 	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_unlock(&vm->run_lock);
 	evloop_stop(vm->loop);
 }
 
@@ -664,14 +779,16 @@ static void vm_fail_cb(void *opaque)
 	struct vm *vm = opaque;
 	struct errbuf e;
 
-	if (vm->state == VM_STATE_FAILED)
+	if (vm_state_get(vm) == VM_STATE_FAILED)
 		return;
-	if (vm_owner_pause(vm, &e) < 0 && vm->state == VM_STATE_RUNNING)
+	if (vm_owner_pause(vm, &e) < 0 && vm_state_get(vm) == VM_STATE_RUNNING)
 		log_err("pausing after a guest failure: %s", e.msg);
 	pthread_mutex_lock(&vm->fail_lock);
 	log_err("guest stopped: %s", vm->fail_report);
 	pthread_mutex_unlock(&vm->fail_lock);
-	vm->state = VM_STATE_FAILED;
+	pthread_mutex_lock(&vm->run_lock);
+	vm_state_set(vm, VM_STATE_FAILED);
+	pthread_mutex_unlock(&vm->run_lock);
 	vm->exit_code = 1;
 	evloop_stop(vm->loop);
 }
@@ -718,6 +835,7 @@ void vm_destroy(struct vm *vm)
 	free(vm->devices);
 	pthread_mutex_destroy(&vm->fail_lock);
 	pthread_mutex_destroy(&vm->lock);
+	pthread_mutex_destroy(&vm->run_lock);
 	free(vm);
 }
 

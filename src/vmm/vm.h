@@ -29,7 +29,15 @@ enum vm_state {
 	VM_STATE_INCOMING, /* waiting for an incoming migration */
 	VM_STATE_STOPPED,  /* stopped on request */
 	VM_STATE_FAILED,   /* the guest hit a fatal exit (emulation failure, shutdown) */
+	/*
+	 * A migration sent COMMIT: the destination may be running the guest, so this copy
+	 * must never run again (QEMU's postmigrate). Only stop is accepted.
+	 */
+	VM_STATE_HANDED_OVER,
 };
+
+#define VM_HANDED_OVER_MSG "the guest was handed over to a migration destination and may " \
+			   "be running there; this copy can only be stopped"
 
 struct vm_status {
 	char name[VM_NAME_MAX];
@@ -166,19 +174,26 @@ const char *vm_state_name(enum vm_state st);
 void vm_status_get(struct vm *vm, struct vm_status *st);
 /* Bytes of guest RAM resident in the VMM process (mincore over all of it: not for hot paths). */
 uint64_t vm_guest_resident(struct vm *vm);
-/* Returns once every vCPU is out of KVM_RUN (state PAUSED). Pausing a paused VM is a no-op. */
+/*
+ * Returns once every vCPU is out of KVM_RUN (state PAUSED). Pausing a paused VM is a no-op.
+ * All or nothing: if a vCPU does not leave KVM_RUN within 5 s, the others are resumed,
+ * the VM stays running and the error says so.
+ */
 int __must_check vm_pause(struct vm *vm, struct errbuf *e);
 /* Restarts every vCPU. Resuming a running VM is a no-op. */
 int __must_check vm_resume(struct vm *vm, struct errbuf *e);
 /*
  * An operation (a migration) that owns run control marks the VM busy: vm_pause() and
  * vm_resume() are then refused with a message naming it, and the owner uses the
- * vm_owner_* variants. Any thread.
+ * vm_owner_* variants. vm_busy_set() tells in *paused (if not NULL) whether the VM was
+ * paused already, so the owner leaves an operator's pause in place. Any thread.
  */
-int __must_check vm_busy_set(struct vm *vm, const char *what, struct errbuf *e);
+int __must_check vm_busy_set(struct vm *vm, const char *what, bool *paused, struct errbuf *e);
 void vm_busy_clear(struct vm *vm);
 int __must_check vm_owner_pause(struct vm *vm, struct errbuf *e);
 int __must_check vm_owner_resume(struct vm *vm, struct errbuf *e);
+/* A paused VM whose migration is about to COMMIT becomes handed-over, for good. Any thread. */
+int __must_check vm_handover(struct vm *vm, struct errbuf *e);
 /*
  * Throttling (auto-converge): each vCPU sleeps pct/(100-pct) of every 10 ms slice it
  * runs; the caller calls vm_throttle_kick() every 10 ms while pct > 0.

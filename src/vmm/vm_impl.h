@@ -37,7 +37,8 @@ struct vm {
 	struct vcpu vcpus[VM_MAX_VCPUS];
 	struct evloop *loop;
 
-	pthread_mutex_t lock;   /* state, paused times, busy */
+	pthread_mutex_t run_lock; /* serialises run-state changes (held across vCPU handshakes) */
+	pthread_mutex_t lock;   /* state, paused times, busy: never held across a wait */
 	enum vm_state state;
 	const char *busy;       /* an operation that owns run control ("a migration") */
 	_Atomic unsigned throttle_pct;

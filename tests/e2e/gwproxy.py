@@ -4,11 +4,13 @@ record by record (docs/state-format.md framing) and can corrupt or cut the strea
 chosen point; destination -> source is forwarded untouched.
 
 usage: gwproxy.py LISTEN_HOST:PORT CONNECT_HOST:PORT MODE
-MODE: pass | flip:WHERE | cut:WHERE | cpuid
+MODE: pass | flip:WHERE | cut:WHERE | cpuid | cutafter:commit
 WHERE: round0 (the first PAGES record), round2 (the first PAGES record after ROUND 2),
        sections (the first SECTION record)
 flip changes one payload byte (the record CRC no longer matches); cut closes both
-connections at that point; cpuid sets unsupported CPUID bits in CONFIG, CRCs fixed.
+connections at that point; cpuid sets unsupported CPUID bits in CONFIG, CRCs fixed;
+cutafter:commit forwards COMMIT, then closes both connections without letting the
+destination's answer (STARTED) through: a failure after the point of no return.
 Prints "listening" once ready and "injected" when it acted."""
 import socket
 import struct
@@ -18,6 +20,8 @@ import threading
 import gwstate
 
 ROUND = 0x103
+COMMIT = 0x107
+back_stop = threading.Event()
 
 
 def recv_exact(s, n):
@@ -36,7 +40,8 @@ def pump_back(dst, src):
             data = dst.recv(65536)
             if not data:
                 break
-            src.sendall(data)
+            if not back_stop.is_set():
+                src.sendall(data)
     except OSError:
         pass
     for s in (src, dst):
@@ -86,6 +91,11 @@ def main():
                 armed = False
                 print("injected", flush=True)
             elif hit and action == "cut":
+                print("injected", flush=True)
+                break
+            elif action == "cutafter" and where == "commit" and typ == COMMIT:
+                back_stop.set()
+                dst.sendall(hdr + body)
                 print("injected", flush=True)
                 break
             dst.sendall(hdr + body)

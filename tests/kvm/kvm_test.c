@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 /* KVM's private pages, outside guest RAM */
@@ -188,4 +189,31 @@ void test_diff(const char *what, const struct buf *a, const struct buf *b)
 		shown++;
 		i = j;
 	}
+}
+
+void test_msleep(unsigned ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
+
+	nanosleep(&ts, NULL);
+}
+
+bool test_file_wait(const char *path, const char *text, unsigned timeout_ms)
+{
+	char buf[1 << 16];
+
+	for (unsigned t = 0; t < timeout_ms; t += 20) {
+		int fd = open(path, O_RDONLY);
+		ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+
+		if (fd >= 0)
+			close(fd);
+		if (n > 0) {
+			buf[n] = '\0';
+			if (strstr(buf, text))
+				return true;
+		}
+		test_msleep(20);
+	}
+	return false;
 }

@@ -82,4 +82,8 @@ void tvm_pause(struct tvm *t);
 void test_diff(const char *what, const struct buf *a, const struct buf *b);
 bool test_buf_equal(const struct buf *a, const struct buf *b);
 
+void test_msleep(unsigned ms);
+/* Waits up to timeout_ms for text to appear in the file at path (a guest's serial output). */
+bool test_file_wait(const char *path, const char *text, unsigned timeout_ms);
+
 #endif

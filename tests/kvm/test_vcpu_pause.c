@@ -18,13 +18,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static void msleep(unsigned ms)
-{
-	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
-
-	nanosleep(&ts, NULL);
-}
-
 static int regs_get(struct vcpu *v, void *arg)
 {
 	return kvm_ioctl(v->fd, KVM_GET_REGS, arg);
@@ -33,27 +26,6 @@ static int regs_get(struct vcpu *v, void *arg)
 static int mp_get(struct vcpu *v, void *arg)
 {
 	return kvm_ioctl(v->fd, KVM_GET_MP_STATE, arg);
-}
-
-/* Waits up to timeout_ms for text in the serial output file. */
-static bool serial_wait(const char *path, const char *text, unsigned timeout_ms)
-{
-	char buf[1 << 16];
-
-	for (unsigned t = 0; t < timeout_ms; t += 20) {
-		int fd = open(path, O_RDONLY);
-		ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
-
-		if (fd >= 0)
-			close(fd);
-		if (n > 0) {
-			buf[n] = '\0';
-			if (strstr(buf, text))
-				return true;
-		}
-		msleep(20);
-	}
-	return false;
 }
 
 static uint64_t exits_total(struct vm *vm, unsigned i)
@@ -100,7 +72,7 @@ int main(int argc, char **argv)
 	TEST_OK(vcpu_call(&vm->vcpus[1], mp_get, &mp));
 	TEST_ASSERT_EQ(mp.mp_state, KVM_MP_STATE_UNINITIALIZED);
 	TEST_OK(vm_start(vm, &e));
-	TEST_ASSERT(serial_wait(serial, "godwit-guest ready cpus=2", 20000),
+	TEST_ASSERT(test_file_wait(serial, "godwit-guest ready cpus=2", 20000),
 		    "the guest did not report 2 CPUs");
 	TEST_OK(vm_pause(vm, &e));
 	TEST_OK(vcpu_call(&vm->vcpus[1], mp_get, &mp));
@@ -111,7 +83,7 @@ int main(int argc, char **argv)
 	for (int round = 0; round < 40; round++) {
 		uint64_t before[2];
 
-		msleep(20 + (unsigned)(round % 5) * 7);
+		test_msleep(20 + (unsigned)(round % 5) * 7);
 		TEST_OK(vm_pause(vm, &e));
 		for (unsigned i = 0; i < 2; i++) {
 			TEST_ASSERT_EQ(vm->vcpus[i].state, VCPU_PAUSED);
@@ -119,7 +91,7 @@ int main(int argc, char **argv)
 			before[i] = exits_total(vm, i);
 			TEST_OK(vcpu_call(&vm->vcpus[i], regs_get, &r1[i]));
 		}
-		msleep(30);
+		test_msleep(30);
 		for (unsigned i = 0; i < 2; i++) {
 			TEST_OK(vcpu_call(&vm->vcpus[i], regs_get, &r2[i]));
 			TEST_ASSERT(!memcmp(&r1[i], &r2[i], sizeof(r1[i])),
@@ -127,7 +99,7 @@ int main(int argc, char **argv)
 			TEST_ASSERT_EQ(exits_total(vm, i), before[i]);
 		}
 		TEST_OK(vm_resume(vm, &e));
-		msleep(30);
+		test_msleep(30);
 		/* both run again: the working vCPUs' RIPs move on (and the BSP exits for output) */
 		TEST_OK(vm_pause(vm, &e));
 		TEST_ASSERT(exits_total(vm, 0) > before[0], "round %d: the BSP did not run", round);
@@ -138,7 +110,7 @@ int main(int argc, char **argv)
 		}
 		TEST_OK(vm_resume(vm, &e));
 	}
-	TEST_ASSERT(serial_wait(serial, "hb 20", 5000), "no heartbeats");
+	TEST_ASSERT(test_file_wait(serial, "hb 20", 5000), "no heartbeats");
 	vm_destroy(vm);
 	evloop_destroy(loop);
 	unlink(serial);

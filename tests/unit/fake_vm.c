@@ -36,6 +36,8 @@ const char *vm_state_name(enum vm_state st)
 		return "stopped";
 	case VM_STATE_FAILED:
 		return "failed";
+	case VM_STATE_HANDED_OVER:
+		return "handed-over";
 	}
 	return "unknown";
 }

@@ -192,6 +192,17 @@ static void test_vm_errors(void **state)
 	req_expect_error(d, "{\"cmd\": \"resume\"}", "resume: Input/output error");
 }
 
+/* A VM handed over to a migration destination is not paused and written to disk. */
+static void test_snapshot_handed_over(void **state)
+{
+	struct direct *d = *state;
+
+	d->vm.st.state = VM_STATE_HANDED_OVER;
+	req_expect_error(d, "{\"cmd\": \"snapshot\", \"dir\": \"/nonexistent/x\"}",
+			 "cannot snapshot: " VM_HANDED_OVER_MSG);
+	assert_int_equal(d->vm.pauses, 0);
+}
+
 static void test_stop(void **state)
 {
 	struct direct *d = *state;
@@ -996,6 +1007,8 @@ int main(void)
 						direct_teardown),
 		cmocka_unit_test_setup_teardown(test_pause_resume, direct_setup, direct_teardown),
 		cmocka_unit_test_setup_teardown(test_vm_errors, direct_setup, direct_teardown),
+		cmocka_unit_test_setup_teardown(test_snapshot_handed_over, direct_setup,
+						direct_teardown),
 		cmocka_unit_test_setup_teardown(test_stop, direct_setup, direct_teardown),
 		cmocka_unit_test_setup_teardown(test_malformed_json, direct_setup, direct_teardown),
 		cmocka_unit_test_setup_teardown(test_not_object, direct_setup, direct_teardown),
