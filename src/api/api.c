@@ -141,7 +141,7 @@ static int api_cmd_status(struct api_ctx *ctx, struct errbuf *e)
 		if (ret < 0)
 			return ret;
 	}
-	return api_reply_merge(ctx, json_pack("{s:o, s:s, s:I, s:I, s:I, s:I, s:I, s:I}",
+	return api_reply_merge(ctx, json_pack("{s:o, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 					      "name", api_json_string(st.name),
 					      "state", vm_state_name(st.state),
 					      "memory", (json_int_t)st.memory_bytes,
@@ -150,6 +150,7 @@ static int api_cmd_status(struct api_ctx *ctx, struct errbuf *e)
 					      "vcpus", (json_int_t)st.vcpus,
 					      "uptime_ms", (json_int_t)(st.uptime_ns / 1000000),
 					      "paused_ms", (json_int_t)(st.paused_ns / 1000000),
+					      "console_dropped", (json_int_t)st.console_dropped,
 					      "pid", (json_int_t)getpid()), e);
 }
 

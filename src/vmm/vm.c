@@ -12,6 +12,7 @@
 #include "base/log.h"
 #include "devices/serial.h"
 #include "kvm/dirty.h"
+#include "vmm/console.h"
 #include "vmm/vm_impl.h"
 
 #include <errno.h>
@@ -73,14 +74,9 @@ static void vm_serial_output(void *opaque, const uint8_t *p, size_t n)
 {
 	struct vm *vm = opaque;
 
-	if (vm->serial_fd < 0)
-		return;
-	/* a closed reader must not kill the VM: drop the output instead */
-	if (io_write_full(vm->serial_fd, p, n) < 0) {
-		if (vm->serial_fd_owned)
-			close(vm->serial_fd);
-		vm->serial_fd = -1;
-	}
+	/* never blocks: a stalled reader must not hold a vCPU (and every pause) hostage */
+	if (vm->console)
+		console_write(vm->console, p, n);
 }
 
 static void vm_serial_pio(void *opaque, uint64_t offset, uint8_t *data, unsigned len,
@@ -153,6 +149,11 @@ static int vm_serial_setup(struct vm *vm, const struct vm_config *cfg, struct er
 	case VM_SERIAL_NONE:
 		break;
 	}
+	if (vm->serial_fd >= 0) {
+		ret = console_create(&vm->console, vm->serial_fd, e);
+		if (ret < 0)
+			return ret;
+	}
 	ret = serial_create(&vm->serial, &ops, vm);
 	if (ret < 0)
 		return err_set(e, ret, "create serial device: %s", strerror(-ret));
@@ -164,8 +165,18 @@ static int vm_serial_setup(struct vm *vm, const struct vm_config *cfg, struct er
 	if (ret < 0)
 		return err_set(e, ret, "register serial state: %s", strerror(-ret));
 	if (cfg->serial == VM_SERIAL_STDIO && isatty(STDIN_FILENO)) {
-		/* keyboard input reaches the guest; never for pipes or /dev/null */
-		fcntl(STDIN_FILENO, F_SETFL, fcntl(STDIN_FILENO, F_GETFL) | O_NONBLOCK);
+		/*
+		 * Keyboard input reaches the guest; never for pipes or /dev/null. O_NONBLOCK is
+		 * set on the terminal's file description, which the shell shares: vm_destroy()
+		 * puts the flags back.
+		 */
+		int fl = fcntl(STDIN_FILENO, F_GETFL);
+
+		if (fl < 0 || fcntl(STDIN_FILENO, F_SETFL, fl | O_NONBLOCK) < 0) {
+			log_warn("serial input from stdin unavailable: %s", strerror(errno));
+			return 0;
+		}
+		vm->stdin_flags = fl;
 		if (evloop_fd_add(vm->loop, STDIN_FILENO, EPOLLIN, vm_stdin_cb, vm) < 0)
 			log_warn("serial input from stdin unavailable");
 	}
@@ -288,6 +299,7 @@ static struct vm *vm_alloc(struct evloop *loop, const char *name)
 	vm->fd = -1;
 	vm->kvm.fd = -1;
 	vm->serial_fd = -1;
+	vm->stdin_flags = -1;
 	vm->loop = loop;
 	vm->state = VM_STATE_CREATED;
 	if (pthread_mutex_init(&vm->fail_lock, NULL)) {
@@ -727,6 +739,7 @@ void vm_status_get(struct vm *vm, struct vm_status *st)
 	st->vcpus = vm->nvcpus;
 	st->uptime_ns = vm->start_ns ? now - vm->start_ns : 0;
 	st->paused_ns = vm->paused_total_ns;
+	st->console_dropped = console_dropped(vm->console);
 	if (vm->state == VM_STATE_PAUSED)
 		st->paused_ns += now - vm->paused_since_ns;
 	pthread_mutex_unlock(&vm->lock);
@@ -824,8 +837,11 @@ void vm_destroy(struct vm *vm)
 		dirty_tracker_destroy(vm->dirty);
 	if (vm->serial)
 		serial_destroy(vm->serial);
+	console_destroy(vm->console);
 	if (vm->serial_fd_owned && vm->serial_fd >= 0)
 		close(vm->serial_fd);
+	if (vm->stdin_flags >= 0 && fcntl(STDIN_FILENO, F_SETFL, vm->stdin_flags) < 0)
+		log_warn("restoring the terminal's flags: %s", strerror(errno));
 	guest_mem_destroy(&vm->mem);
 	free(vm->cpuid);
 	free(vm->msr_indices);

@@ -46,6 +46,7 @@ struct vm_status {
 	unsigned vcpus;
 	uint64_t uptime_ns;      /* since the process started the VM (run or restore) */
 	uint64_t paused_ns;      /* total time spent paused */
+	uint64_t console_dropped; /* guest console bytes dropped: the output reader stalled */
 };
 
 /*

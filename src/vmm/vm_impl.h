@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 
 struct serial;
+struct console;
 struct dirty_tracker;
 
 /* 65536 entries of 16 bytes per vCPU, KVM's maximum here: a round rarely fills it */
@@ -51,6 +52,8 @@ struct vm {
 	struct serial *serial;
 	int serial_fd;       /* where guest serial output goes, -1 for none */
 	bool serial_fd_owned;
+	struct console *console; /* buffers the output for serial_fd, off the vCPU threads */
+	int stdin_flags;     /* a terminal's file flags before we set O_NONBLOCK, or -1 */
 
 	struct vm_device_entry *devices;
 	unsigned ndevices;

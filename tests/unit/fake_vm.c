@@ -19,6 +19,7 @@ void fake_vm_init(struct vm *vm, const char *name)
 	vm->st.vcpus = 2;
 	vm->st.uptime_ns = 12345678901ull;
 	vm->st.paused_ns = 2500000000ull;
+	vm->st.console_dropped = 4096;
 }
 
 const char *vm_state_name(enum vm_state st)

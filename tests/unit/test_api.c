@@ -116,7 +116,8 @@ static void test_status_fields(void **state)
 	json_t *v;
 	size_t i = 0;
 	static const char *const order[] = {
-		"ok", "name", "state", "memory", "guest_resident", "vcpus", "uptime_ms", "paused_ms", "pid",
+		"ok", "name", "state", "memory", "guest_resident", "vcpus", "uptime_ms", "paused_ms",
+		"console_dropped", "pid",
 	};
 
 	assert_true(json_is_true(json_object_get(resp, "ok")));
@@ -127,6 +128,7 @@ static void test_status_fields(void **state)
 	assert_int_equal(json_integer_value(json_object_get(resp, "vcpus")), 2);
 	assert_int_equal(json_integer_value(json_object_get(resp, "uptime_ms")), 12345);
 	assert_int_equal(json_integer_value(json_object_get(resp, "paused_ms")), 2500);
+	assert_int_equal(json_integer_value(json_object_get(resp, "console_dropped")), 4096);
 	assert_int_equal(json_integer_value(json_object_get(resp, "pid")), getpid());
 	/* "ok" first, then a stable order people can read */
 	json_object_foreach(resp, key, v) {
