@@ -3,6 +3,8 @@
 - a destination still waiting for its guest refuses `migrate` at once and keeps answering;
 - a guest that arrived by migration is snapshotted and moves on again (A -> B -> C);
 - a VM the operator paused stays paused when its migration fails (cancelled);
+- a source whose socket timeouts cannot be set (LD_PRELOAD fault injection) refuses to
+  migrate and keeps running;
 - a failure after COMMIT (the destination's STARTED never arrives) leaves the source
   "handed-over": resume, pause, migrate and snapshot are refused with a message saying the
   guest may run on the destination, the guest does not run there, and stop works."""
@@ -88,6 +90,27 @@ def operator_pause_kept(env):
     assert src.wait_exit() == 0
 
 
+def socket_timeouts_checked(env):
+    """A source that cannot set its socket timeouts refuses to migrate (it would wait without
+    bound for a silent destination) and keeps the guest running."""
+    os.environ["LD_PRELOAD"] = os.environ["GW_FAULT_SETSOCKOPT"]
+    try:
+        src = gwtest.start_source(env, "sockopt-src")
+    finally:
+        del os.environ["LD_PRELOAD"]
+    uri = f"unix:{env.path('sockopt-dst.mig')}"
+    dst = gwtest.start_dest(env, "sockopt-dst", uri)
+    rc, _, err = gwtest.migrate(src, uri, check=False)
+    assert rc != 0, "migrated without socket timeouts"
+    assert "timeouts" in err and "Protocol not available" in err, err
+    assert src.status()["state"] == "running"
+    n = src.line_count()
+    src.wait_line(r"^hb \d+$", start=n, timeout=20)
+    assert dst.wait_exit(60) != 0 and not dst.heartbeats()
+    src.ctl("stop")
+    assert src.wait_exit() == 0
+
+
 def handed_over(env):
     hosts = gwtest.Hosts(env)
     src = gwtest.start_source(env, "ho-src", cpus=2, cmdline="workload=abcheck wss=8M",
@@ -131,6 +154,7 @@ def test(env):
     incoming_refuses_migrate(env)
     chain(env)
     operator_pause_kept(env)
+    socket_timeouts_checked(env)
     handed_over(env)
 
 
