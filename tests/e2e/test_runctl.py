@@ -5,7 +5,8 @@
   is counted in status (console_dropped) and logged, and output flows again once read;
 - a pause that times out (one vCPU held in KVM_RUN by the GODWIT_VCPU_PAUSE_DELAY_MS
   fault-injection hook) is undone: the error says so, status says running, and the guest
-  really runs (heartbeats go on);
+  really runs (heartbeats go on); a migration whose pause times out likewise fails and
+  leaves the guest running;
 - on a terminal, stdin's file flags (shared with the shell) are as they were after exit."""
 import fcntl
 import json
@@ -120,6 +121,16 @@ def pause_timeout(env):
     # all or nothing: vCPU 0 (the heartbeat) was resumed
     n = vm.line_count()
     vm.wait_line(r"^hb \d+$", start=n, timeout=20)
+    # a migration whose pause times out fails and leaves the guest running, not half-paused
+    uri = f"unix:{env.path('stuck-dst.mig')}"
+    dst = gwtest.start_dest(env, "stuck-dst", uri)
+    time.sleep(4)  # vCPU 1 is back in KVM_RUN (its 8 s from the first kick are over)
+    rc, _, err = gwtest.migrate(vm, uri, "--mode", "warm", check=False)
+    assert rc != 0 and "did not leave KVM_RUN" in err, f"migrate: {rc} {err}"
+    assert vm.status()["state"] == "running"
+    n = vm.line_count()
+    vm.wait_line(r"^hb \d+$", start=n, timeout=20)
+    assert dst.wait_exit(60) != 0 and not dst.heartbeats()
     vm.ctl("stop")
     assert vm.wait_exit(60) == 0
 
