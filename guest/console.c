@@ -62,7 +62,7 @@ static void fmt_num(struct fmt_buf *b, u64 v, u32 base, u32 width, char pad)
  * A printf subset: %s %c %d %u %x with optional '0', width and 'l'/'ll'. Returns the
  * length written (the line is truncated to the buffer).
  */
-static size_t fmt_vformat(char *buf, size_t size, const char *fmt, va_list ap)
+size_t con_vformat(char *buf, size_t size, const char *fmt, va_list ap)
 {
 	struct fmt_buf b = { buf, buf + size };
 
@@ -136,7 +136,7 @@ void con_printf(const char *fmt, ...)
 	size_t n;
 
 	va_start(ap, fmt);
-	n = fmt_vformat(line, sizeof(line), fmt, ap);
+	n = con_vformat(line, sizeof(line), fmt, ap);
 	va_end(ap);
 
 	while (__atomic_exchange_n(&con_lock, 1, __ATOMIC_ACQUIRE))
@@ -157,7 +157,7 @@ void con_printf_force(const char *fmt, ...)
 	u32 spins;
 
 	va_start(ap, fmt);
-	n = fmt_vformat(line, sizeof(line), fmt, ap);
+	n = con_vformat(line, sizeof(line), fmt, ap);
 	va_end(ap);
 
 	for (spins = 0; spins < 100000; spins++) {

@@ -67,11 +67,24 @@ typedef uint8_t u8;
 typedef uint16_t u16;
 typedef uint32_t u32;
 typedef uint64_t u64;
+typedef int64_t s64;
 
 #define READ_ONCE(x)		(*(const volatile __typeof__(x) *)&(x))
 #define WRITE_ONCE(x, v)	(*(volatile __typeof__(x) *)&(x) = (v))
 #define ARRAY_SIZE(a)		(sizeof(a) / sizeof((a)[0]))
 #define MIN(a, b)		((a) < (b) ? (a) : (b))
+
+/* errno values (no libc): functions return 0 or one of these, negated */
+#define EIO			5
+#define ENOMEM			12
+#define ENODEV			19
+#define EINVAL			22
+#define ENOSPC			28
+#define ETIMEDOUT		110
+
+/* A 64-bit LCG (Knuth's MMIX constants): the guest's cheap pseudo-random sequence. */
+#define LCG_MUL			6364136223846793005ull
+#define LCG_ADD			1442695040888963407ull
 
 #define PAGE_SHIFT		12
 #define PAGE_SIZE		(1ul << PAGE_SHIFT)
@@ -113,7 +126,14 @@ struct guest_config {
 	u32 hz;			/* timer and heartbeat rate */
 	u32 stats;		/* seconds between `stats` lines, 0 = none */
 	u32 crash_after;	/* crash=sse: heartbeats before an SSE instruction, 0 = never */
+	bool disk;		/* workload=...,disk: the disk workload beside the memory one */
+	u32 disk_blocks;	/* working set on the disk, 512-byte blocks from sector 0 */
+	u64 disk_rate;		/* blocks visited per second, 0 = as fast as possible */
+	u32 disk_write;		/* percent of visited blocks rewritten */
+	bool disk_random;	/* disk_pattern=random */
 };
+
+#define DISK_BLOCKS_MAX		65536
 
 extern struct guest_config cfg;
 
@@ -127,6 +147,7 @@ struct mem_extent {
 
 /* console.c */
 void uart_init(void);
+size_t con_vformat(char *buf, size_t size, const char *fmt, va_list ap);
 __attribute__((format(printf, 1, 2))) void con_printf(const char *fmt, ...);
 __attribute__((format(printf, 1, 2))) void con_printf_force(const char *fmt, ...);
 
@@ -146,6 +167,12 @@ int work_setup(u32 ncpus, const struct mem_extent *ram, u32 nram);
 __attribute__((noreturn)) void work_run(u32 cpu);
 void work_release(u32 ncpus);
 __attribute__((noreturn)) void ap_main(u32 cpu);
+
+/* blk.c: the disk workload, driven from the boot vCPU's poll */
+__attribute__((warn_unused_result)) int disk_setup(void);
+void disk_describe(void);
+void disk_poll(void);
+bool disk_active(void);
 
 /* entry.S, trampoline.S */
 extern u64 pml4[512], pdpt[512];

@@ -4,7 +4,7 @@
  * start_info, read the command line and the memory map, finish the page tables, start the
  * timer and the other vCPUs, then hand over to the workload (work.c).
  */
-#include "guest.h"
+#include "virtio.h"
 
 /* Xen public header arch-x86/hvm/start_info.h, the PVH boot ABI. */
 #define HVM_START_MAGIC	0x336ec578
@@ -41,6 +41,8 @@ struct guest_config cfg = {
 	.workload = WORK_IDLE,
 	.wss = 16 * MiB,
 	.hz = 250,
+	.disk_blocks = 1024,
+	.disk_write = 50,
 };
 
 static char cmdline[CMDLINE_MAX];
@@ -133,6 +135,44 @@ static bool word_is(const char *s, const char *word)
 	return !memcmp(s, word, n) && (s[n] == ' ' || s[n] == '\0');
 }
 
+/*
+ * workload=NAME[,NAME...]: at most one memory workload (idle, dirty, abcheck) and any of
+ * the device workloads (disk) beside it.
+ */
+static void parse_workloads(const char *v)
+{
+	static const char *const names[] = { "idle", "dirty", "abcheck", "disk" };
+	enum workload mem = WORK_IDLE;
+	bool disk = false, mems = false;
+
+	for (;;) {
+		size_t len = 0;
+		u32 i;
+
+		while (v[len] && v[len] != ' ' && v[len] != ',')
+			len++;
+		for (i = 0; i < ARRAY_SIZE(names) && !key_is(v, len, names[i]); i++)
+			;
+		if (i == ARRAY_SIZE(names) || (i < 3 && mems)) {
+			con_printf("error: %s workload list, running idle\n",
+				   i == ARRAY_SIZE(names) ? "unknown workload in the" :
+				   "more than one memory workload in the");
+			return;
+		}
+		if (i == 3) {
+			disk = true;
+		} else {
+			mem = (enum workload)i;
+			mems = true;
+		}
+		if (v[len] != ',')
+			break;
+		v += len + 1;
+	}
+	cfg.workload = mem;
+	cfg.disk = disk;
+}
+
 /* Space-separated key=value; unknown keys are ignored so callers can add their own. */
 static void parse_cmdline(void)
 {
@@ -154,14 +194,33 @@ static void parse_cmdline(void)
 
 			v++;
 			if (key_is(s, klen, "workload")) {
-				if (word_is(v, "idle"))
-					cfg.workload = WORK_IDLE;
-				else if (word_is(v, "dirty"))
-					cfg.workload = WORK_DIRTY;
-				else if (word_is(v, "abcheck"))
-					cfg.workload = WORK_ABCHECK;
+				parse_workloads(v);
+			} else if (key_is(s, klen, "virtio_mmio.device")) {
+				if (!virtio_cmdline_add(v))
+					con_printf("error: bad virtio_mmio.device= (want "
+						   "<size>@<base>:<irq>), ignored\n");
+			} else if (key_is(s, klen, "disk_blocks")) {
+				if (parse_number(v, &n) && n >= 1 && n <= DISK_BLOCKS_MAX)
+					cfg.disk_blocks = (u32)n;
 				else
-					con_printf("error: unknown workload, running idle\n");
+					con_printf("error: disk_blocks must be 1..%u, using %u\n",
+						   DISK_BLOCKS_MAX, cfg.disk_blocks);
+			} else if (key_is(s, klen, "disk_rate")) {
+				if (!parse_number(v, &cfg.disk_rate))
+					con_printf("error: bad disk_rate, using %lu\n", cfg.disk_rate);
+			} else if (key_is(s, klen, "disk_write")) {
+				if (parse_number(v, &n) && n <= 100)
+					cfg.disk_write = (u32)n;
+				else
+					con_printf("error: disk_write must be 0..100, using %u\n",
+						   cfg.disk_write);
+			} else if (key_is(s, klen, "disk_pattern")) {
+				if (word_is(v, "random"))
+					cfg.disk_random = true;
+				else if (word_is(v, "seq"))
+					cfg.disk_random = false;
+				else
+					con_printf("error: unknown disk_pattern, using seq\n");
 			} else if (key_is(s, klen, "crash")) {
 				/* a test of the VMM's report: an instruction the emulator lacks */
 				if (word_is(v, "sse"))
@@ -294,6 +353,9 @@ void boot_main(u32 start_info)
 	ncpus = smp_start();
 	if (cfg.workload != WORK_IDLE && work_setup(ncpus, ram, nram) < 0)
 		cfg.workload = WORK_IDLE;
+	virtio_probe();
+	if (cfg.disk && disk_setup() < 0)
+		cfg.disk = false;
 	con_printf("godwit-guest ready cpus=%u\n", ncpus);
 	work_release(ncpus);
 	work_run(0);

@@ -122,6 +122,8 @@ void work_release(u32 ncpus)
 		con_printf("workload %s wss=%lu%s pages=%lu rate=%lu pattern=%s hz=%u\n",
 			   workload_names[cfg.workload], n, unit, cfg.wss >> PAGE_SHIFT,
 			   cfg.rate, cfg.random ? "random" : "seq", cfg.hz);
+	if (cfg.disk)
+		disk_describe();
 	ncpus_run = ncpus;
 	__atomic_store_n(&go, 1, __ATOMIC_RELEASE);
 }
@@ -147,6 +149,8 @@ static void cpu_poll(struct cpu *c)
 	if (c->id)
 		return;
 	con_printf("hb %lu\n", ++hb_seq);
+	if (cfg.disk)
+		disk_poll();
 	if (cfg.crash_after && hb_seq == cfg.crash_after) {
 		con_printf("crashing on purpose: movq %%rax, %%xmm0\n");
 		/* movq %rax,%xmm0, as bytes: the guest is built without SSE */
@@ -192,9 +196,6 @@ static u64 dirty_seq_run(struct cpu *c, u64 gpa, u64 n)
  * LCG costs two instructions where xorshift takes six, and every instruction counts here;
  * its high half, the part used, scatters well enough for a dirty-page workload.
  */
-#define LCG_MUL		6364136223846793005ull
-#define LCG_ADD		1442695040888963407ull
-
 static u64 dirty_random_run(struct cpu *c, u64 n)
 {
 	u64 x = c->rng, v = c->val, t = c->seen_tick, pages = c->pages, i = 0;
@@ -343,8 +344,12 @@ void work_run(u32 cpu)
 	}
 	if (cpu)
 		cpu_park();
+	/* the BSP: heartbeats, and any device workload; it sleeps unless those want it busy */
 	for (;;) {
-		wait_tick(c->seen_tick);
+		if (cfg.disk && !cfg.disk_rate && disk_active())
+			disk_poll();
+		else
+			wait_tick(c->seen_tick);
 		cpu_poll(c);
 	}
 }
