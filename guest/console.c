@@ -123,6 +123,18 @@ size_t con_vformat(char *buf, size_t size, const char *fmt, va_list ap)
 	return (size_t)(b.p - buf);
 }
 
+/* Formats into buf (not NUL-terminated); returns the length. */
+size_t con_format(char *buf, size_t size, const char *fmt, ...)
+{
+	va_list ap;
+	size_t n;
+
+	va_start(ap, fmt);
+	n = con_vformat(buf, size, fmt, ap);
+	va_end(ap);
+	return n;
+}
+
 static void con_write(const char *s, size_t n)
 {
 	for (size_t i = 0; i < n; i++)

@@ -68,6 +68,8 @@ typedef uint16_t u16;
 typedef uint32_t u32;
 typedef uint64_t u64;
 typedef int64_t s64;
+typedef int32_t s32;
+typedef int8_t s8;
 
 #define READ_ONCE(x)		(*(const volatile __typeof__(x) *)&(x))
 #define WRITE_ONCE(x, v)	(*(volatile __typeof__(x) *)&(x) = (v))
@@ -131,6 +133,10 @@ struct guest_config {
 	u64 disk_rate;		/* blocks visited per second, 0 = as fast as possible */
 	u32 disk_write;		/* percent of visited blocks rewritten */
 	bool disk_random;	/* disk_pattern=random */
+	bool net;		/* workload=...,net */
+	u32 net_ip;		/* ip=A.B.C.D/N, host byte order; 0 = none */
+	u32 net_prefix;
+	u16 net_port;		/* UDP echo port */
 };
 
 #define DISK_BLOCKS_MAX		65536
@@ -148,6 +154,8 @@ struct mem_extent {
 /* console.c */
 void uart_init(void);
 size_t con_vformat(char *buf, size_t size, const char *fmt, va_list ap);
+__attribute__((format(printf, 3, 4))) size_t con_format(char *buf, size_t size,
+							 const char *fmt, ...);
 __attribute__((format(printf, 1, 2))) void con_printf(const char *fmt, ...);
 __attribute__((format(printf, 1, 2))) void con_printf_force(const char *fmt, ...);
 
@@ -166,6 +174,7 @@ void wait_tick(u64 seen);
 int work_setup(u32 ncpus, const struct mem_extent *ram, u32 nram);
 __attribute__((noreturn)) void work_run(u32 cpu);
 void work_release(u32 ncpus);
+u64 work_hb_seq(void);
 __attribute__((noreturn)) void ap_main(u32 cpu);
 
 /* blk.c: the disk workload, driven from the boot vCPU's poll */
@@ -173,6 +182,12 @@ __attribute__((warn_unused_result)) int disk_setup(void);
 void disk_describe(void);
 void disk_poll(void);
 bool disk_active(void);
+
+/* net.c: the net workload, driven like the disk one */
+__attribute__((warn_unused_result)) int net_setup(void);
+void net_describe(void);
+void net_poll(void);
+bool net_active(void);
 
 /* entry.S, trampoline.S */
 extern u64 pml4[512], pdpt[512];

@@ -43,6 +43,7 @@ struct guest_config cfg = {
 	.hz = 250,
 	.disk_blocks = 1024,
 	.disk_write = 50,
+	.net_port = 7,
 };
 
 static char cmdline[CMDLINE_MAX];
@@ -141,9 +142,9 @@ static bool word_is(const char *s, const char *word)
  */
 static void parse_workloads(const char *v)
 {
-	static const char *const names[] = { "idle", "dirty", "abcheck", "disk" };
+	static const char *const names[] = { "idle", "dirty", "abcheck", "disk", "net" };
 	enum workload mem = WORK_IDLE;
-	bool disk = false, mems = false;
+	bool disk = false, net = false, mems = false;
 
 	for (;;) {
 		size_t len = 0;
@@ -161,6 +162,8 @@ static void parse_workloads(const char *v)
 		}
 		if (i == 3) {
 			disk = true;
+		} else if (i == 4) {
+			net = true;
 		} else {
 			mem = (enum workload)i;
 			mems = true;
@@ -171,6 +174,25 @@ static void parse_workloads(const char *v)
 	}
 	cfg.workload = mem;
 	cfg.disk = disk;
+	cfg.net = net;
+}
+
+/* ip=A.B.C.D/N */
+static bool parse_ip(const char *s, u32 *ip, u32 *prefix)
+{
+	u32 a = 0;
+	u64 n;
+
+	for (u32 i = 0; i < 4; i++) {
+		if (!parse_u64(s, &n, &s) || n > 255 || *s++ != (i < 3 ? '.' : '/'))
+			return false;
+		a = a << 8 | (u32)n;
+	}
+	if (!parse_u64(s, &n, &s) || n < 1 || n > 32 || (*s && *s != ' ') || !a)
+		return false;
+	*ip = a;
+	*prefix = (u32)n;
+	return true;
 }
 
 /* Space-separated key=value; unknown keys are ignored so callers can add their own. */
@@ -199,6 +221,15 @@ static void parse_cmdline(void)
 				if (!virtio_cmdline_add(v))
 					con_printf("error: bad virtio_mmio.device= (want "
 						   "<size>@<base>:<irq>), ignored\n");
+			} else if (key_is(s, klen, "ip")) {
+				if (!parse_ip(v, &cfg.net_ip, &cfg.net_prefix))
+					con_printf("error: bad ip= (want A.B.C.D/N)\n");
+			} else if (key_is(s, klen, "net_port")) {
+				if (parse_number(v, &n) && n >= 1 && n <= 65535)
+					cfg.net_port = (u16)n;
+				else
+					con_printf("error: net_port must be 1..65535, using %u\n",
+						   cfg.net_port);
 			} else if (key_is(s, klen, "disk_blocks")) {
 				if (parse_number(v, &n) && n >= 1 && n <= DISK_BLOCKS_MAX)
 					cfg.disk_blocks = (u32)n;
@@ -356,6 +387,8 @@ void boot_main(u32 start_info)
 	virtio_probe();
 	if (cfg.disk && disk_setup() < 0)
 		cfg.disk = false;
+	if (cfg.net && net_setup() < 0)
+		cfg.net = false;
 	con_printf("godwit-guest ready cpus=%u\n", ncpus);
 	work_release(ncpus);
 	work_run(0);

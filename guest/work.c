@@ -124,8 +124,31 @@ void work_release(u32 ncpus)
 			   cfg.rate, cfg.random ? "random" : "seq", cfg.hz);
 	if (cfg.disk)
 		disk_describe();
+	if (cfg.net)
+		net_describe();
 	ncpus_run = ncpus;
 	__atomic_store_n(&go, 1, __ATOMIC_RELEASE);
+}
+
+/* The last heartbeat printed (the net workload's replies carry it). */
+u64 work_hb_seq(void)
+{
+	return READ_ONCE(hb_seq);
+}
+
+/* The device workloads, on the BSP. */
+static void dev_poll(void)
+{
+	if (cfg.disk)
+		disk_poll();
+	if (cfg.net)
+		net_poll();
+}
+
+/* Whether a device workload wants the idle BSP polling instead of sleeping. */
+static bool dev_busy(void)
+{
+	return (cfg.disk && !cfg.disk_rate && disk_active()) || (cfg.net && net_active());
 }
 
 /* stats=N: pages written by all vCPUs, for checking the rate a workload really runs at. */
@@ -149,8 +172,7 @@ static void cpu_poll(struct cpu *c)
 	if (c->id)
 		return;
 	con_printf("hb %lu\n", ++hb_seq);
-	if (cfg.disk)
-		disk_poll();
+	dev_poll();
 	if (cfg.crash_after && hb_seq == cfg.crash_after) {
 		con_printf("crashing on purpose: movq %%rax, %%xmm0\n");
 		/* movq %rax,%xmm0, as bytes: the guest is built without SSE */
@@ -346,8 +368,8 @@ void work_run(u32 cpu)
 		cpu_park();
 	/* the BSP: heartbeats, and any device workload; it sleeps unless those want it busy */
 	for (;;) {
-		if (cfg.disk && !cfg.disk_rate && disk_active())
-			disk_poll();
+		if (dev_busy())
+			dev_poll();
 		else
 			wait_tick(c->seen_tick);
 		cpu_poll(c);
