@@ -119,12 +119,14 @@ static inline __attribute__((noreturn)) void cpu_park(void)
 
 /* Configuration from the command line (main.c). */
 enum workload { WORK_IDLE, WORK_DIRTY, WORK_ABCHECK };
+enum content { CONTENT_ZERO, CONTENT_TEXT, CONTENT_RANDOM, CONTENT_MIXED };
 
 struct guest_config {
 	enum workload workload;
 	u64 wss;		/* bytes */
 	u64 rate;		/* pages per second over all vCPUs, 0 = unlimited */
 	bool random;		/* pattern=random */
+	enum content content;	/* what dirty and abcheck write into a page */
 	u32 hz;			/* timer and heartbeat rate */
 	u32 stats;		/* seconds between `stats` lines, 0 = none */
 	u32 crash_after;	/* crash=sse: heartbeats before an SSE instruction, 0 = never */
@@ -176,6 +178,13 @@ __attribute__((noreturn)) void work_run(u32 cpu);
 void work_release(u32 ncpus);
 u64 work_hb_seq(void);
 __attribute__((noreturn)) void ap_main(u32 cpu);
+
+/* content.c: page contents for content=text|random|mixed */
+void content_setup(void);
+const char *content_name(void);
+void content_fill(u64 gpa, u64 salt, u64 word0);
+void content_rewrite(u64 gpa, u64 salt, u64 word0);
+bool content_check(u64 gpa, u64 salt, u64 word0, u32 *word, u64 *want);
 
 /* blk.c: the disk workload, driven from the boot vCPU's poll */
 __attribute__((warn_unused_result)) int disk_setup(void);

@@ -271,6 +271,17 @@ static void parse_cmdline(void)
 					cfg.random = false;
 				else
 					con_printf("error: unknown pattern, using seq\n");
+			} else if (key_is(s, klen, "content")) {
+				static const char *const kinds[] = { "zero", "text", "random",
+								     "mixed" };
+				u32 k;
+
+				for (k = 0; k < ARRAY_SIZE(kinds) && !word_is(v, kinds[k]); k++)
+					;
+				if (k < ARRAY_SIZE(kinds))
+					cfg.content = (enum content)k;
+				else
+					con_printf("error: unknown content, using zero\n");
 			} else if (key_is(s, klen, "stats")) {
 				if (parse_number(v, &n) && n <= 3600)
 					cfg.stats = (u32)n;

@@ -106,6 +106,8 @@ int work_setup(u32 ncpus, const struct mem_extent *ram, u32 nram)
 		c->val = (u64)(i + 1) << 48;
 		c->rng = i;			/* any seed works for an LCG */
 	}
+	if (cfg.content)
+		content_setup();
 	return 0;
 }
 
@@ -119,9 +121,10 @@ void work_release(u32 ncpus)
 	if (cfg.workload == WORK_IDLE)
 		con_printf("workload idle hz=%u\n", cfg.hz);
 	else
-		con_printf("workload %s wss=%lu%s pages=%lu rate=%lu pattern=%s hz=%u\n",
+		con_printf("workload %s wss=%lu%s pages=%lu rate=%lu pattern=%s hz=%u%s%s\n",
 			   workload_names[cfg.workload], n, unit, cfg.wss >> PAGE_SHIFT,
-			   cfg.rate, cfg.random ? "random" : "seq", cfg.hz);
+			   cfg.rate, cfg.random ? "random" : "seq", cfg.hz,
+			   cfg.content ? " content=" : "", cfg.content ? content_name() : "");
 	if (cfg.disk)
 		disk_describe();
 	if (cfg.net)
@@ -202,6 +205,18 @@ static u64 dirty_seq_run(struct cpu *c, u64 gpa, u64 n)
 {
 	u64 *p = (u64 *)gpa, v = c->val, t = c->seen_tick, i = 0;
 
+	if (cfg.content) {		/* whole pages: see content.c */
+		while (i < n) {
+			content_rewrite(gpa, v, v);
+			v++;
+			gpa += PAGE_SIZE;
+			i++;
+			if (ticks != t)
+				break;
+		}
+		c->val = v;
+		return i;
+	}
 	while (i < n) {
 		*p = v++;
 		p += PAGE_SIZE / sizeof(*p);
@@ -232,7 +247,11 @@ static u64 dirty_random_run(struct cpu *c, u64 n)
 			idx -= e->npages;
 			e++;
 		}
-		*(u64 *)(e->gpa + (idx << PAGE_SHIFT)) = v++;
+		if (cfg.content)
+			content_rewrite(e->gpa + (idx << PAGE_SHIFT), v, v);
+		else
+			*(u64 *)(e->gpa + (idx << PAGE_SHIFT)) = v;
+		v++;
 		i++;
 		if (ticks != t)
 			break;
@@ -280,11 +299,32 @@ static __attribute__((noinline, cold)) void ab_mismatch(struct cpu *c, u64 gpa, 
  * One stretch of an abcheck pass: each page must hold the stamp of the previous pass
  * ((pass - 1) * AB_MUL ^ gpa; pass 0 only writes) and gets this pass's stamp.
  */
+/* ab_run() with content: the whole page is checked and rewritten (content.c). */
+static u64 ab_run_content(struct cpu *c, u64 gpa, u64 n, u64 pass)
+{
+	const u64 old = (pass - 1) * AB_MUL, cur = pass * AB_MUL, t = c->seen_tick;
+	u64 i = 0, want;
+	u32 word;
+
+	while (i < n) {
+		if (pass && !content_check(gpa, pass - 1, old ^ gpa, &word, &want))
+			ab_mismatch(c, gpa + word * 8, want, ((const u64 *)gpa)[word]);
+		content_fill(gpa, pass, cur ^ gpa);
+		gpa += PAGE_SIZE;
+		i++;
+		if (ticks != t)
+			break;
+	}
+	return i;
+}
+
 static u64 ab_run(struct cpu *c, u64 gpa, u64 n, u64 pass)
 {
 	const u64 old = (pass - 1) * AB_MUL, cur = pass * AB_MUL, t = c->seen_tick;
 	u64 i = 0;
 
+	if (cfg.content)
+		return ab_run_content(c, gpa, n, pass);
 	while (i < n) {
 		u64 *p = (u64 *)gpa;
 
