@@ -4,9 +4,9 @@
  * so that memory compresses like real memory instead of being one word per page (which
  * any compressor shrinks a hundredfold and would make a compression benchmark lie).
  *
- * Generating content costs emulated instructions (~1 us each here), so it is made once at
- * boot into two 1 MiB pools and each page write copies 4 KiB out of one with a single
- * `rep movsq`, which KVM's emulator runs as one instruction; a check is one `repe cmpsq`.
+ * Generating content costs emulated instructions (~1 us each here), so it is made once,
+ * when the workload starts, into 1 MiB pools (every vCPU makes a share), and each page
+ * write copies from a pool with one `rep movsq`; a check is one `repe cmpsq`.
  * Word 0 of the page is then the workload's own stamp. Where in the pool a page's body
  * comes from depends on its address and on one of two variants (abcheck: the pass's
  * parity; dirty: a bit of the value written), so a rewrite changes the page.
@@ -38,49 +38,73 @@ const char *content_name(void)
 	return content_names[cfg.content];
 }
 
-static void pool_text_make(void)
+/* The text units: 16 syllables times 8 endings, 4 bytes each ("the ", "ing,", ...). */
+static u32 text_units[128];
+
+/*
+ * Page `page` of the text pool. Each page starts from a seed of its own, so the pools can
+ * be made in any order, by any number of vCPUs, with the same result.
+ */
+static void pool_text_page(u64 page)
+{
+	u64 x = (page + 1) * 0x9e3779b97f4a7c15ull ^ 0x746578745f706f6full;
+	u64 *w = &pool_text[page * PAGE_WORDS];
+
+	for (u64 i = 0; i < PAGE_WORDS; i++) {
+		u64 r;
+
+		x = x * LCG_MUL + LCG_ADD;
+		r = x >> 50;			/* 14 bits: two units */
+		w[i] = text_units[r & 127] | (u64)text_units[r >> 7] << 32;
+	}
+}
+
+static void pool_random_page(u64 page)
+{
+	u64 x = (page + 1) * 0x9e3779b97f4a7c15ull ^ 0x72616e646f6d2121ull;
+	u64 *w = &pool_random[page * PAGE_WORDS];
+
+	for (u64 i = 0; i < PAGE_WORDS; i++) {
+		x = x * LCG_MUL + LCG_ADD;
+		w[i] = x ^ x >> 29;		/* the LCG's low bits have short periods */
+	}
+}
+
+static bool content_has(enum page_kind k)
+{
+	return cfg.content == CONTENT_MIXED || (k == KIND_TEXT && cfg.content == CONTENT_TEXT) ||
+	       (k == KIND_RANDOM && cfg.content == CONTENT_RANDOM);
+}
+
+/* Before the vCPUs start making pools: the text units. */
+void content_init(void)
 {
 	static const char syl[16][4] = {
 		"the", "ing", "and", "ion", "ent", "for", "tio", "ere",
 		"her", "ate", "ver", "ter", "tha", "ati", "hat", "ers",
 	};
 	static const char tail[8] = { ' ', 's', 'e', ',', 'd', '.', 'r', 'y' };
-	u32 units[128];
-	u64 x = 0x746578745f706f6full;
 
 	for (u32 i = 0; i < 128; i++)
-		units[i] = (u32)(u8)syl[i & 15][0] | (u32)(u8)syl[i & 15][1] << 8 |
-			   (u32)(u8)syl[i & 15][2] << 16 | (u32)(u8)tail[i >> 4] << 24;
-	for (u64 i = 0; i < POOL_WORDS; i++) {
-		u64 r;
-
-		x = x * LCG_MUL + LCG_ADD;
-		r = x >> 50;			/* 14 bits: two units */
-		pool_text[i] = units[r & 127] | (u64)units[r >> 7] << 32;
-	}
+		text_units[i] = (u32)(u8)syl[i & 15][0] | (u32)(u8)syl[i & 15][1] << 8 |
+				(u32)(u8)syl[i & 15][2] << 16 | (u32)(u8)tail[i >> 4] << 24;
 }
 
-static void pool_random_make(void)
+/* Pool pages to make for the chosen content: 256 per pool (about 6 ms each here). */
+u64 content_pages(void)
 {
-	u64 x = 0x72616e646f6d2121ull;
-
-	for (u64 i = 0; i < POOL_WORDS; i++) {
-		x = x * LCG_MUL + LCG_ADD;
-		pool_random[i] = x ^ x >> 29;	/* the LCG's low bits have short periods */
-	}
+	return (content_has(KIND_TEXT) + content_has(KIND_RANDOM)) * (POOL_SIZE / PAGE_SIZE);
 }
 
-/* Builds the pools the chosen content needs (about 1 s each here). */
-void content_setup(void)
+/* Makes pool page n of content_pages(): the text pool's first if it is needed. */
+void content_make(u64 n)
 {
-	u64 t0 = ticks;
+	static const u64 per_pool = POOL_SIZE / PAGE_SIZE;
 
-	if (cfg.content == CONTENT_TEXT || cfg.content == CONTENT_MIXED)
-		pool_text_make();
-	if (cfg.content == CONTENT_RANDOM || cfg.content == CONTENT_MIXED)
-		pool_random_make();
-	con_printf("content %s ready in %lu ms\n", content_name(),
-		   (ticks - t0) * 1000 / cfg.hz);
+	if (content_has(KIND_TEXT) && n < per_pool)
+		pool_text_page(n);
+	else
+		pool_random_page(n % per_pool);
 }
 
 static enum page_kind page_kind(u64 gpa)

@@ -180,7 +180,9 @@ u64 work_hb_seq(void);
 __attribute__((noreturn)) void ap_main(u32 cpu);
 
 /* content.c: page contents for content=text|random|mixed */
-void content_setup(void);
+void content_init(void);
+u64 content_pages(void);
+void content_make(u64 n);
 const char *content_name(void);
 void content_fill(u64 gpa, u64 salt, u64 word0);
 void content_rewrite(u64 gpa, u64 salt, u64 word0);

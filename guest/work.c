@@ -39,6 +39,11 @@ static u64 ab_bad;
 static u32 ab_lines;
 static u64 ab_released;			/* passes completed by every vCPU */
 
+/* content=: the pools are made by all vCPUs before the workload starts. */
+static u32 content_arrived;
+static u32 content_done;
+static u64 content_start;		/* tick the making started */
+
 static const char *const workload_names[] = {
 	[WORK_IDLE] = "idle", [WORK_DIRTY] = "dirty", [WORK_ABCHECK] = "abcheck",
 };
@@ -107,7 +112,7 @@ int work_setup(u32 ncpus, const struct mem_extent *ram, u32 nram)
 		c->rng = i;			/* any seed works for an LCG */
 	}
 	if (cfg.content)
-		content_setup();
+		content_init();
 	return 0;
 }
 
@@ -130,6 +135,7 @@ void work_release(u32 ncpus)
 	if (cfg.net)
 		net_describe();
 	ncpus_run = ncpus;
+	content_start = ticks;
 	__atomic_store_n(&go, 1, __ATOMIC_RELEASE);
 }
 
@@ -381,12 +387,38 @@ static void abcheck(struct cpu *c)
 	}
 }
 
+/*
+ * Each vCPU makes its share of the content pools (content.c) a page at a time, keeping
+ * the heartbeat going; the last one to finish reports and lets all start.
+ */
+static void content_prepare(struct cpu *c)
+{
+	u64 n = content_pages();
+
+	for (u64 p = n * c->id / ncpus_run; p < n * (c->id + 1) / ncpus_run; p++) {
+		content_make(p);
+		cpu_poll(c);
+	}
+	if (__atomic_add_fetch(&content_arrived, 1, __ATOMIC_ACQ_REL) == ncpus_run) {
+		con_printf("content %s ready in %lu ms\n", content_name(),
+			   (ticks - content_start) * 1000 / cfg.hz);
+		__atomic_store_n(&content_done, 1, __ATOMIC_RELEASE);
+		return;
+	}
+	while (!__atomic_load_n(&content_done, __ATOMIC_ACQUIRE)) {
+		cpu_relax();
+		cpu_poll(c);
+	}
+}
+
 void work_run(u32 cpu)
 {
 	struct cpu *c = &cpus[cpu];
 
 	c->id = cpu;
 	c->seen_tick = ticks;
+	if (cfg.content && cfg.workload != WORK_IDLE)
+		content_prepare(c);
 	switch (cfg.workload) {
 	case WORK_DIRTY:
 		if (!c->pages || (cfg.rate && !c->rate))
