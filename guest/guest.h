@@ -130,6 +130,7 @@ struct guest_config {
 	u32 hz;			/* timer and heartbeat rate */
 	u32 stats;		/* seconds between `stats` lines, 0 = none */
 	u32 crash_after;	/* crash=sse: heartbeats before an SSE instruction, 0 = never */
+	bool fault_flip;	/* fault=flip: abcheck flips a bit before pass 3 */
 	bool disk;		/* workload=...,disk: the disk workload beside the memory one */
 	u32 disk_blocks;	/* working set on the disk, 512-byte blocks from sector 0 */
 	u64 disk_rate;		/* blocks visited per second, 0 = as fast as possible */

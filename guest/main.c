@@ -258,6 +258,12 @@ static void parse_cmdline(void)
 					cfg.crash_after = 20;
 				else
 					con_printf("error: unknown crash kind\n");
+			} else if (key_is(s, klen, "fault")) {
+				/* a test of the checker itself: abcheck must report this */
+				if (word_is(v, "flip"))
+					cfg.fault_flip = true;
+				else
+					con_printf("error: unknown fault kind\n");
 			} else if (key_is(s, klen, "wss")) {
 				if (!parse_size(v, &cfg.wss))
 					con_printf("error: bad wss, using %luM\n", cfg.wss >> 20);

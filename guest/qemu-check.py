@@ -416,6 +416,13 @@ def content_checks(elf, c, tmp):
     bad = [s for s in t if s.startswith(("check fail", "check bad", "exception", "error"))]
     c.expect("check ok 3" in t and not bad and summary(lines)["continuous"],
              f"content=mixed: 3 abcheck passes over whole pages, {bad[:3]}")
+    # a bit flipped in the middle of the first page (word 100) must be found in pass 3
+    t = text_of(boot(elf, "workload=abcheck wss=4M content=mixed fault=flip", "microvm", 2,
+                     seconds=60, until=r"check (ok|bad) 4"))
+    fails = [s for s in t if s.startswith("check fail")]
+    c.expect("check ok 2" in t and "check bad 3 1" in t and "check ok 4" in t and
+             len(fails) == 1 and fails[0].startswith("check fail 0x1000320 "),
+             f"content=mixed: a flipped bit mid-page is reported once: {fails[:2]}")
     if not shutil.which("zstd"):
         raise Skip("no zstd command to measure compression")
     for content, lo, hi in (("text", 2.5, 3.5), ("random", 0.9, 1.05)):

@@ -371,6 +371,11 @@ static void ab_barrier(struct cpu *c, u64 pass)
 static void abcheck(struct cpu *c)
 {
 	for (u64 pass = 0;; pass++) {
+		if (cfg.fault_flip && pass == 3 && !c->id) {
+			/* fault=flip: proof that a wrong word is seen (word 0 is all zero checks) */
+			con_printf("flipping a bit on purpose\n");
+			((volatile u64 *)c->ext[0].gpa)[cfg.content ? 100 : 0] ^= 1;
+		}
 		for (u32 e = 0; e < c->next; e++) {
 			u64 gpa = c->ext[e].gpa, left = c->ext[e].npages;
 
