@@ -239,7 +239,9 @@ static u64 dirty_seq_run(struct cpu *c, u64 gpa, u64 n)
  * LCG costs two instructions where xorshift takes six, and every instruction counts here;
  * its high half, the part used, scatters well enough for a dirty-page workload.
  */
-static u64 dirty_random_run(struct cpu *c, u64 n)
+/* content is a constant in each caller, so each gets a loop without the test. */
+static inline __attribute__((always_inline)) u64 dirty_random_loop(struct cpu *c, u64 n,
+								   bool content)
 {
 	u64 x = c->rng, v = c->val, t = c->seen_tick, pages = c->pages, i = 0;
 
@@ -253,7 +255,7 @@ static u64 dirty_random_run(struct cpu *c, u64 n)
 			idx -= e->npages;
 			e++;
 		}
-		if (cfg.content)
+		if (content)
 			content_rewrite(e->gpa + (idx << PAGE_SHIFT), v, v);
 		else
 			*(u64 *)(e->gpa + (idx << PAGE_SHIFT)) = v;
@@ -265,6 +267,11 @@ static u64 dirty_random_run(struct cpu *c, u64 n)
 	c->rng = x;
 	c->val = v;
 	return i;
+}
+
+static u64 dirty_random_run(struct cpu *c, u64 n)
+{
+	return cfg.content ? dirty_random_loop(c, n, true) : dirty_random_loop(c, n, false);
 }
 
 static void dirty(struct cpu *c)
@@ -301,10 +308,6 @@ static __attribute__((noinline, cold)) void ab_mismatch(struct cpu *c, u64 gpa, 
 		con_printf("check fail 0x%lx 0x%lx 0x%lx\n", gpa, want, got);
 }
 
-/*
- * One stretch of an abcheck pass: each page must hold the stamp of the previous pass
- * ((pass - 1) * AB_MUL ^ gpa; pass 0 only writes) and gets this pass's stamp.
- */
 /* ab_run() with content: the whole page is checked and rewritten (content.c). */
 static u64 ab_run_content(struct cpu *c, u64 gpa, u64 n, u64 pass)
 {
@@ -324,6 +327,10 @@ static u64 ab_run_content(struct cpu *c, u64 gpa, u64 n, u64 pass)
 	return i;
 }
 
+/*
+ * One stretch of an abcheck pass: each page must hold the stamp of the previous pass
+ * ((pass - 1) * AB_MUL ^ gpa; pass 0 only writes) and gets this pass's stamp.
+ */
 static u64 ab_run(struct cpu *c, u64 gpa, u64 n, u64 pass)
 {
 	const u64 old = (pass - 1) * AB_MUL, cur = pass * AB_MUL, t = c->seen_tick;
