@@ -8,7 +8,12 @@ columns; every row is either measured (status ok, with its operation's key
 figures as non-negative numbers) or marked failed/unavailable with a reason
 and no figures; every scenario of the run (with --quick: every quick
 scenario of the table) has at least one row per VMM; results.md, machine.md,
-qemu-params.md exist and the plots results.md names exist."""
+qemu-params.md exist and the plots results.md names exist.
+
+godwit is the VMM under test, so its rows must also have worked: a godwit row
+marked failed (a correctness check such as abcheck or the heartbeat sequence
+failed, or the run broke) is a problem, and so is a scenario without a
+measured godwit row. QEMU rows may be failed or unavailable with a reason."""
 import argparse
 import csv
 import json
@@ -98,6 +103,17 @@ def check(resdir, quick, table):
         for v in vmms:
             if not any(r.get("scenario") == name and r.get("vmm") == v for r in rows):
                 err(f"runs.csv: no row for scenario {name} on {v}")
+    # the VMM under test: a failed godwit run is a failure of the run, not a shape
+    if "godwit" in vmms:
+        for n, r in enumerate(rows, 2):
+            if r.get("vmm") == "godwit" and r.get("status") == "failed":
+                err(f"runs.csv line {n} ({r.get('scenario')}/godwit/{r.get('run')}): "
+                    f"godwit run failed: {r.get('reason')}")
+        for name in expected:
+            if any(r.get("scenario") == name and r.get("vmm") == "godwit" for r in rows) and \
+               not any(r.get("scenario") == name and r.get("vmm") == "godwit" and
+                       r.get("status") == "ok" for r in rows):
+                err(f"runs.csv: scenario {name} has no measured (ok) godwit run")
     # documents
     for doc in ("results.md", "machine.md", "qemu-params.md"):
         p = os.path.join(resdir, doc)

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""bench/check_results.py on crafted results folders: the suite's benchmark smoke test
+(bench/smoke-test) is only as strict as this checker, so a run whose godwit rows failed
+their correctness checks (abcheck, heartbeats) or were never measured must be refused,
+while a well-formed run with every godwit row measured (QEMU's may be unavailable) is
+accepted. No time is judged anywhere.
+
+    test_check_results.py REPO_ROOT
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else
+                       os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from gwbench.schema import COLUMNS, REQUIRED_OK  # noqa: E402
+from gwbench import scenarios as scen_mod  # noqa: E402
+
+QUICK = [s for s in scen_mod.load(scen_mod.DEFAULT_FILE) if s["set"] == "quick"]
+
+
+def row(sc, vmm, status, reason=""):
+    r = {c: "" for c in COLUMNS}
+    r.update(scenario=sc["name"], set="quick", op=sc["op"], vmm=vmm, run="1", status=status,
+             reason=reason, memory=sc["memory"], cpus=sc["cpus"], workload=sc["workload"],
+             link=sc["link"], started_utc="2026-01-01T00:00:00Z")
+    if status == "ok":
+        for c in REQUIRED_OK[sc["op"]]:
+            r[c] = "12.5"
+    return r
+
+
+def write_results(d, rows):
+    with open(os.path.join(d, "runs.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump({"vmms": ["godwit", "qemu"], "interrupted": False,
+                   "scenarios": [s["name"] for s in QUICK]}, f)
+    with open(os.path.join(d, "results.md"), "w") as f:
+        f.write("| scenario | vmm |\n|---|---|\n")
+        for s in QUICK:
+            f.write(f"| {s['name']} | godwit |\n")
+    for doc in ("machine.md", "qemu-params.md"):
+        with open(os.path.join(d, doc), "w") as f:
+            f.write("crafted\n")
+
+
+def check(rows):
+    with tempfile.TemporaryDirectory(prefix="godwit-check-results.") as d:
+        write_results(d, rows)
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "check_results.py"),
+                            "--quick", d], capture_output=True, text=True)
+        return p.returncode, p.stderr
+
+
+def main():
+    failures = 0
+
+    def expect(name, rows, ok, needle=None):
+        nonlocal failures
+        rc, err = check(rows)
+        good = (rc == 0) == ok and (needle is None or needle in err)
+        print(f"{'ok  ' if good else 'FAIL'} {name}: exit {rc}"
+              + ("" if good else f" (expected {'0' if ok else 'non-zero'}"
+                 f"{', stderr naming ' + repr(needle) if needle else ''}); stderr: {err.strip()}"))
+        failures += not good
+
+    qemu_ok = [row(s, "qemu", "ok") for s in QUICK]
+    qemu_unavail = [row(s, "qemu", "unavailable", "qemu-system-x86_64 not found") for s in QUICK]
+    expect("every row measured", [row(s, "godwit", "ok") for s in QUICK] + qemu_ok, True)
+    expect("godwit measured, QEMU unavailable",
+           [row(s, "godwit", "ok") for s in QUICK] + qemu_unavail, True)
+    expect("every godwit row failed its correctness check",
+           [row(s, "godwit", "failed", "abcheck: check fail at page 7") for s in QUICK]
+           + qemu_ok, False, "godwit run failed")
+    expect("one godwit row failed",
+           [row(s, "godwit", "ok") for s in QUICK[:-1]]
+           + [row(QUICK[-1], "godwit", "failed", "heartbeat seq not consecutive")] + qemu_ok,
+           False, "godwit run failed")
+    expect("godwit never measured (unavailable)",
+           [row(s, "godwit", "unavailable", "ninja failed") for s in QUICK] + qemu_ok,
+           False, "no measured (ok) godwit run")
+    if failures:
+        print(f"{failures} case(s) wrong")
+        return 1
+    print("PASS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
