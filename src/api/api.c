@@ -10,6 +10,7 @@
 #include "base/buf.h"
 #include "base/log.h"
 #include "migration/migrate.h"
+#include "migration/params.h"
 #include "migration/proto.h"
 #include "migration/snapshot.h"
 #include "vmm/vm.h"
@@ -332,59 +333,43 @@ static void api_mig_done(void *opaque)
 		vm_stop_request(s->vm);
 }
 
+/*
+ * The request's values go into struct mig_params as they are (a negative number becomes
+ * one too large) and migration/params.c judges them, with the same bounds as the CLI's.
+ */
 static int api_cmd_migrate(struct api_ctx *ctx, struct errbuf *e)
 {
-	json_t *req = ctx->req, *v;
-	struct mig_params p = { .mode = MIG_MODE_LIVE, .downtime_ms = 300, .dirty_tracking = -1,
-				.on_stall = MIG_STALL_THROTTLE };
-	const char *str;
+	static const char *const choices[] = { "uri", "mode", "dirty_tracking", "on_stall" };
+	json_t *req = ctx->req;
+	struct mig_params p;
+	const struct {
+		const char *key;
+		uint64_t *v;
+	} nums[] = {
+		{ "downtime_ms", &p.downtime_ms }, { "bandwidth", &p.bandwidth },
+		{ "max_rounds", &p.max_rounds }, { "timeout_ms", &p.timeout_ms },
+	};
 	int ret;
 
-	snprintf(p.uri, sizeof(p.uri), "%s", json_string_value(json_object_get(req, "uri")));
-	if ((str = json_string_value(json_object_get(req, "mode")))) {
-		if (!strcmp(str, "warm"))
-			p.mode = MIG_MODE_WARM;
-		else if (strcmp(str, "live"))
-			return err_set(e, -EINVAL, "migrate: mode must be live or warm");
+	mig_params_init(&p);
+	for (size_t i = 0; i < ARRAY_SIZE(choices); i++) {
+		const char *str = json_string_value(json_object_get(req, choices[i]));
+
+		if (str) {
+			ret = mig_params_choice_set(&p, choices[i], str, e);
+			if (ret < 0)
+				return err_prefix(e, ret, "migrate");
+		}
 	}
-	if ((v = json_object_get(req, "downtime_ms"))) {
-		if (json_integer_value(v) < 1 || json_integer_value(v) > 3600000)
-			return err_set(e, -EINVAL, "migrate: downtime_ms must be 1 to 3600000");
-		p.downtime_ms = (uint64_t)json_integer_value(v);
+	for (size_t i = 0; i < ARRAY_SIZE(nums); i++) {
+		json_t *v = json_object_get(req, nums[i].key);
+
+		if (v)
+			*nums[i].v = (uint64_t)json_integer_value(v);
 	}
-	if ((v = json_object_get(req, "bandwidth"))) {
-		if (json_integer_value(v) < 0)
-			return err_set(e, -EINVAL, "migrate: bandwidth must not be negative");
-		p.bandwidth = (uint64_t)json_integer_value(v);
-	}
-	if ((v = json_object_get(req, "max_rounds"))) {
-		if (json_integer_value(v) < 0 || json_integer_value(v) > 100000)
-			return err_set(e, -EINVAL, "migrate: max_rounds must be 0 to 100000");
-		p.max_rounds = (uint32_t)json_integer_value(v);
-	}
-	if ((v = json_object_get(req, "timeout_ms"))) {
-		if (json_integer_value(v) < 0)
-			return err_set(e, -EINVAL, "migrate: timeout_ms must not be negative");
-		p.timeout_ms = (uint64_t)json_integer_value(v);
-	}
-	if ((str = json_string_value(json_object_get(req, "dirty_tracking")))) {
-		if (!strcmp(str, "bitmap"))
-			p.dirty_tracking = VM_DIRTY_BITMAP;
-		else if (!strcmp(str, "ring"))
-			p.dirty_tracking = VM_DIRTY_RING;
-		else
-			return err_set(e, -EINVAL, "migrate: dirty_tracking must be bitmap or ring");
-	}
-	if ((str = json_string_value(json_object_get(req, "on_stall")))) {
-		if (!strcmp(str, "throttle"))
-			p.on_stall = MIG_STALL_THROTTLE;
-		else if (!strcmp(str, "pause"))
-			p.on_stall = MIG_STALL_PAUSE;
-		else if (!strcmp(str, "cancel"))
-			p.on_stall = MIG_STALL_CANCEL;
-		else
-			return err_set(e, -EINVAL, "migrate: on_stall must be throttle, pause or cancel");
-	}
+	ret = mig_params_validate(&p, e);
+	if (ret < 0)
+		return err_prefix(e, ret, "migrate");
 	p.digest = json_is_true(json_object_get(req, "digest"));
 	if (ctx->server->mig_client)
 		return err_set(e, -EBUSY, "a migration is already in progress");

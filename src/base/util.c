@@ -154,6 +154,15 @@ uint64_t time_real_ns(void)
 	return time_ns(CLOCK_REALTIME);
 }
 
+uint64_t time_deadline_ns(uint64_t now_ns, uint64_t ms)
+{
+	uint64_t ns;
+
+	if (__builtin_mul_overflow(ms, 1000000ull, &ns) || __builtin_add_overflow(now_ns, ns, &ns))
+		return UINT64_MAX;
+	return ns;
+}
+
 int io_read_full(int fd, void *buf, size_t len)
 {
 	char *p = buf;

@@ -49,6 +49,8 @@ bool page_is_zero(const void *page);
 
 uint64_t time_mono_ns(void);
 uint64_t time_real_ns(void);
+/* now_ns plus ms milliseconds, saturating: a huge ms is "never", not a deadline in the past. */
+uint64_t time_deadline_ns(uint64_t now_ns, uint64_t ms);
 
 /* Read/write exactly len bytes, retrying on EINTR and short transfers. 0 or -errno. -EPIPE at EOF. */
 int __must_check io_read_full(int fd, void *buf, size_t len);

@@ -6,6 +6,7 @@
  */
 #include "api/client.h"
 #include "cli/cli.h"
+#include "migration/params.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -36,6 +37,7 @@ static void migrate_usage(FILE *out)
 	      "  URI: tcp:HOST:PORT or unix:PATH; RATE: bytes per second, e.g. 100M, 1G\n"
 	      "  live (default): copy memory in rounds while the guest runs, pause for the\n"
 	      "  remainder (target --downtime-ms, default 300); warm: pause, then copy\n"
+	      "  --max-rounds N, --timeout S: limits of the live rounds (0, the default: none)\n"
 	      "  --json: print the final migration status as JSON; --digest: include a digest\n"
 	      "  of the paused guest taken just before the handover (adds to the downtime)\n", out);
 }
@@ -89,28 +91,41 @@ static void progress_print(json_t *st)
 		jint(st, "expected_downtime_ms"), jint(st, "throttle_pct"));
 }
 
-/* Sets key to s times scale if s is a whole number in [min, max]. */
-static int migrate_opt_number(json_t *req, const char *key, const char *s, uint64_t min,
-			      uint64_t max, uint64_t scale)
+/*
+ * Options are checked here, before the VMM is asked, by the same validation the VMM's
+ * API applies (migration/params.c): p holds the values so far, req the request to send.
+ */
+static int migrate_opt_set(struct mig_params *p, json_t *req, const char *key, uint64_t *field,
+			   uint64_t v, struct errbuf *e)
 {
-	uint64_t v;
-
-	if (parse_u64(s, min, max, &v) < 0)
+	*field = v;
+	if (mig_params_validate(p, e) < 0)
 		return -EINVAL;
-	json_object_set_new(req, key, json_integer((json_int_t)(v * scale)));
+	json_object_set_new(req, key, json_integer((json_int_t)v));
 	return 0;
 }
 
-/* Sets key to s if s is one of the NULL-terminated choices. */
-static int migrate_opt_choice(json_t *req, const char *key, const char *s, const char *const *choices)
+/* s is a whole number of units of scale (a product too large for the field: out of bounds) */
+static int migrate_opt_number(struct mig_params *p, json_t *req, const char *key, uint64_t *field,
+			      const char *s, uint64_t scale, struct errbuf *e)
 {
-	for (; *choices; choices++) {
-		if (!strcmp(s, *choices)) {
-			json_object_set_new(req, key, json_string(s));
-			return 0;
-		}
-	}
-	return -EINVAL;
+	uint64_t v;
+
+	if (parse_u64(s, 0, UINT64_MAX, &v) < 0)
+		return err_set(e, -EINVAL, "not a whole number");
+	if (__builtin_mul_overflow(v, scale, &v))
+		v = UINT64_MAX;
+	return migrate_opt_set(p, req, key, field, v, e);
+}
+
+/* Sets key to s if the validation knows that name for it. */
+static int migrate_opt_choice(struct mig_params *p, json_t *req, const char *key, const char *s,
+			      struct errbuf *e)
+{
+	if (mig_params_choice_set(p, key, s, e) < 0)
+		return -EINVAL;
+	json_object_set_new(req, key, json_string(s));
+	return 0;
 }
 
 int cli_migrate_main(int argc, char **argv)
@@ -130,6 +145,8 @@ int cli_migrate_main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	struct migrate_call call = { 0 };
+	struct mig_params p;
+	struct errbuf e;
 	json_t *req = json_object(), *r;
 	bool tty = isatty(STDERR_FILENO), json_out = false;
 	pthread_t th;
@@ -138,6 +155,7 @@ int cli_migrate_main(int argc, char **argv)
 
 	optind = 1;
 	opterr = 0;
+	mig_params_init(&p);
 	json_object_set_new(req, "cmd", json_string("migrate"));
 	while ((c = getopt_long(argc, argv, ":h", opts, &longindex)) != -1) {
 		switch (c) {
@@ -145,33 +163,30 @@ int cli_migrate_main(int argc, char **argv)
 			call.sock = optarg;
 			break;
 		case OPT_MODE:
-			ret = migrate_opt_choice(req, "mode", optarg,
-						 (const char *const[]){ "live", "warm", NULL });
+			ret = migrate_opt_choice(&p, req, "mode", optarg, &e);
 			break;
 		case OPT_DOWNTIME:
-			ret = migrate_opt_number(req, "downtime_ms", optarg, 1, 3600000, 1);
+			ret = migrate_opt_number(&p, req, "downtime_ms", &p.downtime_ms, optarg, 1, &e);
 			break;
 		case OPT_BANDWIDTH:
 			ret = parse_size(optarg, &v);
-			if (ret == 0 && v > (uint64_t)1 << 50)
-				ret = -ERANGE;
-			if (ret == 0)
-				json_object_set_new(req, "bandwidth", json_integer((json_int_t)v));
+			if (ret < 0)
+				err_set(&e, ret, "not a size (like 100M or 1G)");
+			else
+				ret = migrate_opt_set(&p, req, "bandwidth", &p.bandwidth, v, &e);
 			break;
 		case OPT_ROUNDS:
-			ret = migrate_opt_number(req, "max_rounds", optarg, 1, 100000, 1);
+			ret = migrate_opt_number(&p, req, "max_rounds", &p.max_rounds, optarg, 1, &e);
 			break;
 		case OPT_TIMEOUT:
-			ret = migrate_opt_number(req, "timeout_ms", optarg, 1, 86400, 1000);
+			ret = migrate_opt_number(&p, req, "timeout_ms", &p.timeout_ms, optarg, 1000,
+						 &e);
 			break;
 		case OPT_DIRTY:
-			ret = migrate_opt_choice(req, "dirty_tracking", optarg,
-						 (const char *const[]){ "bitmap", "ring", NULL });
+			ret = migrate_opt_choice(&p, req, "dirty_tracking", optarg, &e);
 			break;
 		case OPT_STALL:
-			ret = migrate_opt_choice(req, "on_stall", optarg,
-						 (const char *const[]){ "throttle", "pause", "cancel",
-									NULL });
+			ret = migrate_opt_choice(&p, req, "on_stall", optarg, &e);
 			break;
 		case OPT_DIGEST:
 			json_object_set_new(req, "digest", json_true());
@@ -261,7 +276,7 @@ out:
 	return ret;
 
 bad_value:
-	fprintf(stderr, "godwit migrate: --%s %s: invalid value\n", opts[longindex].name, optarg);
+	fprintf(stderr, "godwit migrate: --%s %s: %s\n", opts[longindex].name, optarg, e.msg);
 	json_decref(req);
 	return 2;
 }

@@ -17,6 +17,7 @@
  */
 #include "migration/migrate.h"
 #include "migration/mig_internal.h"
+#include "migration/params.h"
 #include "base/log.h"
 #include "migration/proto.h"
 #include "migration/snapshot.h"
@@ -441,7 +442,7 @@ static int mig_iterate(struct mig_batch *b, struct errbuf *e)
 	int ret;
 
 	if (mig.p.timeout_ms)
-		deadline = mig.t_start + mig.p.timeout_ms * 1000000ull;
+		deadline = time_deadline_ns(mig.t_start, mig.p.timeout_ms);
 	ret = vm_dirty_start(mig.vm, e);
 	if (ret < 0)
 		return ret;
@@ -486,7 +487,7 @@ static int mig_iterate(struct mig_batch *b, struct errbuf *e)
 		stalled = round >= 2 && dirty * 100 >= prev_dirty * 95;
 		prev_dirty = dirty;
 		limit = (mig.p.max_rounds && round >= mig.p.max_rounds) ||
-			(deadline && time_mono_ns() >= deadline);
+			round >= MIG_ROUNDS_LIMIT || (deadline && time_mono_ns() >= deadline);
 		if (limit) {
 			if (mig.p.on_stall == MIG_STALL_CANCEL)
 				return err_set(e, -ETIMEDOUT, "the migration did not converge within "
@@ -755,7 +756,10 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 	bool was_paused = false;
 	int ret;
 
-	/* a bad URI is refused here, synchronously, before anything starts */
+	/* bad parameters are refused here, synchronously, before anything starts */
+	ret = mig_params_validate(p, e);
+	if (ret < 0)
+		return ret;
 	ret = mig_uri_parse(p->uri, &uri, e);
 	if (ret < 0)
 		return ret;

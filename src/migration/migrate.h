@@ -32,8 +32,9 @@ struct mig_params {
 	uint32_t mode;          /* MIG_MODE_WARM or MIG_MODE_LIVE */
 	uint64_t downtime_ms;   /* target pause (live) */
 	uint64_t bandwidth;     /* bytes/s cap, 0 = none */
-	uint32_t max_rounds;    /* 0 = no limit */
+	uint64_t max_rounds;    /* 0 = no limit (but at most MIG_ROUNDS_LIMIT, params.h) */
 	uint64_t timeout_ms;    /* 0 = no limit (for the iteration phase) */
+	/* bounds and defaults: migration/params.h, checked by mig_params_validate() */
 	int dirty_tracking;     /* -1: the VM's, else enum vm_dirty_mode */
 	enum mig_stall on_stall;
 	bool digest;            /* verification: digest the paused guest before COMMIT */

@@ -62,7 +62,8 @@ def test(env):
     run_fails(env, ["migrate", "--api-socket", sock, "--mode", "fast", "unix:/x"], "--mode fast")
     run_fails(env, ["migrate", "--api-socket", sock, "--bandwidth", "lots", "unix:/x"],
               "--bandwidth lots")
-    run_fails(env, ["migrate", "--api-socket", sock, "--timeout", "0", "unix:/x"], "--timeout 0")
+    run_fails(env, ["migrate", "--api-socket", sock, "--timeout", "86401", "unix:/x"],
+              "--timeout 86401: timeout_ms must be 0 (no limit) to 86400000")
     run_fails(env, ["status"], "--api-socket")
     run_fails(env, ["status", "--api-socket", env.path("absent.sock")], "absent.sock")
     assert not os.path.exists(sock), "a failed run left its socket behind"

@@ -109,8 +109,13 @@ int migration_cancel(struct errbuf *e)
 	return err_set(e, -EINVAL, "no migration in progress");
 }
 
+struct mig_params fake_mig_params;
+unsigned fake_mig_starts;
+
 int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params *p,
 		    void (*done)(void *opaque), void *opaque, struct errbuf *e)
 {
+	fake_mig_params = *p;
+	fake_mig_starts++;
 	return err_set(e, -ENOTSUP, "fake VM: no migration");
 }

@@ -13,6 +13,11 @@ struct vm {
 	unsigned pauses, resumes, stops;
 };
 
+/* The parameters of the last migration_start() (which then fails), and how many calls. */
+struct mig_params;
+extern struct mig_params fake_mig_params;
+extern unsigned fake_mig_starts;
+
 /* A running VM named name with 256 MiB and 2 vCPUs. */
 void fake_vm_init(struct vm *vm, const char *name);
 

@@ -6,7 +6,10 @@
  */
 #include "api/api.h"
 #include "api/client.h"
+#include "cli/cli.h"
 #include "cli/ctl.h"
+#include "migration/migrate.h"
+#include "migration/proto.h"
 #include "fake_vm.h"
 
 #include <errno.h>
@@ -847,17 +850,15 @@ static void ctl_file_read(const char *path, char *buf, size_t cap)
 }
 
 /* Runs cli_ctl_main() with stdout and stderr captured. */
-static void ctl_run(struct sock *k, struct ctl_result *r, ...)
+/* Runs a client subcommand's main with argv (NULL-terminated), capturing its output. */
+static void ctl_run_argv(struct sock *k, struct ctl_result *r, int (*main_fn)(int, char **),
+			 char **argv)
 {
 	char out_path[160], err_path[160];
-	char *argv[16];
 	int argc = 0, saved_out, saved_err, fd;
-	va_list ap;
 
-	va_start(ap, r);
-	while ((argv[argc] = va_arg(ap, char *)))
+	while (argv[argc])
 		argc++;
-	va_end(ap);
 
 	snprintf(out_path, sizeof(out_path), "%s/out", k->dir);
 	snprintf(err_path, sizeof(err_path), "%s/err", k->dir);
@@ -871,7 +872,7 @@ static void ctl_run(struct sock *k, struct ctl_result *r, ...)
 	fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	dup2(fd, 2);
 	close(fd);
-	r->code = cli_ctl_main(argc, argv);
+	r->code = main_fn(argc, argv);
 	fflush(stdout);
 	fflush(stderr);
 	dup2(saved_out, 1);
@@ -880,6 +881,19 @@ static void ctl_run(struct sock *k, struct ctl_result *r, ...)
 	close(saved_err);
 	ctl_file_read(out_path, r->out, sizeof(r->out));
 	ctl_file_read(err_path, r->err, sizeof(r->err));
+}
+
+static void ctl_run(struct sock *k, struct ctl_result *r, ...)
+{
+	char *argv[16];
+	int argc = 0;
+	va_list ap;
+
+	va_start(ap, r);
+	while ((argv[argc] = va_arg(ap, char *)))
+		argc++;
+	va_end(ap);
+	ctl_run_argv(k, r, cli_ctl_main, argv);
 }
 
 static void test_ctl_commands(void **state)
@@ -1001,6 +1015,145 @@ static void test_ctl_usage(void **state)
 	assert_int_equal(k->vm.pauses + k->vm.resumes + k->vm.stops, 0);
 }
 
+/* ---- migration parameters: one validation for the API and `godwit migrate` ---- */
+
+/* Valid values reach the engine as given; 0 means "no limit" for rounds and time. */
+static void test_migrate_params_reach_engine(void **state)
+{
+	struct direct *d = *state;
+	unsigned starts = fake_mig_starts;
+
+	req_expect_error(d, "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\", \"mode\": \"warm\", "
+			    "\"downtime_ms\": 3600000, \"bandwidth\": 1125899906842624, "
+			    "\"max_rounds\": 0, \"timeout_ms\": 86400000, "
+			    "\"dirty_tracking\": \"ring\", \"on_stall\": \"cancel\"}",
+			 "fake VM: no migration");
+	assert_int_equal(fake_mig_starts, starts + 1);
+	assert_string_equal(fake_mig_params.uri, "unix:/x");
+	assert_int_equal(fake_mig_params.mode, MIG_MODE_WARM);
+	assert_int_equal(fake_mig_params.downtime_ms, 3600000);
+	assert_int_equal(fake_mig_params.bandwidth, 1ull << 50);
+	assert_int_equal(fake_mig_params.max_rounds, 0);
+	assert_int_equal(fake_mig_params.timeout_ms, 86400000);
+	assert_int_equal(fake_mig_params.dirty_tracking, VM_DIRTY_RING);
+	assert_int_equal(fake_mig_params.on_stall, MIG_STALL_CANCEL);
+	req_expect_error(d, "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\"}", "fake VM: no migration");
+	assert_int_equal(fake_mig_params.mode, MIG_MODE_LIVE);
+	assert_int_equal(fake_mig_params.downtime_ms, 300);
+	assert_int_equal(fake_mig_params.timeout_ms, 0);
+	assert_int_equal(fake_mig_params.dirty_tracking, -1);
+	assert_int_equal(fake_mig_params.on_stall, MIG_STALL_THROTTLE);
+}
+
+/*
+ * Out-of-bounds values never reach the engine: a timeout_ms so large that the deadline
+ * would wrap into the past, negative numbers, a max_rounds that a 32-bit field would
+ * have truncated into range.
+ */
+static void test_migrate_params_bounds(void **state)
+{
+	static const struct {
+		const char *arg;
+		const char *err;
+	} bad[] = {
+		{ "\"timeout_ms\": 9223372036854775807",
+		  "migrate: timeout_ms must be 0 (no limit) to 86400000" },
+		{ "\"timeout_ms\": 18446744073709552", /* ms whose ns product wraps 2^64 */
+		  "migrate: timeout_ms must be 0 (no limit) to 86400000" },
+		{ "\"timeout_ms\": 86400001", "migrate: timeout_ms must be 0 (no limit) to 86400000" },
+		{ "\"timeout_ms\": -1", "migrate: timeout_ms must be 0 (no limit) to 86400000" },
+		{ "\"downtime_ms\": 0", "migrate: downtime_ms must be 1 to 3600000" },
+		{ "\"downtime_ms\": -300", "migrate: downtime_ms must be 1 to 3600000" },
+		{ "\"bandwidth\": -1", "migrate: bandwidth must be 0 (no cap) to 1125899906842624 bytes/s" },
+		{ "\"bandwidth\": 1125899906842625",
+		  "migrate: bandwidth must be 0 (no cap) to 1125899906842624 bytes/s" },
+		{ "\"max_rounds\": 4294967297", "migrate: max_rounds must be 0 (no limit) to 100000" },
+		{ "\"max_rounds\": 100001", "migrate: max_rounds must be 0 (no limit) to 100000" },
+		{ "\"mode\": \"fast\"", "migrate: mode must be live or warm" },
+		{ "\"on_stall\": \"wait\"", "migrate: on_stall must be throttle, pause or cancel" },
+		{ "\"dirty_tracking\": \"pml\"", "migrate: dirty_tracking must be bitmap or ring" },
+	};
+	struct direct *d = *state;
+	unsigned starts = fake_mig_starts;
+	char line[256], longline[700];
+
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		snprintf(line, sizeof(line), "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\", %s}",
+			 bad[i].arg);
+		req_expect_error(d, line, bad[i].err);
+	}
+	/* a URI longer than the engine's field is refused, not cut short */
+	snprintf(longline, sizeof(longline), "{\"cmd\": \"migrate\", \"uri\": \"unix:/%0600d\"}", 0);
+	req_expect_error(d, longline, "migrate: uri must be 1 to 511 bytes");
+	assert_int_equal(fake_mig_starts, starts);
+}
+
+/*
+ * The CLI checks its options with the API's validation: on each side of every bound,
+ * `godwit migrate` refuses (exit 2, naming the option) exactly what the API refuses,
+ * and what it accepts reaches the engine through the API with the same value.
+ */
+static void test_migrate_cli_api_agree(void **state)
+{
+	static const struct {
+		const char *opt, *val, *key;
+		long long api_val;
+		bool ok;
+	} cases[] = {
+		{ "--downtime-ms", "0", "downtime_ms", 0, false },
+		{ "--downtime-ms", "1", "downtime_ms", 1, true },
+		{ "--downtime-ms", "3600000", "downtime_ms", 3600000, true },
+		{ "--downtime-ms", "3600001", "downtime_ms", 3600001, false },
+		{ "--timeout", "0", "timeout_ms", 0, true },
+		{ "--timeout", "86400", "timeout_ms", 86400000, true },
+		{ "--timeout", "86401", "timeout_ms", 86401000, false },
+		{ "--timeout", "18446744073709552", "timeout_ms", -1, false },
+		{ "--max-rounds", "0", "max_rounds", 0, true },
+		{ "--max-rounds", "100000", "max_rounds", 100000, true },
+		{ "--max-rounds", "100001", "max_rounds", 100001, false },
+		{ "--bandwidth", "1024T", "bandwidth", 1ll << 50, true },
+		{ "--bandwidth", "1025T", "bandwidth", 1025ll << 40, false },
+	};
+	struct sock *k = *state;
+	struct direct d = { .s = k->s };
+
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		char *argv[] = { "migrate", "--api-socket", k->path, (char *)cases[i].opt,
+				 (char *)cases[i].val, "unix:/x", NULL };
+		unsigned starts = fake_mig_starts;
+		struct ctl_result r;
+		json_t *resp;
+		char line[200], want[200];
+		bool api_ok;
+
+		ctl_run_argv(k, &r, cli_migrate_main, argv);
+		snprintf(line, sizeof(line), "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\", \"%s\": %lld}",
+			 cases[i].key, cases[i].api_val);
+		resp = req_run(&d, line);
+		api_ok = !strcmp(json_string_value(json_object_get(resp, "error")) ?: "",
+				 "fake VM: no migration");
+		json_decref(resp);
+		if (api_ok != cases[i].ok)
+			fail_msg("API %s: %s, expected %s", line, api_ok ? "accepted" : "refused",
+				 cases[i].ok ? "accepted" : "refused");
+		if (cases[i].ok) {
+			/* through the socket to the (fake) engine, then the request made directly */
+			if (r.code != 1 || !strstr(r.err, "fake VM: no migration"))
+				fail_msg("migrate %s %s: exit %d: %s", cases[i].opt, cases[i].val,
+					 r.code, r.err);
+			assert_int_equal(fake_mig_starts, starts + 2);
+		} else {
+			snprintf(want, sizeof(want), "godwit migrate: %s %s: %s must be", cases[i].opt,
+				 cases[i].val, cases[i].key);
+			if (r.code != 2 || strncmp(r.err, want, strlen(want)))
+				fail_msg("migrate %s %s: exit %d: %s (want \"%s...\")", cases[i].opt,
+					 cases[i].val, r.code, r.err, want);
+			assert_int_equal(fake_mig_starts, starts);
+		}
+	}
+	sock_loop_stop(k);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1034,6 +1187,12 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_ctl_commands, sock_setup, sock_teardown),
 		cmocka_unit_test_setup_teardown(test_ctl_vm_error, sock_setup, sock_teardown),
 		cmocka_unit_test_setup_teardown(test_ctl_usage, sock_setup, sock_teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_params_reach_engine, direct_setup,
+						direct_teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_params_bounds, direct_setup,
+						direct_teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_cli_api_agree, sock_setup,
+						sock_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -320,6 +320,20 @@ static void test_err(void **state)
 	assert_string_equal(e.msg, "ctx: ");
 }
 
+/* A deadline never wraps into the past: huge timeouts saturate at "never". */
+static void test_time_deadline(void **state)
+{
+	assert_int_equal(time_deadline_ns(1000, 0), 1000);
+	assert_int_equal(time_deadline_ns(1000, 5), 5001000);
+	assert_int_equal(time_deadline_ns(0, UINT64_MAX / 1000000), UINT64_MAX / 1000000 * 1000000);
+	/* the product overflows: 18446744073710 ms * 10^6 > 2^64 */
+	assert_int_equal(time_deadline_ns(1000, UINT64_MAX / 1000000 + 1), UINT64_MAX);
+	assert_int_equal(time_deadline_ns(1000, 9223372036854775807ull), UINT64_MAX);
+	/* the sum overflows */
+	assert_int_equal(time_deadline_ns(UINT64_MAX - 10, 1), UINT64_MAX);
+	assert_true(time_deadline_ns(time_mono_ns(), UINT64_MAX) > time_mono_ns());
+}
+
 static void test_fmt_bytes(void **state)
 {
 	char s[32];
@@ -400,6 +414,7 @@ int main(void)
 		cmocka_unit_test(test_err),
 		cmocka_unit_test(test_fmt_bytes),
 		cmocka_unit_test(test_evloop_call_saturated),
+		cmocka_unit_test(test_time_deadline),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Migration parameters: defaults, names and bounds (see params.h). The CLI and the API
+ * both end here, so a value one accepts the other accepts too.
+ */
+#include "migration/params.h"
+#include "migration/proto.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+void mig_params_init(struct mig_params *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->mode = MIG_MODE_LIVE;
+	p->downtime_ms = MIG_DOWNTIME_MS_DEFAULT;
+	p->dirty_tracking = -1;
+	p->on_stall = MIG_STALL_THROTTLE;
+}
+
+int mig_params_validate(const struct mig_params *p, struct errbuf *e)
+{
+	if (p->mode != MIG_MODE_LIVE && p->mode != MIG_MODE_WARM)
+		return err_set(e, -EINVAL, "mode must be live or warm");
+	if (p->downtime_ms < 1 || p->downtime_ms > MIG_DOWNTIME_MS_MAX)
+		return err_set(e, -EINVAL, "downtime_ms must be 1 to %llu",
+			       (unsigned long long)MIG_DOWNTIME_MS_MAX);
+	if (p->bandwidth > MIG_BANDWIDTH_MAX)
+		return err_set(e, -EINVAL, "bandwidth must be 0 (no cap) to %llu bytes/s",
+			       (unsigned long long)MIG_BANDWIDTH_MAX);
+	if (p->max_rounds > MIG_ROUNDS_LIMIT)
+		return err_set(e, -EINVAL, "max_rounds must be 0 (no limit) to %llu",
+			       (unsigned long long)MIG_ROUNDS_LIMIT);
+	if (p->timeout_ms > MIG_TIMEOUT_MS_MAX)
+		return err_set(e, -EINVAL, "timeout_ms must be 0 (no limit) to %llu",
+			       (unsigned long long)MIG_TIMEOUT_MS_MAX);
+	if (p->dirty_tracking != -1 && p->dirty_tracking != VM_DIRTY_BITMAP &&
+	    p->dirty_tracking != VM_DIRTY_RING)
+		return err_set(e, -EINVAL, "dirty_tracking must be bitmap or ring");
+	if (p->on_stall != MIG_STALL_THROTTLE && p->on_stall != MIG_STALL_PAUSE &&
+	    p->on_stall != MIG_STALL_CANCEL)
+		return err_set(e, -EINVAL, "on_stall must be throttle, pause or cancel");
+	return 0;
+}
+
+/* Index of value in the NULL-terminated names, or -1. */
+static int mig_params_name_find(const char *value, const char *const *names)
+{
+	for (int i = 0; names[i]; i++)
+		if (!strcmp(value, names[i]))
+			return i;
+	return -1;
+}
+
+/*
+ * An unknown name leaves the field out of bounds, so the error is the validation's own
+ * (one message per parameter, whichever way the value came in).
+ */
+int mig_params_choice_set(struct mig_params *p, const char *key, const char *value,
+			  struct errbuf *e)
+{
+	static const char *const modes[] = { "warm", "live", NULL };
+	static const char *const dirty[] = { "bitmap", "ring", NULL };
+	static const char *const stall[] = { "throttle", "pause", "cancel", NULL };
+	int i;
+
+	if (!strcmp(key, "uri")) {
+		if (!value[0] || strlen(value) >= sizeof(p->uri))
+			return err_set(e, -EINVAL, "uri must be 1 to %zu bytes",
+				       sizeof(p->uri) - 1);
+		memcpy(p->uri, value, strlen(value) + 1);
+		return 0;
+	} else if (!strcmp(key, "mode")) {
+		i = mig_params_name_find(value, modes);
+		p->mode = i < 0 ? 0 : i == 0 ? MIG_MODE_WARM : MIG_MODE_LIVE;
+	} else if (!strcmp(key, "dirty_tracking")) {
+		i = mig_params_name_find(value, dirty);
+		p->dirty_tracking = i < 0 ? -2 : i == 0 ? VM_DIRTY_BITMAP : VM_DIRTY_RING;
+	} else if (!strcmp(key, "on_stall")) {
+		i = mig_params_name_find(value, stall);
+		p->on_stall = i < 0 ? (enum mig_stall)-1 :
+				      (enum mig_stall[]){ MIG_STALL_THROTTLE, MIG_STALL_PAUSE,
+							  MIG_STALL_CANCEL }[i];
+	} else {
+		return err_set(e, -EINVAL, "unknown parameter %s", key);
+	}
+	return mig_params_validate(p, e);
+}
