@@ -9,6 +9,7 @@
 #include "base/log.h"
 #include "migration/mig_internal.h"
 #include "migration/migrate.h"
+#include "migration/params.h"
 #include "migration/proto.h"
 #include "migration/snapshot.h"
 #include "vmm/memory.h"
@@ -40,6 +41,10 @@ struct mig_incoming {
 	uint8_t *ranges;
 	uint64_t nranges;
 	uint64_t resume_ns;
+	/* bounds on a slow or endless source: see inc_receive() */
+	struct mig_deadline dl;
+	uint32_t next_round;
+	uint64_t round_pages;
 };
 
 static struct mig_incoming inc = { .listen_fd = -1 };
@@ -145,6 +150,25 @@ static int inc_pages(const struct state_record *rec, struct errbuf *e)
 	pthread_mutex_lock(&mig.lock);
 	mig.st.pages_normal += normal;
 	mig.st.pages_zero += zero;
+	pthread_mutex_unlock(&mig.lock);
+	/* a round sends each page at most once */
+	inc.round_pages += normal + zero;
+	if (inc.round_pages > mem->size / GUEST_PAGE_SIZE)
+		return err_set(e, -EPROTO, "round %u carries more pages than guest memory holds",
+			       inc.next_round ? inc.next_round - 1 : 0);
+	return 0;
+}
+
+/* Rounds come numbered 0, 1, 2, ... and end within the engine's round limit. */
+static int inc_round(const struct mig_ctrl *m, struct errbuf *e)
+{
+	if (m->u32a != inc.next_round || m->u32a > MIG_ROUNDS_LIMIT + 1)
+		return err_set(e, -EPROTO, "ROUND %u out of order (expected %u, at most %llu)",
+			       m->u32a, inc.next_round, (unsigned long long)MIG_ROUNDS_LIMIT + 1);
+	inc.next_round++;
+	inc.round_pages = 0;
+	pthread_mutex_lock(&mig.lock);
+	mig.st.round = m->u32a; /* per-round figures are the source's to report */
 	pthread_mutex_unlock(&mig.lock);
 	return 0;
 }
@@ -275,7 +299,13 @@ static int inc_receive(struct errbuf *e)
 		return ret;
 	mig_state_set_incoming(MIG_STATE_ACTIVE);
 
+	/*
+	 * From here each record must arrive whole within MIG_RECORD_DEADLINE_MS (a PAGES
+	 * record is at most 4 MiB), so a trickling source cannot stretch one; rounds are
+	 * numbered and bounded and each carries at most guest memory, so the stream ends.
+	 */
 	for (;;) {
+		mig_deadline_set(&inc.dl, MIG_RECORD_DEADLINE_MS, "receiving one record");
 		ret = inc_next(&rec, e);
 		if (ret < 0) {
 			inc_reply(MIG_MSG_ERROR, e->msg); /* best effort: the link may be gone */
@@ -304,9 +334,7 @@ static int inc_receive(struct errbuf *e)
 			if (m.type != MIG_MSG_ROUND)
 				return err_set(e, -EPROTO, "unexpected %s from the source",
 					       mig_msg_name(m.type));
-			pthread_mutex_lock(&mig.lock);
-			mig.st.round = m.u32a; /* per-round figures are the source's to report */
-			pthread_mutex_unlock(&mig.lock);
+			ret = inc_round(&m, e);
 		}
 		if (ret < 0) {
 			inc_reply(MIG_MSG_ERROR, e->msg);
@@ -330,6 +358,7 @@ static int inc_receive(struct errbuf *e)
 		inc_reply(MIG_MSG_ERROR, e->msg);
 		return ret;
 	}
+	mig_deadline_set(&inc.dl, MIG_HANDOVER_TIMEOUT_MS, "waiting for COMMIT");
 	ret = inc_next(&rec, e);
 	if (ret < 0)
 		return err_prefix(e, ret, "waiting for COMMIT (nothing was started)");
@@ -340,6 +369,8 @@ static int inc_receive(struct errbuf *e)
 		return err_set(e, -ECANCELED, "the source aborted: %s", m.reason);
 	if (m.type != MIG_MSG_COMMIT)
 		return err_set(e, -EPROTO, "expected COMMIT, got %s", mig_msg_name(m.type));
+	/* committed: the guest runs here whatever happens to the link now */
+	mig_deadline_set(&inc.dl, UINT64_MAX, "after COMMIT");
 	/* straight from this thread: the vCPUs' run state has its own locking */
 	inc.t_commit = time_mono_ns();
 	if (inc.o.paused) {
@@ -386,7 +417,14 @@ static void *inc_thread(void *arg)
 		mig.t_start = time_mono_ns();
 		mig.st.state = MIG_STATE_SETUP;
 		pthread_mutex_unlock(&mig.lock);
-		ret = inc_receive(&e);
+		/* one deadline for the whole setup, from here (any handshake included) to ACCEPT */
+		ret = mig_deadline_start(&inc.dl, fd, &e);
+		if (ret == 0) {
+			mig_deadline_set(&inc.dl, MIG_SETUP_DEADLINE_MS,
+					 "the migration setup (stream header, HELLO, CONFIG, ACCEPT)");
+			ret = mig_deadline_check(&inc.dl, inc_receive(&e), &e);
+			mig_deadline_stop(&inc.dl);
+		}
 		inc_populate_stop();
 	}
 	for (size_t i = 0; i < inc.nsecs; i++)

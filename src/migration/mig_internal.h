@@ -14,6 +14,33 @@
 int mig_io_timeout_ms(void);
 #define MIG_IO_TIMEOUT_MS mig_io_timeout_ms()
 #define MIG_HANDOVER_TIMEOUT_MS (2 * mig_io_timeout_ms())
+/* the destination's whole setup (accept to ACCEPT), and each later record, as a whole */
+#define MIG_SETUP_DEADLINE_MS ((uint64_t)mig_io_timeout_ms())
+#define MIG_RECORD_DEADLINE_MS ((uint64_t)MIG_HANDOVER_TIMEOUT_MS)
+
+/*
+ * A deadline for a whole phase on one connection (deadline.c): when it passes, the
+ * connection is shut down so every blocked read or write on it fails at once. Arm it
+ * right after connecting or accepting, so a handshake that runs first is bounded too.
+ */
+struct mig_deadline {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;    /* CLOCK_MONOTONIC */
+	pthread_t thread;
+	bool started, quit, fired;
+	int fd;
+	uint64_t at_ns;         /* 0: none armed */
+	uint64_t ms;            /* the armed limit and phase, for the message */
+	char what[96];
+};
+
+int __must_check mig_deadline_start(struct mig_deadline *d, int fd, struct errbuf *e);
+/* (Re)arms the deadline ms from now for the phase what (replacing any earlier one). */
+void mig_deadline_set(struct mig_deadline *d, uint64_t ms, const char *what);
+/* ret unchanged unless the deadline cut the connection: then -ETIMEDOUT naming the phase. */
+int __must_check mig_deadline_check(struct mig_deadline *d, int ret, struct errbuf *e);
+/* Joins the watchdog; the fd is the caller's to close afterwards. */
+void mig_deadline_stop(struct mig_deadline *d);
 
 struct migration {
 	pthread_mutex_t lock;
@@ -45,6 +72,7 @@ struct migration {
 	pthread_t throttle_thread;
 	bool throttle_thread_started;
 	uint64_t bw_start_ns, bw_start_bytes; /* bandwidth cap accounting */
+
 };
 
 extern struct migration mig;

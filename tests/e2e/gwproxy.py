@@ -4,18 +4,21 @@ record by record (docs/state-format.md framing) and can corrupt or cut the strea
 chosen point; destination -> source is forwarded untouched.
 
 usage: gwproxy.py LISTEN_HOST:PORT CONNECT_HOST:PORT MODE
-MODE: pass | flip:WHERE | cut:WHERE | cpuid | cutafter:commit
+MODE: pass | flip:WHERE | cut:WHERE | trickle:WHERE | cpuid | cutafter:commit
 WHERE: round0 (the first PAGES record), round2 (the first PAGES record after ROUND 2),
        sections (the first SECTION record)
 flip changes one payload byte (the record CRC no longer matches); cut closes both
-connections at that point; cpuid sets unsupported CPUID bits in CONFIG, CRCs fixed;
-cutafter:commit forwards COMMIT, then closes both connections without letting the
-destination's answer (STARTED) through: a failure after the point of no return.
+connections at that point; trickle forwards from that record on one byte every 0.25 s
+(a hostile source that never lets a single read time out); cpuid sets unsupported CPUID
+bits in CONFIG, CRCs fixed; cutafter:commit forwards COMMIT, then closes both connections
+without letting the destination's answer (STARTED) through: a failure after the point of
+no return.
 Prints "listening" once ready and "injected" when it acted."""
 import socket
 import struct
 import sys
 import threading
+import time
 
 import gwstate
 
@@ -97,6 +100,12 @@ def main():
                 back_stop.set()
                 dst.sendall(hdr + body)
                 print("injected", flush=True)
+                break
+            elif hit and action == "trickle":
+                print("injected", flush=True)
+                for b in hdr + body:
+                    dst.sendall(bytes([b]))
+                    time.sleep(0.25)
                 break
             dst.sendall(hdr + body)
     except (EOFError, OSError):

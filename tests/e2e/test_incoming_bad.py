@@ -1,12 +1,24 @@
 #!/usr/bin/env python3
 """A destination fed garbage, a truncated stream or a stream of another protocol version
-exits non-zero with a clear error and runs nothing."""
+exits non-zero with a clear error and runs nothing. So does a destination whose source
+trickles one byte at a time, never letting a single read time out: during the setup
+(a hand-made stream) and later, mid-record in round 0 (a real source behind
+gwproxy.py trickle:round0); the source then keeps its guest."""
+import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 import gwstate
 import gwtest
+
+# short I/O timeouts (the setup deadline is the I/O timeout, a record's twice it)
+IO_TIMEOUT_MS = "1000"
+TRICKLE_S = 0.25           # a byte every 0.25 s: no single read ever waits 1 s
+TRICKLE_BOUND_S = 60       # old code would wait for ever; give up on it after this
+PROXY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gwproxy.py")
 
 
 def feed(env, name, data, expect, close=True):
@@ -32,7 +44,73 @@ def record(typ, payload):
     return h + payload + struct.pack("<I", gwstate.crc32c(payload, gwstate.crc32c(h)))
 
 
+def trickle_setup(env, hdr, hello):
+    """HELLO, then a CONFIG record that claims 64 KiB, one byte every TRICKLE_S."""
+    path = env.path("trickle.mig")
+    dst = gwtest.start_dest(env, "trickle", f"unix:{path}")
+    h = struct.pack("<IQ", gwstate.CONFIG, 65536)
+    stream = hdr + hello + h + struct.pack("<I", gwstate.crc32c(h)) + b"\0" * 65536
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    t0 = time.monotonic()
+    sent = 0
+    cut = False
+    try:
+        while dst.proc.poll() is None and time.monotonic() - t0 < TRICKLE_BOUND_S:
+            s.sendall(stream[sent:sent + 1])
+            sent += 1
+            time.sleep(TRICKLE_S)
+    except OSError:
+        cut = True   # the destination cut the connection
+    still = not cut and dst.proc.poll() is None
+    s.close()
+    assert not still, f"trickle: the destination still waits after {TRICKLE_BOUND_S} s " \
+                      f"of trickling ({sent} bytes)"
+    rc = dst.wait_exit(10)
+    err = dst.stderr()
+    assert rc != 0, "trickle: the destination exited 0"
+    for want in ("the migration setup", "deadline of 1000 ms", "nothing was started"):
+        assert want in err, f"trickle: expected {want!r} in {err!r}"
+    assert sent < len(stream), "trickle: the whole stream went through"
+    print(f"trickle during setup, {sent} bytes sent: {err.strip().splitlines()[-1]}")
+
+
+def trickle_round0(env):
+    """A real live migration whose stream turns into a trickle at round 0's first PAGES."""
+    hosts = gwtest.Hosts(env)
+    uri = f"tcp:{hosts.dst_ip}:4444"
+    src = gwtest.start_source(env, "trickle-src", cmdline="workload=abcheck wss=8M",
+                              netns=hosts.src)
+    dst = gwtest.start_dest(env, "trickle-dst", uri, netns=hosts.dst)
+    p = subprocess.Popen(["ip", "netns", "exec", hosts.src, sys.executable, PROXY,
+                          "127.0.0.1:5555", f"{hosts.dst_ip}:4444", "trickle:round0"],
+                         stdout=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(PROXY)))
+    try:
+        assert p.stdout.readline().strip() == "listening"
+        rc, _, merr = gwtest.migrate(src, "tcp:127.0.0.1:5555", check=False,
+                                     timeout=TRICKLE_BOUND_S)
+        assert rc != 0, "trickle-round0: the migration succeeded"
+        assert p.stdout.readline().strip() == "injected", "trickle-round0: no trickle"
+        rc = dst.wait_exit(TRICKLE_BOUND_S)
+        err = dst.stderr()
+        assert rc not in (0, None), f"trickle-round0: destination exit {rc}: {err}"
+        for want in ("receiving one record", "deadline of 2000 ms", "nothing was started"):
+            assert want in err, f"trickle-round0: expected {want!r} in {err!r}"
+        assert not dst.heartbeats(), "trickle-round0: the destination ran the guest"
+        print(f"trickle in round 0: {err.strip().splitlines()[-1]}")
+        n = src.line_count()
+        src.wait_line(r"^hb \d+$", start=n, timeout=20)
+        assert src.status()["state"] == "running"
+    finally:
+        p.kill()
+        p.wait()
+    src.ctl("stop")
+    assert src.wait_exit() == 0
+
+
 def test(env):
+    os.environ["GODWIT_MIGRATION_IO_TIMEOUT_MS"] = IO_TIMEOUT_MS
     hello = record(0x100, struct.pack("<IIQ", 1, 2, 0))
     feed(env, "garbage", b"GET / HTTP/1.0\r\n\r\n" + b"x" * 100, "bad magic")
     feed(env, "random", bytes(range(256)) * 4, "bad magic")
@@ -49,6 +127,8 @@ def test(env):
     feed(env, "flipped", bytes(bad), "CRC")
     feed(env, "huge-length", hdr + struct.pack("<IQ", 3, 1 << 40) +
          struct.pack("<I", gwstate.crc32c(struct.pack("<IQ", 3, 1 << 40))), "exceeds")
+    trickle_setup(env, hdr, hello)
+    trickle_round0(env)
 
 
 gwtest.main(test)
