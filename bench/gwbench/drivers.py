@@ -265,7 +265,15 @@ class Godwit(Driver):
         downtime = _num(final, "downtime_ms")
         if downtime is None and _num(final, "downtime_us") is not None:
             downtime = _num(final, "downtime_us") / 1000
+        # the estimate that decided the last round: its measured parts (docs/migration-protocol.md)
+        est = next((s["downtime_estimate"] for s in reversed(samples)
+                    if isinstance(s.get("downtime_estimate"), dict)), None)
+        est_ms = None
+        if est:
+            est_ms = ((_num(est, "dirty_sync_us") or 0) + (_num(est, "transfer_us") or 0)
+                      + 2 * (_num(est, "rtt_us") or 0)) / 1000
         return {
+            "downtime_estimate_ms": est_ms,
             "t_done": t_done,
             "vmm_total_ms": _num(final, "elapsed_ms", "total_ms", "total_time_ms"),
             "downtime_vmm_ms": downtime,

@@ -203,7 +203,8 @@ def migrate(drv, sc, ctx, mode):
         tx1 = net.tx_bytes(cns, cdev)
         if tx0 is not None and tx1 is not None:
             row["wire_bytes"] = tx1 - tx0
-        for k in ("vmm_total_ms", "downtime_vmm_ms", "vmm_bytes", "rounds", "throttle_pct"):
+        for k in ("vmm_total_ms", "downtime_vmm_ms", "downtime_estimate_ms", "vmm_bytes", "rounds",
+                  "throttle_pct"):
             row[k] = info.get(k)
         _mem_fields(row, "src", src.mem)
         _settle(dst, sc, 0)

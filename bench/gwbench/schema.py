@@ -17,6 +17,8 @@ METRIC_COLUMNS = [
     "snapshot_apparent_bytes",   # sum of file sizes
     "restore_ms",                # launch of the restoring VMM -> first heartbeat
     "downtime_vmm_ms",           # as the VMM reports it
+    "downtime_estimate_ms",      # godwit live: its last estimate before the pause (sum of the measured parts)
+    "downtime_target_met",       # live: 1 if downtime_vmm_ms <= the target, else 0 (flagged, never a failure)
     "downtime_guest_ms",         # longest gap between consecutive heartbeats during the move
     "switchover_gap_ms",         # source's last heartbeat -> destination's first
     "baseline_gap_ms",           # longest gap in the second before the move (noise floor)

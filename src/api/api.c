@@ -290,6 +290,17 @@ static json_t *api_mig_status_json(void)
 		      "downtime_us", (json_int_t)(st->downtime_ns / 1000));
 	if (j && st->state == MIG_STATE_COMPLETED)
 		json_object_set_new(j, "downtime_ms", json_real((double)st->downtime_ns / 1e6));
+	if (j && st->estimate.bandwidth) /* what expected_downtime_ms is made of (live) */
+		json_object_set_new(j, "downtime_estimate", json_pack(
+			"{s:I, s:I, s:I, s:I, s:b, s:I}",
+			"dirty_sync_us", (json_int_t)(st->estimate.sync_ns / 1000),
+			"rtt_us", (json_int_t)(st->estimate.rtt_ns / 1000),
+			"bandwidth", (json_int_t)st->estimate.bandwidth,
+			"state_bytes", (json_int_t)st->estimate.state_bytes,
+			"state_bytes_measured", st->estimate.state_measured,
+			"transfer_us", (json_int_t)(st->estimate.transfer_ns / 1000)));
+	if (j && st->state_bytes)
+		json_object_set_new(j, "state_bytes", json_integer((json_int_t)st->state_bytes));
 	if (j && st->error[0])
 		json_object_set_new(j, "error", api_json_string(st->error));
 	if (j && st->digest_memory[0])

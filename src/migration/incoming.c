@@ -45,6 +45,7 @@ struct mig_incoming {
 	struct mig_deadline dl;
 	uint32_t next_round;
 	uint64_t round_pages;
+	unsigned round_pings;
 };
 
 static struct mig_incoming inc = { .listen_fd = -1 };
@@ -159,6 +160,24 @@ static int inc_pages(const struct state_record *rec, struct errbuf *e)
 	return 0;
 }
 
+/*
+ * PING: the source measures the round trip, and at the end of a round how long the
+ * round's data took to arrive (this answer goes out once everything before it was read).
+ */
+static int inc_ping(const struct mig_ctrl *m, struct errbuf *e)
+{
+	struct mig_ctrl pong = { .type = MIG_MSG_PONG, .u64a = m->u64a };
+	int ret;
+
+	if (++inc.round_pings > MIG_PINGS_PER_ROUND_MAX)
+		return err_set(e, -EPROTO, "more than %u PINGs in one round",
+			       MIG_PINGS_PER_ROUND_MAX);
+	ret = mig_ctrl_send(mig.w, &pong, e);
+	if (ret == 0)
+		ret = state_writer_flush(mig.w, e);
+	return ret < 0 ? err_prefix(e, ret, "answering PING") : 0;
+}
+
 /* Rounds come numbered 0, 1, 2, ... and end within the engine's round limit. */
 static int inc_round(const struct mig_ctrl *m, struct errbuf *e)
 {
@@ -167,6 +186,7 @@ static int inc_round(const struct mig_ctrl *m, struct errbuf *e)
 			       m->u32a, inc.next_round, (unsigned long long)MIG_ROUNDS_LIMIT + 1);
 	inc.next_round++;
 	inc.round_pages = 0;
+	inc.round_pings = 0;
 	pthread_mutex_lock(&mig.lock);
 	mig.st.round = m->u32a; /* per-round figures are the source's to report */
 	pthread_mutex_unlock(&mig.lock);
@@ -323,6 +343,12 @@ static int inc_receive(struct errbuf *e)
 				break;
 			if (m.type == MIG_MSG_ABORT)
 				return err_set(e, -ECANCELED, "the source aborted: %s", m.reason);
+			if (m.type == MIG_MSG_PING) {
+				ret = inc_ping(&m, e);
+				if (ret < 0)
+					return ret;
+				continue;
+			}
 			if (m.type == MIG_MSG_RANGES) {
 				ret = inc_populate_start(&m, e);
 				if (ret < 0) {

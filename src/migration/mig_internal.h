@@ -72,7 +72,10 @@ struct migration {
 	pthread_t throttle_thread;
 	bool throttle_thread_started;
 	uint64_t bw_start_ns, bw_start_bytes; /* bandwidth cap accounting */
-
+	/* for the downtime estimate (mig_iterate) */
+	uint32_t nvcpus;
+	uint64_t rtt_ns;          /* the smallest PING -> PONG so far, 0: none yet */
+	uint64_t state_bytes_last; /* state sent by this process's last completion, 0: none */
 };
 
 extern struct migration mig;

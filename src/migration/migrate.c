@@ -394,6 +394,7 @@ static int mig_handshake(struct errbuf *e)
 		return err_set(e, -ENOMEM, "out of memory");
 	vm_state_config_build(mig.vm, cfg);
 	cfg->flags = mig.p.mode;
+	mig.nvcpus = cfg->nr_vcpus;
 	ret = state_writer_config(mig.w, cfg, e);
 	free(cfg);
 	if (ret < 0)
@@ -433,23 +434,82 @@ static int mig_round_marker(uint32_t round, struct errbuf *e)
 	return mig_ctrl_send(mig.w, &m, e);
 }
 
+/*
+ * PING and wait for its PONG: the destination answers once it has read everything sent
+ * before, so after a round this is when the round's data had arrived. Returns the time
+ * taken; the smallest such time is the round trip.
+ */
+static int mig_ping(uint64_t *ns, struct errbuf *e)
+{
+	uint64_t t0 = time_mono_ns();
+	struct mig_ctrl m = { .type = MIG_MSG_PING, .u64a = t0 };
+	int ret = mig_ctrl_send(mig.w, &m, e);
+
+	if (ret == 0)
+		ret = state_writer_flush(mig.w, e);
+	if (ret == 0)
+		ret = mig_expect(MIG_MSG_PONG, &m, e);
+	if (ret < 0)
+		return ret;
+	if (m.u64a != t0)
+		return err_set(e, -EPROTO, "the destination's PONG answers another PING");
+	*ns = time_mono_ns() - t0;
+	if (!mig.rtt_ns || *ns < mig.rtt_ns)
+		mig.rtt_ns = *ns;
+	return 0;
+}
+
+/*
+ * vCPU and device state: what this process sent at its last completion, else a bound on
+ * today's sections (a vCPU's is about 7 KiB with a 4 KiB XSAVE area; the VM-wide ones
+ * under 2 KiB), until a completion measures it.
+ */
+#define MIG_VCPU_STATE_BOUND (16 * KiB)
+#define MIG_VM_STATE_BOUND (16 * KiB)
+
+/*
+ * The pause that stop-and-copy would take now: the final dirty sync (as long as this
+ * round's), the remaining pages and the state over the bandwidth the round achieved,
+ * and the handover's two round trips (DONE -> READY, COMMIT -> STARTED).
+ */
+static uint64_t mig_downtime_estimate(uint64_t dirty, uint64_t bw, uint64_t sync_ns,
+				      struct mig_estimate *est)
+{
+	est->sync_ns = sync_ns;
+	est->rtt_ns = mig.rtt_ns;
+	est->bandwidth = bw;
+	est->state_measured = mig.state_bytes_last != 0;
+	est->state_bytes = est->state_measured ? mig.state_bytes_last :
+			   mig.nvcpus * MIG_VCPU_STATE_BOUND + MIG_VM_STATE_BOUND;
+	est->transfer_ns = (uint64_t)((double)(dirty * GUEST_PAGE_SIZE + est->state_bytes) * 1e9 /
+				      (double)bw);
+	return est->sync_ns + est->transfer_ns + 2 * est->rtt_ns;
+}
+
 /* Live iteration: returns 0 when it is time for stop-and-copy. */
 static int mig_iterate(struct mig_batch *b, struct errbuf *e)
 {
-	uint64_t prev_dirty = UINT64_MAX, deadline = 0;
+	uint64_t prev_dirty = UINT64_MAX, deadline = 0, ping_ns;
+	/* until a round of at least 1 MiB measures it: the cap, else 1 GB/s */
+	uint64_t bw = mig.p.bandwidth ? mig.p.bandwidth : 1000000000ull;
 	unsigned stalls = 0;
 	uint32_t round = 0;
 	int ret;
 
 	if (mig.p.timeout_ms)
 		deadline = time_deadline_ns(mig.t_start, mig.p.timeout_ms);
+	/* the round trip, while nothing else is on the way */
+	ret = mig_ping(&ping_ns, e);
+	if (ret < 0)
+		return ret;
 	ret = vm_dirty_start(mig.vm, e);
 	if (ret < 0)
 		return ret;
 	mig.tracking = true;
 	for (;;) {
 		uint64_t t0 = time_mono_ns(), bytes0 = state_writer_bytes(mig.w);
-		uint64_t ns, bytes, dirty, bw, expected_ms;
+		uint64_t ns, bytes, dirty, sync_ns, expected_ns, expected_ms;
+		struct mig_estimate est;
 		bool stalled, limit;
 
 		b->n = 0;
@@ -460,28 +520,40 @@ static int mig_iterate(struct mig_batch *b, struct errbuf *e)
 			ret = round == 0 ? mig_round0(b, e) : mig_round_dirty(b, e);
 		if (ret == 0)
 			ret = state_writer_flush(mig.w, e);
+		/* the round ends when its data has arrived, not when it was queued to send */
+		if (ret == 0)
+			ret = mig_ping(&ping_ns, e);
 		if (ret < 0)
 			return ret;
 		mig_bytes_update();
 		ns = time_mono_ns() - t0;
 		bytes = state_writer_bytes(mig.w) - bytes0;
+		sync_ns = time_mono_ns();
 		ret = vm_dirty_sync(mig.vm, mig.dirty, e);
 		if (ret < 0)
 			return ret;
+		sync_ns = time_mono_ns() - sync_ns;
 		dirty = mig_dirty_count();
-		/* the bandwidth this round achieved; a tiny round says little, assume 1 GB/s */
-		bw = bytes > (1 << 20) && ns ? (uint64_t)((double)bytes * 1e9 / (double)ns) :
-		     (mig.p.bandwidth ? mig.p.bandwidth : 1000000000ull);
+		/* the bandwidth this round achieved; a tiny round says little: keep the last */
+		if (bytes > (1 << 20) && ns > mig.rtt_ns)
+			bw = (uint64_t)((double)bytes * 1e9 / (double)(ns - mig.rtt_ns));
 		if (mig.p.bandwidth && bw > mig.p.bandwidth)
 			bw = mig.p.bandwidth;
-		expected_ms = (uint64_t)((double)dirty * GUEST_PAGE_SIZE * 1000.0 / (double)bw);
+		expected_ns = mig_downtime_estimate(dirty, bw, sync_ns, &est);
+		expected_ms = (expected_ns + 999999) / 1000000;
 		mig_round_record(round, b, bytes, ns, dirty, expected_ms);
-		log_debug("round %u: %llu pages, %llu dirty, expected downtime %llu ms", round,
-			  (unsigned long long)b->sent_pages, (unsigned long long)dirty,
-			  (unsigned long long)expected_ms);
+		pthread_mutex_lock(&mig.lock);
+		mig.st.estimate = est;
+		pthread_mutex_unlock(&mig.lock);
+		log_debug("round %u: %llu pages, %llu dirty, expected downtime %llu ms (sync %llu us, "
+			  "rtt %llu us, %llu MB/s)", round, (unsigned long long)b->sent_pages,
+			  (unsigned long long)dirty, (unsigned long long)expected_ms,
+			  (unsigned long long)sync_ns / 1000, (unsigned long long)mig.rtt_ns / 1000,
+			  (unsigned long long)bw / 1000000);
 		round++;
-		/* a margin for the vCPU/device state and the handover round trips */
-		if (expected_ms * 10 <= mig.p.downtime_ms * 8)
+		/* 10% left for what cannot be measured before the pause: stopping the vCPUs,
+		 * the destination applying the state and starting them */
+		if (expected_ns <= mig.p.downtime_ms * 900000ull)
 			return 0;
 		/* stalled: the remainder does not shrink round over round */
 		stalled = round >= 2 && dirty * 100 >= prev_dirty * 95;
@@ -548,9 +620,15 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 		return ret;
 	mig_round_record(mig.tracking ? mig.st.round + 1 : 0, b,
 			 state_writer_bytes(mig.w) - bytes0, time_mono_ns() - t0, 0, 0);
+	bytes0 = state_writer_bytes(mig.w);
 	ret = vm_sections_save(mig.vm, false, mig_section_send, NULL, e);
 	if (ret < 0)
 		return ret;
+	/* measured for the next estimate of this process (a retry, the next move) */
+	mig.state_bytes_last = state_writer_bytes(mig.w) - bytes0;
+	pthread_mutex_lock(&mig.lock);
+	mig.st.state_bytes = mig.state_bytes_last;
+	pthread_mutex_unlock(&mig.lock);
 	m.u64a = mig.st.pages_normal;
 	m.u64b = state_writer_bytes(mig.w);
 	ret = mig_ctrl_send(mig.w, &m, e);
@@ -813,6 +891,7 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 	mig.paused_by_us = false;
 	mig.operator_paused = was_paused;
 	mig.tracking = false;
+	mig.rtt_ns = 0;
 	mig.t_start = time_mono_ns();
 	mig.running = true;
 	ret = pthread_create(&mig.thread, NULL, mig_send_thread, NULL);

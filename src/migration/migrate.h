@@ -71,6 +71,21 @@ struct mig_status {
 	uint64_t dirty_rate;     /* pages/s, last round */
 	uint64_t remaining_bytes;
 	uint64_t expected_downtime_ms;
+	/*
+	 * What expected_downtime_ms is made of (live), each measured during this migration:
+	 * the last dirty sync, the control round trip (PING/PONG, the smallest seen; the
+	 * handover costs two), the bandwidth the last round achieved until its data had
+	 * arrived, and the remaining pages plus the vCPU and device state over it.
+	 */
+	struct mig_estimate {
+		uint64_t sync_ns;
+		uint64_t rtt_ns;
+		uint64_t bandwidth;      /* bytes/s */
+		uint64_t state_bytes;    /* measured at this process's last completion, else a bound */
+		bool state_measured;
+		uint64_t transfer_ns;    /* (remaining_bytes + state_bytes) / bandwidth */
+	} estimate;
+	uint64_t state_bytes;    /* vCPU and device state sent (once completing) */
 	unsigned throttle_pct;
 	char digest_memory[17], digest_state[17]; /* with mig_params.digest */
 	char error[ERRBUF_LEN + 64];

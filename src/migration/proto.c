@@ -30,6 +30,8 @@ const char *mig_msg_name(uint32_t type)
 	case MIG_MSG_STARTED: return "STARTED";
 	case MIG_MSG_ABORT: return "ABORT";
 	case MIG_MSG_RANGES: return "RANGES";
+	case MIG_MSG_PING: return "PING";
+	case MIG_MSG_PONG: return "PONG";
 	}
 	return state_record_type_name(type);
 }
@@ -64,6 +66,8 @@ int mig_ctrl_send(struct state_writer *w, const struct mig_ctrl *m, struct errbu
 		break;
 	case MIG_MSG_COMMIT:
 	case MIG_MSG_STARTED:
+	case MIG_MSG_PING:
+	case MIG_MSG_PONG:
 		buf_put_u64(&b, m->u64a);
 		break;
 	case MIG_MSG_REFUSE:
@@ -121,6 +125,8 @@ int mig_ctrl_decode(const struct state_record *rec, struct mig_ctrl *m, struct e
 		break;
 	case MIG_MSG_COMMIT:
 	case MIG_MSG_STARTED:
+	case MIG_MSG_PING:
+	case MIG_MSG_PONG:
 		m->u64a = buf_get_u64(&r);
 		break;
 	case MIG_MSG_REFUSE:

@@ -5,8 +5,8 @@
  * control records (types 0x100..0x1ff) with small explicit little-endian payloads.
  * docs/migration-protocol.md describes both sides' state machines.
  *
- *   source -> destination: HELLO CONFIG [ROUND PAGES...]... SECTION... DONE COMMIT END
- *   destination -> source: ACCEPT|REFUSE READY|ERROR STARTED END
+ *   source -> destination: HELLO CONFIG [PING] [ROUND PAGES... PING]... SECTION... DONE COMMIT
+ *   destination -> source: ACCEPT|REFUSE [PONG]... READY|ERROR STARTED
  * Either side may send ABORT (with a reason) instead of its next message.
  */
 #ifndef GODWIT_MIGRATION_PROTO_H
@@ -17,7 +17,7 @@
 
 #include <stdint.h>
 
-#define MIG_PROTOCOL_VERSION 1u
+#define MIG_PROTOCOL_VERSION 2u /* 2: PING/PONG */
 #define MIG_MSG_MAX 1024u /* control payloads and reasons are small */
 
 enum mig_msg {
@@ -32,7 +32,12 @@ enum mig_msg {
 	MIG_MSG_STARTED = 0x108, /* u64 ns from COMMIT received to the guest running */
 	MIG_MSG_ABORT = 0x109,   /* str reason */
 	MIG_MSG_RANGES = 0x10a,  /* u64 nr_ranges, bitmap: the 2 MiB ranges round 0 will send */
+	MIG_MSG_PING = 0x10b,    /* u64 token: answer with PONG once everything before it is read */
+	MIG_MSG_PONG = 0x10c,    /* u64 the PING's token */
 };
+
+/* PINGs the destination answers per round (live: one before round 0, one after each) */
+#define MIG_PINGS_PER_ROUND_MAX 4
 
 /* RANGES: one bit per 2 MiB of guest RAM in flat order; at most 256 GiB of guest RAM */
 #define MIG_RANGE_SHIFT 21

@@ -6,6 +6,24 @@ run several rounds; a guest dirtying faster than the link converges with throttl
 and with --on-stall cancel stays running on the source."""
 import gwtest
 
+VCPU_STATE_BOUND = VM_STATE_BOUND = 16384   # src/migration/migrate.c, until measured
+
+
+def check_estimate(res, cpus, what):
+    """A live migration reports what its downtime estimate was made of, each part measured:
+    the dirty sync, the control round trip (PING/PONG), the bandwidth, the state; the
+    transfer part is the last live round's dirty pages plus the state over that bandwidth.
+    The state actually sent fits the bound assumed before this process measured any."""
+    est = res["downtime_estimate"]
+    for k in ("dirty_sync_us", "rtt_us", "bandwidth", "state_bytes", "transfer_us"):
+        assert isinstance(est[k], int) and est[k] >= 0, f"{what}: {k} in {est}"
+    assert est["bandwidth"] > 0 and est["state_bytes_measured"] is False, f"{what}: {est}"
+    assert est["state_bytes"] == cpus * VCPU_STATE_BOUND + VM_STATE_BOUND, f"{what}: {est}"
+    assert 0 < res["state_bytes"] <= est["state_bytes"], f"{what}: state {res['state_bytes']}"
+    dirty = res["rounds"][-2]["dirty_pages"]     # the last round before the pause
+    want = (dirty * 4096 + est["state_bytes"]) * 1e6 / est["bandwidth"]
+    assert abs(est["transfer_us"] - want) <= 2, f"{what}: transfer {est} vs {want:.0f} us"
+
 
 def move(env, hosts, name, mode, cpus, cmdline, opts=(), abcheck=True, unix=False,
          src_extra=None):
@@ -24,6 +42,10 @@ def move(env, hosts, name, mode, cpus, cmdline, opts=(), abcheck=True, unix=Fals
     _, res, _ = gwtest.migrate(src, uri, "--mode", mode, "--digest", *opts)
     assert src.wait_exit() == 0, "the source must exit 0 once it handed the guest over"
     assert res["state"] == "completed" and res["mode"] == mode, res
+    if mode == "live":
+        check_estimate(res, cpus, name)
+    else:
+        assert "downtime_estimate" not in res, f"{name}: a warm move has no rounds to estimate"
     st = dst.status("--digest")
     assert st["state"] == "paused", st
     assert st["digest"] == res["digest"], f"{name}: digests differ: {st['digest']} {res['digest']}"
