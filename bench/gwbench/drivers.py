@@ -224,7 +224,7 @@ class Godwit(Driver):
         if mode == "live" and sc["on_stall"] != "-":
             args += ["--on-stall", sc["on_stall"]]
         self.params = {"godwit migrate": " ".join(args + [uri])}
-        argv = [self.binary, "migrate", "--api-socket", src.sock, *args, uri]
+        argv = [self.binary, "migrate", "--api-socket", src.sock, "--json", *args, uri]
         t0 = time.monotonic()
         p = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                   stdin=subprocess.DEVNULL)
@@ -248,8 +248,15 @@ class Godwit(Driver):
         t_done = time.monotonic()
         if p.returncode != 0:
             classify(f"godwit migrate exit {p.returncode}: {err.strip() or out.strip()}")
-        # the source exits after COMMIT; the destination keeps the figures
+        # the source exits after COMMIT: its final status is what --json printed; the
+        # destination keeps the figures of the handover
         final = dict(last or {})
+        try:
+            done = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+        except ValueError:
+            done = {}
+        if isinstance(done, dict):
+            final.update(done)
         final.update({k: v for k, v in (self.status(dst, "migrate-status") or {}).items()
                       if v is not None})
         final["_t"] = t_done - t0
