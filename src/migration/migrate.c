@@ -5,9 +5,11 @@
  *
  * Live migration: dirty logging on; round 0 sends every non-zero page (2 MiB ranges the
  * guest never touched are not even read); each next round sends the pages written since
- * they were last read. After each round the expected downtime is the dirty remainder
- * over the bandwidth measured in that round; once it fits the target, the guest is
- * paused for the final sync, the remainder, and the vCPU and device state. A guest that
+ * they were last read. Each round ends with a PING whose PONG says the round's data has
+ * arrived. The expected downtime is then made of measured parts: the dirty sync, the
+ * remainder and the vCPU and device state over the bandwidth the round achieved, and the
+ * handover's round trips; once it fits the target, the guest is paused for the final
+ * sync, the remainder, and the vCPU and device state. A guest that
  * dirties faster than the link is throttled, paused or left alone, per --on-stall.
  *
  * Correctness of the rounds: a page's dirty bit is cleared (re-armed) just before the
