@@ -54,6 +54,12 @@ void buf_get_bytes(struct buf_reader *r, void *out, size_t n);
 /* a u32 length then bytes; fails (bad) if the length exceeds max or the data left */
 const void *buf_get_blob(struct buf_reader *r, uint32_t max, uint32_t *len);
 
+static inline void le_put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
 static inline void le_put32(uint8_t *p, uint32_t v)
 {
 	p[0] = (uint8_t)v;

@@ -3,11 +3,13 @@
 #include "base/util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int err_set(struct errbuf *e, int ret, const char *fmt, ...)
@@ -238,5 +240,62 @@ int io_pwrite_full(int fd, const void *buf, size_t len, off_t off)
 		off += n;
 		len -= (size_t)n;
 	}
+	return 0;
+}
+
+int file_open_bounded(const char *path, const char *what, uint64_t max, int *out,
+		      uint64_t *size, struct errbuf *e)
+{
+	struct stat st;
+	int fd, ret;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return err_set(e, -errno, "open %s %s: %s", what, path, strerror(errno));
+	if (fstat(fd, &st) < 0) {
+		ret = err_set(e, -errno, "stat %s %s: %s", what, path, strerror(errno));
+		goto err;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		ret = err_set(e, -EINVAL, "%s %s is not a regular file", what, path);
+		goto err;
+	}
+	if ((uint64_t)st.st_size > max) {
+		ret = err_set(e, -EFBIG, "%s %s is %lld bytes, more than the %llu MiB limit", what,
+			      path, (long long)st.st_size, (unsigned long long)(max / MiB));
+		goto err;
+	}
+	*out = fd;
+	*size = (uint64_t)st.st_size;
+	return 0;
+err:
+	close(fd);
+	return ret;
+}
+
+int file_read_bounded(const char *path, const char *what, uint64_t max, uint8_t **data,
+		      size_t *len, struct errbuf *e)
+{
+	uint64_t size;
+	uint8_t *p;
+	int fd, ret;
+
+	ret = file_open_bounded(path, what, max, &fd, &size, e);
+	if (ret < 0)
+		return ret;
+	p = malloc(size ? (size_t)size : 1);
+	if (!p) {
+		close(fd);
+		return err_set(e, -ENOMEM, "%s %s: out of memory", what, path);
+	}
+	ret = io_read_full(fd, p, (size_t)size);
+	close(fd);
+	if (ret) {
+		free(p);
+		return err_set(e, ret, "read %s %s: %s", what, path,
+			       ret == -EPIPE ? "file shrank while reading" : strerror(-ret));
+	}
+	*data = p;
+	*len = (size_t)size;
 	return 0;
 }

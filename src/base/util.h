@@ -57,5 +57,14 @@ int __must_check io_read_full(int fd, void *buf, size_t len);
 int __must_check io_write_full(int fd, const void *buf, size_t len);
 int __must_check io_pread_full(int fd, void *buf, size_t len, off_t off);
 int __must_check io_pwrite_full(int fd, const void *buf, size_t len, off_t off);
+/*
+ * Opens path for reading if it is a regular file of at most max bytes (a FIFO cannot
+ * hang the open); what names the file in errors ("kernel", "initrd").
+ */
+int __must_check file_open_bounded(const char *path, const char *what, uint64_t max, int *fd,
+				   uint64_t *size, struct errbuf *e);
+/* Reads such a file whole into a malloc'ed buffer (*data, freed by the caller). */
+int __must_check file_read_bounded(const char *path, const char *what, uint64_t max,
+				   uint8_t **data, size_t *len, struct errbuf *e);
 
 #endif

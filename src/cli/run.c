@@ -65,6 +65,7 @@ int cli_run_main(int argc, char **argv)
 	cfg.vcpus = o.cpus;
 	cfg.kernel = o.kernel;
 	cfg.cmdline = o.cmdline;
+	cfg.initrd = o.initrd;
 	cfg.serial = o.serial == RUN_SERIAL_FILE ? VM_SERIAL_FILE :
 		     o.serial == RUN_SERIAL_NONE ? VM_SERIAL_NONE : VM_SERIAL_STDIO;
 	cfg.serial_path = o.serial_path;

@@ -10,7 +10,7 @@
 
 enum {
 	OPT_MEMORY = 256, OPT_CPUS, OPT_KERNEL, OPT_CMDLINE, OPT_SERIAL, OPT_API, OPT_NAME,
-	OPT_RESTORE, OPT_PAUSED, OPT_RESTORE_MODE, OPT_INCOMING, OPT_DIRTY,
+	OPT_RESTORE, OPT_PAUSED, OPT_RESTORE_MODE, OPT_INCOMING, OPT_DIRTY, OPT_INITRD,
 };
 
 static const struct option run_longopts[] = {
@@ -18,6 +18,7 @@ static const struct option run_longopts[] = {
 	{ "cpus", required_argument, NULL, OPT_CPUS },
 	{ "kernel", required_argument, NULL, OPT_KERNEL },
 	{ "cmdline", required_argument, NULL, OPT_CMDLINE },
+	{ "initrd", required_argument, NULL, OPT_INITRD },
 	{ "serial", required_argument, NULL, OPT_SERIAL },
 	{ "api-socket", required_argument, NULL, OPT_API },
 	{ "name", required_argument, NULL, OPT_NAME },
@@ -33,7 +34,9 @@ static const struct option run_longopts[] = {
 void run_opts_usage(FILE *out)
 {
 	fputs("usage: godwit run --memory SIZE [--cpus N] --kernel FILE [--cmdline STR]\n"
-	      "                  [--serial stdio|file:PATH|none] --api-socket PATH [--name NAME]\n"
+	      "                  [--initrd FILE] [--serial stdio|file:PATH|none]\n"
+	      "                  --api-socket PATH [--name NAME]\n"
+	      "  FILE: a bzImage or ELF vmlinux (Linux 64-bit boot protocol) or a PVH ELF\n"
 	      "       godwit run --restore DIR [--restore-mode lazy|eager] [--paused]\n"
 	      "                  --api-socket PATH [--serial ...] [--name NAME]\n"
 	      "       godwit run --incoming URI [--paused] --api-socket PATH [--serial ...]\n"
@@ -73,6 +76,8 @@ static int run_opts_check(struct run_opts *o, struct errbuf *e)
 			return err_set(e, -EINVAL, "--cpus conflicts with %s", what);
 		if (o->cmdline)
 			return err_set(e, -EINVAL, "--cmdline conflicts with %s", what);
+		if (o->initrd)
+			return err_set(e, -EINVAL, "--initrd conflicts with %s", what);
 	}
 	if (!o->restore && o->restore_mode_set)
 		return err_set(e, -EINVAL, "--restore-mode needs --restore");
@@ -118,6 +123,11 @@ int run_opts_parse(int argc, char **argv, struct run_opts *o, struct errbuf *e)
 			break;
 		case OPT_CMDLINE:
 			o->cmdline = optarg;
+			break;
+		case OPT_INITRD:
+			if (!*optarg)
+				return err_set(e, -EINVAL, "--initrd: empty path");
+			o->initrd = optarg;
 			break;
 		case OPT_SERIAL:
 			if (!strcmp(optarg, "stdio")) {

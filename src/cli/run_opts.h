@@ -18,6 +18,7 @@ struct run_opts {
 	bool cpus_set;
 	const char *kernel;
 	const char *cmdline;
+	const char *initrd;
 	enum run_serial serial;
 	const char *serial_path;
 	const char *api_socket;

@@ -7,7 +7,6 @@
 #include "vmm/vm.h"
 #include "arch/x86/boot.h"
 #include "arch/x86/cpuid.h"
-#include "arch/x86/pvh.h"
 #include "arch/x86/vcpu_state.h"
 #include "base/log.h"
 #include "devices/serial.h"
@@ -233,29 +232,31 @@ static int vm_memory_setup(struct vm *vm, uint64_t size, struct errbuf *e)
 }
 
 struct vm_boot_arg {
-	uint32_t entry;
+	struct boot_kernel k;
 	struct errbuf *e;
 };
 
-static int vm_kernel_load(struct vm *vm, const struct vm_config *cfg, uint32_t *entry,
+static int vm_kernel_load(struct vm *vm, const struct vm_config *cfg, struct boot_kernel *k,
 			  struct errbuf *e)
 {
-	struct guest_mem_region *low = &vm->mem.regions[0];
 	struct boot_ram_range ranges[GUEST_MEM_MAX_REGIONS];
-	struct pvh_image img;
+	struct boot_machine m = {
+		.ram = vm->mem.regions[0].host,
+		.low_size = vm->mem.regions[0].size,
+		.ranges = ranges,
+		.nranges = vm->mem.nregions,
+		.nvcpus = vm->nvcpus,
+	};
 	int ret;
 
-	ret = pvh_load_file(cfg->kernel, low->host, low->size, &img, e);
-	if (ret < 0)
-		return ret;
 	for (unsigned i = 0; i < vm->mem.nregions; i++)
 		ranges[i] = (struct boot_ram_range){ vm->mem.regions[i].gpa,
 						     vm->mem.regions[i].size };
-	ret = boot_pvh_info_write(low->host, low->size, ranges, vm->mem.nregions,
-				  cfg->cmdline ? cfg->cmdline : "", e);
+	ret = boot_load_files(&m, cfg->kernel, cfg->initrd, cfg->cmdline ? cfg->cmdline : "", k, e);
 	if (ret < 0)
 		return ret;
-	*entry = img.entry;
+	log_debug("kernel %s: %s, entry 0x%llx%s", cfg->kernel, k->format,
+		 (unsigned long long)k->entry, k->initrd_size ? ", initrd loaded" : "");
 	return 0;
 }
 
@@ -440,7 +441,7 @@ static int vm_vcpu_boot_setup(struct vcpu *v, void *arg)
 {
 	struct vm_boot_arg *b = arg;
 
-	return boot_pvh_vcpu_setup(v->fd, b->entry, b->e);
+	return boot_vcpu_setup(v->fd, &b->k, b->e);
 }
 
 int vm_create(struct vm **out, struct evloop *loop, const struct vm_config *cfg,
@@ -462,7 +463,7 @@ int vm_create(struct vm **out, struct evloop *loop, const struct vm_config *cfg,
 	ret = vm_build(&vm, loop, &a, e);
 	if (ret < 0)
 		return ret;
-	ret = vm_kernel_load(vm, cfg, &boot.entry, e);
+	ret = vm_kernel_load(vm, cfg, &boot.k, e);
 	if (ret < 0)
 		goto err;
 	/* the APs wait for INIT/SIPI from the guest through the in-kernel LAPIC */

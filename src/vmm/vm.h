@@ -62,7 +62,8 @@ struct vm_config {
 	char name[VM_NAME_MAX];
 	uint64_t memory;         /* bytes */
 	unsigned vcpus;
-	const char *kernel;      /* PVH ELF */
+	const char *kernel;      /* bzImage, ELF vmlinux or PVH ELF */
+	const char *initrd;      /* NULL: none */
 	const char *cmdline;
 	enum vm_serial_mode serial;
 	const char *serial_path; /* for VM_SERIAL_FILE */

@@ -582,7 +582,7 @@ static void test_load_file(void **state)
 	assert_non_null(mkdtemp(dir));
 	snprintf(path, sizeof(path), "%s/missing", dir);
 	assert_int_equal(pvh_load_file(path, ram, RAM_SIZE, &pi, &e), -ENOENT);
-	snprintf(msg, sizeof(msg), "open %s: No such file or directory", path);
+	snprintf(msg, sizeof(msg), "open kernel %s: No such file or directory", path);
 	assert_string_equal(e.msg, msg);
 
 	assert_int_equal(pvh_load_file(dir, ram, RAM_SIZE, &pi, &e), -EINVAL);

@@ -30,7 +30,8 @@ static void test_boot_ok(void **state)
 
 	assert_int_equal(PARSE(&o, &e, "--memory", "1G", "--cpus", "8", "--kernel", "k",
 			       "--cmdline", "workload=idle", "--serial", "file:/tmp/x", "--api-socket",
-			       "s", "--name", "vm1", "--dirty-tracking", "ring"), 0);
+			       "s", "--name", "vm1", "--dirty-tracking", "ring", "--initrd", "rd"), 0);
+	assert_string_equal(o.initrd, "rd");
 	assert_int_equal(o.memory, 1ull << 30);
 	assert_int_equal(o.cpus, 8);
 	assert_string_equal(o.kernel, "k");
@@ -42,6 +43,7 @@ static void test_boot_ok(void **state)
 
 	assert_int_equal(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s"), 0);
 	assert_int_equal(o.cpus, 1);
+	assert_null(o.initrd);
 	assert_int_equal(o.serial, RUN_SERIAL_STDIO);
 	assert_false(o.dirty_ring);
 	assert_int_equal(PARSE(&o, &e, "--memory", "8G", "--kernel", "k", "--api-socket", "s",
@@ -102,6 +104,12 @@ static void test_errors(void **state)
 		     "--memory conflicts");
 	expect_error(PARSE(&o, &e, "--restore", "d", "--cpus", "2", "--api-socket", "s"), &e,
 		     "--cpus conflicts");
+	expect_error(PARSE(&o, &e, "--restore", "d", "--initrd", "rd", "--api-socket", "s"), &e,
+		     "--initrd conflicts with --restore");
+	expect_error(PARSE(&o, &e, "--incoming", "unix:x", "--initrd", "rd", "--api-socket", "s"),
+		     &e, "--initrd conflicts with --incoming");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--initrd", ""), &e, "--initrd: empty path");
 	expect_error(PARSE(&o, &e, "--incoming", "tcp:h:1", "--kernel", "k", "--api-socket", "s"),
 		     &e, "conflicts");
 	expect_error(PARSE(&o, &e, "--incoming", "http://x", "--api-socket", "s"), &e,

@@ -25,6 +25,8 @@ struct pvh_elf {
 	const uint8_t *p;
 	size_t len;
 	bool is64;
+	uint16_t machine;
+	uint64_t entry;     /* e_entry */
 	uint64_t phoff;
 	uint64_t shoff;
 	uint16_t phentsize;
@@ -85,7 +87,9 @@ static int pvh_ehdr_parse(struct pvh_elf *elf, const void *p, size_t len, struct
 	type = le_get16(b + 16);
 	machine = le_get16(b + 18);
 	version = le_get32(b + 20);
+	elf->machine = machine;
 	if (elf->is64) {
+		elf->entry = le_get64(b + 24);
 		elf->phoff = le_get64(b + 32);
 		elf->shoff = le_get64(b + 40);
 		ehsize = le_get16(b + 52);
@@ -94,6 +98,7 @@ static int pvh_ehdr_parse(struct pvh_elf *elf, const void *p, size_t len, struct
 		elf->shentsize = le_get16(b + 58);
 		elf->shnum = le_get16(b + 60);
 	} else {
+		elf->entry = le_get32(b + 24);
 		elf->phoff = le_get32(b + 28);
 		elf->shoff = le_get32(b + 32);
 		ehsize = le_get16(b + 40);
@@ -180,10 +185,12 @@ static void pvh_shdr_get(const struct pvh_elf *elf, unsigned i, struct pvh_shdr 
  * Walks the notes in [off, off + size) of the file (already checked to be inside
  * it). Notes are 4-byte aligned; a region aligned to 8 (GNU property notes) pads
  * to 8, as readelf does. Returns 1 and sets *entry if the PVH entry note is there,
- * 0 if not, or a negative errno for a malformed note; what names the region.
+ * 0 if not, or a negative errno for a malformed note; what names the region. Notes named
+ * "Linux" (every vmlinux since 4.20 has one) set *is_linux.
  */
 static int pvh_notes_find(const struct pvh_elf *elf, uint64_t off, uint64_t size, uint64_t align,
-			  const char *what, unsigned idx, uint32_t *entry, struct errbuf *e)
+			  const char *what, unsigned idx, uint32_t *entry, bool *is_linux,
+			  struct errbuf *e)
 {
 	const uint8_t *base = elf->p + off;
 	uint64_t a = align == 8 ? 8 : 4;
@@ -202,6 +209,8 @@ static int pvh_notes_find(const struct pvh_elf *elf, uint64_t off, uint64_t size
 			return err_set(e, -ENOEXEC,
 				       "kernel %s %u: note at offset 0x%llx (name size %u, descriptor size %u) overruns the %s",
 				       what, idx, (unsigned long long)pos, namesz, descsz, what);
+		if (namesz == 6 && memcmp(name, "Linux", 6) == 0)
+			*is_linux = true;
 		if (type == XEN_ELFNOTE_PHYS32_ENTRY && namesz == 4 && memcmp(name, "Xen", 4) == 0) {
 			if (descsz != 4 && descsz != 8)
 				return err_set(e, -ENOEXEC,
@@ -218,7 +227,8 @@ static int pvh_notes_find(const struct pvh_elf *elf, uint64_t off, uint64_t size
 	return 0;
 }
 
-static int pvh_entry_find(const struct pvh_elf *elf, uint32_t *entry, struct errbuf *e)
+static int pvh_entry_find(const struct pvh_elf *elf, uint32_t *entry, bool *is_linux,
+			  struct errbuf *e)
 {
 	struct pvh_phdr ph;
 	struct pvh_shdr sh;
@@ -234,7 +244,8 @@ static int pvh_entry_find(const struct pvh_elf *elf, uint32_t *entry, struct err
 				       "kernel note segment %u (offset 0x%llx size 0x%llx) lies outside the file (%zu bytes)",
 				       i, (unsigned long long)ph.offset,
 				       (unsigned long long)ph.filesz, elf->len);
-		ret = pvh_notes_find(elf, ph.offset, ph.filesz, ph.align, "segment", i, entry, e);
+		ret = pvh_notes_find(elf, ph.offset, ph.filesz, ph.align, "segment", i, entry,
+				     is_linux, e);
 		if (ret)
 			return ret;
 	}
@@ -247,12 +258,12 @@ static int pvh_entry_find(const struct pvh_elf *elf, uint32_t *entry, struct err
 				       "kernel note section %u (offset 0x%llx size 0x%llx) lies outside the file (%zu bytes)",
 				       i, (unsigned long long)sh.offset,
 				       (unsigned long long)sh.size, elf->len);
-		ret = pvh_notes_find(elf, sh.offset, sh.size, sh.align, "section", i, entry, e);
+		ret = pvh_notes_find(elf, sh.offset, sh.size, sh.align, "section", i, entry,
+				     is_linux, e);
 		if (ret)
 			return ret;
 	}
-	return err_set(e, -ENOEXEC,
-		       "kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); only PVH kernels are supported");
+	return -ENOENT;
 }
 
 /* Checks one PT_LOAD segment against the file and guest RAM. */
@@ -284,13 +295,34 @@ static int pvh_segment_check(const struct pvh_elf *elf, unsigned i, const struct
 	return 0;
 }
 
-int pvh_load(const void *p, size_t len, uint8_t *ram, uint64_t ram_size, struct pvh_image *img,
-	     struct errbuf *e)
+/*
+ * An ELF kernel without the PVH note is entered through the Linux 64-bit boot protocol
+ * at e_entry, which a vmlinux gives as a physical address.
+ */
+static int pvh_entry64_get(const struct pvh_elf *elf, bool is_linux, uint32_t *entry,
+			   struct errbuf *e)
+{
+	if (!elf->is64 || elf->machine != EM_X86_64)
+		return err_set(e, -ENOEXEC,
+			       "kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY) and is not a 64-bit x86 ELF");
+	if (!is_linux)
+		return err_set(e, -ENOEXEC,
+			       "kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY) and is not a Linux vmlinux (no \"Linux\" ELF note)");
+	if (elf->entry > UINT32_MAX)
+		return err_set(e, -ENOEXEC,
+			       "kernel entry 0x%llx is not a physical address below 4 GiB (a vmlinux gives its physical entry)",
+			       (unsigned long long)elf->entry);
+	*entry = (uint32_t)elf->entry;
+	return 0;
+}
+
+static int pvh_load_common(const void *p, size_t len, uint8_t *ram, uint64_t ram_size,
+			   bool need_note, struct pvh_image *img, struct errbuf *e)
 {
 	struct pvh_elf elf;
 	struct pvh_phdr ph;
 	uint64_t low = UINT64_MAX, high = 0;
-	bool entry_loaded = false;
+	bool entry_loaded = false, is_linux = false;
 	uint32_t entry = 0;
 	unsigned i, nload = 0;
 	int ret;
@@ -317,17 +349,26 @@ int pvh_load(const void *p, size_t len, uint8_t *ram, uint64_t ram_size, struct 
 	}
 	if (!nload)
 		return err_set(e, -ENOEXEC, "kernel has no loadable (PT_LOAD) segment");
-	ret = pvh_entry_find(&elf, &entry, e);
-	if (ret < 0)
+	ret = pvh_entry_find(&elf, &entry, &is_linux, e);
+	if (ret < 0 && ret != -ENOENT)
 		return ret;
+	img->pvh = ret > 0;
+	if (ret == -ENOENT) {
+		if (need_note)
+			return err_set(e, -ENOEXEC,
+				       "kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); only PVH kernels are supported");
+		ret = pvh_entry64_get(&elf, is_linux, &entry, e);
+		if (ret < 0)
+			return ret;
+	}
 	for (i = 0; i < elf.phnum; i++) {
 		pvh_phdr_get(&elf, i, &ph);
 		if (ph.type == PT_LOAD && entry >= ph.paddr && entry - ph.paddr < ph.memsz)
 			entry_loaded = true;
 	}
 	if (!entry_loaded)
-		return err_set(e, -ENOEXEC, "kernel PVH entry 0x%x is not inside a loaded segment",
-			       entry);
+		return err_set(e, -ENOEXEC, "kernel %s entry 0x%x is not inside a loaded segment",
+			       img->pvh ? "PVH" : "64-bit", entry);
 
 	/* second pass: copy; ram_size bounds every range, so size_t casts are exact */
 	for (i = 0; i < elf.phnum; i++) {
@@ -343,47 +384,31 @@ int pvh_load(const void *p, size_t len, uint8_t *ram, uint64_t ram_size, struct 
 	return 0;
 }
 
+int pvh_load(const void *p, size_t len, uint8_t *ram, uint64_t ram_size, struct pvh_image *img,
+	     struct errbuf *e)
+{
+	return pvh_load_common(p, len, ram, ram_size, true, img, e);
+}
+
+int pvh_elf_load(const void *p, size_t len, uint8_t *ram, uint64_t ram_size,
+		 struct pvh_image *img, struct errbuf *e)
+{
+	return pvh_load_common(p, len, ram, ram_size, false, img, e);
+}
+
 int pvh_load_file(const char *path, uint8_t *ram, uint64_t ram_size, struct pvh_image *img,
 		  struct errbuf *e)
 {
-	struct stat st;
-	uint8_t *data = NULL;
-	int fd, ret;
+	uint8_t *data;
+	size_t len;
+	int ret;
 
-	/* O_NONBLOCK so that a FIFO cannot hang the open; fstat rejects it below */
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-	if (fd < 0)
-		return err_set(e, -errno, "open %s: %s", path, strerror(errno));
-	if (fstat(fd, &st) < 0) {
-		ret = err_set(e, -errno, "stat %s: %s", path, strerror(errno));
-		goto out_close;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		ret = err_set(e, -EINVAL, "kernel %s is not a regular file", path);
-		goto out_close;
-	}
-	if ((uint64_t)st.st_size > PVH_FILE_MAX) {
-		ret = err_set(e, -EFBIG, "kernel %s is %lld bytes, more than the 64 MiB limit", path,
-			      (long long)st.st_size);
-		goto out_close;
-	}
-	data = malloc(st.st_size ? (size_t)st.st_size : 1);
-	if (!data) {
-		ret = err_set(e, -ENOMEM, "kernel %s: out of memory", path);
-		goto out_close;
-	}
-	ret = io_read_full(fd, data, (size_t)st.st_size);
-	if (ret) {
-		err_set(e, ret, "read %s: %s", path,
-			ret == -EPIPE ? "file shrank while reading" : strerror(-ret));
-		goto out_free;
-	}
-	ret = pvh_load(data, (size_t)st.st_size, ram, ram_size, img, e);
+	ret = file_read_bounded(path, "kernel", PVH_FILE_MAX, &data, &len, e);
+	if (ret < 0)
+		return ret;
+	ret = pvh_load(data, len, ram, ram_size, img, e);
 	if (ret)
 		err_prefix(e, ret, "%s", path);
-out_free:
 	free(data);
-out_close:
-	close(fd);
 	return ret;
 }
