@@ -395,6 +395,9 @@ static int vm_build_into(struct vm *vm, const struct vm_build_args *a, struct er
 	ret = vm_serial_setup(vm, &serial_cfg, e);
 	if (ret < 0)
 		return ret;
+	ret = vm_legacy_setup(vm, e);
+	if (ret < 0)
+		return ret;
 	vm->dirty_mode = a->dirty;
 	ret = vm_dirty_setup(vm, a->nvcpus, e);
 	if (ret < 0)
@@ -839,6 +842,7 @@ void vm_destroy(struct vm *vm)
 	if (vm->serial)
 		serial_destroy(vm->serial);
 	console_destroy(vm->console);
+	vm_legacy_destroy(vm);
 	if (vm->serial_fd_owned && vm->serial_fd >= 0)
 		close(vm->serial_fd);
 	if (vm->stdin_flags >= 0 && fcntl(STDIN_FILENO, F_SETFL, vm->stdin_flags) < 0)

@@ -13,6 +13,7 @@
 
 struct serial;
 struct console;
+struct vm_legacy;
 struct dirty_tracker;
 
 /* 65536 entries of 16 bytes per vCPU, KVM's maximum here: a round rarely fills it */
@@ -54,6 +55,7 @@ struct vm {
 	bool serial_fd_owned;
 	struct console *console; /* buffers the output for serial_fd, off the vCPU threads */
 	int stdin_flags;     /* a terminal's file flags before we set O_NONBLOCK, or -1 */
+	struct vm_legacy *legacy;  /* i8042, PCI config ports, ACPI sleep port (vm_legacy.c) */
 
 	struct vm_device_entry *devices;
 	unsigned ndevices;
@@ -63,6 +65,10 @@ struct vm {
 	char fail_report[1024];
 	int exit_code;
 };
+
+/* The legacy port devices (vm_legacy.c). */
+int vm_legacy_setup(struct vm *vm, struct errbuf *e);
+void vm_legacy_destroy(struct vm *vm);
 
 int vm_dirty_setup(struct vm *vm, unsigned nvcpus, struct errbuf *e);
 int vm_dirty_vcpu_setup(struct vm *vm, struct vcpu *v, struct errbuf *e);
