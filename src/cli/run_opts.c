@@ -6,7 +6,7 @@
 #include <getopt.h>
 #include <string.h>
 
-#define RUN_MAX_CPUS 8
+#define RUN_MAX_CPUS 64
 
 enum {
 	OPT_MEMORY = 256, OPT_CPUS, OPT_KERNEL, OPT_CMDLINE, OPT_SERIAL, OPT_API, OPT_NAME,
@@ -43,7 +43,7 @@ void run_opts_usage(FILE *out)
 	      "                  [--name NAME]\n"
 	      "  every form also takes --dirty-tracking bitmap|ring (default bitmap): how a live\n"
 	      "  migration of this VM finds written pages; the ring must be chosen at start\n"
-	      "  SIZE: 64M, 1G, 8G ... (16M to 256G, a multiple of 2M); N: 1 to 8 vCPUs\n"
+	      "  SIZE: 64M, 1G, 8G ... (16M to 256G, a multiple of 2M); N: 1 to 64 vCPUs\n"
 	      "  URI: tcp:HOST:PORT or unix:PATH\n", out);
 }
 

@@ -69,7 +69,7 @@ int __must_check state_header_decode(const uint8_t *p, size_t len, struct state_
 /* ---- CONFIG: what the guest was given; checked before any memory or state moves ---- */
 
 #define STATE_MAX_REGIONS 4u
-#define STATE_MAX_VCPUS 8u
+#define STATE_MAX_VCPUS 64u
 #define STATE_MAX_CPUID 256u
 #define STATE_MAX_CAPS 64u
 #define STATE_NAME_MAX 63u  /* machine name, section name, section instance */
@@ -102,7 +102,7 @@ struct state_config {
 };
 
 /*
- * Validation: 1..8 vCPUs; 1..4 regions, page-aligned, non-empty, below 2^52, not
+ * Validation: 1..64 vCPUs; 1..4 regions, page-aligned, non-empty, below 2^52, not
  * overlapping; up to 256 CPUID entries without duplicate (function, index); up to 64
  * capabilities without duplicates; a printable machine name of at most 63 bytes; a kernel
  * path of at most 4095 bytes without control characters.

@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define VM_MAX_VCPUS 8
+#define VM_MAX_VCPUS 64
 #define VM_NAME_MAX 64
 
 struct vm;

@@ -30,7 +30,7 @@ def test(env):
               "--memory 0")
     run_fails(env, ["run", "--memory", "99999999G", "--kernel", env.guest, "--api-socket",
                     sock], "--memory")
-    run_fails(env, [*base, "--cpus", "9"], "--cpus 9")
+    run_fails(env, [*base, "--cpus", "65"], "--cpus 65")
     run_fails(env, [*base, "--cpus", "0"], "--cpus 0")
     run_fails(env, [*base, "--serial", "tty"], "--serial tty")
     run_fails(env, ["run", "--memory", "64M", "--api-socket", sock], "--kernel")

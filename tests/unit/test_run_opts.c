@@ -41,6 +41,9 @@ static void test_boot_ok(void **state)
 	assert_string_equal(o.name, "vm1");
 	assert_true(o.dirty_ring);
 
+	assert_int_equal(PARSE(&o, &e, "--memory", "64M", "--cpus", "64", "--kernel", "k",
+			       "--api-socket", "s"), 0);
+	assert_int_equal(o.cpus, 64);
 	assert_int_equal(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s"), 0);
 	assert_int_equal(o.cpus, 1);
 	assert_null(o.initrd);
@@ -81,8 +84,8 @@ static void test_errors(void **state)
 		     "multiple of 2M");
 	expect_error(PARSE(&o, &e, "--memory", "1T", "--kernel", "k", "--api-socket", "s"), &e,
 		     "--memory 1T");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--cpus", "9", "--kernel", "k",
-			   "--api-socket", "s"), &e, "--cpus 9");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--cpus", "65", "--kernel", "k",
+			   "--api-socket", "s"), &e, "--cpus 65: must be a number from 1 to 64");
 	expect_error(PARSE(&o, &e, "--memory", "64M", "--cpus", "-1", "--kernel", "k",
 			   "--api-socket", "s"), &e, "--cpus -1");
 	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",

@@ -635,9 +635,11 @@ static void test_config_validation(void **state)
 	make_config(&c);
 	assert_int_equal(state_config_validate(&c, &e), 0);
 	c.nr_vcpus = 0;
-	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "0 vCPUs (supported: 1..8)");
-	c.nr_vcpus = 9;
-	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "9 vCPUs");
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "0 vCPUs (supported: 1..64)");
+	c.nr_vcpus = 65;
+	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "65 vCPUs");
+	c.nr_vcpus = 64;
+	assert_int_equal(state_config_validate(&c, &e), 0);
 	make_config(&c);
 	c.nr_regions = 0;
 	assert_fails_with(state_config_validate(&c, &e), -EINVAL, &e, "0 memory regions");
