@@ -252,7 +252,7 @@ static int api_cmd_snapshot(struct api_ctx *ctx, struct errbuf *e)
 static json_t *api_mig_status_json(void)
 {
 	struct mig_status *st = calloc(1, sizeof(*st));
-	json_t *j, *rounds;
+	json_t *j, *rounds, *pc;
 
 	if (!st)
 		return NULL;
@@ -303,6 +303,16 @@ static json_t *api_mig_status_json(void)
 		json_object_set_new(j, "state_bytes", json_integer((json_int_t)st->state_bytes));
 	if (j && st->error[0])
 		json_object_set_new(j, "error", api_json_string(st->error));
+	pc = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}",
+			"phase", st->postcopy ? "postcopy" : "precopy",
+			"pages_requested", (json_int_t)st->pages_requested,
+			"pages_remaining", (json_int_t)st->pages_remaining,
+			"requests_refused", (json_int_t)st->requests_refused,
+			"fault_latency_median_us", (json_int_t)(st->fault_latency_median_ns / 1000),
+			"fault_latency_max_us", (json_int_t)(st->fault_latency_max_ns / 1000));
+	if (j && pc)
+		json_object_update(j, pc);
+	json_decref(pc);
 	if (j && st->digest_memory[0])
 		json_object_set_new(j, "digest", json_pack("{s:s, s:s}", "memory", st->digest_memory,
 							   "state", st->digest_state));
@@ -359,6 +369,7 @@ static int api_cmd_migrate(struct api_ctx *ctx, struct errbuf *e)
 	} nums[] = {
 		{ "downtime_ms", &p.downtime_ms }, { "bandwidth", &p.bandwidth },
 		{ "max_rounds", &p.max_rounds }, { "timeout_ms", &p.timeout_ms },
+		{ "postcopy_after", &p.postcopy_after },
 	};
 	int ret;
 
@@ -382,6 +393,7 @@ static int api_cmd_migrate(struct api_ctx *ctx, struct errbuf *e)
 	if (ret < 0)
 		return err_prefix(e, ret, "migrate");
 	p.digest = json_is_true(json_object_get(req, "digest"));
+	p.resume = json_is_true(json_object_get(req, "resume"));
 	if (ctx->server->mig_client)
 		return err_set(e, -EBUSY, "a migration is already in progress");
 	ret = migration_start(ctx->server->vm, ctx->server->loop, &p, api_mig_done, ctx->server, e);
@@ -402,6 +414,8 @@ static const struct api_arg api_migrate_args[] = {
 	{ "timeout_ms", API_ARG_INT, false },
 	{ "dirty_tracking", API_ARG_STRING, false },
 	{ "on_stall", API_ARG_STRING, false },
+	{ "postcopy_after", API_ARG_INT, false },
+	{ "resume", API_ARG_BOOL, false },
 	{ "digest", API_ARG_BOOL, false },
 	{ NULL, API_ARG_BOOL, false },
 };

@@ -24,20 +24,25 @@
 
 enum {
 	OPT_API = 256, OPT_MODE, OPT_DOWNTIME, OPT_BANDWIDTH, OPT_ROUNDS, OPT_TIMEOUT, OPT_DIRTY,
-	OPT_STALL, OPT_DIGEST, OPT_JSON,
+	OPT_STALL, OPT_DIGEST, OPT_JSON, OPT_POSTCOPY_AFTER, OPT_RESUME,
 };
 
 static void migrate_usage(FILE *out)
 {
-	fputs("usage: godwit migrate --api-socket PATH [--mode live|warm] [--downtime-ms N]\n"
+	fputs("usage: godwit migrate --api-socket PATH [--mode live|warm|postcopy] [--downtime-ms N]\n"
 	      "                      [--bandwidth RATE] [--max-rounds N] [--timeout S]\n"
-	      "                      [--dirty-tracking bitmap|ring]\n"
-	      "                      [--on-stall throttle|pause|cancel] [--json] [--digest] URI\n"
+	      "                      [--dirty-tracking bitmap|ring] [--postcopy-after auto|N]\n"
+	      "                      [--on-stall throttle|pause|cancel|postcopy] [--json] [--digest] URI\n"
+	      "       godwit migrate --api-socket PATH --resume URI\n"
 	      "  move the running guest to a godwit started with `run --incoming URI`\n"
 	      "  URI: tcp:HOST:PORT or unix:PATH; RATE: bytes per second, e.g. 100M, 1G\n"
 	      "  live (default): copy memory in rounds while the guest runs, pause for the\n"
 	      "  remainder (target --downtime-ms, default 300); warm: pause, then copy\n"
 	      "  --max-rounds N, --timeout S: limits of the live rounds (0, the default: none)\n"
+	      "  postcopy: one pass, then the guest runs on the destination and fetches the\n"
+	      "  rest (lost if the source dies before the end); --postcopy-after N|auto: live\n"
+	      "  rounds, then post-copy after N rounds or when they stall; --resume: reconnect\n"
+	      "  a post-copy whose link broke (state postcopy-paused) to the destination\n"
 	      "  --json: print the final migration status as JSON; --digest: include a digest\n"
 	      "  of the paused guest taken just before the handover (adds to the downtime)\n", out);
 }
@@ -84,6 +89,14 @@ static void progress_print(json_t *st)
 
 	if (!state)
 		return;
+	if (!strcmp(json_string_value(json_object_get(st, "phase")) ?: "", "postcopy")) {
+		/* the guest runs on the destination: what matters is what is still here */
+		fprintf(stderr, "\r\033[K%s post-copy: %lld MiB sent, %lld MiB/s, %lld pages "
+			"still here, %lld requested", state, jint(st, "bytes_sent") >> 20,
+			jint(st, "throughput") >> 20, jint(st, "pages_remaining"),
+			jint(st, "pages_requested"));
+		return;
+	}
 	fprintf(stderr, "\r\033[K%s round %lld: %lld/%lld MiB sent, %lld MiB/s, dirty %lld pages/s, "
 		"remaining %lld MiB, expected downtime %lld ms, throttle %lld%%", state,
 		jint(st, "round"), jint(st, "bytes_sent") >> 20, jint(st, "bytes_total") >> 20,
@@ -139,6 +152,8 @@ int cli_migrate_main(int argc, char **argv)
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 		{ "dirty-tracking", required_argument, NULL, OPT_DIRTY },
 		{ "on-stall", required_argument, NULL, OPT_STALL },
+		{ "postcopy-after", required_argument, NULL, OPT_POSTCOPY_AFTER },
+		{ "resume", no_argument, NULL, OPT_RESUME },
 		{ "digest", no_argument, NULL, OPT_DIGEST },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "help", no_argument, NULL, 'h' },
@@ -187,6 +202,17 @@ int cli_migrate_main(int argc, char **argv)
 			break;
 		case OPT_STALL:
 			ret = migrate_opt_choice(&p, req, "on_stall", optarg, &e);
+			break;
+		case OPT_POSTCOPY_AFTER:
+			/* auto: when the rounds stall, which is what --on-stall postcopy says */
+			if (!strcmp(optarg, "auto"))
+				ret = migrate_opt_choice(&p, req, "on_stall", "postcopy", &e);
+			else
+				ret = migrate_opt_number(&p, req, "postcopy_after", &p.postcopy_after,
+							 optarg, 1, &e);
+			break;
+		case OPT_RESUME:
+			json_object_set_new(req, "resume", json_true());
 			break;
 		case OPT_DIGEST:
 			json_object_set_new(req, "digest", json_true());

@@ -10,6 +10,7 @@
 #include "migration/mig_internal.h"
 #include "migration/migrate.h"
 #include "migration/params.h"
+#include "migration/postcopy.h"
 #include "migration/proto.h"
 #include "migration/snapshot.h"
 #include "vmm/memory.h"
@@ -95,7 +96,8 @@ static int inc_config(const struct state_record *rec, struct errbuf *e)
 		err_prefix(e, ret, "the source's configuration");
 		goto out;
 	}
-	if (cfg->flags != MIG_MODE_WARM && cfg->flags != MIG_MODE_LIVE) {
+	if (cfg->flags != MIG_MODE_WARM && cfg->flags != MIG_MODE_LIVE &&
+	    cfg->flags != MIG_MODE_POSTCOPY) {
 		ret = err_set(e, -EPROTO, "the source's configuration names unknown mode %llu",
 			      (unsigned long long)cfg->flags);
 		goto out;
@@ -349,6 +351,14 @@ static int inc_receive(struct errbuf *e)
 					return ret;
 				continue;
 			}
+			if (m.type == MIG_MSG_MISSING) {
+				ret = inc_postcopy_missing(vm_memory(mig.vm), &m, e);
+				if (ret < 0) {
+					inc_reply(MIG_MSG_ERROR, e->msg);
+					return ret;
+				}
+				continue;
+			}
 			if (m.type == MIG_MSG_RANGES) {
 				ret = inc_populate_start(&m, e);
 				if (ret < 0) {
@@ -370,6 +380,8 @@ static int inc_receive(struct errbuf *e)
 	mig_state_set_incoming(MIG_STATE_COMPLETING);
 	inc_populate_stop();
 	ret = vm_sections_load(mig.vm, inc.secs, inc.nsecs, e);
+	if (ret == 0)
+		ret = inc_postcopy_prepare(e);
 	if (ret < 0) {
 		inc_reply(MIG_MSG_ERROR, e->msg);
 		return ret;
@@ -414,6 +426,8 @@ static int inc_receive(struct errbuf *e)
 	/* this direction carries no CONFIG, so it ends without END: the source closes */
 	if (mig_ctrl_send(mig.w, &m, &e2) < 0 || state_writer_flush(mig.w, &e2) < 0)
 		log_warn("migration: the source did not get STARTED: %s", e2.msg);
+	if (inc_postcopy_active())
+		return inc_postcopy_run(e);
 	return 0;
 }
 
@@ -427,6 +441,7 @@ static void inc_fail_cb(void *opaque)
 static void *inc_thread(void *arg)
 {
 	struct errbuf e = { { 0 } };
+	bool committed = false;
 	int ret, fd;
 
 	(void)arg;
@@ -452,6 +467,8 @@ static void *inc_thread(void *arg)
 			mig_deadline_stop(&inc.dl);
 		}
 		inc_populate_stop();
+		committed = inc.t_commit != 0 && inc_postcopy_active();
+		inc_postcopy_cleanup();
 	}
 	for (size_t i = 0; i < inc.nsecs; i++)
 		free(inc.sec_data[i]);
@@ -463,7 +480,10 @@ static void *inc_thread(void *arg)
 	mig.st.elapsed_ns = time_mono_ns() - mig.t_start;
 	pthread_mutex_unlock(&mig.lock);
 	mig_stream_close();
-	if (ret < 0) {
+	if (ret < 0 && committed) {
+		/* post-copy: this side holds the only current vCPU state; keep it for the operator */
+		log_err("incoming migration failed after the switch: %s", e.msg);
+	} else if (ret < 0) {
 		log_err("incoming migration failed: %s; nothing was started", e.msg);
 		if (evloop_call(mig.loop, inc_fail_cb, NULL) < 0)
 			log_err("cannot stop the VM after a failed migration");
@@ -521,4 +541,5 @@ void mig_incoming_unblock(void)
 	/* wakes a thread blocked in accept(): it then fails and exits */
 	if (inc.listen_fd >= 0)
 		shutdown(inc.listen_fd, SHUT_RDWR);
+	inc_postcopy_unblock();
 }

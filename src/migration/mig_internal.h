@@ -68,6 +68,7 @@ struct migration {
 	bool paused_by_us;        /* a failure before COMMIT resumes the guest */
 	bool operator_paused;     /* the VM was paused before the migration: it stays so */
 	bool tracking;
+	bool postcopy;            /* this attempt switches to post-copy after its rounds */
 	_Atomic bool throttle_on;
 	pthread_t throttle_thread;
 	bool throttle_thread_started;

@@ -21,6 +21,7 @@
 #include "migration/mig_internal.h"
 #include "migration/params.h"
 #include "base/log.h"
+#include "migration/postcopy.h"
 #include "migration/proto.h"
 #include "migration/snapshot.h"
 #include "state/record.h"
@@ -33,6 +34,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MIG_CONNECT_TIMEOUT_MS 10000
@@ -60,6 +63,7 @@ const char *mig_state_name(enum mig_state st)
 	case MIG_STATE_COMPLETED: return "completed";
 	case MIG_STATE_FAILED: return "failed";
 	case MIG_STATE_CANCELLED: return "cancelled";
+	case MIG_STATE_POSTCOPY_PAUSED: return "postcopy-paused";
 	}
 	return "unknown";
 }
@@ -73,6 +77,7 @@ void migration_status_get(struct mig_status *st)
 		st->elapsed_ns = time_mono_ns() - mig.t_start;
 	if (st->elapsed_ns)
 		st->throughput = (uint64_t)((double)st->bytes_sent * 1e9 / (double)st->elapsed_ns);
+	mig_postcopy_status_fill(st);
 	pthread_mutex_unlock(&mig.lock);
 }
 
@@ -367,13 +372,28 @@ static int mig_expect(uint32_t type, struct mig_ctrl *m, struct errbuf *e)
 	return 0;
 }
 
-static int mig_handshake(struct errbuf *e)
+/* CONFIG: what the guest was given, so the destination can check it fits */
+static int mig_config_send(struct errbuf *e)
+{
+	struct state_config *cfg = calloc(1, sizeof(*cfg));
+	int ret;
+
+	if (!cfg)
+		return err_set(e, -ENOMEM, "out of memory");
+	vm_state_config_build(mig.vm, cfg);
+	cfg->flags = mig.p.mode;
+	mig.nvcpus = cfg->nr_vcpus;
+	ret = state_writer_config(mig.w, cfg, e);
+	free(cfg);
+	return ret;
+}
+
+/* Connects, sends HELLO (with mode: a migration mode, or MIG_HELLO_RESUME) and CONFIG. */
+static int mig_handshake(uint32_t mode, struct errbuf *e)
 {
 	struct state_reader_opts ro = { .kind = STATE_KIND_MIGRATION, .allow_control = true,
 					.max_record = 1 << 20 };
-	struct mig_ctrl m = { .type = MIG_MSG_HELLO, .u32a = MIG_PROTOCOL_VERSION,
-			      .u32b = mig.p.mode };
-	struct state_config *cfg;
+	struct mig_ctrl m = { .type = MIG_MSG_HELLO, .u32a = MIG_PROTOCOL_VERSION, .u32b = mode };
 	int ret, fd;
 
 	ret = mig_connect(&mig.uri, MIG_CONNECT_TIMEOUT_MS, &fd, e);
@@ -391,14 +411,7 @@ static int mig_handshake(struct errbuf *e)
 	ret = mig_ctrl_send(mig.w, &m, e);
 	if (ret < 0)
 		return ret;
-	cfg = calloc(1, sizeof(*cfg));
-	if (!cfg)
-		return err_set(e, -ENOMEM, "out of memory");
-	vm_state_config_build(mig.vm, cfg);
-	cfg->flags = mig.p.mode;
-	mig.nvcpus = cfg->nr_vcpus;
-	ret = state_writer_config(mig.w, cfg, e);
-	free(cfg);
+	ret = mig_config_send(e);
 	if (ret < 0)
 		return ret;
 	ret = state_writer_flush(mig.w, e);
@@ -488,7 +501,13 @@ static uint64_t mig_downtime_estimate(uint64_t dirty, uint64_t bw, uint64_t sync
 	return est->sync_ns + est->transfer_ns + 2 * est->rtt_ns;
 }
 
-/* Live iteration: returns 0 when it is time for stop-and-copy. */
+/* Hybrid: --on-stall postcopy (--postcopy-after auto) switches where pre-copy would stall. */
+static bool mig_postcopy_allowed(void)
+{
+	return mig.p.on_stall == MIG_STALL_POSTCOPY;
+}
+
+/* Live iteration: returns 0 when it is time for stop-and-copy (or, mig.postcopy, the switch). */
 static int mig_iterate(struct mig_batch *b, struct errbuf *e)
 {
 	uint64_t prev_dirty = UINT64_MAX, deadline = 0, ping_ns;
@@ -553,15 +572,29 @@ static int mig_iterate(struct mig_batch *b, struct errbuf *e)
 			  (unsigned long long)sync_ns / 1000, (unsigned long long)mig.rtt_ns / 1000,
 			  (unsigned long long)bw / 1000000);
 		round++;
+		/* post-copy mode switches after the first full pass, whatever is left */
+		if (mig.p.mode == MIG_MODE_POSTCOPY) {
+			mig.postcopy = true;
+			return 0;
+		}
 		/* 10% left for what cannot be measured before the pause: stopping the vCPUs,
 		 * the destination applying the state and starting them */
 		if (expected_ns <= mig.p.downtime_ms * 900000ull)
 			return 0;
+		if (mig.p.postcopy_after && round >= mig.p.postcopy_after) {
+			mig.postcopy = true;
+			return 0;
+		}
 		/* stalled: the remainder does not shrink round over round */
 		stalled = round >= 2 && dirty * 100 >= prev_dirty * 95;
 		prev_dirty = dirty;
 		limit = (mig.p.max_rounds && round >= mig.p.max_rounds) ||
 			round >= MIG_ROUNDS_LIMIT || (deadline && time_mono_ns() >= deadline);
+		if ((limit || stalled) && mig_postcopy_allowed()) {
+			log_info("migration: round %u did not converge: switching to post-copy", round);
+			mig.postcopy = true;
+			return 0;
+		}
 		if (limit) {
 			if (mig.p.on_stall == MIG_STALL_CANCEL)
 				return err_set(e, -ETIMEDOUT, "the migration did not converge within "
@@ -580,6 +613,7 @@ static int mig_iterate(struct mig_batch *b, struct errbuf *e)
 				       (unsigned long long)mig.st.dirty_rate,
 				       (unsigned long long)(bw / 1000000));
 		case MIG_STALL_PAUSE:
+		case MIG_STALL_POSTCOPY: /* handled above */
 			return 0;
 		case MIG_STALL_THROTTLE:
 			if (mig.st.throttle_pct >= 99 && stalls > 3)
@@ -588,6 +622,280 @@ static int mig_iterate(struct mig_batch *b, struct errbuf *e)
 			break;
 		}
 	}
+}
+
+/* ---- post-copy, source side ---- */
+
+/*
+ * Tells the destination which pages the final sync found dirty: those it must not take
+ * from round 0 and must fetch. Everything else it already has, or is zero.
+ */
+static int mig_missing_send(struct errbuf *e)
+{
+	uint64_t n = mig_dirty_count();
+	int ret = 0;
+
+	for (uint64_t first = 0; first < mig.npages && ret == 0; first += MIG_MISSING_CHUNK) {
+		uint64_t nbits = MIN(MIG_MISSING_CHUNK, mig.npages - first);
+		bool any = false;
+		struct mig_ctrl m = { .type = MIG_MSG_MISSING, .u64a = first, .u64b = nbits,
+				      .bitmap = (const uint8_t *)&mig.dirty[first / 64] };
+
+		for (uint64_t w = first / 64; w < (first + nbits + 63) / 64 && !any; w++)
+			any = mig.dirty[w] != 0;
+		if (any)
+			ret = mig_ctrl_send(mig.w, &m, e);
+	}
+	pthread_mutex_lock(&mig.lock);
+	mig.st.pages_remaining = n;
+	mig.st.remaining_bytes = n * GUEST_PAGE_SIZE;
+	pthread_mutex_unlock(&mig.lock);
+	log_info("migration: post-copy switch with %llu pages still to send",
+		 (unsigned long long)n);
+	return ret;
+}
+
+#define MIG_PC_QUEUE 4096  /* requests waiting; more are dropped: the page follows anyway */
+#define MIG_PC_BACKGROUND 64 /* pages per background batch: requests wait at most one */
+
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	uint64_t queue[MIG_PC_QUEUE]; /* flat page numbers */
+	unsigned head, count;
+	bool finished;          /* the destination sent COMPLETE */
+	int err;                /* the return path failed */
+	char msg[ERRBUF_LEN];
+} pcs = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
+
+/* Reads the return path: page requests, then the destination's COMPLETE. */
+static void *mig_pc_reader_main(void *arg)
+{
+	struct guest_mem *mem = vm_memory(mig.vm);
+	struct state_record rec;
+	struct mig_ctrl m;
+	struct errbuf e;
+	int ret;
+
+	(void)arg;
+	for (;;) {
+		int64_t off;
+
+		ret = state_reader_next(mig.r, &rec, &e);
+		if (ret == 0)
+			ret = mig_ctrl_decode(&rec, &m, &e);
+		if (ret == 0 && (m.type == MIG_MSG_ERROR || m.type == MIG_MSG_ABORT))
+			ret = err_set(&e, -EPROTO, "the destination failed: %s", m.reason);
+		if (ret == 0 && m.type != MIG_MSG_REQUEST && m.type != MIG_MSG_COMPLETE)
+			ret = err_set(&e, -EPROTO, "unexpected %s from the destination",
+				      mig_msg_name(m.type));
+		if (ret < 0) {
+			pthread_mutex_lock(&pcs.lock);
+			pcs.err = ret;
+			snprintf(pcs.msg, sizeof(pcs.msg), "%s", e.msg);
+			pthread_cond_broadcast(&pcs.cond);
+			pthread_mutex_unlock(&pcs.lock);
+			return NULL;
+		}
+		if (m.type == MIG_MSG_COMPLETE) {
+			pthread_mutex_lock(&mig.lock);
+			mig.st.fault_latency_median_ns = m.u64a;
+			mig.st.fault_latency_max_ns = m.u64b;
+			pthread_mutex_unlock(&mig.lock);
+			pthread_mutex_lock(&pcs.lock);
+			pcs.finished = true;
+			pthread_cond_broadcast(&pcs.cond);
+			pthread_mutex_unlock(&pcs.lock);
+			return NULL;
+		}
+		/* a request is only a hint: a bad one is counted and dropped, never served */
+		off = m.u64a % GUEST_PAGE_SIZE ? -1 : guest_mem_offset(mem, m.u64a);
+		pthread_mutex_lock(&mig.lock);
+		if (off < 0)
+			mig.st.requests_refused++;
+		else
+			mig.st.pages_requested++;
+		pthread_mutex_unlock(&mig.lock);
+		if (off < 0) {
+			log_debug("migration: the destination asked for 0x%llx, not a page of guest "
+				  "memory: ignored", (unsigned long long)m.u64a);
+			continue;
+		}
+		pthread_mutex_lock(&pcs.lock);
+		if (pcs.count < MIG_PC_QUEUE)
+			pcs.queue[(pcs.head + pcs.count++) % MIG_PC_QUEUE] =
+				(uint64_t)off / GUEST_PAGE_SIZE;
+		pthread_mutex_unlock(&pcs.lock);
+	}
+}
+
+/* Writes the queued pages and flushes them, without the bandwidth cap's wait. */
+static int mig_batch_send_now(struct mig_batch *b, struct errbuf *e)
+{
+	int ret = 0;
+
+	if (b->n)
+		ret = state_writer_pages(mig.w, b->pages, b->n, b->flags, e);
+	b->n = 0;
+	if (ret == 0)
+		ret = state_writer_flush(mig.w, e);
+	if (ret < 0)
+		return ret;
+	mig_batch_show(b);
+	mig_bytes_update();
+	return mig_check_cancel(e);
+}
+
+/* How long until --bandwidth allows more bytes (0 without a cap). */
+static uint64_t mig_bandwidth_ahead_ns(void)
+{
+	uint64_t sent, due, now;
+
+	if (!mig.p.bandwidth)
+		return 0;
+	sent = state_writer_bytes(mig.w) - mig.bw_start_bytes;
+	due = (uint64_t)((double)sent * 1e9 / (double)mig.p.bandwidth);
+	now = time_mono_ns() - mig.bw_start_ns;
+	return due > now ? due - now : 0;
+}
+
+static void mig_pc_remaining_show(uint64_t left)
+{
+	pthread_mutex_lock(&mig.lock);
+	mig.st.pages_remaining = left;
+	mig.st.remaining_bytes = left * GUEST_PAGE_SIZE;
+	pthread_mutex_unlock(&mig.lock);
+}
+
+/* Takes pg if it is still to send; the caller queues it. */
+static bool mig_pc_take(uint64_t pg)
+{
+	if (pg >= mig.npages || !(mig.dirty[pg / 64] & (1ull << (pg % 64))))
+		return false;
+	mig.dirty[pg / 64] &= ~(1ull << (pg % 64));
+	return true;
+}
+
+/* The next page still to send at or after *cursor, wrapping; false when none is left. */
+static bool mig_pc_next(uint64_t *cursor)
+{
+	uint64_t words = (mig.npages + 63) / 64, w0 = (*cursor % mig.npages) / 64;
+
+	for (uint64_t i = 0; i <= words; i++) {
+		uint64_t w = (w0 + i) % words, bits = mig.dirty[w];
+
+		if (i == 0)
+			bits &= ~0ull << (*cursor % 64);
+		if (bits) {
+			*cursor = w * 64 + (uint64_t)__builtin_ctzll(bits);
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * After STARTED: the guest runs on the destination. Requested pages go first, between
+ * small background batches that continue just after the last request (a guest touching
+ * one page soon touches its neighbours); then COMPLETE, and the destination's COMPLETE.
+ */
+static int mig_postcopy_run(struct mig_batch *b, struct errbuf *e)
+{
+	struct timeval none = { 0 };
+	uint64_t left = mig_dirty_count(), cursor = 0;
+	struct mig_ctrl m = { .type = MIG_MSG_COMPLETE };
+	pthread_t reader;
+	struct timespec ts;
+	int ret;
+
+	pthread_mutex_lock(&pcs.lock);
+	pcs.head = pcs.count = 0;
+	pcs.finished = false;
+	pcs.err = 0;
+	pthread_mutex_unlock(&pcs.lock);
+	mig_state_set(MIG_STATE_ACTIVE); /* the guest runs there; its memory is still moving */
+	/* the return path may be quiet for long: a dead link shows on the sending side */
+	if (setsockopt(mig.fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none)) < 0)
+		return err_set(e, -errno, "post-copy: clearing the receive timeout: %s",
+			       strerror(errno));
+	ret = pthread_create(&reader, NULL, mig_pc_reader_main, NULL);
+	if (ret)
+		return err_set(e, -ret, "post-copy: start the request reader: %s", strerror(ret));
+	memset(b, 0, sizeof(*b));
+	b->flags = STATE_PAGES_STABLE;
+	while (left && ret == 0) {
+		uint64_t req[64], ahead;
+		unsigned nreq = 0;
+
+		pthread_mutex_lock(&pcs.lock);
+		while (pcs.count && nreq < 64) {
+			req[nreq++] = pcs.queue[pcs.head];
+			pcs.head = (pcs.head + 1) % MIG_PC_QUEUE;
+			pcs.count--;
+		}
+		ret = pcs.err;
+		if (ret < 0)
+			err_set(e, ret, "%s", pcs.msg);
+		pthread_mutex_unlock(&pcs.lock);
+		for (unsigned i = 0; i < nreq && ret == 0; i++) {
+			if (!mig_pc_take(req[i]))
+				continue; /* sent already: it is on its way */
+			left--;
+			cursor = req[i] + 1;
+			ret = mig_page_queue(b, req[i], true, e);
+		}
+		/* requested pages leave at once; the background waits for the cap, in short
+		 * sleeps so that a request never waits long behind it */
+		if (ret == 0 && nreq) {
+			ret = mig_batch_send_now(b, e);
+			mig_pc_remaining_show(left);
+		}
+		ahead = mig_bandwidth_ahead_ns();
+		if (ret == 0 && ahead) {
+			usleep((useconds_t)(MIN(ahead, 1000000ull) / 1000));
+			continue;
+		}
+		for (unsigned i = 0; i < MIG_PC_BACKGROUND && left && ret == 0; i++) {
+			if (!mig_pc_next(&cursor))
+				break;
+			mig_pc_take(cursor);
+			left--;
+			ret = mig_page_queue(b, cursor, true, e);
+		}
+		if (ret == 0)
+			ret = mig_batch_send_now(b, e);
+		mig_pc_remaining_show(left);
+	}
+	mig_pc_remaining_show(left);
+	if (ret == 0) {
+		m.u64a = mig.st.pages_normal;
+		ret = mig_ctrl_send(mig.w, &m, e);
+	}
+	if (ret == 0)
+		ret = state_writer_flush(mig.w, e);
+	if (ret == 0) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += MIG_HANDOVER_TIMEOUT_MS / 1000;
+		pthread_mutex_lock(&pcs.lock);
+		while (!pcs.finished && !pcs.err && ret == 0)
+			if (pthread_cond_timedwait(&pcs.cond, &pcs.lock, &ts) == ETIMEDOUT)
+				ret = err_set(e, -ETIMEDOUT, "no COMPLETE from the destination");
+		if (ret == 0 && pcs.err)
+			ret = err_set(e, pcs.err, "%s", pcs.msg);
+		pthread_mutex_unlock(&pcs.lock);
+	}
+	/* unblocks the reader if it still waits */
+	pthread_mutex_lock(&mig.lock);
+	if (mig.fd >= 0)
+		shutdown(mig.fd, SHUT_RDWR);
+	pthread_mutex_unlock(&mig.lock);
+	pthread_join(reader, NULL);
+	if (ret < 0)
+		return err_prefix(e, ret, "post-copy broke off with %llu pages still here (the "
+					  "destination runs the guest; this side keeps all its memory "
+					  "but not its latest vCPU state and will not run it)",
+				  (unsigned long long)left);
+	return 0;
 }
 
 static int mig_complete(struct mig_batch *b, struct errbuf *e)
@@ -606,7 +914,14 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 	bytes0 = state_writer_bytes(mig.w);
 	memset(b, 0, sizeof(*b));
 	b->flags = STATE_PAGES_STABLE; /* paused: straight from guest memory */
-	if (mig.tracking) {
+	if (mig.tracking && mig.postcopy) {
+		/* the last sync: what it finds stays here until asked for or sent behind */
+		ret = vm_dirty_sync(mig.vm, mig.dirty, e);
+		if (ret == 0 && !mig_dirty_count())
+			mig.postcopy = false; /* nothing to fetch: an ordinary handover */
+		if (ret == 0 && mig.postcopy)
+			ret = mig_missing_send(e);
+	} else if (mig.tracking) {
 		/* the last sync, with every vCPU out of KVM_RUN */
 		ret = vm_dirty_sync(mig.vm, mig.dirty, e);
 		if (ret == 0)
@@ -620,8 +935,9 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 	}
 	if (ret < 0)
 		return ret;
-	mig_round_record(mig.tracking ? mig.st.round + 1 : 0, b,
-			 state_writer_bytes(mig.w) - bytes0, time_mono_ns() - t0, 0, 0);
+	if (!mig.postcopy) /* post-copy's remainder is not a round: it follows the switch */
+		mig_round_record(mig.tracking ? mig.st.round + 1 : 0, b,
+				 state_writer_bytes(mig.w) - bytes0, time_mono_ns() - t0, 0, 0);
 	bytes0 = state_writer_bytes(mig.w);
 	ret = vm_sections_save(mig.vm, false, mig_section_send, NULL, e);
 	if (ret < 0)
@@ -670,6 +986,7 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 		return ret;
 	pthread_mutex_lock(&mig.lock);
 	atomic_store(&mig.committed, true);
+	mig.st.postcopy = mig.postcopy;
 	pthread_mutex_unlock(&mig.lock);
 	m = (struct mig_ctrl){ .type = MIG_MSG_COMMIT, .u64a = time_mono_ns() - mig.t_pause };
 	ret = mig_ctrl_send(mig.w, &m, e);
@@ -684,8 +1001,11 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 					  "paused here; it may be running on the destination)");
 	pthread_mutex_lock(&mig.lock);
 	mig.st.downtime_ns = time_mono_ns() - mig.t_pause;
-	mig.st.remaining_bytes = 0;
+	if (!mig.postcopy)
+		mig.st.remaining_bytes = 0;
 	pthread_mutex_unlock(&mig.lock);
+	if (mig.postcopy)
+		return mig_postcopy_run(b, e);
 	/* the destination closes after STARTED: the stream ends with COMMIT, without END */
 	return 0;
 }
@@ -737,7 +1057,7 @@ static int mig_send_run(struct errbuf *e)
 		free(b);
 		return err_set(e, -ENOMEM, "out of memory for the dirty bitmap");
 	}
-	ret = mig_handshake(e);
+	ret = mig_handshake(mig.p.mode, e);
 	if (ret < 0)
 		goto out;
 	mig_state_set(MIG_STATE_ACTIVE);
@@ -781,6 +1101,8 @@ void mig_done_cb(void *opaque)
 		mig.done(mig.done_opaque);
 }
 
+static void mig_send_finish(int ret, struct errbuf *ep);
+
 static void *mig_send_thread(void *arg)
 {
 	struct errbuf e = { { 0 } };
@@ -801,9 +1123,33 @@ static void *mig_send_thread(void *arg)
 		if (mig.paused_by_us && vm_owner_resume(mig.vm, &e2) < 0)
 			log_err("migration: resuming the guest after failure: %s", e2.msg);
 	}
+	mig_send_finish(ret, &e);
+	return NULL;
+}
+
+/*
+ * A post-copy failure that a new connection can mend: the link, not the peer's word.
+ * The destination's ERROR or a malformed message ends it for good.
+ */
+static bool mig_postcopy_resumable(int ret)
+{
+	return mig.postcopy && atomic_load(&mig.committed) && !atomic_load(&mig.cancel) &&
+	       ret != -EPROTO && ret != -EBADMSG && ret != -ECANCELED;
+}
+
+/* The end of a source thread: status, stream, and the main loop told. */
+static void mig_send_finish(int ret, struct errbuf *ep)
+{
+	struct errbuf e = *ep;
+	bool paused = ret < 0 && mig_postcopy_resumable(ret);
+
 	pthread_mutex_lock(&mig.lock);
 	if (ret == 0) {
 		mig.st.state = MIG_STATE_COMPLETED;
+	} else if (paused) {
+		mig.st.state = MIG_STATE_POSTCOPY_PAUSED;
+		snprintf(mig.st.error, sizeof(mig.st.error), "%s; continue with `godwit migrate "
+			 "--resume URI` once the destination can be reached", e.msg);
 	} else if (ret == -ECANCELED || (atomic_load(&mig.cancel) && !atomic_load(&mig.committed))) {
 		mig.st.state = MIG_STATE_CANCELLED;
 		snprintf(mig.st.error, sizeof(mig.st.error), "cancelled; the guest keeps running here");
@@ -815,8 +1161,10 @@ static void *mig_send_thread(void *arg)
 	mig.st.elapsed_ns = time_mono_ns() - mig.t_start;
 	pthread_mutex_unlock(&mig.lock);
 	mig_stream_close();
-	free(mig.dirty);
-	mig.dirty = NULL;
+	if (!paused) { /* a paused post-copy keeps its list of pages still to send */
+		free(mig.dirty);
+		mig.dirty = NULL;
+	}
 	if (ret < 0)
 		log_warn("migration %s: %s", mig_state_name(mig.st.state), mig.st.error);
 	else
@@ -826,7 +1174,99 @@ static void *mig_send_thread(void *arg)
 	vm_busy_clear(mig.vm);
 	if (evloop_call(mig.loop, mig_done_cb, NULL) < 0)
 		log_err("migration: cannot notify the main loop");
+}
+
+/*
+ * migrate --resume: a new connection to the destination, which lists the pages it still
+ * lacks (MISSING... DONE); they become the pages to send, and post-copy goes on.
+ */
+static int mig_resume_run(struct mig_batch *b, struct errbuf *e)
+{
+	struct state_record rec;
+	struct mig_ctrl m;
+	uint64_t lacking = 0;
+	int ret;
+
+	ret = mig_handshake(MIG_HELLO_RESUME, e);
+	if (ret < 0)
+		return ret;
+	/* a new stream: the bandwidth cap counts from here */
+	mig.bw_start_ns = time_mono_ns();
+	mig.bw_start_bytes = state_writer_bytes(mig.w);
+	memset(mig.dirty, 0, (mig.npages + 63) / 64 * sizeof(uint64_t));
+	for (;;) {
+		ret = state_reader_next(mig.r, &rec, e);
+		if (ret == 0)
+			ret = mig_ctrl_decode(&rec, &m, e);
+		if (ret < 0)
+			return err_prefix(e, ret, "the destination's list of missing pages");
+		if (m.type == MIG_MSG_DONE)
+			break;
+		if (m.type != MIG_MSG_MISSING)
+			return err_set(e, -EPROTO, "expected MISSING or DONE from the destination, "
+						   "got %s", mig_msg_name(m.type));
+		if (m.u64a >= mig.npages || m.u64b > mig.npages - m.u64a)
+			return err_set(e, -EPROTO, "the destination lists pages %llu..%llu missing; "
+						   "guest memory has %llu",
+				       (unsigned long long)m.u64a,
+				       (unsigned long long)(m.u64a + m.u64b - 1),
+				       (unsigned long long)mig.npages);
+		for (uint64_t i = 0; i < m.u64b; i++)
+			if (m.bitmap[i / 8] & (1u << (i % 8)))
+				mig.dirty[(m.u64a + i) / 64] |= 1ull << ((m.u64a + i) % 64);
+	}
+	lacking = mig_dirty_count();
+	log_info("migration: resumed; the destination still lacks %llu pages",
+		 (unsigned long long)lacking);
+	pthread_mutex_lock(&mig.lock);
+	mig.st.state = MIG_STATE_ACTIVE;
+	pthread_mutex_unlock(&mig.lock);
+	return mig_postcopy_run(b, e);
+}
+
+static void *mig_resume_thread(void *arg)
+{
+	struct errbuf e = { { 0 } };
+	struct mig_batch *b = calloc(1, sizeof(*b));
+	int ret;
+
+	(void)arg;
+	ret = b ? mig_resume_run(b, &e) : err_set(&e, -ENOMEM, "out of memory");
+	free(b);
+	mig_send_finish(ret, &e);
 	return NULL;
+}
+
+/* Called with mig.lock held; the previous thread has ended in postcopy-paused. */
+static int mig_resume_start(const struct mig_params *p, const struct mig_uri *uri,
+			    void (*done)(void *opaque), void *opaque, struct errbuf *e)
+{
+	int ret;
+
+	if (mig.st.incoming || mig.st.state != MIG_STATE_POSTCOPY_PAUSED || !mig.dirty)
+		return err_set(e, -EINVAL, "nothing to resume: --resume continues a post-copy "
+					   "migration whose link broke (migrate-status state "
+					   "postcopy-paused)");
+	if (mig.running) {
+		pthread_mutex_unlock(&mig.lock);
+		pthread_join(mig.thread, NULL);
+		pthread_mutex_lock(&mig.lock);
+		mig.running = false;
+	}
+	snprintf(mig.p.uri, sizeof(mig.p.uri), "%s", p->uri);
+	snprintf(mig.st.uri, sizeof(mig.st.uri), "%s", p->uri);
+	mig.uri = *uri;
+	mig.done = done;
+	mig.done_opaque = opaque;
+	mig.st.state = MIG_STATE_SETUP;
+	mig.st.error[0] = '\0';
+	ret = pthread_create(&mig.thread, NULL, mig_resume_thread, NULL);
+	if (ret) {
+		mig.st.state = MIG_STATE_POSTCOPY_PAUSED;
+		return err_set(e, -ret, "start the migration thread: %s", strerror(ret));
+	}
+	mig.running = true;
+	return 0;
 }
 
 int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params *p,
@@ -844,6 +1284,11 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 	if (ret < 0)
 		return ret;
 	pthread_mutex_lock(&mig.lock);
+	if (p->resume) {
+		ret = mig_resume_start(p, &uri, done, opaque, e);
+		pthread_mutex_unlock(&mig.lock);
+		return ret;
+	}
 	/* never join a destination's thread that still waits: the main loop would freeze */
 	if (mig.running && mig.st.incoming && mig.st.state != MIG_STATE_COMPLETED &&
 	    mig.st.state != MIG_STATE_FAILED) {
@@ -894,6 +1339,7 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 	mig.operator_paused = was_paused;
 	mig.tracking = false;
 	mig.rtt_ns = 0;
+	mig.postcopy = false;
 	mig.t_start = time_mono_ns();
 	mig.running = true;
 	ret = pthread_create(&mig.thread, NULL, mig_send_thread, NULL);
@@ -935,6 +1381,7 @@ void migration_shutdown(void)
 	pthread_mutex_lock(&mig.lock);
 	if (!mig.running) {
 		pthread_mutex_unlock(&mig.lock);
+		inc_postcopy_release();
 		return;
 	}
 	if (!atomic_load(&mig.committed))
@@ -947,4 +1394,8 @@ void migration_shutdown(void)
 	pthread_mutex_lock(&mig.lock);
 	mig.running = false;
 	pthread_mutex_unlock(&mig.lock);
+	/* a post-copy source that was never resumed: its guest goes with the process */
+	free(mig.dirty);
+	mig.dirty = NULL;
+	inc_postcopy_release();
 }

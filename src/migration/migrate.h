@@ -24,9 +24,11 @@ enum mig_state {
 	MIG_STATE_COMPLETED,
 	MIG_STATE_FAILED,
 	MIG_STATE_CANCELLED,
+	/* post-copy's link broke: both sides keep everything until `migrate --resume` */
+	MIG_STATE_POSTCOPY_PAUSED,
 };
 
-enum mig_stall { MIG_STALL_THROTTLE, MIG_STALL_PAUSE, MIG_STALL_CANCEL };
+enum mig_stall { MIG_STALL_THROTTLE, MIG_STALL_PAUSE, MIG_STALL_CANCEL, MIG_STALL_POSTCOPY };
 
 struct mig_params {
 	uint32_t mode;          /* MIG_MODE_WARM or MIG_MODE_LIVE */
@@ -37,7 +39,9 @@ struct mig_params {
 	/* bounds and defaults: migration/params.h, checked by mig_params_validate() */
 	int dirty_tracking;     /* -1: the VM's, else enum vm_dirty_mode */
 	enum mig_stall on_stall;
+	uint64_t postcopy_after; /* 0: never; N: switch to post-copy after N live rounds */
 	bool digest;            /* verification: digest the paused guest before COMMIT */
+	bool resume;            /* reconnect a post-copy migration whose link broke */
 	char uri[512];
 };
 
@@ -88,6 +92,12 @@ struct mig_status {
 	uint64_t state_bytes;    /* vCPU and device state sent (once completing) */
 	unsigned throttle_pct;
 	char digest_memory[17], digest_state[17]; /* with mig_params.digest */
+	/* post-copy: the guest runs on the destination and its last pages follow */
+	bool postcopy;           /* phase: postcopy (else precopy) */
+	uint64_t pages_requested; /* faults the destination asked the source for */
+	uint64_t pages_remaining; /* pages still on the source */
+	uint64_t requests_refused; /* requests outside guest memory (source) */
+	uint64_t fault_latency_median_ns, fault_latency_max_ns; /* request to installed */
 	char error[ERRBUF_LEN + 64];
 };
 

@@ -21,8 +21,8 @@ void mig_params_init(struct mig_params *p)
 
 int mig_params_validate(const struct mig_params *p, struct errbuf *e)
 {
-	if (p->mode != MIG_MODE_LIVE && p->mode != MIG_MODE_WARM)
-		return err_set(e, -EINVAL, "mode must be live or warm");
+	if (p->mode != MIG_MODE_LIVE && p->mode != MIG_MODE_WARM && p->mode != MIG_MODE_POSTCOPY)
+		return err_set(e, -EINVAL, "mode must be live, warm or postcopy");
 	if (p->downtime_ms < 1 || p->downtime_ms > MIG_DOWNTIME_MS_MAX)
 		return err_set(e, -EINVAL, "downtime_ms must be 1 to %llu",
 			       (unsigned long long)MIG_DOWNTIME_MS_MAX);
@@ -39,8 +39,14 @@ int mig_params_validate(const struct mig_params *p, struct errbuf *e)
 	    p->dirty_tracking != VM_DIRTY_RING)
 		return err_set(e, -EINVAL, "dirty_tracking must be bitmap or ring");
 	if (p->on_stall != MIG_STALL_THROTTLE && p->on_stall != MIG_STALL_PAUSE &&
-	    p->on_stall != MIG_STALL_CANCEL)
-		return err_set(e, -EINVAL, "on_stall must be throttle, pause or cancel");
+	    p->on_stall != MIG_STALL_CANCEL && p->on_stall != MIG_STALL_POSTCOPY)
+		return err_set(e, -EINVAL, "on_stall must be throttle, pause, cancel or postcopy");
+	if (p->postcopy_after > MIG_ROUNDS_LIMIT)
+		return err_set(e, -EINVAL, "postcopy_after must be 0 (never) to %llu",
+			       (unsigned long long)MIG_ROUNDS_LIMIT);
+	if ((p->postcopy_after || p->on_stall == MIG_STALL_POSTCOPY) && p->mode != MIG_MODE_LIVE)
+		return err_set(e, -EINVAL, "postcopy_after and on_stall postcopy are for live "
+					   "migration (mode postcopy switches after the first pass)");
 	return 0;
 }
 
@@ -60,9 +66,9 @@ static int mig_params_name_find(const char *value, const char *const *names)
 int mig_params_choice_set(struct mig_params *p, const char *key, const char *value,
 			  struct errbuf *e)
 {
-	static const char *const modes[] = { "warm", "live", NULL };
+	static const char *const modes[] = { "warm", "live", "postcopy", NULL };
 	static const char *const dirty[] = { "bitmap", "ring", NULL };
-	static const char *const stall[] = { "throttle", "pause", "cancel", NULL };
+	static const char *const stall[] = { "throttle", "pause", "cancel", "postcopy", NULL };
 	int i;
 
 	if (!strcmp(key, "uri")) {
@@ -73,7 +79,7 @@ int mig_params_choice_set(struct mig_params *p, const char *key, const char *val
 		return 0;
 	} else if (!strcmp(key, "mode")) {
 		i = mig_params_name_find(value, modes);
-		p->mode = i < 0 ? 0 : i == 0 ? MIG_MODE_WARM : MIG_MODE_LIVE;
+		p->mode = i < 0 ? 0 : (uint32_t[]){ MIG_MODE_WARM, MIG_MODE_LIVE, MIG_MODE_POSTCOPY }[i];
 	} else if (!strcmp(key, "dirty_tracking")) {
 		i = mig_params_name_find(value, dirty);
 		p->dirty_tracking = i < 0 ? -2 : i == 0 ? VM_DIRTY_BITMAP : VM_DIRTY_RING;
@@ -81,7 +87,7 @@ int mig_params_choice_set(struct mig_params *p, const char *key, const char *val
 		i = mig_params_name_find(value, stall);
 		p->on_stall = i < 0 ? (enum mig_stall)-1 :
 				      (enum mig_stall[]){ MIG_STALL_THROTTLE, MIG_STALL_PAUSE,
-							  MIG_STALL_CANCEL }[i];
+							  MIG_STALL_CANCEL, MIG_STALL_POSTCOPY }[i];
 	} else {
 		return err_set(e, -EINVAL, "unknown parameter %s", key);
 	}

@@ -30,8 +30,8 @@ void mig_params_init(struct mig_params *p);
  */
 int __must_check mig_params_validate(const struct mig_params *p, struct errbuf *e);
 
-/* Sets a choice by its name ("mode": live|warm, "dirty_tracking": bitmap|ring,
- * "on_stall": throttle|pause|cancel) or the URI; -EINVAL naming the key otherwise. */
+/* Sets a choice by its name ("mode": live|warm|postcopy, "dirty_tracking": bitmap|ring,
+ * "on_stall": throttle|pause|cancel|postcopy) or the URI; -EINVAL naming the key otherwise. */
 int __must_check mig_params_choice_set(struct mig_params *p, const char *key, const char *value,
 				       struct errbuf *e);
 

@@ -32,13 +32,22 @@ const char *mig_msg_name(uint32_t type)
 	case MIG_MSG_RANGES: return "RANGES";
 	case MIG_MSG_PING: return "PING";
 	case MIG_MSG_PONG: return "PONG";
+	case MIG_MSG_MISSING: return "MISSING";
+	case MIG_MSG_REQUEST: return "REQUEST";
+	case MIG_MSG_COMPLETE: return "COMPLETE";
 	}
 	return state_record_type_name(type);
 }
 
 const char *mig_mode_name(uint32_t mode)
 {
-	return mode == MIG_MODE_WARM ? "warm" : mode == MIG_MODE_LIVE ? "live" : "unknown";
+	switch (mode) {
+	case MIG_MODE_WARM: return "warm";
+	case MIG_MODE_LIVE: return "live";
+	case MIG_MODE_POSTCOPY: return "postcopy";
+	case MIG_HELLO_RESUME: return "resume";
+	}
+	return "unknown";
 }
 
 int mig_ctrl_send(struct state_writer *w, const struct mig_ctrl *m, struct errbuf *e)
@@ -61,13 +70,20 @@ int mig_ctrl_send(struct state_writer *w, const struct mig_ctrl *m, struct errbu
 		buf_put_u64(&b, m->u64a);
 		break;
 	case MIG_MSG_DONE:
+	case MIG_MSG_COMPLETE:
 		buf_put_u64(&b, m->u64a);
 		buf_put_u64(&b, m->u64b);
+		break;
+	case MIG_MSG_MISSING:
+		buf_put_u64(&b, m->u64a);
+		buf_put_u64(&b, m->u64b);
+		buf_put_bytes(&b, m->bitmap, (size_t)((m->u64b + 7) / 8));
 		break;
 	case MIG_MSG_COMMIT:
 	case MIG_MSG_STARTED:
 	case MIG_MSG_PING:
 	case MIG_MSG_PONG:
+	case MIG_MSG_REQUEST:
 		buf_put_u64(&b, m->u64a);
 		break;
 	case MIG_MSG_REFUSE:
@@ -120,13 +136,29 @@ int mig_ctrl_decode(const struct state_record *rec, struct mig_ctrl *m, struct e
 		m->u64a = buf_get_u64(&r);
 		break;
 	case MIG_MSG_DONE:
+	case MIG_MSG_COMPLETE:
 		m->u64a = buf_get_u64(&r);
 		m->u64b = buf_get_u64(&r);
+		break;
+	case MIG_MSG_MISSING:
+		m->u64a = buf_get_u64(&r);
+		m->u64b = buf_get_u64(&r);
+		if (m->u64b == 0 || m->u64b > MIG_MISSING_CHUNK || m->u64a % 8)
+			return err_set(e, -EBADMSG, "MISSING names %llu pages from page %llu (1 to %llu "
+						    "from a multiple of 8)",
+				       (unsigned long long)m->u64b, (unsigned long long)m->u64a,
+				       (unsigned long long)MIG_MISSING_CHUNK);
+		m->bitmap = rec->payload + 16;
+		if (buf_reader_left(&r) != (m->u64b + 7) / 8)
+			return err_set(e, -EBADMSG, "malformed MISSING message (%llu bytes)",
+				       (unsigned long long)rec->len);
+		r.pos = r.len;
 		break;
 	case MIG_MSG_COMMIT:
 	case MIG_MSG_STARTED:
 	case MIG_MSG_PING:
 	case MIG_MSG_PONG:
+	case MIG_MSG_REQUEST:
 		m->u64a = buf_get_u64(&r);
 		break;
 	case MIG_MSG_REFUSE:

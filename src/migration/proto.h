@@ -7,6 +7,8 @@
  *
  *   source -> destination: HELLO CONFIG [PING] [ROUND PAGES... PING]... SECTION... DONE COMMIT
  *   destination -> source: ACCEPT|REFUSE [PONG]... READY|ERROR STARTED
+ * Post-copy adds MISSING before DONE, and after STARTED: PAGES... COMPLETE one way and
+ * REQUEST... COMPLETE the other (docs/migration-protocol.md).
  * Either side may send ABORT (with a reason) instead of its next message.
  */
 #ifndef GODWIT_MIGRATION_PROTO_H
@@ -34,16 +36,25 @@ enum mig_msg {
 	MIG_MSG_RANGES = 0x10a,  /* u64 nr_ranges, bitmap: the 2 MiB ranges round 0 will send */
 	MIG_MSG_PING = 0x10b,    /* u64 token: answer with PONG once everything before it is read */
 	MIG_MSG_PONG = 0x10c,    /* u64 the PING's token */
+	MIG_MSG_MISSING = 0x10d, /* u64 first page, u64 nr pages, bitmap: pages to fetch later */
+	MIG_MSG_REQUEST = 0x10e, /* u64 gpa: the destination faulted on this page, send it now */
+	MIG_MSG_COMPLETE = 0x10f, /* post-copy end: u64 pages, u64 max fault latency ns */
 };
 
 /* PINGs the destination answers per round (live: one before round 0, one after each) */
 #define MIG_PINGS_PER_ROUND_MAX 4
 
+/* MISSING: at most 2^20 pages (a 128 KiB bitmap) per message, 8-aligned first page */
+#define MIG_MISSING_CHUNK (1ull << 20)
+
 /* RANGES: one bit per 2 MiB of guest RAM in flat order; at most 256 GiB of guest RAM */
 #define MIG_RANGE_SHIFT 21
 #define MIG_RANGES_MAX ((256ull << 30) >> MIG_RANGE_SHIFT)
 
-enum mig_mode { MIG_MODE_WARM = 1, MIG_MODE_LIVE = 2 };
+/* post-copy: round 0 while the guest runs, then the switch; memory follows on demand */
+enum mig_mode { MIG_MODE_WARM = 1, MIG_MODE_LIVE = 2, MIG_MODE_POSTCOPY = 3 };
+/* HELLO's mode when the source reconnects a post-copy migration whose link broke */
+#define MIG_HELLO_RESUME 4u
 
 const char *mig_msg_name(uint32_t type);
 const char *mig_mode_name(uint32_t mode);
@@ -54,7 +65,8 @@ struct mig_ctrl {
 	uint32_t u32a, u32b;
 	uint64_t u64a, u64b;
 	char reason[MIG_MSG_MAX + 1];
-	const uint8_t *bitmap; /* RANGES: points into the record (decode) or the caller's (send) */
+	/* RANGES, MISSING: points into the record (decode) or the caller's (send) */
+	const uint8_t *bitmap;
 };
 
 int __must_check mig_ctrl_send(struct state_writer *w, const struct mig_ctrl *m, struct errbuf *e);

@@ -1069,8 +1069,17 @@ static void test_migrate_params_bounds(void **state)
 		  "migrate: bandwidth must be 0 (no cap) to 1125899906842624 bytes/s" },
 		{ "\"max_rounds\": 4294967297", "migrate: max_rounds must be 0 (no limit) to 100000" },
 		{ "\"max_rounds\": 100001", "migrate: max_rounds must be 0 (no limit) to 100000" },
-		{ "\"mode\": \"fast\"", "migrate: mode must be live or warm" },
-		{ "\"on_stall\": \"wait\"", "migrate: on_stall must be throttle, pause or cancel" },
+		{ "\"mode\": \"fast\"", "migrate: mode must be live, warm or postcopy" },
+		{ "\"on_stall\": \"wait\"",
+		  "migrate: on_stall must be throttle, pause, cancel or postcopy" },
+		{ "\"postcopy_after\": 100001", "migrate: postcopy_after must be 0 (never) to 100000" },
+		{ "\"postcopy_after\": -1", "migrate: postcopy_after must be 0 (never) to 100000" },
+		{ "\"mode\": \"warm\", \"postcopy_after\": 2",
+		  "migrate: postcopy_after and on_stall postcopy are for live migration (mode "
+		  "postcopy switches after the first pass)" },
+		{ "\"mode\": \"postcopy\", \"on_stall\": \"postcopy\"",
+		  "migrate: postcopy_after and on_stall postcopy are for live migration (mode "
+		  "postcopy switches after the first pass)" },
 		{ "\"dirty_tracking\": \"pml\"", "migrate: dirty_tracking must be bitmap or ring" },
 	};
 	struct direct *d = *state;
