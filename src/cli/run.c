@@ -72,6 +72,8 @@ int cli_run_main(int argc, char **argv)
 	/* tests point this elsewhere to check the error for a missing /dev/kvm */
 	cfg.kvm_path = getenv("GODWIT_KVM_DEVICE");
 	cfg.dirty = o.dirty_ring ? VM_DIRTY_RING : VM_DIRTY_BITMAP;
+	cfg.devices = o.disks;
+	cfg.ndevices = o.ndisks;
 
 	if (o.restore) {
 		struct vm_restore_opts ro = {
@@ -81,6 +83,8 @@ int cli_run_main(int argc, char **argv)
 			.serial_path = cfg.serial_path,
 			.kvm_path = cfg.kvm_path,
 			.dirty = cfg.dirty,
+			.overrides = o.overrides,
+			.noverrides = o.noverrides,
 		};
 		uint64_t t0 = time_mono_ns();
 
@@ -108,6 +112,8 @@ int cli_run_main(int argc, char **argv)
 			.kvm_path = cfg.kvm_path,
 			.paused = o.paused,
 			.dirty = cfg.dirty,
+			.overrides = o.overrides,
+			.noverrides = o.noverrides,
 		};
 
 		ret = migration_incoming_start(vm, loop, o.incoming, &io, &e);

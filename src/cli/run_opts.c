@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* `godwit run` option parsing and validation. */
 #include "cli/run_opts.h"
+#include "devices/virtio_blk.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -11,6 +12,7 @@
 enum {
 	OPT_MEMORY = 256, OPT_CPUS, OPT_KERNEL, OPT_CMDLINE, OPT_SERIAL, OPT_API, OPT_NAME,
 	OPT_RESTORE, OPT_PAUSED, OPT_RESTORE_MODE, OPT_INCOMING, OPT_DIRTY, OPT_INITRD,
+	OPT_DISK, OPT_DISK_OVERRIDE,
 };
 
 static const struct option run_longopts[] = {
@@ -27,6 +29,8 @@ static const struct option run_longopts[] = {
 	{ "restore-mode", required_argument, NULL, OPT_RESTORE_MODE },
 	{ "incoming", required_argument, NULL, OPT_INCOMING },
 	{ "dirty-tracking", required_argument, NULL, OPT_DIRTY },
+	{ "disk", required_argument, NULL, OPT_DISK },
+	{ "disk-override", required_argument, NULL, OPT_DISK_OVERRIDE },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -37,14 +41,18 @@ void run_opts_usage(FILE *out)
 	      "                  [--initrd FILE] [--serial stdio|file:PATH|none]\n"
 	      "                  --api-socket PATH [--name NAME]\n"
 	      "  FILE: a bzImage or ELF vmlinux (Linux 64-bit boot protocol) or a PVH ELF\n"
+	      "                  [--disk path=FILE[,readonly=on][,id=NAME]]...\n"
 	      "       godwit run --restore DIR [--restore-mode lazy|eager] [--paused]\n"
 	      "                  --api-socket PATH [--serial ...] [--name NAME]\n"
+	      "                  [--disk-override id=NAME,path=FILE]...\n"
 	      "       godwit run --incoming URI [--paused] --api-socket PATH [--serial ...]\n"
-	      "                  [--name NAME]\n"
+	      "                  [--name NAME] [--disk-override id=NAME,path=FILE]...\n"
 	      "  every form also takes --dirty-tracking bitmap|ring (default bitmap): how a live\n"
 	      "  migration of this VM finds written pages; the ring must be chosen at start\n"
 	      "  SIZE: 64M, 1G, 8G ... (16M to 256G, a multiple of 2M); N: 1 to 64 vCPUs\n"
-	      "  URI: tcp:HOST:PORT or unix:PATH\n", out);
+	      "  URI: tcp:HOST:PORT or unix:PATH\n"
+	      "  --disk: a raw file as a virtio-blk disk (up to 8; ids default to disk0, disk1...)\n",
+	      out);
 }
 
 static int run_opts_check(struct run_opts *o, struct errbuf *e)
@@ -83,16 +91,148 @@ static int run_opts_check(struct run_opts *o, struct errbuf *e)
 		return err_set(e, -EINVAL, "--restore-mode needs --restore");
 	if (o->kernel && o->paused)
 		return err_set(e, -EINVAL, "--paused needs --restore or --incoming");
+	if (o->ndisks && !o->kernel)
+		return err_set(e, -EINVAL, "--disk needs --kernel (a restored or incoming guest "
+					   "keeps its disks: use --disk-override to move one)");
+	if (o->noverrides && o->kernel)
+		return err_set(e, -EINVAL, "--disk-override needs --restore or --incoming");
 	if (o->incoming && strncmp(o->incoming, "tcp:", 4) && strncmp(o->incoming, "unix:", 5))
 		return err_set(e, -EINVAL, "--incoming %s: URI must be tcp:HOST:PORT or unix:PATH",
 			       o->incoming);
 	return 0;
 }
 
+/*
+ * Splits "k1=v1,k2=v2" in place (arg is a copy): calls back for each pair. Values cannot hold
+ * commas, so neither can paths given this way.
+ */
+static int run_kv_each(const char *opt, char *arg,
+		       int (*cb)(void *ctx, const char *k, const char *v, struct errbuf *e),
+		       void *ctx, struct errbuf *e)
+{
+	char *save = NULL;
+
+	for (char *kv = strtok_r(arg, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(kv, '=');
+		int ret;
+
+		if (!eq || eq == kv || !eq[1])
+			return err_set(e, -EINVAL, "%s: '%s' is not KEY=VALUE", opt, kv);
+		*eq = '\0';
+		ret = cb(ctx, kv, eq + 1, e);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+static int run_path_set(const char *opt, char *dst, const char *v, struct errbuf *e)
+{
+	if (strlen(v) > DEV_PATH_MAX)
+		return err_set(e, -EINVAL, "%s: path longer than %u bytes", opt, DEV_PATH_MAX);
+	strcpy(dst, v);
+	return 0;
+}
+
+static int run_id_set(const char *opt, char *dst, const char *v, struct errbuf *e)
+{
+	if (!device_id_valid(v))
+		return err_set(e, -EINVAL, "%s: id '%s' must be 1 to %u letters, digits, '-' or '_'",
+			       opt, v, DEV_ID_MAX);
+	strcpy(dst, v);
+	return 0;
+}
+
+static int run_disk_kv(void *ctx, const char *k, const char *v, struct errbuf *e)
+{
+	struct device_spec *d = ctx;
+
+	if (!strcmp(k, "path"))
+		return run_path_set("--disk", d->path, v, e);
+	if (!strcmp(k, "id"))
+		return run_id_set("--disk", d->id, v, e);
+	if (!strcmp(k, "readonly")) {
+		if (strcmp(v, "on") && strcmp(v, "off"))
+			return err_set(e, -EINVAL, "--disk: readonly=%s: use on or off", v);
+		d->readonly = !strcmp(v, "on");
+		return 0;
+	}
+	return err_set(e, -EINVAL, "--disk: unknown key '%s' (path, readonly, id)", k);
+}
+
+static int run_disk_parse(struct run_opts *o, const char *arg, struct errbuf *e)
+{
+	struct device_spec *d = &o->disks[o->ndisks];
+	char copy[DEV_PATH_MAX + 64];
+	int ret;
+
+	if (o->ndisks >= DEV_MAX)
+		return err_set(e, -EINVAL, "--disk: at most %u disks", DEV_MAX);
+	if (strlen(arg) >= sizeof(copy))
+		return err_set(e, -EINVAL, "--disk: value too long");
+	strcpy(copy, arg);
+	memset(d, 0, sizeof(*d));
+	strcpy(d->type, VIRTIO_BLK_TYPE);
+	ret = run_kv_each("--disk", copy, run_disk_kv, d, e);
+	if (ret < 0)
+		return ret;
+	if (!d->path[0])
+		return err_set(e, -EINVAL, "--disk %s: path=FILE is required", arg);
+	if (!d->id[0])
+		snprintf(d->id, sizeof(d->id), "disk%u", o->ndisks);
+	for (unsigned i = 0; i < o->ndisks; i++)
+		if (!strcmp(o->disks[i].id, d->id))
+			return err_set(e, -EINVAL, "--disk: two disks are called %s", d->id);
+	o->ndisks++;
+	return 0;
+}
+
+static int run_override_kv(void *ctx, const char *k, const char *v, struct errbuf *e)
+{
+	struct device_spec *d = ctx;
+
+	if (!strcmp(k, "id"))
+		return run_id_set("--disk-override", d->id, v, e);
+	if (!strcmp(k, "path"))
+		return run_path_set("--disk-override", d->path, v, e);
+	return err_set(e, -EINVAL, "--disk-override: unknown key '%s' (id, path)", k);
+}
+
+/* The id and path are checked on a copy; the override points into argv. */
+static int run_override_parse(struct run_opts *o, char *arg, struct errbuf *e)
+{
+	struct device_spec d = { 0 };
+	char copy[DEV_PATH_MAX + 64];
+	const char *id, *path;
+	int ret;
+
+	if (o->noverrides >= DEV_MAX)
+		return err_set(e, -EINVAL, "--disk-override: at most %u", DEV_MAX);
+	if (strlen(arg) >= sizeof(copy))
+		return err_set(e, -EINVAL, "--disk-override: value too long");
+	strcpy(copy, arg);
+	ret = run_kv_each("--disk-override", copy, run_override_kv, &d, e);
+	if (ret < 0)
+		return ret;
+	if (!d.id[0] || !d.path[0])
+		return err_set(e, -EINVAL, "--disk-override %s: use id=NAME,path=FILE", arg);
+	for (unsigned i = 0; i < o->noverrides; i++)
+		if (!strcmp(o->overrides[i].id, d.id))
+			return err_set(e, -EINVAL, "--disk-override: id %s given twice", d.id);
+	/* the same split on argv itself, so the strings live as long as the process */
+	id = strstr(arg, "id=") == arg ? arg + 3 : strstr(arg, ",id=") + 4;
+	path = strstr(arg, "path=") == arg ? arg + 5 : strstr(arg, ",path=") + 6;
+	for (char *c = arg; *c; c++)
+		if (*c == ',')
+			*c = '\0';
+	o->overrides[o->noverrides++] = (struct device_override){ id, path };
+	return 0;
+}
+
 int run_opts_parse(int argc, char **argv, struct run_opts *o, struct errbuf *e)
 {
 	uint64_t v;
-	int c;
+	int c, ret;
 
 	memset(o, 0, sizeof(*o));
 	o->cpus = 1;
@@ -179,6 +319,16 @@ int run_opts_parse(int argc, char **argv, struct run_opts *o, struct errbuf *e)
 			else
 				return err_set(e, -EINVAL, "--dirty-tracking %s: use bitmap or ring",
 					       optarg);
+			break;
+		case OPT_DISK:
+			ret = run_disk_parse(o, optarg, e);
+			if (ret < 0)
+				return ret;
+			break;
+		case OPT_DISK_OVERRIDE:
+			ret = run_override_parse(o, optarg, e);
+			if (ret < 0)
+				return ret;
 			break;
 		case 'h':
 			o->help = true;

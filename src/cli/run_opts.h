@@ -4,6 +4,7 @@
 #define GODWIT_CLI_RUN_OPTS_H
 
 #include "base/util.h"
+#include "devices/device.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -30,6 +31,12 @@ struct run_opts {
 	const char *incoming;
 	bool dirty_ring;
 	bool help;
+	/* --disk path=FILE[,readonly=on][,id=NAME]: type virtio-blk, ids default to diskN */
+	struct device_spec disks[DEV_MAX];
+	unsigned ndisks;
+	/* --disk-override id=NAME,path=FILE (restore, incoming); pointers into argv */
+	struct device_override overrides[DEV_MAX];
+	unsigned noverrides;
 };
 
 /* argv[0] is "run". Returns 0, or -EINVAL with a one-line message naming the problem. */

@@ -536,3 +536,63 @@ int serial_state_load(struct serial *s, uint32_t version, const void *p, size_t 
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 }
+
+/* ---- the UART as a device of the device model ---- */
+
+static int serial_dev_validate(void *dev, uint32_t version, const void *p, size_t len,
+			       struct errbuf *e)
+{
+	struct serial_regs staged;
+
+	(void)dev;
+	return serial_state_parse(&staged, version, p, len, e);
+}
+
+static int serial_dev_save(void *dev, struct buf *out)
+{
+	return serial_state_save(dev, out);
+}
+
+static int serial_dev_load(void *dev, uint32_t version, const void *p, size_t len,
+			   struct errbuf *e)
+{
+	return serial_state_load(dev, version, p, len, e);
+}
+
+static void serial_dev_reset(void *dev)
+{
+	struct serial *s = dev;
+
+	pthread_mutex_lock(&s->lock);
+	serial_reset(&s->r);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void serial_dev_destroy(void *dev)
+{
+	serial_destroy(dev);
+}
+
+void serial_pio(void *dev, uint64_t offset, uint8_t *data, unsigned len, bool is_write)
+{
+	struct serial *s = dev;
+
+	if (is_write)
+		serial_io_write(s, (unsigned)offset, data[0]);
+	else
+		data[0] = serial_io_read(s, (unsigned)offset);
+	for (unsigned i = 1; i < len; i++)
+		if (!is_write)
+			data[i] = 0xff;
+}
+
+/* No quiesce: a register access completes on the vCPU thread that made it. */
+const struct device_ops serial_device_ops = {
+	.name = "serial8250",
+	.version = SERIAL_STATE_VERSION,
+	.reset = serial_dev_reset,
+	.save = serial_dev_save,
+	.validate = serial_dev_validate,
+	.load = serial_dev_load,
+	.destroy = serial_dev_destroy,
+};

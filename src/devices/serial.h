@@ -10,6 +10,7 @@
 
 #include "base/buf.h"
 #include "base/util.h"
+#include "devices/device.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -39,5 +40,9 @@ int __must_check serial_state_save(struct serial *s, struct buf *out);
 /* Validates everything first, then applies; on error the device is unchanged. */
 int __must_check serial_state_load(struct serial *s, uint32_t version, const void *p, size_t len,
 				   struct errbuf *e);
+
+/* The UART in the device model: state section "serial8250", 8 ports from its base. */
+extern const struct device_ops serial_device_ops;
+dev_io_fn serial_pio;
 
 #endif

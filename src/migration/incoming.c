@@ -83,6 +83,7 @@ static int inc_config(const struct state_record *rec, struct errbuf *e)
 	struct vm_restore_config rc = { 0 };
 	struct state_config *cfg;
 	struct kvm_cpuid2 *cpuid = NULL;
+	struct device_spec *specs = NULL;
 	int ret;
 
 	if (rec->type != STATE_REC_CONFIG)
@@ -103,10 +104,19 @@ static int inc_config(const struct state_record *rec, struct errbuf *e)
 		goto out;
 	}
 	cpuid = vm_state_config_cpuid(cfg);
-	if (!cpuid) {
+	specs = calloc(STATE_MAX_DEVICES, sizeof(*specs));
+	if (!cpuid || !specs) {
 		ret = err_set(e, -ENOMEM, "out of memory");
 		goto out;
 	}
+	/* pre-flight: the disks open here with the sizes the guest saw, before the source pauses */
+	ret = vm_state_config_devices(cfg, inc.o.overrides, inc.o.noverrides, specs,
+				      &rc.ndevices, e);
+	if (ret < 0)
+		goto out;
+	rc.devices = specs;
+	/* the source holds the disks' locks until COMMIT */
+	rc.defer_claim = true;
 	rc.nvcpus = cfg->nr_vcpus;
 	rc.memory = state_config_mem_size(cfg);
 	rc.cpuid = cpuid;
@@ -119,6 +129,7 @@ static int inc_config(const struct state_record *rec, struct errbuf *e)
 		goto out;
 	ret = vm_state_config_layout_check(cfg, mig.vm, e);
 out:
+	free(specs);
 	free(cpuid);
 	free(cfg);
 	return ret;
@@ -271,6 +282,26 @@ static void inc_populate_stop(void)
 	inc.ranges = NULL;
 }
 
+/*
+ * The source flushed and released its disks' locks before it sent COMMIT; take them before
+ * the guest runs here. A lock still held after a few tries belongs to someone else: the
+ * guest then runs nowhere rather than on two hosts writing one disk.
+ */
+static int inc_claim_devices(struct errbuf *e)
+{
+	int ret = 0;
+
+	for (unsigned i = 0; i < 20; i++) {
+		ret = vm_devices_claim(mig.vm, e);
+		if (ret != -EBUSY)
+			break;
+		usleep(100 * 1000);
+	}
+	if (ret < 0)
+		return err_prefix(e, ret, "after COMMIT, the guest was not started here");
+	return 0;
+}
+
 static int inc_receive(struct errbuf *e)
 {
 	struct state_reader_opts ro = { .kind = STATE_KIND_MIGRATION, .allow_control = true,
@@ -411,6 +442,9 @@ static int inc_receive(struct errbuf *e)
 	mig_deadline_set(&inc.dl, UINT64_MAX, "after COMMIT");
 	/* straight from this thread: the vCPUs' run state has its own locking */
 	inc.t_commit = time_mono_ns();
+	ret = inc_claim_devices(e);
+	if (ret < 0)
+		return ret;
 	if (inc.o.paused) {
 		vm_start_paused(mig.vm);
 	} else {

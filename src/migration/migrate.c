@@ -988,6 +988,8 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 	atomic_store(&mig.committed, true);
 	mig.st.postcopy = mig.postcopy;
 	pthread_mutex_unlock(&mig.lock);
+	/* the disks are flushed and unlocked before the destination may take them */
+	vm_devices_release(mig.vm);
 	m = (struct mig_ctrl){ .type = MIG_MSG_COMMIT, .u64a = time_mono_ns() - mig.t_pause };
 	ret = mig_ctrl_send(mig.w, &m, e);
 	if (ret == 0)

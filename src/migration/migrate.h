@@ -121,6 +121,8 @@ struct mig_incoming_opts {
 	const char *kvm_path;
 	bool paused;   /* keep the guest paused after the handover (tests) */
 	enum vm_dirty_mode dirty;
+	const struct device_override *overrides; /* --disk-override */
+	unsigned noverrides;
 };
 
 /*

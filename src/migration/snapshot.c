@@ -13,6 +13,7 @@
 
 void vm_state_config_build(struct vm *vm, struct state_config *cfg)
 {
+	struct device_spec specs[DEV_MAX];
 	struct vm_machine m;
 	struct vm_status st;
 
@@ -33,6 +34,55 @@ void vm_state_config_build(struct vm *vm, struct state_config *cfg)
 							    c->eax, c->ebx, c->ecx, c->edx };
 	}
 	snprintf(cfg->machine, sizeof(cfg->machine), "%s", st.name);
+	cfg->nr_devices = vm_device_specs(vm, specs, ARRAY_SIZE(specs));
+	for (unsigned i = 0; i < cfg->nr_devices; i++) {
+		struct state_device *d = &cfg->devices[i];
+
+		/* each field is at least as large as the spec's */
+		memcpy(d->type, specs[i].type, sizeof(specs[i].type));
+		memcpy(d->id, specs[i].id, sizeof(specs[i].id));
+		memcpy(d->backend, specs[i].path, sizeof(specs[i].path));
+		d->size = specs[i].size;
+		d->flags = specs[i].readonly ? STATE_DEV_F_READONLY : 0;
+	}
+}
+
+int vm_state_config_devices(const struct state_config *cfg, const struct device_override *ov,
+			    unsigned nov, struct device_spec *out, unsigned *n, struct errbuf *e)
+{
+	for (unsigned k = 0; k < nov; k++) {
+		bool found = false;
+
+		for (uint32_t i = 0; i < cfg->nr_devices; i++)
+			found |= !strcmp(cfg->devices[i].id, ov[k].id);
+		if (!found)
+			return err_set(e, -ENOENT, "--disk-override id=%s: the guest has no device %s",
+				       ov[k].id, ov[k].id);
+	}
+	if (cfg->nr_devices > DEV_MAX)
+		return err_set(e, -EINVAL, "the guest has %u devices, this build builds at most %u",
+			       cfg->nr_devices, DEV_MAX);
+	for (uint32_t i = 0; i < cfg->nr_devices; i++) {
+		const struct state_device *d = &cfg->devices[i];
+		struct device_spec *sp = &out[i];
+		const char *path = d->backend;
+
+		for (unsigned k = 0; k < nov; k++)
+			if (!strcmp(ov[k].id, d->id))
+				path = ov[k].path;
+		if (strlen(d->type) > DEV_TYPE_MAX || !device_id_valid(d->id) ||
+		    strlen(path) > DEV_PATH_MAX)
+			return err_set(e, -EINVAL, "device %s (%s) is not one this build can name",
+				       d->id, d->type);
+		memset(sp, 0, sizeof(*sp));
+		memcpy(sp->type, d->type, strlen(d->type));
+		memcpy(sp->id, d->id, strlen(d->id));
+		memcpy(sp->path, path, strlen(path));
+		sp->readonly = d->flags & STATE_DEV_F_READONLY;
+		sp->size = d->size;
+	}
+	*n = cfg->nr_devices;
+	return 0;
 }
 
 struct kvm_cpuid2 *vm_state_config_cpuid(const struct state_config *cfg)
@@ -175,6 +225,7 @@ int vm_snapshot_restore(struct vm **out, struct evloop *loop, const char *dir,
 	const struct state_config *cfg;
 	struct vm_section *secs = NULL;
 	struct kvm_cpuid2 *cpuid = NULL;
+	struct device_spec *specs = NULL;
 	struct vm *vm = NULL;
 	size_t n;
 	int ret;
@@ -186,10 +237,15 @@ int vm_snapshot_restore(struct vm **out, struct evloop *loop, const char *dir,
 	cpuid = vm_state_config_cpuid(cfg);
 	n = snapshot_section_count(r);
 	secs = calloc(n ? n : 1, sizeof(*secs));
-	if (!cpuid || !secs) {
+	specs = calloc(STATE_MAX_DEVICES, sizeof(*specs));
+	if (!cpuid || !secs || !specs) {
 		ret = err_set(e, -ENOMEM, "out of memory");
 		goto out;
 	}
+	ret = vm_state_config_devices(cfg, o->overrides, o->noverrides, specs, &rc.ndevices, e);
+	if (ret < 0)
+		goto out;
+	rc.devices = specs;
 	snprintf(rc.name, sizeof(rc.name), "%s", o->name ? o->name : cfg->machine);
 	rc.nvcpus = cfg->nr_vcpus;
 	rc.memory = state_config_mem_size(cfg);
@@ -221,6 +277,7 @@ out:
 	if (vm)
 		vm_destroy(vm);
 	free(secs);
+	free(specs);
 	free(cpuid);
 	snapshot_close(r);
 	return ret;

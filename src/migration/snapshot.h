@@ -38,6 +38,8 @@ struct vm_restore_opts {
 	const char *serial_path;
 	const char *kvm_path;
 	enum vm_dirty_mode dirty;
+	const struct device_override *overrides; /* --disk-override */
+	unsigned noverrides;
 };
 
 /* Builds a paused, not yet started VM from the snapshot in dir. */
@@ -46,6 +48,13 @@ int __must_check vm_snapshot_restore(struct vm **out, struct evloop *loop, const
 
 /* The CONFIG record describing vm (memory layout, vCPUs, CPUID, name). */
 void vm_state_config_build(struct vm *vm, struct state_config *cfg);
+/*
+ * The devices a CONFIG record lists, as the VMM builds them, each override's path put in
+ * place; an override naming no device is refused. out holds STATE_MAX_DEVICES entries.
+ */
+int __must_check vm_state_config_devices(const struct state_config *cfg,
+					 const struct device_override *ov, unsigned nov,
+					 struct device_spec *out, unsigned *n, struct errbuf *e);
 /* The CPUID of a CONFIG record as KVM takes it; malloc'ed. */
 struct kvm_cpuid2 *vm_state_config_cpuid(const struct state_config *cfg);
 /* Checks that a VM restored from cfg would get the same memory layout. */

@@ -81,6 +81,11 @@ static void print_config(struct inspect *in, const struct state_config *c)
 		fprintf(in->out, "    region %" PRIu32 ": gpa 0x%" PRIx64 "-0x%" PRIx64 " (%s)\n", i,
 			c->regions[i].gpa, c->regions[i].gpa + c->regions[i].size - 1,
 			fmt_bytes(c->regions[i].size, b, sizeof(b)));
+	for (uint32_t i = 0; i < c->nr_devices; i++)
+		fprintf(in->out, "    device %s \"%s\": %s, %s%s\n", c->devices[i].type,
+			c->devices[i].id, c->devices[i].backend,
+			fmt_bytes(c->devices[i].size, b, sizeof(b)),
+			c->devices[i].flags & STATE_DEV_F_READONLY ? ", readonly" : "");
 }
 
 static void inspect_section(struct inspect *in, const struct state_record *rec)

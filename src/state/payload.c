@@ -124,9 +124,51 @@ static int get_string(struct buf_reader *r, const char *what, char *out, uint32_
 
 /* ---- CONFIG ---- */
 
+/* At most STATE_PATH_MAX bytes, no control characters (may be empty). */
+static int state_path_check(const char *what, const char *p, struct errbuf *e)
+{
+	size_t n = strnlen(p, STATE_PATH_MAX + 1);
+
+	if (n > STATE_PATH_MAX)
+		return err_set(e, -EINVAL, "%s is longer than %u bytes", what, STATE_PATH_MAX);
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)p[i] < 0x20 || p[i] == 0x7f)
+			return err_set(e, -EINVAL, "%s has a control character 0x%02x", what,
+				       (unsigned char)p[i]);
+	return 0;
+}
+
+static int state_devices_validate(const struct state_config *c, struct errbuf *e)
+{
+	int ret;
+
+	if (c->nr_devices > STATE_MAX_DEVICES)
+		return err_set(e, -EINVAL, "config: %" PRIu32 " devices (at most %u)", c->nr_devices,
+			       STATE_MAX_DEVICES);
+	for (uint32_t i = 0; i < c->nr_devices; i++) {
+		const struct state_device *d = &c->devices[i];
+
+		ret = state_name_check("config: device type", d->type, e);
+		if (ret == 0)
+			ret = state_name_check("config: device id", d->id, e);
+		if (ret == 0)
+			ret = state_path_check("config: device backend", d->backend, e);
+		if (ret)
+			return ret;
+		if (d->flags & ~STATE_DEV_F_READONLY)
+			return err_set(e, -EINVAL, "config: device %s has unknown flags 0x%" PRIx32,
+				       d->id, d->flags);
+		for (uint32_t j = 0; j < i; j++)
+			if (!strcmp(c->devices[j].id, d->id))
+				return err_set(e, -EINVAL, "config: device id %s appears twice", d->id);
+	}
+	return 0;
+}
+
 int state_config_validate(const struct state_config *c, struct errbuf *e)
 {
 	size_t n;
+	int ret;
 
 	if (c->nr_vcpus < 1 || c->nr_vcpus > STATE_MAX_VCPUS)
 		return err_set(e, -EINVAL, "config: %" PRIu32 " vCPUs (supported: 1..%u)",
@@ -186,16 +228,10 @@ int state_config_validate(const struct state_config *c, struct errbuf *e)
 			return err_set(e, -EINVAL,
 				       "config: machine name has a byte 0x%02x that is not printable",
 				       (unsigned char)c->machine[i]);
-	n = strnlen(c->kernel, sizeof(c->kernel));
-	if (n > STATE_PATH_MAX)
-		return err_set(e, -EINVAL, "config: kernel path is longer than %u bytes",
-			       STATE_PATH_MAX);
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)c->kernel[i] < 0x20 || c->kernel[i] == 0x7f)
-			return err_set(e, -EINVAL,
-				       "config: kernel path has a control character 0x%02x",
-				       (unsigned char)c->kernel[i]);
-	return 0;
+	ret = state_path_check("config: kernel path", c->kernel, e);
+	if (ret)
+		return ret;
+	return state_devices_validate(c, e);
 }
 
 int state_config_encode(const struct state_config *c, struct buf *out, struct errbuf *e)
@@ -228,6 +264,16 @@ int state_config_encode(const struct state_config *c, struct buf *out, struct er
 		buf_put_u32(out, c->caps[i]);
 	buf_put_blob(out, c->machine, (uint32_t)strlen(c->machine));
 	buf_put_blob(out, c->kernel, (uint32_t)strlen(c->kernel));
+	buf_put_u32(out, c->nr_devices);
+	for (uint32_t i = 0; i < c->nr_devices; i++) {
+		const struct state_device *d = &c->devices[i];
+
+		buf_put_blob(out, d->type, (uint32_t)strlen(d->type));
+		buf_put_blob(out, d->id, (uint32_t)strlen(d->id));
+		buf_put_blob(out, d->backend, (uint32_t)strlen(d->backend));
+		buf_put_u64(out, d->size);
+		buf_put_u32(out, d->flags);
+	}
 	if (buf_status(out))
 		return err_set(e, -ENOMEM, "config: out of memory encoding");
 	return 0;
@@ -279,6 +325,27 @@ int state_config_decode(const void *p, size_t len, struct state_config *c, struc
 	ret = get_string(&r, "config: kernel path", c->kernel, STATE_PATH_MAX, e);
 	if (ret)
 		return ret;
+	c->nr_devices = buf_get_u32(&r);
+	if (!buf_reader_ok(&r))
+		return err_set(e, -EBADMSG, "config: payload truncated (%zu bytes)", len);
+	if (c->nr_devices > STATE_MAX_DEVICES)
+		return err_set(e, -EBADMSG, "config: %" PRIu32 " devices (at most %u)",
+			       c->nr_devices, STATE_MAX_DEVICES);
+	for (uint32_t i = 0; i < c->nr_devices; i++) {
+		struct state_device *d = &c->devices[i];
+
+		ret = get_string(&r, "config: device type", d->type, STATE_NAME_MAX, e);
+		if (ret == 0)
+			ret = get_string(&r, "config: device id", d->id, STATE_NAME_MAX, e);
+		if (ret == 0)
+			ret = get_string(&r, "config: device backend", d->backend, STATE_PATH_MAX, e);
+		if (ret)
+			return ret;
+		d->size = buf_get_u64(&r);
+		d->flags = buf_get_u32(&r);
+		if (!buf_reader_ok(&r))
+			return err_set(e, -EBADMSG, "config: device %" PRIu32 " truncated", i);
+	}
 	if (!buf_reader_done(&r))
 		return err_set(e, -EBADMSG, "config: %zu unexpected bytes after the payload",
 			       buf_reader_left(&r));

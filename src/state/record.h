@@ -88,6 +88,21 @@ struct state_cpuid_entry {
 	uint32_t eax, ebx, ecx, edx;
 };
 
+/*
+ * A device the guest was given, so a receiver builds it (and refuses what it cannot build)
+ * before any state arrives. type, id and backend mean what the VMM's device model says.
+ */
+#define STATE_MAX_DEVICES 16u
+#define STATE_DEV_F_READONLY 1u
+
+struct state_device {
+	char type[STATE_NAME_MAX + 1];	 /* "virtio-blk" */
+	char id[STATE_NAME_MAX + 1];	 /* "disk0" */
+	char backend[STATE_PATH_MAX + 1]; /* the file on the writing host */
+	uint64_t size;			 /* the backend's size the guest was given */
+	uint32_t flags;			 /* STATE_DEV_F_* */
+};
+
 struct state_config {
 	uint64_t flags; /* defined and checked by the VMM; carried unchanged */
 	uint32_t nr_vcpus;
@@ -99,13 +114,16 @@ struct state_config {
 	uint32_t caps[STATE_MAX_CAPS]; /* KVM_CAP_* ids / features the guest relies on */
 	char machine[STATE_NAME_MAX + 1];
 	char kernel[STATE_PATH_MAX + 1]; /* informational */
+	uint32_t nr_devices;
+	struct state_device devices[STATE_MAX_DEVICES];
 };
 
 /*
  * Validation: 1..64 vCPUs; 1..4 regions, page-aligned, non-empty, below 2^52, not
  * overlapping; up to 256 CPUID entries without duplicate (function, index); up to 64
  * capabilities without duplicates; a printable machine name of at most 63 bytes; a kernel
- * path of at most 4095 bytes without control characters.
+ * path of at most 4095 bytes without control characters; up to 16 devices with printable
+ * type and id (ids unique), a backend path without control characters, known flags.
  */
 int __must_check state_config_validate(const struct state_config *cfg, struct errbuf *e);
 /* Validates, then appends the CONFIG payload to out. */

@@ -111,20 +111,29 @@ int64_t guest_mem_offset(struct guest_mem *m, uint64_t gpa)
 	return -1;
 }
 
+void guest_mem_mark_dirty(struct guest_mem *m, uint64_t gpa, uint64_t len)
+{
+	uint8_t *host = guest_mem_ptr(m, gpa, len);
+	uint64_t first, last;
+
+	if (!host || !len)
+		return;
+	first = (uint64_t)(host - m->base) >> GUEST_PAGE_SHIFT;
+	last = ((uint64_t)(host - m->base) + len - 1) >> GUEST_PAGE_SHIFT;
+	for (uint64_t pg = first; pg <= last; pg++)
+		atomic_fetch_or(&m->vmm_dirty[pg / 64], 1ull << (pg % 64));
+}
+
 int guest_mem_write(struct guest_mem *m, uint64_t gpa, const void *p, size_t len)
 {
 	uint8_t *dst = guest_mem_ptr(m, gpa, len);
-	uint64_t first, last;
 
 	if (!dst)
 		return -EFAULT;
 	if (!len)
 		return 0;
 	memcpy(dst, p, len);
-	first = (uint64_t)(dst - m->base) >> GUEST_PAGE_SHIFT;
-	last = ((uint64_t)(dst - m->base) + len - 1) >> GUEST_PAGE_SHIFT;
-	for (uint64_t pg = first; pg <= last; pg++)
-		atomic_fetch_or(&m->vmm_dirty[pg / 64], 1ull << (pg % 64));
+	guest_mem_mark_dirty(m, gpa, len);
 	return 0;
 }
 

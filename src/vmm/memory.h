@@ -75,6 +75,11 @@ void guest_mem_touched_map(struct guest_mem *m, const void *host, uint64_t npage
 void *guest_mem_ptr(struct guest_mem *m, uint64_t gpa, uint64_t len);
 /* Flat RAM offset of gpa, or -1 if gpa is not RAM */
 int64_t guest_mem_offset(struct guest_mem *m, uint64_t gpa);
+/*
+ * Marks the pages of [gpa, gpa+len) in the VMM dirty bitmap (a write the VMM or a device
+ * made, after making it). Ranges outside RAM are ignored.
+ */
+void guest_mem_mark_dirty(struct guest_mem *m, uint64_t gpa, uint64_t len);
 /* Copies into guest RAM and marks the pages in the VMM dirty bitmap. */
 int __must_check guest_mem_write(struct guest_mem *m, uint64_t gpa, const void *p, size_t len);
 int __must_check guest_mem_read(struct guest_mem *m, uint64_t gpa, void *p, size_t len);

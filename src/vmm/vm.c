@@ -24,7 +24,6 @@
 #define VM_PAUSE_TIMEOUT_MS 5000
 #define SERIAL_PORT_BASE 0x3f8
 #define SERIAL_IRQ 4
-#define VM_MAX_DEVICES 16
 
 const char *vm_state_name(enum vm_state st)
 {
@@ -38,24 +37,6 @@ const char *vm_state_name(enum vm_state st)
 	case VM_STATE_HANDED_OVER: return "handed-over";
 	}
 	return "unknown";
-}
-
-int vm_device_register(struct vm *vm, const struct vm_device_ops *ops, const char *instance,
-		       void *opaque)
-{
-	struct vm_device_entry *d;
-
-	if (vm->ndevices >= VM_MAX_DEVICES)
-		return -ENOSPC;
-	for (unsigned i = 0; i < vm->ndevices; i++)
-		if (!strcmp(vm->devices[i].ops->name, ops->name) &&
-		    !strcmp(vm->devices[i].instance, instance))
-			return -EEXIST;
-	d = &vm->devices[vm->ndevices++];
-	d->ops = ops;
-	snprintf(d->instance, sizeof(d->instance), "%s", instance);
-	d->opaque = opaque;
-	return 0;
 }
 
 /* ---- serial console ---- */
@@ -78,38 +59,6 @@ static void vm_serial_output(void *opaque, const uint8_t *p, size_t n)
 		console_write(vm->console, p, n);
 }
 
-static void vm_serial_pio(void *opaque, uint64_t offset, uint8_t *data, unsigned len,
-			  bool is_write)
-{
-	struct serial *s = opaque;
-
-	if (is_write)
-		serial_io_write(s, (unsigned)offset, data[0]);
-	else
-		data[0] = serial_io_read(s, (unsigned)offset);
-	for (unsigned i = 1; i < len; i++)
-		if (!is_write)
-			data[i] = 0xff;
-}
-
-static int vm_serial_save(void *opaque, struct buf *out)
-{
-	return serial_state_save(opaque, out);
-}
-
-static int vm_serial_load(void *opaque, uint32_t version, const void *p, size_t len,
-			  struct errbuf *e)
-{
-	return serial_state_load(opaque, version, p, len, e);
-}
-
-static const struct vm_device_ops vm_serial_dev = {
-	.name = "serial8250",
-	.version = SERIAL_STATE_VERSION,
-	.save = vm_serial_save,
-	.load = vm_serial_load,
-};
-
 static void vm_stdin_cb(struct evloop *loop, int fd, uint32_t events, void *opaque)
 {
 	struct vm *vm = opaque;
@@ -130,6 +79,7 @@ static int vm_serial_setup(struct vm *vm, const struct vm_config *cfg, struct er
 {
 	static const struct serial_ops ops = { .irq_set = vm_serial_irq,
 					       .output = vm_serial_output };
+	struct device_info dev;
 	int ret;
 
 	vm->serial_fd = -1;
@@ -156,13 +106,15 @@ static int vm_serial_setup(struct vm *vm, const struct vm_config *cfg, struct er
 	ret = serial_create(&vm->serial, &ops, vm);
 	if (ret < 0)
 		return err_set(e, ret, "create serial device: %s", strerror(-ret));
-	ret = iobus_register(&vm->iobus, IOBUS_PIO, SERIAL_PORT_BASE, 8, vm_serial_pio,
-			     vm->serial);
-	if (ret < 0)
-		return err_set(e, ret, "register serial ports: %s", strerror(-ret));
-	ret = vm_device_register(vm, &vm_serial_dev, "io:3f8", vm->serial);
-	if (ret < 0)
-		return err_set(e, ret, "register serial state: %s", strerror(-ret));
+	dev = (struct device_info){ .ops = &serial_device_ops, .dev = vm->serial,
+				    .io_kind = DEV_IO_PIO, .io_base = SERIAL_PORT_BASE, .io_len = 8,
+				    .io_fn = serial_pio, .instance = "io:3f8" };
+	ret = vm_device_attach(vm, &dev, e);
+	if (ret < 0) {
+		serial_destroy(vm->serial);
+		vm->serial = NULL;
+		return ret;
+	}
 	if (cfg->serial == VM_SERIAL_STDIO && isatty(STDIN_FILENO)) {
 		/*
 		 * Keyboard input reaches the guest; never for pipes or /dev/null. O_NONBLOCK is
@@ -247,12 +199,17 @@ static int vm_kernel_load(struct vm *vm, const struct vm_config *cfg, struct boo
 		.nranges = vm->mem.nregions,
 		.nvcpus = vm->nvcpus,
 	};
+	char cmdline[BOOT_CMDLINE_MAX];
 	int ret;
 
 	for (unsigned i = 0; i < vm->mem.nregions; i++)
 		ranges[i] = (struct boot_ram_range){ vm->mem.regions[i].gpa,
 						     vm->mem.regions[i].size };
-	ret = boot_load_files(&m, cfg->kernel, cfg->initrd, cfg->cmdline ? cfg->cmdline : "", k, e);
+	snprintf(cmdline, sizeof(cmdline), "%s", cfg->cmdline ? cfg->cmdline : "");
+	ret = vm_devices_cmdline(vm, cmdline, sizeof(cmdline), e);
+	if (ret < 0)
+		return ret;
+	ret = boot_load_files(&m, cfg->kernel, cfg->initrd, cmdline, k, e);
 	if (ret < 0)
 		return ret;
 	log_debug("kernel %s: %s, entry 0x%llx%s", cfg->kernel, k->format,
@@ -269,6 +226,9 @@ struct vm_build_args {
 	const char *kvm_path;
 	const struct kvm_cpuid2 *cpuid; /* NULL: what this host supports */
 	enum vm_dirty_mode dirty;
+	const struct device_spec *devices;
+	unsigned ndevices;
+	bool claim; /* take the devices' backend locks now */
 };
 
 static int vm_vcpu_cpuid_setup(struct vcpu *v, void *arg)
@@ -398,6 +358,9 @@ static int vm_build_into(struct vm *vm, const struct vm_build_args *a, struct er
 	ret = vm_legacy_setup(vm, e);
 	if (ret < 0)
 		return ret;
+	ret = vm_devices_create(vm, a->devices, a->ndevices, a->claim, e);
+	if (ret < 0)
+		return ret;
 	vm->dirty_mode = a->dirty;
 	ret = vm_dirty_setup(vm, a->nvcpus, e);
 	if (ret < 0)
@@ -458,6 +421,9 @@ int vm_create(struct vm **out, struct evloop *loop, const struct vm_config *cfg,
 		.serial_path = cfg->serial_path,
 		.kvm_path = cfg->kvm_path,
 		.dirty = cfg->dirty,
+		.devices = cfg->devices,
+		.ndevices = cfg->ndevices,
+		.claim = true,
 	};
 	struct vm_boot_arg boot = { .e = e };
 	struct vm *vm = NULL;
@@ -492,6 +458,9 @@ static struct vm_build_args vm_restore_args(const struct vm_restore_config *cfg,
 		.kvm_path = cfg->kvm_path,
 		.cpuid = cfg->cpuid,
 		.dirty = cfg->dirty,
+		.devices = cfg->devices,
+		.ndevices = cfg->ndevices,
+		.claim = !cfg->defer_claim,
 	};
 }
 
@@ -597,6 +566,7 @@ int vm_start(struct vm *vm, struct errbuf *e)
 	vm->start_ns = time_mono_ns();
 	vm->state = VM_STATE_RUNNING;
 	pthread_mutex_unlock(&vm->lock);
+	vm_devices_resume(vm);
 	ret = vm_vcpus_request(vm, VCPU_RUNNING, e);
 	pthread_mutex_unlock(&vm->run_lock);
 	return ret;
@@ -644,8 +614,12 @@ static int vm_run_change(struct vm *vm, bool pause, bool owner, struct errbuf *e
 		vm->state = VM_STATE_RUNNING;
 	}
 	pthread_mutex_unlock(&vm->lock);
+	if (!pause)
+		vm_devices_resume(vm);
 	ret = vm_vcpus_request(vm, pause ? VCPU_PAUSED : VCPU_RUNNING, e);
 	if (pause && ret == 0) {
+		/* with no vCPU left to queue work: complete every request taken, flush the disks */
+		vm_devices_quiesce(vm);
 		pthread_mutex_lock(&vm->lock);
 		vm->state = VM_STATE_PAUSED;
 		vm->paused_since_ns = time_mono_ns();
@@ -839,8 +813,8 @@ void vm_destroy(struct vm *vm)
 			vcpu_destroy(&vm->vcpus[i]);
 	if (vm->dirty)
 		dirty_tracker_destroy(vm->dirty);
-	if (vm->serial)
-		serial_destroy(vm->serial);
+	/* after the vCPUs, before the memory their I/O threads use and the UART's console */
+	vm_devices_destroy(vm);
 	console_destroy(vm->console);
 	vm_legacy_destroy(vm);
 	if (vm->serial_fd_owned && vm->serial_fd >= 0)

@@ -10,6 +10,7 @@
 #include "base/buf.h"
 #include "base/evloop.h"
 #include "base/util.h"
+#include "devices/device.h"
 
 #include <linux/kvm.h>
 #include <stdbool.h>
@@ -69,6 +70,8 @@ struct vm_config {
 	const char *serial_path; /* for VM_SERIAL_FILE */
 	const char *kvm_path;    /* normally /dev/kvm */
 	enum vm_dirty_mode dirty;
+	const struct device_spec *devices; /* --disk ...: built, claimed, announced to the kernel */
+	unsigned ndevices;
 };
 
 /* Creates the VM, loads the kernel and prepares the boot vCPU; vCPUs stay paused. */
@@ -82,18 +85,24 @@ void vm_destroy(struct vm *vm);
 int vm_exit_code(struct vm *vm);
 
 /*
- * The device registry: each device registers its state section (name, instance,
- * version) with save and load hooks that live in the device's own file.
+ * The device registry (vm_devices.c). Every device, the UART included, is attached through
+ * one interface: its I/O window goes on the bus and its state section into the registry;
+ * the VM then drives it only through its struct device_ops (quiesce at every pause, resume
+ * before the vCPUs run, save/validate/load with the VM's sections, destroy).
  */
-struct vm_device_ops {
-	const char *name;
-	uint32_t version;
-	int (*save)(void *opaque, struct buf *out);
-	int (*load)(void *opaque, uint32_t version, const void *p, size_t len, struct errbuf *e);
-};
-
-int __must_check vm_device_register(struct vm *vm, const struct vm_device_ops *ops,
-				    const char *instance, void *opaque);
+int __must_check vm_device_attach(struct vm *vm, const struct device_info *d, struct errbuf *e);
+/*
+ * Only the state section, for a device whose I/O ports the caller wires itself (the legacy
+ * PC ports of vm_legacy.c); ops without quiesce, validate or destroy are fine.
+ */
+int __must_check vm_device_register(struct vm *vm, const struct device_ops *ops,
+				    const char *instance, void *dev, struct errbuf *e);
+/* The configurable devices as they would be rebuilt elsewhere (for CONFIG); returns the count. */
+unsigned vm_device_specs(struct vm *vm, struct device_spec *out, unsigned max);
+/* Takes every device's backend lock: before the guest runs on this host. */
+int __must_check vm_devices_claim(struct vm *vm, struct errbuf *e);
+/* Flushes and releases every backend: at a migration's COMMIT on the source. */
+void vm_devices_release(struct vm *vm);
 
 /* ---- state for snapshots, migration and digests (vm_sections.c) ---- */
 
@@ -152,6 +161,9 @@ struct vm_restore_config {
 	const char *serial_path;
 	const char *kvm_path;
 	enum vm_dirty_mode dirty;
+	const struct device_spec *devices; /* from CONFIG, paths overridden where asked */
+	unsigned ndevices;
+	bool defer_claim; /* incoming: backends are claimed after COMMIT (vm_devices_claim) */
 };
 int __must_check vm_create_restore(struct vm **out, struct evloop *loop,
 				   const struct vm_restore_config *cfg, struct errbuf *e);

@@ -20,10 +20,22 @@ struct dirty_tracker;
 #define VM_DIRTY_RING_BYTES (1024u * 1024)
 
 struct vm_device_entry {
-	const struct vm_device_ops *ops;
+	const struct device_ops *ops;
 	char instance[64];
 	void *opaque;
+	const struct device_type *type; /* configurable devices only (CONFIG lists them) */
+	uint64_t mmio_base;
+	uint64_t mmio_len;
+	unsigned gsi;
+	bool virtio_mmio;
 };
+
+#define VM_MAX_DEVICES 16 /* the UART and up to DEV_MAX configurable devices */
+
+/* Configurable devices: 4 KiB MMIO windows in the 3-4 GiB hole, IOAPIC pins 16-23. */
+#define VM_DEV_MMIO_BASE 0xd0000000ull
+#define VM_DEV_MMIO_STRIDE 0x1000ull
+#define VM_DEV_GSI_BASE 16u
 
 struct vm {
 	char name[VM_NAME_MAX];
@@ -69,6 +81,15 @@ struct vm {
 /* The legacy port devices (vm_legacy.c). */
 int vm_legacy_setup(struct vm *vm, struct errbuf *e);
 void vm_legacy_destroy(struct vm *vm);
+
+/* vm_devices.c */
+int vm_devices_create(struct vm *vm, const struct device_spec *specs, unsigned n, bool claim,
+		      struct errbuf *e);
+/* Appends " virtio_mmio.device=..." for each virtio-mmio device to cmdline (size bytes). */
+int vm_devices_cmdline(struct vm *vm, char *cmdline, size_t size, struct errbuf *e);
+void vm_devices_quiesce(struct vm *vm);
+void vm_devices_resume(struct vm *vm);
+void vm_devices_destroy(struct vm *vm);
 
 int vm_dirty_setup(struct vm *vm, unsigned nvcpus, struct errbuf *e);
 int vm_dirty_vcpu_setup(struct vm *vm, struct vcpu *v, struct errbuf *e);

@@ -71,7 +71,7 @@ static int vm_i8042_load(void *opaque, uint32_t version, const void *p, size_t l
 	return i8042_state_load(opaque, version, p, len, e);
 }
 
-static const struct vm_device_ops vm_i8042_dev = {
+static const struct device_ops vm_i8042_dev = {
 	.name = "i8042",
 	.version = I8042_STATE_VERSION,
 	.save = vm_i8042_save,
@@ -95,7 +95,7 @@ static int vm_pci_cfg_load(void *opaque, uint32_t version, const void *p, size_t
 	return pci_cfg_state_load(opaque, version, p, len, e);
 }
 
-static const struct vm_device_ops vm_pci_cfg_dev = {
+static const struct device_ops vm_pci_cfg_dev = {
 	.name = "pci-cfg",
 	.version = PCI_CFG_STATE_VERSION,
 	.save = vm_pci_cfg_save,
@@ -136,11 +136,11 @@ int vm_legacy_setup(struct vm *vm, struct errbuf *e)
 				     vm_sleep_pio, &l->sleep);
 	if (ret < 0)
 		return err_set(e, ret, "register legacy device ports: %s", strerror(-ret));
-	ret = vm_device_register(vm, &vm_i8042_dev, "io:60", l->i8042);
+	ret = vm_device_register(vm, &vm_i8042_dev, "io:60", l->i8042, e);
 	if (!ret)
-		ret = vm_device_register(vm, &vm_pci_cfg_dev, "io:cf8", &l->pci);
+		ret = vm_device_register(vm, &vm_pci_cfg_dev, "io:cf8", &l->pci, e);
 	if (ret < 0)
-		return err_set(e, ret, "register legacy device state: %s", strerror(-ret));
+		return err_prefix(e, ret, "register legacy device state");
 	return 0;
 }
 

@@ -199,6 +199,10 @@ static int vm_section_classify(struct vm *vm, struct vm_load_plan *p, const stru
 		if (s->version != d->ops->version)
 			return err_set(e, -EINVAL, "section %s@%s has version %u, this build reads %u",
 				       s->name, s->instance, s->version, d->ops->version);
+		ret = d->ops->validate ? d->ops->validate(d->opaque, s->version, s->data, s->len, e) :
+					 0;
+		if (ret < 0)
+			return err_prefix(e, ret, "section %s@%s", s->name, s->instance);
 		return vm_section_dup(&p->devices[i], s, e);
 	}
 	return err_set(e, -EINVAL, "unknown section %s@%s", s->name, s->instance);
