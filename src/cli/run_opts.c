@@ -198,12 +198,10 @@ static int run_override_kv(void *ctx, const char *k, const char *v, struct errbu
 	return err_set(e, -EINVAL, "--disk-override: unknown key '%s' (id, path)", k);
 }
 
-/* The id and path are checked on a copy; the override points into argv. */
-static int run_override_parse(struct run_opts *o, char *arg, struct errbuf *e)
+static int run_override_parse(struct run_opts *o, const char *arg, struct errbuf *e)
 {
-	struct device_spec d = { 0 };
+	struct device_spec *d = &o->override_specs[o->noverrides];
 	char copy[DEV_PATH_MAX + 64];
-	const char *id, *path;
 	int ret;
 
 	if (o->noverrides >= DEV_MAX)
@@ -211,21 +209,16 @@ static int run_override_parse(struct run_opts *o, char *arg, struct errbuf *e)
 	if (strlen(arg) >= sizeof(copy))
 		return err_set(e, -EINVAL, "--disk-override: value too long");
 	strcpy(copy, arg);
-	ret = run_kv_each("--disk-override", copy, run_override_kv, &d, e);
+	memset(d, 0, sizeof(*d));
+	ret = run_kv_each("--disk-override", copy, run_override_kv, d, e);
 	if (ret < 0)
 		return ret;
-	if (!d.id[0] || !d.path[0])
+	if (!d->id[0] || !d->path[0])
 		return err_set(e, -EINVAL, "--disk-override %s: use id=NAME,path=FILE", arg);
 	for (unsigned i = 0; i < o->noverrides; i++)
-		if (!strcmp(o->overrides[i].id, d.id))
-			return err_set(e, -EINVAL, "--disk-override: id %s given twice", d.id);
-	/* the same split on argv itself, so the strings live as long as the process */
-	id = strstr(arg, "id=") == arg ? arg + 3 : strstr(arg, ",id=") + 4;
-	path = strstr(arg, "path=") == arg ? arg + 5 : strstr(arg, ",path=") + 6;
-	for (char *c = arg; *c; c++)
-		if (*c == ',')
-			*c = '\0';
-	o->overrides[o->noverrides++] = (struct device_override){ id, path };
+		if (!strcmp(o->overrides[i].id, d->id))
+			return err_set(e, -EINVAL, "--disk-override: id %s given twice", d->id);
+	o->overrides[o->noverrides++] = (struct device_override){ d->id, d->path };
 	return 0;
 }
 

@@ -34,8 +34,9 @@ struct run_opts {
 	/* --disk path=FILE[,readonly=on][,id=NAME]: type virtio-blk, ids default to diskN */
 	struct device_spec disks[DEV_MAX];
 	unsigned ndisks;
-	/* --disk-override id=NAME,path=FILE (restore, incoming); pointers into argv */
+	/* --disk-override id=NAME,path=FILE (restore, incoming); pointing into override_specs */
 	struct device_override overrides[DEV_MAX];
+	struct device_spec override_specs[DEV_MAX];
 	unsigned noverrides;
 };
 
