@@ -129,6 +129,61 @@ static void test_errors(void **state)
 			   "--name", ""), &e, "--name");
 }
 
+static void test_disks(void **state)
+{
+	struct run_opts o;
+	struct errbuf e;
+
+	(void)state;
+	assert_int_equal(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			       "--disk", "path=/a.img", "--disk", "id=data,path=/b.img,readonly=on",
+			       "--disk", "path=/c.img,readonly=off"), 0);
+	assert_int_equal(o.ndisks, 3);
+	assert_string_equal(o.disks[0].type, "virtio-blk");
+	assert_string_equal(o.disks[0].id, "disk0");
+	assert_string_equal(o.disks[0].path, "/a.img");
+	assert_false(o.disks[0].readonly);
+	assert_string_equal(o.disks[1].id, "data");
+	assert_string_equal(o.disks[1].path, "/b.img");
+	assert_true(o.disks[1].readonly);
+	assert_string_equal(o.disks[2].id, "disk2");
+	assert_int_equal(PARSE(&o, &e, "--restore", "d", "--api-socket", "s", "--disk-override",
+			       "id=disk0,path=/x.img", "--disk-override", "path=/y.img,id=data"), 0);
+	assert_int_equal(o.noverrides, 2);
+	assert_string_equal(o.overrides[0].id, "disk0");
+	assert_string_equal(o.overrides[0].path, "/x.img");
+	assert_string_equal(o.overrides[1].id, "data");
+	assert_string_equal(o.overrides[1].path, "/y.img");
+
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--disk", "readonly=on"), &e, "path=FILE is required");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--disk", "path=/a,readonly=yes"), &e, "readonly=yes");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--disk", "path=/a,format=qcow2"), &e, "unknown key 'format'");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--disk", "path=/a,id=a b"), &e, "id 'a b'");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--disk", "/a.img"), &e, "not KEY=VALUE");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--disk", "path=/a", "--disk", "path=/b,id=disk0"), &e,
+		     "two disks are called disk0");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--disk", "path=/a", "--disk", "path=/a", "--disk", "path=/a",
+			   "--disk", "path=/a", "--disk", "path=/a", "--disk", "path=/a",
+			   "--disk", "path=/a", "--disk", "path=/a", "--disk", "path=/a"), &e,
+		     "at most 8");
+	expect_error(PARSE(&o, &e, "--restore", "d", "--api-socket", "s", "--disk", "path=/a"), &e,
+		     "--disk needs --kernel");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--disk-override", "id=disk0,path=/a"), &e, "needs --restore");
+	expect_error(PARSE(&o, &e, "--incoming", "unix:/x", "--api-socket", "s",
+			   "--disk-override", "id=disk0"), &e, "id=NAME,path=FILE");
+	expect_error(PARSE(&o, &e, "--incoming", "unix:/x", "--api-socket", "s",
+			   "--disk-override", "id=d,path=/a", "--disk-override", "id=d,path=/b"), &e,
+		     "given twice");
+}
+
 static void test_uri(void **state)
 {
 	struct mig_uri u;
@@ -159,6 +214,7 @@ int main(void)
 		cmocka_unit_test(test_boot_ok),
 		cmocka_unit_test(test_restore_incoming_ok),
 		cmocka_unit_test(test_errors),
+		cmocka_unit_test(test_disks),
 		cmocka_unit_test(test_uri),
 	};
 

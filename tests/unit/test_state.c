@@ -125,6 +125,14 @@ static void assert_config_equal(const struct state_config *a, const struct state
 	assert_memory_equal(a->caps, b->caps, a->nr_caps * sizeof(a->caps[0]));
 	assert_string_equal(a->machine, b->machine);
 	assert_string_equal(a->kernel, b->kernel);
+	assert_int_equal(a->nr_devices, b->nr_devices);
+	for (uint32_t i = 0; i < a->nr_devices; i++) {
+		assert_string_equal(a->devices[i].type, b->devices[i].type);
+		assert_string_equal(a->devices[i].id, b->devices[i].id);
+		assert_string_equal(a->devices[i].backend, b->devices[i].backend);
+		assert_int_equal(a->devices[i].size, b->devices[i].size);
+		assert_int_equal(a->devices[i].flags, b->devices[i].flags);
+	}
 }
 
 /* Page contents derivable from the address, so a reader can check each page. */
@@ -706,6 +714,52 @@ static void test_config_validation(void **state)
 				  "1 unexpected bytes");
 	}
 	buf_free(&b);
+}
+
+/* The device list of CONFIG: round trip, truncation, and what validation refuses. */
+static void test_config_devices(void **state)
+{
+	struct state_config *c = calloc(2, sizeof(*c)), *d = c + 1;
+	struct buf b;
+	struct errbuf e;
+
+	(void)state;
+	make_config(c);
+	c->nr_devices = 2;
+	c->devices[0] = (struct state_device){ .type = "virtio-blk", .id = "disk0",
+					       .backend = "/srv/a.img", .size = 1 << 20 };
+	c->devices[1] = (struct state_device){ .type = "virtio-blk", .id = "data",
+					       .backend = "/srv/b c.img", .size = 512,
+					       .flags = STATE_DEV_F_READONLY };
+	buf_init(&b);
+	assert_int_equal(state_config_encode(c, &b, &e), 0);
+	assert_int_equal(state_config_decode(b.data, b.len, d, &e), 0);
+	assert_config_equal(c, d);
+	for (size_t cut = 0; cut < b.len; cut++)
+		assert_int_equal(state_config_decode(b.data, cut, d, &e), -EBADMSG);
+
+	strcpy(c->devices[1].id, "disk0");
+	assert_fails_with(state_config_validate(c, &e), -EINVAL, &e, "device id disk0 appears twice");
+	strcpy(c->devices[1].id, "data");
+	c->devices[1].flags = 6;
+	assert_fails_with(state_config_validate(c, &e), -EINVAL, &e, "unknown flags 0x6");
+	c->devices[1].flags = 0;
+	c->devices[1].backend[3] = '\n';
+	assert_fails_with(state_config_validate(c, &e), -EINVAL, &e, "backend has a control");
+	strcpy(c->devices[1].backend, "/x");
+	c->devices[1].type[0] = '\0';
+	assert_fails_with(state_config_validate(c, &e), -EINVAL, &e, "device type is empty");
+	strcpy(c->devices[1].type, "virtio-blk");
+	c->nr_devices = STATE_MAX_DEVICES + 1;
+	assert_fails_with(state_config_validate(c, &e), -EINVAL, &e, "17 devices");
+	/* a count beyond the limit in a payload is refused before anything is read for it */
+	c->nr_devices = 0;
+	buf_reset(&b);
+	assert_int_equal(state_config_encode(c, &b, &e), 0);
+	le_put32(b.data + b.len - 4, 1000);
+	assert_fails_with(state_config_decode(b.data, b.len, d, &e), -EBADMSG, &e, "1000 devices");
+	buf_free(&b);
+	free(c);
 }
 
 static void test_section_codec(void **state)
@@ -1512,6 +1566,7 @@ int main(void)
 		cmocka_unit_test(test_record_errors),
 		cmocka_unit_test(test_writer_order),
 		cmocka_unit_test(test_config_validation),
+		cmocka_unit_test(test_config_devices),
 		cmocka_unit_test(test_section_codec),
 		cmocka_unit_test(test_pages_codec),
 		cmocka_unit_test(test_socket_stream),

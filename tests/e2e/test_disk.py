@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Disks (virtio-blk) through the real binary, with the guest kit's disk workload writing:
+every pass the guest reads back every block of its working set and checks the generation it
+last wrote there (`disk ok N`), so a lost or stale write shows as `disk fail`/`disk bad`.
+- Errors at start: a missing disk, a bad --disk, a disk that is not whole sectors, a disk
+  another godwit holds (its lock), a readonly disk (the guest is told; it does not write).
+- Snapshot and restore onto a copy of the disk with --disk-override: heartbeats and disk
+  passes continue; a resized copy, an unknown override id and a held lock are refused.
+- Warm and live migration between the two network-namespace hosts on one shared disk file,
+  the guest writing at full rate: no write lost, heartbeats continue, the lock moved to the
+  destination. A destination that cannot open the disk refuses before the source pauses:
+  the source keeps running, writing, and holding the lock."""
+import os
+import re
+import shutil
+
+import gwtest
+
+WORK = "workload=disk disk_blocks=256"
+
+
+def disk(env, name, size=512 * 1024):
+    path = env.path(name)
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def run_fails(env, *args):
+    """A godwit run that must fail before the guest starts; returns its stderr."""
+    rc, _, err = env.ctl("run", "--memory", "32M", "--kernel", env.guest, "--serial", "none",
+                         "--api-socket", env.path("fail.sock"), *args, check=False, timeout=60)
+    assert rc != 0, f"godwit run {args} succeeded"
+    return err
+
+
+def disk_passes(vm, start=0):
+    """The pass numbers of `disk ok N` lines; fails on any disk failure line."""
+    out = []
+    with vm.cond:
+        texts = [t for _, t in vm.lines[start:]]
+    for t in texts:
+        assert not re.match(r"disk (fail|bad|error)", t), f"{vm.name}: {t}"
+        m = re.fullmatch(r"disk ok (\d+)", t)
+        if m:
+            out.append(int(m.group(1)))
+    return out
+
+
+def check_locked(env, path):
+    err = run_fails(env, "--disk", f"path={path}")
+    assert "in use by another process" in err, err
+
+
+def test_errors(env):
+    d = disk(env, "e.img")
+    err = run_fails(env, "--disk", f"path={env.path('missing.img')}")
+    assert "missing.img" in err and "No such file" in err, err
+    err = run_fails(env, "--disk", "readonly=on")
+    assert "path=FILE is required" in err, err
+    err = run_fails(env, "--disk", f"path={d},cache=none")
+    assert "unknown key 'cache'" in err, err
+    odd = disk(env, "odd.img", 1000)
+    err = run_fails(env, "--disk", f"path={odd}")
+    assert "multiple of 512" in err, err
+    err = run_fails(env, *sum((["--disk", f"path={d},id=x{i}"] for i in range(9)), []))
+    assert "at most 8" in err, err
+
+    vm = env.vm("holder", cmdline=WORK, extra=["--disk", f"path={d}"])
+    vm.wait_line(r"^disk ok 1$", timeout=120)
+    check_locked(env, d)
+    vm.ctl("stop")
+    assert vm.wait_exit() == 0
+    # readonly: the guest sees VIRTIO_BLK_F_RO and only reads
+    ro = env.vm("ro", cmdline=WORK, extra=["--disk", f"path={d},readonly=on,id=ro0"])
+    ro.wait_line(r"the disk is read-only", timeout=60)
+    ro.wait_line(r"^disk ok 2$", timeout=120)
+    assert disk_passes(ro)
+    ro.ctl("stop")
+    assert ro.wait_exit() == 0
+
+
+def test_snapshot(env):
+    d = disk(env, "s.img")
+    src = env.vm("snap-src", cmdline=WORK, extra=["--disk", f"path={d}"])
+    src.wait_line(r"^disk ok 2$", timeout=120)
+    snap = env.path("snap")
+    env.ctl("snapshot", "--api-socket", src.sock, snap, "--stop")
+    assert src.wait_exit() == 0
+    last_pass = disk_passes(src)[-1]
+    _, out, _ = env.ctl("inspect", snap)
+    assert re.search(r'device virtio-blk "disk0": .*s\.img, 512\.0 KiB', out), out
+
+    # the disk as the snapshot left it, copied: the restore writes the copy
+    copy = env.path("s-copy.img")
+    shutil.copyfile(d, copy)
+    resized = env.path("s-big.img")
+    shutil.copyfile(d, resized)
+    os.truncate(resized, 1024 * 1024)
+    err = run_fails_restore(env, snap, "--disk-override", f"id=disk0,path={resized}")
+    assert "changed size" in err, err
+    err = run_fails_restore(env, snap, "--disk-override", f"id=vdb,path={copy}")
+    assert "no device vdb" in err, err
+    err = run_fails_restore(env, snap, "--disk", f"path={copy}")
+    assert "--disk-override" in err, err
+    # the original is held by another guest: a restore onto it is refused
+    holder = env.vm("snap-holder", cmdline="workload=idle", extra=["--disk", f"path={d}"])
+    holder.wait_line(r"^hb 1$")
+    err = run_fails_restore(env, snap)
+    assert "in use by another process" in err, err
+    holder.ctl("stop")
+    holder.wait_exit()
+
+    dst = env.vm("snap-dst", args=["run", "--restore", snap, "--api-socket",
+                                   env.path("snap-dst.sock"),
+                                   "--disk-override", f"id=disk0,path={copy}"])
+    gwtest.check_moved(src, dst, "restore")
+    dst.wait_line(rf"^disk ok {last_pass + 2}$", timeout=120)
+    passes = disk_passes(dst)
+    assert passes[0] == last_pass + 1, f"restore: first pass {passes[0]} after {last_pass}"
+    print(f"restore: disk passes {last_pass} before, {passes[0]}..{passes[-1]} after")
+    check_locked(env, copy)
+    dst.ctl("stop")
+    assert dst.wait_exit() == 0
+
+
+def run_fails_restore(env, snap, *args):
+    rc, _, err = env.ctl("run", "--restore", snap, "--serial", "none", "--api-socket",
+                         env.path("fail.sock"), *args, check=False, timeout=60)
+    assert rc != 0, f"restore {args} succeeded"
+    return err
+
+
+def move(env, hosts, name, mode, opts=()):
+    d = disk(env, f"{name}.img")
+    uri = f"tcp:{hosts.dst_ip}:4444"
+    src = gwtest.start_source(env, f"{name}-src", cmdline=WORK, netns=hosts.src,
+                              extra=["--disk", f"path={d}"])
+    src.wait_line(r"^disk ok 2$", timeout=120)
+
+    # a destination that cannot build the disk refuses before the source pauses
+    bad = gwtest.start_dest(env, f"{name}-bad", uri, netns=hosts.dst,
+                            extra=["--disk-override", f"id=disk0,path={env.path('nope.img')}"])
+    rc, _, err = gwtest.migrate(src, uri, "--mode", mode, check=False)
+    assert rc != 0 and "nope.img" in err, err
+    bad.wait_exit()
+    assert src.status()["state"] == "running"
+    n = src.line_count()
+    src.wait_line(r"^disk ok \d+$", timeout=120, start=n)
+    check_locked(env, d)
+
+    dst = gwtest.start_dest(env, f"{name}-dst", uri, netns=hosts.dst)
+    _, res, _ = gwtest.migrate(src, uri, "--mode", mode, *opts)
+    assert res["state"] == "completed", res
+    assert src.wait_exit() == 0
+    last_pass = disk_passes(src)[-1]
+    gwtest.check_moved(src, dst, name)
+    dst.wait_line(rf"^disk ok {last_pass + 2}$", timeout=120)
+    passes = disk_passes(dst, 0)
+    assert passes[0] == last_pass + 1, f"{name}: first pass {passes[0]} after {last_pass}"
+    print(f"{name}: disk passes {last_pass} before, {passes[0]}..{passes[-1]} after, "
+          f"{len(res['rounds'])} rounds, downtime {res.get('downtime_ms')} ms")
+    # the lock moved with the guest
+    check_locked(env, d)
+    dst.ctl("stop")
+    assert dst.wait_exit() == 0
+    return res
+
+
+def test(env):
+    test_errors(env)
+    test_snapshot(env)
+    hosts = gwtest.Hosts(env)
+    move(env, hosts, "warm", "warm")
+    res = move(env, hosts, "live", "live", ("--bandwidth", "4M"))
+    assert len(res["rounds"]) >= 2, res["rounds"]
+
+
+if __name__ == "__main__":
+    gwtest.main(test)
