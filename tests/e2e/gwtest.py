@@ -270,6 +270,18 @@ def start_dest(env, name, uri, netns=None, paused=False, extra=None):
     return vm
 
 
+def proxy(hosts, mode):
+    """gwproxy.py in the source's namespace at 127.0.0.1:5555, forwarding to the destination's
+    port 4444 and injecting a fault (MODE as gwproxy.py takes it)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gwproxy.py")
+    p = subprocess.Popen(["ip", "netns", "exec", hosts.src, sys.executable, script,
+                          "127.0.0.1:5555", f"{hosts.dst_ip}:4444", mode],
+                         stdout=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(script)))
+    assert p.stdout.readline().strip() == "listening"
+    return p
+
+
 def migrate(src, uri, *opts, check=True, timeout=300):
     """Runs godwit migrate --json; returns (rc, result dict or None, stderr)."""
     rc, out, err = src.ctl("migrate", "--json", *opts, uri, check=False, timeout=timeout)

@@ -8,8 +8,9 @@ last wrote there (`disk ok N`), so a lost or stale write shows as `disk fail`/`d
   passes continue; a resized copy, an unknown override id and a held lock are refused.
 - Warm and live migration between the two network-namespace hosts on one shared disk file,
   the guest writing at full rate: no write lost, heartbeats continue, the lock moved to the
-  destination. A destination that cannot open the disk refuses before the source pauses:
-  the source keeps running, writing, and holding the lock."""
+  destination. A destination that cannot open the disk refuses before the source pauses,
+  and a link cut during stop-and-copy fails the move before COMMIT: either way the source
+  keeps running, writing, and holding the lock."""
 import os
 import re
 import shutil
@@ -147,6 +148,22 @@ def move(env, hosts, name, mode, opts=()):
     assert src.status()["state"] == "running"
     n = src.line_count()
     src.wait_line(r"^disk ok \d+$", timeout=120, start=n)
+    check_locked(env, d)
+
+    # cut at stop-and-copy (the guest paused, its disk quiesced): before COMMIT, so the
+    # source resumes, keeps writing and keeps the lock
+    cut = gwtest.start_dest(env, f"{name}-cut", uri, netns=hosts.dst)
+    p = gwtest.proxy(hosts, "cut:sections")
+    rc, _, err = gwtest.migrate(src, "tcp:127.0.0.1:5555", "--mode", mode, check=False)
+    assert rc != 0, f"{name}: the migration through a cut link succeeded"
+    assert p.stdout.readline().strip() == "injected"
+    p.kill()
+    p.wait()
+    assert cut.wait_exit(60) != 0 and not cut.heartbeats()
+    assert src.status()["state"] == "running"
+    n = src.line_count()
+    src.wait_line(r"^disk ok \d+$", timeout=120, start=n)
+    disk_passes(src)
     check_locked(env, d)
 
     dst = gwtest.start_dest(env, f"{name}-dst", uri, netns=hosts.dst)

@@ -7,13 +7,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import gwtest
 
 IO_TIMEOUT = {"GODWIT_MIGRATION_IO_TIMEOUT_MS": "3000"}
-PROXY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gwproxy.py")
 
 
 def still_running(src, what):
@@ -41,15 +39,6 @@ def retry(env, hosts, src, what):
     gwtest.check_moved(src, dst, f"retry after {what}", abcheck=True)
     dst.ctl("stop")
     assert dst.wait_exit() == 0
-
-
-def proxy(hosts, mode):
-    p = subprocess.Popen(["ip", "netns", "exec", hosts.src, sys.executable, PROXY,
-                          "127.0.0.1:5555", f"{hosts.dst_ip}:4444", mode],
-                         stdout=subprocess.PIPE, text=True,
-                         env=dict(os.environ, PYTHONPATH=os.path.dirname(PROXY)))
-    assert p.stdout.readline().strip() == "listening"
-    return p
 
 
 def scenario(env, hosts, name, mode, fault, opts=()):
@@ -132,7 +121,7 @@ class Proxy:
         self.hosts, self.mode = hosts, mode
 
     def __call__(self, src, dst):
-        self.p = proxy(self.hosts, self.mode)
+        self.p = gwtest.proxy(self.hosts, self.mode)
         return "tcp:127.0.0.1:5555"
 
     def after(self):
