@@ -92,6 +92,13 @@ struct device_info {
 	dev_io_fn *io_fn;
 	char instance[64];
 	bool virtio_mmio; /* announce it on the kernel command line (virtio_mmio.device=) */
+	/*
+	 * A doorbell the VMM may wire to an eventfd in the kernel (KVM ioeventfd): a guest
+	 * write of 4 bytes at io_base + notify_offset then signals notify_fd without leaving
+	 * the kernel. -1 for none; the device handles the register itself either way.
+	 */
+	int notify_fd;
+	uint64_t notify_offset;
 };
 
 /* ---- configurable devices: `--disk ...` and the device list in CONFIG ---- */

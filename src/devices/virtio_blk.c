@@ -5,7 +5,9 @@
  * disk's emulation, its lock and its state save/validate/load are all in this file.
  *
  * I/O never runs on a vCPU thread: a notification only wakes this device's I/O thread
- * (an eventfd), which walks the queue and does the file I/O with preadv/pwritev straight
+ * (an eventfd, which the VMM wires to the QueueNotify register with KVM_IOEVENTFD so the
+ * write never leaves the kernel: the guest kit's disk workload went from 1.8 to 1.1-1.4 s a
+ * pass of 1024 blocks with it, on this loaded two-core host), which walks the queue and does the file I/O with preadv/pwritev straight
  * into and out of guest memory, then publishes the used entries and raises the interrupt.
  * Why a thread and not io_uring: quiescing at a pause has to mean "every request taken is
  * complete"; with one blocking thread that is "the thread is idle", a condition variable
@@ -35,6 +37,7 @@
 #include <fcntl.h>
 #include <linux/virtio_blk.h>
 #include <linux/virtio_ids.h>
+#include <linux/virtio_mmio.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -557,7 +560,8 @@ static int blk_create(const struct device_spec *spec, const struct device_env *e
 	b->thread_started = true;
 	*out = (struct device_info){ .ops = &blk_ops, .dev = b, .io_kind = DEV_IO_MMIO,
 				     .io_base = env->mmio_base, .io_len = VIRTIO_MMIO_SIZE,
-				     .io_fn = blk_io, .virtio_mmio = true };
+				     .io_fn = blk_io, .virtio_mmio = true, .notify_fd = b->kick_fd,
+				     .notify_offset = VIRTIO_MMIO_QUEUE_NOTIFY };
 	snprintf(out->instance, sizeof(out->instance), "%s", spec->id);
 	return 0;
 err:

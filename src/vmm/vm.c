@@ -108,7 +108,7 @@ static int vm_serial_setup(struct vm *vm, const struct vm_config *cfg, struct er
 		return err_set(e, ret, "create serial device: %s", strerror(-ret));
 	dev = (struct device_info){ .ops = &serial_device_ops, .dev = vm->serial,
 				    .io_kind = DEV_IO_PIO, .io_base = SERIAL_PORT_BASE, .io_len = 8,
-				    .io_fn = serial_pio, .instance = "io:3f8" };
+				    .io_fn = serial_pio, .instance = "io:3f8", .notify_fd = -1 };
 	ret = vm_device_attach(vm, &dev, e);
 	if (ret < 0) {
 		serial_destroy(vm->serial);

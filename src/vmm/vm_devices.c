@@ -54,6 +54,16 @@ int vm_device_attach(struct vm *vm, const struct device_info *d, struct errbuf *
 		return err_set(e, ret, "device %s@%s: registering its I/O window 0x%llx+0x%llx: %s",
 			       d->ops->name, d->instance, (unsigned long long)d->io_base,
 			       (unsigned long long)d->io_len, strerror(-ret));
+	if (d->notify_fd >= 0 && d->io_kind == DEV_IO_MMIO) {
+		struct kvm_ioeventfd io = { .addr = d->io_base + d->notify_offset, .len = 4,
+					    .fd = d->notify_fd };
+
+		/* without it the doorbell still works, through an exit to the vCPU thread */
+		ret = kvm_ioctl(vm->fd, KVM_IOEVENTFD, &io);
+		if (ret < 0)
+			log_warn("device %s@%s: KVM_IOEVENTFD: %s (notifications exit to userspace)",
+				 d->ops->name, d->instance, strerror(-ret));
+	}
 	ent = &vm->devices[vm->ndevices++];
 	memset(ent, 0, sizeof(*ent));
 	ent->ops = d->ops;
