@@ -149,6 +149,17 @@ static void blk_mark_written(struct virtio_blk *b, const struct virtq_elem *el)
 			b->t.mem.mark_dirty(b->t.mem.opaque, el->segs[i].gpa, el->segs[i].len);
 }
 
+/* The guest asked for something the disk refuses: it gets IOERR, the operator a line. */
+static void blk_refused(struct virtio_blk *b, const char *what, uint64_t sector)
+{
+	static struct log_ratelimit rl = LOG_RATELIMIT_INIT(1000, 5);
+	uint32_t suppressed;
+
+	if (log_ratelimit_allow(&rl, &suppressed))
+		log_warn("disk %s: %s at sector %llu was refused (I/O error to the guest)",
+			 b->spec.id, what, (unsigned long long)sector);
+}
+
 static uint8_t blk_execute(struct virtio_blk *b, const struct virtq_elem *el, uint32_t type,
 			   uint64_t sector, uint32_t *data_written)
 {
@@ -164,13 +175,18 @@ static uint8_t blk_execute(struct virtio_blk *b, const struct virtq_elem *el, ui
 					      el->writable_bytes != 1)
 			return VIRTIO_BLK_S_IOERR;
 		n = blk_data_iov(el, type == VIRTIO_BLK_T_IN, iov, &len);
-		if (len % BLK_SECTOR || len > BLK_REQ_MAX || sector > b->size / BLK_SECTOR ||
-		    len > b->size - sector * BLK_SECTOR)
+		if (len % BLK_SECTOR || len > BLK_REQ_MAX)
 			return VIRTIO_BLK_S_IOERR;
+		if (sector > b->size / BLK_SECTOR || len > b->size - sector * BLK_SECTOR) {
+			blk_refused(b, "a request beyond the end of the disk", sector);
+			return VIRTIO_BLK_S_IOERR;
+		}
 		off = sector * BLK_SECTOR;
 		if (type == VIRTIO_BLK_T_OUT) {
-			if (b->spec.readonly)
+			if (b->spec.readonly) {
+				blk_refused(b, "a write to a readonly disk", sector);
 				return VIRTIO_BLK_S_IOERR;
+			}
 			atomic_store(&b->unflushed, true);
 			return blk_rw(b->fd, iov, n, off, true) < 0 ? VIRTIO_BLK_S_IOERR :
 								     VIRTIO_BLK_S_OK;
