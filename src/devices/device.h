@@ -66,7 +66,10 @@ struct device_ops {
 	void (*reset)(void *dev);
 	/* Appends the state of a quiesced device as explicit little-endian fields. */
 	int __must_check (*save)(void *dev, struct buf *out);
-	/* Checks a payload completely against this device without changing anything. */
+	/*
+	 * Checks a payload completely against this device without changing anything; with dev
+	 * NULL, everything that can be checked without a device and a guest.
+	 */
 	int __must_check (*validate)(void *dev, uint32_t version, const void *p, size_t len,
 				     struct errbuf *e);
 	/* Validates, then applies; on error the device is unchanged. */
@@ -132,6 +135,8 @@ struct device_env {
 
 struct device_type {
 	const char *name;
+	/* its ops; validate takes dev == NULL to check a payload alone (inspect) */
+	const struct device_ops *ops;
 	uint64_t mmio_len;
 	/* Opens the backend (without claiming it) and builds the device, quiesced. */
 	int __must_check (*create)(const struct device_spec *spec, const struct device_env *env,

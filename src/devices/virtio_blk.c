@@ -36,6 +36,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/virtio_blk.h>
+#include <linux/virtio_config.h>
 #include <linux/virtio_ids.h>
 #include <linux/virtio_mmio.h>
 #include <poll.h>
@@ -366,6 +367,13 @@ static const struct virtio_mmio_dev blk_virtio = {
 	.resume = blk_resume,
 };
 
+/* What a disk offers: VERSION_1 (added by the transport), FLUSH, and RO if readonly. */
+static uint64_t blk_features(bool readonly)
+{
+	return 1ull << VIRTIO_F_VERSION_1 | 1ull << VIRTIO_BLK_F_FLUSH |
+	       (readonly ? 1ull << VIRTIO_BLK_F_RO : 0);
+}
+
 static void blk_io(void *dev, uint64_t off, uint8_t *data, unsigned len, bool is_write)
 {
 	struct virtio_blk *b = dev;
@@ -392,11 +400,12 @@ static int blk_save(void *dev, struct buf *out)
 	return buf_status(out);
 }
 
+/* b may be NULL: the payload is then checked on its own (inspect has no disk or guest). */
 static int blk_parse(struct virtio_blk *b, uint32_t version, const void *p, size_t len,
 		     struct virtio_mmio *staged, struct errbuf *e)
 {
 	struct buf_reader r;
-	uint64_t size;
+	uint64_t size, offer;
 	uint32_t flags;
 	int ret;
 
@@ -404,19 +413,29 @@ static int blk_parse(struct virtio_blk *b, uint32_t version, const void *p, size
 		return err_set(e, -EINVAL, "version %u (this build reads %u)", version,
 			       VIRTIO_BLK_STATE_VERSION);
 	buf_reader_init(&r, p, len);
-	ret = virtio_mmio_state_parse(&b->t, &r, staged, e);
+	ret = virtio_mmio_state_parse(&blk_virtio, b ? &b->t.mem : NULL, &r, staged, e);
 	if (ret < 0)
 		return ret;
 	size = buf_get_u64(&r);
 	flags = buf_get_u32(&r);
 	if (!buf_reader_done(&r))
 		return err_set(e, -EINVAL, "payload of %zu bytes is truncated or too long", len);
+	if (flags & ~BLK_F_READONLY)
+		return err_set(e, -EINVAL, "unknown flags 0x%x", flags);
+	if (!size || size % BLK_SECTOR)
+		return err_set(e, -EINVAL, "disk size %llu is not a non-zero multiple of 512",
+			       (unsigned long long)size);
+	offer = blk_features(flags & BLK_F_READONLY);
+	if (staged->device_features != offer)
+		return err_set(e, -EINVAL, "the saved device offered features 0x%llx, this build "
+					   "offers 0x%llx", (unsigned long long)staged->device_features,
+			       (unsigned long long)offer);
+	if (!b)
+		return 0;
 	if (size != b->size)
 		return err_set(e, -EINVAL, "disk %s: the guest was given %llu bytes but %s has %llu "
 					   "(the disk changed size)", b->spec.id,
 			       (unsigned long long)size, b->spec.path, (unsigned long long)b->size);
-	if (flags & ~BLK_F_READONLY)
-		return err_set(e, -EINVAL, "unknown flags 0x%x", flags);
 	if (!!(flags & BLK_F_READONLY) != b->spec.readonly)
 		return err_set(e, -EINVAL, "disk %s was %s for the guest, it is %s here",
 			       b->spec.id, flags & BLK_F_READONLY ? "readonly" : "writable",
@@ -546,7 +565,6 @@ static int blk_create(const struct device_spec *spec, const struct device_env *e
 		      struct device_info *out, struct errbuf *e)
 {
 	struct virtio_blk *b = calloc(1, sizeof(*b));
-	uint64_t features = 1ull << VIRTIO_BLK_F_FLUSH;
 	int ret;
 
 	if (!b)
@@ -557,9 +575,7 @@ static int blk_create(const struct device_spec *spec, const struct device_env *e
 	pthread_cond_init(&b->idle, NULL);
 	atomic_init(&b->quiesced, true);
 	atomic_init(&b->unflushed, false);
-	if (spec->readonly)
-		features |= 1ull << VIRTIO_BLK_F_RO;
-	virtio_mmio_init(&b->t, &blk_virtio, b, env, features);
+	virtio_mmio_init(&b->t, &blk_virtio, b, env, blk_features(spec->readonly));
 	ret = blk_open(b, e);
 	if (ret < 0)
 		goto err;
@@ -595,6 +611,7 @@ static void blk_spec_get(void *dev, struct device_spec *out)
 
 const struct device_type virtio_blk_type = {
 	.name = VIRTIO_BLK_TYPE,
+	.ops = &blk_ops,
 	.mmio_len = VIRTIO_MMIO_SIZE,
 	.create = blk_create,
 	.spec_get = blk_spec_get,

@@ -287,14 +287,15 @@ void virtio_mmio_state_save(struct virtio_mmio *t, struct buf *out)
 	pthread_mutex_unlock(&t->lock);
 }
 
-int virtio_mmio_state_parse(struct virtio_mmio *t, struct buf_reader *r,
-			    struct virtio_mmio *s, struct errbuf *e)
+int virtio_mmio_state_parse(const struct virtio_mmio_dev *vd, const struct dev_mem *mem,
+			    struct buf_reader *r, struct virtio_mmio *s, struct errbuf *e)
 {
 	uint32_t nq, ready;
 
 	memset(s, 0, sizeof(*s));
-	s->vd = t->vd;
-	s->mem = t->mem;
+	s->vd = vd;
+	if (mem)
+		s->mem = *mem;
 	s->device_features = buf_get_u64(r);
 	s->driver_features = buf_get_u64(r);
 	s->device_features_sel = buf_get_u32(r);
@@ -306,10 +307,6 @@ int virtio_mmio_state_parse(struct virtio_mmio *t, struct buf_reader *r,
 	nq = buf_get_u32(r);
 	if (!buf_reader_ok(r))
 		return err_set(e, -EINVAL, "transport state truncated");
-	if (s->device_features != t->device_features)
-		return err_set(e, -EINVAL, "the saved device offered features 0x%llx, this one "
-					   "offers 0x%llx", (unsigned long long)s->device_features,
-			       (unsigned long long)t->device_features);
 	if (s->driver_features & ~s->device_features)
 		return err_set(e, -EINVAL, "driver features 0x%llx were never offered",
 			       (unsigned long long)s->driver_features);
@@ -317,8 +314,8 @@ int virtio_mmio_state_parse(struct virtio_mmio *t, struct buf_reader *r,
 		return err_set(e, -EINVAL, "device status 0x%x has unknown bits", s->status);
 	if (s->isr & ~(uint32_t)(VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG))
 		return err_set(e, -EINVAL, "interrupt status 0x%x has unknown bits", s->isr);
-	if (nq != t->vd->nqueues)
-		return err_set(e, -EINVAL, "%u queues saved, the device has %u", nq, t->vd->nqueues);
+	if (nq != vd->nqueues)
+		return err_set(e, -EINVAL, "%u queues saved, the device has %u", nq, vd->nqueues);
 	for (unsigned i = 0; i < nq; i++) {
 		struct virtq *q = &s->q[i];
 
@@ -334,7 +331,7 @@ int virtio_mmio_state_parse(struct virtio_mmio *t, struct buf_reader *r,
 		if (ready > 1)
 			return err_set(e, -EINVAL, "queue %u: ready is %u", i, ready);
 		q->ready = ready;
-		if (q->ready && virtq_check(q, VIRTQ_NUM_MAX, &t->mem, e) < 0)
+		if (q->ready && virtq_check(q, VIRTQ_NUM_MAX, mem, e) < 0)
 			return err_prefix(e, -EINVAL, "queue %u", i);
 		/* a quiesced device has completed everything it took: nothing half-done */
 		if (q->next_avail != q->next_used)

@@ -73,8 +73,13 @@ void virtio_mmio_needs_reset(struct virtio_mmio *t, const char *why);
  *   u16 next_avail, u16 next_used.
  */
 void virtio_mmio_state_save(struct virtio_mmio *t, struct buf *out);
-/* Reads and checks the transport state into staged (a copy of t) without touching t. */
-int __must_check virtio_mmio_state_parse(struct virtio_mmio *t, struct buf_reader *r,
+/*
+ * Reads and checks a transport state for a device with vd's queues into staged, touching
+ * nothing else. Queue areas are checked against mem, unless it is NULL (no guest: inspect).
+ * The caller compares staged->device_features with what the device offers.
+ */
+int __must_check virtio_mmio_state_parse(const struct virtio_mmio_dev *vd,
+					 const struct dev_mem *mem, struct buf_reader *r,
 					 struct virtio_mmio *staged, struct errbuf *e);
 /* Applies a parsed state (the device is quiesced) and sets the interrupt line to match. */
 void virtio_mmio_state_apply(struct virtio_mmio *t, const struct virtio_mmio *staged);

@@ -36,6 +36,8 @@ int virtq_check(const struct virtq *q, uint32_t num_max, const struct dev_mem *m
 		return err_set(e, -EINVAL, "queue areas misaligned (descriptors 0x%llx, available "
 					   "0x%llx, used 0x%llx)", (unsigned long long)q->desc,
 			       (unsigned long long)q->avail, (unsigned long long)q->used);
+	if (!m)
+		return 0;
 	if (!m->translate(m->opaque, q->desc, (uint64_t)q->num * VIRTQ_DESC_SIZE))
 		return err_set(e, -EINVAL, "descriptor table at 0x%llx is outside guest RAM",
 			       (unsigned long long)q->desc);

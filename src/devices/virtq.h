@@ -47,7 +47,8 @@ struct virtq_elem {
 
 /*
  * Checks a queue the driver marks ready (or a loaded one): size a power of two within
- * 1..num_max, areas aligned (16, 2, 4) and inside RAM. 0 or -EINVAL with a message.
+ * 1..num_max, areas aligned (16, 2, 4) and inside RAM (not checked when m is NULL: a
+ * saved state read without a guest). 0 or -EINVAL with a message.
  */
 int __must_check virtq_check(const struct virtq *q, uint32_t num_max, const struct dev_mem *m,
 			     struct errbuf *e);

@@ -470,6 +470,10 @@ static void test_state_round_trip(void **state)
 	assert_int_equal(used_idx(&h), 3);
 	assert_memory_equal(h.ram + DATA + 0x8000, g.ram + DATA, 512);
 
+	/* without a device or a guest (inspect): the structure alone */
+	assert_int_equal(virtio_blk_type.ops->validate(NULL, 1, b.data, b.len, &e), 0);
+	assert_int_equal(virtio_blk_type.ops->validate(NULL, 1, b.data, b.len - 2, &e), -EINVAL);
+
 	/* what validate refuses, naming it; the device is left unchanged */
 	{
 		uint8_t bad[92];
@@ -481,8 +485,14 @@ static void test_state_round_trip(void **state)
 		assert_int_equal(h.d.ops->validate(h.d.dev, 1, bad, sizeof(bad), &e), -EINVAL);
 		assert_non_null(strstr(e.msg, "changed size"));
 		memcpy(bad, b.data, sizeof(bad));
-		bad[88] = 1; /* readonly in the saved guest, writable here */
+		bad[88] = 1; /* readonly in the saved guest, but it was not offered RO */
 		assert_int_equal(h.d.ops->validate(h.d.dev, 1, bad, sizeof(bad), &e), -EINVAL);
+		assert_int_equal(virtio_blk_type.ops->validate(NULL, 1, bad, sizeof(bad), &e),
+				 -EINVAL);
+		bad[0] |= 1u << VIRTIO_BLK_F_RO; /* consistent, but the disk here is writable */
+		assert_int_equal(virtio_blk_type.ops->validate(NULL, 1, bad, sizeof(bad), &e), 0);
+		assert_int_equal(h.d.ops->validate(h.d.dev, 1, bad, sizeof(bad), &e), -EINVAL);
+		assert_non_null(strstr(e.msg, "was readonly for the guest"));
 		memcpy(bad, b.data, sizeof(bad));
 		bad[76] = 9; /* a request taken and never completed */
 		assert_int_equal(h.d.ops->load(h.d.dev, 1, bad, sizeof(bad), &e), -EINVAL);
