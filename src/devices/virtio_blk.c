@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * virtio-blk (virtio spec 5.2) on the virtio-mmio transport, backed by a raw file: one
- * request queue; IN, OUT, FLUSH (fdatasync: it really reaches the disk) and GET_ID. The
+ * request queue; IN, OUT, FLUSH (fdatasync: it really reaches the disk), GET_ID, and
+ * DISCARD and WRITE_ZEROES (one range each, fallocate: holes punched or zeroed). The
  * disk's emulation, its lock and its state save/validate/load are all in this file.
  *
  * I/O never runs on a vCPU thread: a notification only wakes this device's I/O thread
@@ -55,6 +56,8 @@
 #define BLK_HDR_LEN 16u
 #define BLK_REQ_MAX (64u * 1024 * 1024) /* data bytes in one request */
 #define BLK_F_READONLY 1u
+#define BLK_RANGE_LEN 16u		/* a DISCARD / WRITE_ZEROES range */
+#define BLK_RANGE_SECTORS 0x400000u	/* 2 GiB at most in one range */
 
 struct virtio_blk {
 	struct virtio_mmio t;
@@ -161,6 +164,67 @@ static void blk_refused(struct virtio_blk *b, const char *what, uint64_t sector)
 			 b->spec.id, what, (unsigned long long)sector);
 }
 
+/* Zeroes [off, off + len) by writing zeros: where the file system cannot do it for us. */
+static int blk_zero_write(int fd, uint64_t off, uint64_t len)
+{
+	static const uint8_t zero[64 * 1024];
+
+	while (len) {
+		size_t k = (size_t)MIN(len, sizeof(zero));
+		int ret = io_pwrite_full(fd, zero, k, (off_t)off);
+
+		if (ret < 0)
+			return ret;
+		off += k;
+		len -= k;
+	}
+	return 0;
+}
+
+/* DISCARD and WRITE_ZEROES: one range {u64 sector, u32 sectors, u32 flags} after the header. */
+static uint8_t blk_range(struct virtio_blk *b, const struct virtq_elem *el, uint32_t type)
+{
+	uint8_t hdr_range[BLK_HDR_LEN + BLK_RANGE_LEN];
+	uint64_t sector, off, len;
+	uint32_t count, flags;
+	int mode;
+
+	if (el->readable_bytes != sizeof(hdr_range) || el->writable_bytes != 1)
+		return VIRTIO_BLK_S_IOERR; /* one range, data the device reads */
+	blk_gather(el, hdr_range, sizeof(hdr_range));
+	sector = le_get64(hdr_range + BLK_HDR_LEN);
+	count = le_get32(hdr_range + BLK_HDR_LEN + 8);
+	flags = le_get32(hdr_range + BLK_HDR_LEN + 12);
+	if (flags & ~(uint32_t)VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP ||
+	    (type == VIRTIO_BLK_T_DISCARD && flags))
+		return VIRTIO_BLK_S_UNSUPP;
+	if (count > BLK_RANGE_SECTORS)
+		return VIRTIO_BLK_S_IOERR;
+	if (b->spec.readonly) {
+		blk_refused(b, "a discard or zeroing of a readonly disk", sector);
+		return VIRTIO_BLK_S_IOERR;
+	}
+	if (sector > b->size / BLK_SECTOR || count > b->size / BLK_SECTOR - sector) {
+		blk_refused(b, "a range beyond the end of the disk", sector);
+		return VIRTIO_BLK_S_IOERR;
+	}
+	off = sector * BLK_SECTOR;
+	len = (uint64_t)count * BLK_SECTOR;
+	if (!len)
+		return VIRTIO_BLK_S_OK;
+	atomic_store(&b->unflushed, true);
+	mode = type == VIRTIO_BLK_T_DISCARD || flags ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE :
+						      FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+	if (fallocate(b->fd, mode, (off_t)off, (off_t)len) == 0)
+		return VIRTIO_BLK_S_OK;
+	if (errno != EOPNOTSUPP)
+		return VIRTIO_BLK_S_IOERR;
+	/* a discard is a hint; zeroes must be written one way or another */
+	if (type == VIRTIO_BLK_T_DISCARD)
+		return VIRTIO_BLK_S_OK;
+	return blk_zero_write(b->fd, off, len) < 0 ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK;
+}
+
 static uint8_t blk_execute(struct virtio_blk *b, const struct virtq_elem *el, uint32_t type,
 			   uint64_t sector, uint32_t *data_written)
 {
@@ -169,6 +233,9 @@ static uint8_t blk_execute(struct virtio_blk *b, const struct virtq_elem *el, ui
 	unsigned n;
 
 	switch (type) {
+	case VIRTIO_BLK_T_DISCARD:
+	case VIRTIO_BLK_T_WRITE_ZEROES:
+		return blk_range(b, el, type);
 	case VIRTIO_BLK_T_IN:
 	case VIRTIO_BLK_T_OUT:
 		/* data only in the direction the request moves it */
@@ -320,9 +387,16 @@ static void blk_kick(struct virtio_blk *b)
 static void blk_config_read(void *dev, uint64_t off, uint8_t *data, unsigned len)
 {
 	struct virtio_blk *b = dev;
-	uint8_t cfg[8];
+	uint8_t cfg[sizeof(struct virtio_blk_config)] = { 0 };
 
-	le_put64(cfg, b->size / BLK_SECTOR);
+	le_put64(cfg + offsetof(struct virtio_blk_config, capacity), b->size / BLK_SECTOR);
+	le_put32(cfg + offsetof(struct virtio_blk_config, max_discard_sectors), BLK_RANGE_SECTORS);
+	le_put32(cfg + offsetof(struct virtio_blk_config, max_discard_seg), 1);
+	le_put32(cfg + offsetof(struct virtio_blk_config, discard_sector_alignment), 1);
+	le_put32(cfg + offsetof(struct virtio_blk_config, max_write_zeroes_sectors),
+		 BLK_RANGE_SECTORS);
+	le_put32(cfg + offsetof(struct virtio_blk_config, max_write_zeroes_seg), 1);
+	cfg[offsetof(struct virtio_blk_config, write_zeroes_may_unmap)] = 1;
 	for (unsigned i = 0; i < len; i++)
 		data[i] = off + i < sizeof(cfg) ? cfg[off + i] : 0;
 }
@@ -367,10 +441,11 @@ static const struct virtio_mmio_dev blk_virtio = {
 	.resume = blk_resume,
 };
 
-/* What a disk offers: VERSION_1 (added by the transport), FLUSH, and RO if readonly. */
+/* What a disk offers: VERSION_1, FLUSH, DISCARD, WRITE_ZEROES, and RO if readonly. */
 static uint64_t blk_features(bool readonly)
 {
 	return 1ull << VIRTIO_F_VERSION_1 | 1ull << VIRTIO_BLK_F_FLUSH |
+	       1ull << VIRTIO_BLK_F_DISCARD | 1ull << VIRTIO_BLK_F_WRITE_ZEROES |
 	       (readonly ? 1ull << VIRTIO_BLK_F_RO : 0);
 }
 

@@ -288,6 +288,61 @@ static void test_write_read_back(void **state)
 	tg_teardown(&g);
 }
 
+static void range_set(struct tg *g, uint64_t gpa, uint64_t sector, uint32_t n, uint32_t flags)
+{
+	le_put64(g->ram + gpa, sector);
+	le_put32(g->ram + gpa + 8, n);
+	le_put32(g->ram + gpa + 12, flags);
+}
+
+static void test_discard_write_zeroes(void **state)
+{
+	static const uint8_t zero[512];
+	struct tg g;
+
+	(void)state;
+	tg_setup(&g, false);
+	assert_true(reg_read(&g, VIRTIO_MMIO_DEVICE_FEATURES) & (1u << VIRTIO_BLK_F_DISCARD));
+	assert_int_equal(reg_read(&g, VIRTIO_MMIO_CONFIG +
+				       offsetof(struct virtio_blk_config, max_write_zeroes_seg)), 1);
+	memset(g.ram + DATA, 0x5a, 2048);
+	assert_int_equal(req_run(&g, 0, VIRTIO_BLK_T_OUT, 4, DATA, 2048, false), VIRTIO_BLK_S_OK);
+	range_set(&g, DATA + 0x4000, 4, 1, 0);
+	assert_int_equal(req_run(&g, 1, VIRTIO_BLK_T_WRITE_ZEROES, 0, DATA + 0x4000, 16, false),
+			 VIRTIO_BLK_S_OK);
+	range_set(&g, DATA + 0x4000, 6, 1, 0);
+	assert_int_equal(req_run(&g, 2, VIRTIO_BLK_T_DISCARD, 0, DATA + 0x4000, 16, false),
+			 VIRTIO_BLK_S_OK);
+	range_set(&g, DATA + 0x4000, 7, 1, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP);
+	assert_int_equal(req_run(&g, 0, VIRTIO_BLK_T_WRITE_ZEROES, 0, DATA + 0x4000, 16, false),
+			 VIRTIO_BLK_S_OK);
+	assert_int_equal(req_run(&g, 1, VIRTIO_BLK_T_IN, 4, DATA + 0x8000, 2048, true),
+			 VIRTIO_BLK_S_OK);
+	assert_memory_equal(g.ram + DATA + 0x8000, zero, 512);
+	assert_memory_equal(g.ram + DATA + 0x8000 + 512, g.ram + DATA, 512);
+	assert_memory_equal(g.ram + DATA + 0x8000 + 1024, zero, 512);
+	assert_memory_equal(g.ram + DATA + 0x8000 + 1536, zero, 512);
+	/* past the end, unknown flags, a discard with flags, two ranges */
+	range_set(&g, DATA + 0x4000, DISK_SIZE / 512 - 1, 2, 0);
+	assert_int_equal(req_run(&g, 2, VIRTIO_BLK_T_DISCARD, 0, DATA + 0x4000, 16, false),
+			 VIRTIO_BLK_S_IOERR);
+	range_set(&g, DATA + 0x4000, 0, 1, 2);
+	assert_int_equal(req_run(&g, 0, VIRTIO_BLK_T_WRITE_ZEROES, 0, DATA + 0x4000, 16, false),
+			 VIRTIO_BLK_S_UNSUPP);
+	range_set(&g, DATA + 0x4000, 0, 1, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP);
+	assert_int_equal(req_run(&g, 1, VIRTIO_BLK_T_DISCARD, 0, DATA + 0x4000, 16, false),
+			 VIRTIO_BLK_S_UNSUPP);
+	assert_int_equal(req_run(&g, 2, VIRTIO_BLK_T_DISCARD, 0, DATA + 0x4000, 32, false),
+			 VIRTIO_BLK_S_IOERR);
+	tg_teardown(&g);
+	/* a readonly disk refuses them */
+	tg_setup(&g, true);
+	range_set(&g, DATA + 0x4000, 0, 1, 0);
+	assert_int_equal(req_run(&g, 0, VIRTIO_BLK_T_WRITE_ZEROES, 0, DATA + 0x4000, 16, false),
+			 VIRTIO_BLK_S_IOERR);
+	tg_teardown(&g);
+}
+
 static void test_bad_requests_get_error_status(void **state)
 {
 	struct tg g;
@@ -558,6 +613,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_write_read_back),
 		cmocka_unit_test(test_bad_requests_get_error_status),
+		cmocka_unit_test(test_discard_write_zeroes),
 		cmocka_unit_test(test_readonly_disk_refuses_writes),
 		cmocka_unit_test(test_malformed_queues_need_reset),
 		cmocka_unit_test(test_queue_setup_checked),
