@@ -84,6 +84,18 @@ class Driver:
         self.sampler = sampler
         self.params = {}     # what the driver set, recorded with the results
 
+    DISK_BYTES = 64 << 20
+
+    def disk_path(self):
+        return os.path.join(self.tmpdir, f"{self.name}-disk.img")
+
+    def disk_reset(self, sc):
+        """A fresh zeroed disk for a scenario with the disk workload (both VMMs get the same)."""
+        if not sc.has_disk:
+            return
+        with open(self.disk_path(), "wb") as f:
+            f.truncate(self.DISK_BYTES)
+
     def _spawn(self, argv, role, ns, logprefix):
         serial = SerialCapture(f"{self.name}-{role}", logprefix + f"-{role}.serial")
         stderr_path = logprefix + f"-{role}.stderr"
@@ -172,6 +184,9 @@ class Godwit(Driver):
         else:
             argv += ["--memory", sc["memory"], "--cpus", sc["cpus"], "--kernel", self.guest,
                      "--cmdline", sc["workload"]]
+            # a restored or incoming guest keeps its disks (CONFIG names the same file)
+            if sc.has_disk:
+                argv += ["--disk", f"path={self.disk_path()}"]
         proc, serial, errp, t = self._spawn(argv, role, ns, logprefix)
         return Instance(self.name, role, proc, serial, sock, ns, errp, t)
 
@@ -328,6 +343,16 @@ class Qemu(Driver):
         if os.path.exists(sock):
             os.unlink(sock)
         argv = ns_prefix(ns) + self.argv(sc, sock)
+        if sc.has_disk:
+            if not self.machine.startswith("microvm"):
+                raise Unavailable(f"the guest kit's disk driver is virtio-mmio: QEMU needs "
+                                  f"-M microvm, not {self.machine}")
+            argv += ["-drive", f"file={self.disk_path()},if=none,id=d0,format=raw",
+                     "-device", "virtio-blk-device,drive=d0"]
+            # microvm announces virtio-mmio devices on the command line only without ACPI
+            m = argv.index("-M") + 1
+            if "acpi=" not in argv[m]:
+                argv[m] += ",acpi=off"
         if incoming:
             argv += ["-incoming", "defer"]
         elif restore:

@@ -8,7 +8,8 @@ import shutil
 import time
 
 from .drivers import RunFailed
-from .serial import HB_RE, READY_RE, CHECK_OK_RE, analyse_move, merge_streams
+from .serial import (HB_RE, READY_RE, CHECK_OK_RE, DISK_FAIL_RE, DISK_OK_RE, analyse_move,
+                     merge_streams)
 from .util import log
 
 FIRST_LINE_TIMEOUT = 60.0
@@ -63,7 +64,8 @@ def _warmup(inst, sc):
 
 
 def _settle(inst, sc, start_index, hb=50):
-    """After a move: enough heartbeats, and for abcheck a verified pass, on the new side."""
+    """After a move: enough heartbeats, and for abcheck or the disk workload a verified pass,
+    on the new side."""
     r = inst.serial.wait_heartbeats(hb, 10 + hb / 100, start_index)
     if r is None:
         raise RunFailed(inst.why_dead() if not inst.alive()
@@ -76,6 +78,11 @@ def _settle(inst, sc, start_index, hb=50):
                                  x.startswith("check fail"), timeout, start_index)
         if r is None:
             raise RunFailed(f"abcheck printed no 'check ok' after the move within {timeout:.0f}s")
+    if sc.has_disk:
+        r = inst.serial.wait_for(lambda t, x: DISK_OK_RE.match(x) is not None or
+                                 DISK_FAIL_RE.match(x) is not None, 60, start_index)
+        if r is None:
+            raise RunFailed("the disk workload printed no 'disk ok' after the move within 60s")
 
 
 def _mem_fields(row, prefix, mem):
@@ -114,6 +121,7 @@ def _check_ready(inst, sc):
 # ---------------------------------------------------------------------------
 def boot(drv, sc, ctx):
     row = {}
+    drv.disk_reset(sc)
     inst = drv.launch(sc, "vm", None, ctx.logprefix)
     try:
         t_line, _ = _first_line(inst)[1:]
@@ -146,6 +154,7 @@ def snapshot_restore(drv, sc, ctx):
     snapdir = os.path.join(ctx.workdir, f"snap-{drv.name}")
     shutil.rmtree(snapdir, ignore_errors=True)
     src = rst = None
+    drv.disk_reset(sc)
     try:
         src = drv.launch(sc, "src", None, ctx.logprefix)
         _first_hb(src, FIRST_LINE_TIMEOUT)
@@ -185,6 +194,7 @@ def migrate(drv, sc, ctx, mode):
     src_ns, dst_ns, addr, cns, cdev = net.endpoints(sc["link"])
     uri = f"tcp:{addr}:{ctx.port}"
     src = dst = None
+    drv.disk_reset(sc)
     try:
         # the destination first: it waits, and a godwit without --incoming says so at once
         dst = drv.launch(sc, "dst", dst_ns, ctx.logprefix, incoming=uri)

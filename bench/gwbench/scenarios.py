@@ -35,6 +35,12 @@ class Scenario(dict):
         return m.group(1) if m else "idle"
 
     @property
+    def has_disk(self):
+        """The guest kit's disk workload (alone or beside a memory one) needs a disk."""
+        m = re.search(r"\bworkload=(\S+)", self["workload"])
+        return bool(m) and "disk" in m.group(1).split(",")
+
+    @property
     def link_bits(self):
         """Shaped rate in bits/s, or None for loopback / unshaped veth / no link."""
         if self["link"] in ("-", "loopback", "veth"):

@@ -14,6 +14,8 @@ HB_RE = re.compile(r"^hb (\d+)\s*$")
 READY_RE = re.compile(r"godwit-guest ready cpus=(\d+)")
 CHECK_OK_RE = re.compile(r"^check ok (\d+)")
 CHECK_FAIL_RE = re.compile(r"^check fail")
+DISK_OK_RE = re.compile(r"^disk ok (\d+)")
+DISK_FAIL_RE = re.compile(r"^disk (fail|bad|error)")
 
 
 class SerialCapture:
@@ -163,10 +165,12 @@ def analyse_move(lines, boundary, t_from, settle_hb=20):
                         including any stall while a live migration's rounds run;
       switchover_gap_ms from the source's last heartbeat to the destination's first;
       baseline_gap_ms   the longest gap in the second before t_from (the noise floor);
-      check_ok_before/after, check_fail."""
+      check_ok_before/after, check_fail; disk_ok_before/after, disk_fail (the disk workload:
+      every pass reads back every block as last written)."""
     res = {"ok": False, "reason": "", "last_before": None, "first_after": None,
            "gap_ms": None, "switchover_gap_ms": None, "baseline_gap_ms": None,
-           "check_ok_before": None, "check_ok_after": None, "check_fail": None}
+           "check_ok_before": None, "check_ok_after": None, "check_fail": None,
+           "disk_ok_before": None, "disk_ok_after": None, "disk_fail": None}
     hb = heartbeats(lines)
     before = [h for h in hb if h[2] < boundary]
     after = [h for h in hb if h[2] >= boundary]
@@ -174,6 +178,14 @@ def analyse_move(lines, boundary, t_from, settle_hb=20):
         if CHECK_FAIL_RE.match(text):
             res["check_fail"] = text
             break
+    for t, text in lines:
+        if DISK_FAIL_RE.match(text):
+            res["disk_fail"] = text
+            break
+    disk_before = [int(DISK_OK_RE.match(x).group(1)) for _, x in lines[:boundary] if DISK_OK_RE.match(x)]
+    disk_after = [int(DISK_OK_RE.match(x).group(1)) for _, x in lines[boundary:] if DISK_OK_RE.match(x)]
+    res["disk_ok_before"] = disk_before[-1] if disk_before else None
+    res["disk_ok_after"] = disk_after[-1] if disk_after else None
     oks_before = [int(CHECK_OK_RE.match(x).group(1)) for _, x in lines[:boundary] if CHECK_OK_RE.match(x)]
     oks_after = [int(CHECK_OK_RE.match(x).group(1)) for _, x in lines[boundary:] if CHECK_OK_RE.match(x)]
     res["check_ok_before"] = oks_before[-1] if oks_before else None
@@ -208,6 +220,12 @@ def analyse_move(lines, boundary, t_from, settle_hb=20):
                                                   res["check_ok_after"] <= res["check_ok_before"]):
         res["reason"] = (f"abcheck did not continue: last pass before {res['check_ok_before']}, "
                          f"after {res['check_ok_after']}")
+    elif res["disk_fail"]:
+        res["reason"] = f"disk check failed: {res['disk_fail']}"
+    elif res["disk_ok_before"] is not None and (res["disk_ok_after"] is None or
+                                                 res["disk_ok_after"] <= res["disk_ok_before"]):
+        res["reason"] = (f"disk passes did not continue: last before {res['disk_ok_before']}, "
+                         f"after {res['disk_ok_after']}")
     else:
         res["ok"] = True
     return res
