@@ -11,12 +11,10 @@
 import json
 import os
 import subprocess
-import sys
 import time
 
 import gwtest
 
-PROXY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gwproxy.py")
 
 
 def refused(vm, what, *args, expect):
@@ -117,12 +115,8 @@ def handed_over(env):
                               netns=hosts.src)
     src.wait_line(r"^check ok 1$", timeout=120)
     dst = gwtest.start_dest(env, "ho-dst", f"tcp:{hosts.dst_ip}:4444", netns=hosts.dst)
-    p = subprocess.Popen(["ip", "netns", "exec", hosts.src, sys.executable, PROXY,
-                          "127.0.0.1:5555", f"{hosts.dst_ip}:4444", "cutafter:commit"],
-                         stdout=subprocess.PIPE, text=True,
-                         env=dict(os.environ, PYTHONPATH=os.path.dirname(PROXY)))
+    p = gwtest.proxy(hosts, "cutafter:commit")
     try:
-        assert p.stdout.readline().strip() == "listening"
         rc, _, err = gwtest.migrate(src, "tcp:127.0.0.1:5555", "--mode", "warm", check=False)
         assert p.stdout.readline().strip() == "injected", "the proxy never saw COMMIT"
     finally:
