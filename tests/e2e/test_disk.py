@@ -83,7 +83,10 @@ def test_errors(env):
 
 def test_snapshot(env):
     d = disk(env, "s.img")
-    src = env.vm("snap-src", cmdline=WORK, extra=["--disk", f"path={d}"])
+    ro = disk(env, "s-ro.img", 4096)
+    # a second, readonly disk: the guest works on the first; both are rebuilt from CONFIG
+    src = env.vm("snap-src", cmdline=WORK,
+                 extra=["--disk", f"path={d}", "--disk", f"path={ro},readonly=on,id=ro"])
     src.wait_line(r"^disk ok 2$", timeout=120)
     snap = env.path("snap")
     env.ctl("snapshot", "--api-socket", src.sock, snap, "--stop")
@@ -91,6 +94,8 @@ def test_snapshot(env):
     last_pass = disk_passes(src)[-1]
     _, out, _ = env.ctl("inspect", snap)
     assert re.search(r'device virtio-blk "disk0": .*s\.img, 512\.0 KiB', out), out
+    assert re.search(r'device virtio-blk "ro": .*s-ro\.img, 4\.0 KiB, readonly', out), out
+    assert "virtio-blk@disk0" in out and "virtio-blk@ro" in out, out
 
     # the disk as the snapshot left it, copied: the restore writes the copy
     copy = env.path("s-copy.img")
