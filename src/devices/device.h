@@ -75,6 +75,11 @@ struct device_ops {
 	/* Validates, then applies; on error the device is unchanged. */
 	int __must_check (*load)(void *dev, uint32_t version, const void *p, size_t len,
 				 struct errbuf *e);
+	/*
+	 * Makes everything the guest wrote durable (a disk's fdatasync) on a quiesced device:
+	 * before a snapshot completes and before a migration's COMMIT, which fail if it fails.
+	 */
+	int __must_check (*flush)(void *dev, struct errbuf *e);
 	/* Takes exclusive use of the backend (a disk's lock): before the guest runs here. */
 	int __must_check (*claim)(void *dev, struct errbuf *e);
 	/* Flushes and gives up the backend: at a migration's COMMIT, on the source. */

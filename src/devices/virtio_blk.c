@@ -558,6 +558,19 @@ static int blk_claim(void *dev, struct errbuf *e)
 	return 0;
 }
 
+static int blk_flush(void *dev, struct errbuf *e)
+{
+	struct virtio_blk *b = dev;
+
+	if (b->spec.readonly)
+		return 0;
+	if (fdatasync(b->fd) < 0)
+		return err_set(e, -errno, "disk %s: fdatasync %s: %s", b->spec.id, b->spec.path,
+			       strerror(errno));
+	atomic_store(&b->unflushed, false);
+	return 0;
+}
+
 static void blk_release(void *dev)
 {
 	struct virtio_blk *b = dev;
@@ -606,6 +619,7 @@ static const struct device_ops blk_ops = {
 	.save = blk_save,
 	.validate = blk_validate,
 	.load = blk_load,
+	.flush = blk_flush,
 	.claim = blk_claim,
 	.release = blk_release,
 	.destroy = blk_destroy,

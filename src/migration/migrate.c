@@ -977,6 +977,10 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 		pthread_mutex_unlock(&mig.lock);
 	}
 
+	/* what the guest wrote must be on the disks before the destination may read them */
+	ret = vm_devices_flush(mig.vm, e);
+	if (ret < 0)
+		return err_prefix(e, ret, "before the handover");
 	/*
 	 * The point of no return: once COMMIT may have left, the destination may run the
 	 * guest, so this copy is handed-over for good (only stop), whatever happens next.

@@ -174,6 +174,10 @@ int vm_snapshot_save(struct vm *vm, const char *dir, struct vm_snapshot_stats *s
 		if (ret < 0)
 			goto err;
 	}
+	/* the disks as the snapshot's guest left them, durable before the guest may go on */
+	ret = vm_devices_flush(vm, e);
+	if (ret < 0)
+		goto err;
 	snapshot_writer_stats(w, &ss);
 	if (captured)
 		captured(opaque);

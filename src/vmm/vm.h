@@ -99,6 +99,8 @@ int __must_check vm_device_register(struct vm *vm, const struct device_ops *ops,
 				    const char *instance, void *dev, struct errbuf *e);
 /* The configurable devices as they would be rebuilt elsewhere (for CONFIG); returns the count. */
 unsigned vm_device_specs(struct vm *vm, struct device_spec *out, unsigned max);
+/* Makes what the guest wrote durable (paused VM); fails naming the device that could not. */
+int __must_check vm_devices_flush(struct vm *vm, struct errbuf *e);
 /* Takes every device's backend lock: before the guest runs on this host. */
 int __must_check vm_devices_claim(struct vm *vm, struct errbuf *e);
 /* Flushes and releases every backend: at a migration's COMMIT on the source. */

@@ -180,6 +180,21 @@ void vm_devices_resume(struct vm *vm)
 			vm->devices[i].ops->resume(vm->devices[i].opaque);
 }
 
+int vm_devices_flush(struct vm *vm, struct errbuf *e)
+{
+	for (unsigned i = 0; i < vm->ndevices; i++) {
+		struct vm_device_entry *d = &vm->devices[i];
+		int ret;
+
+		if (!d->ops->flush)
+			continue;
+		ret = d->ops->flush(d->opaque, e);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
 int vm_devices_claim(struct vm *vm, struct errbuf *e)
 {
 	for (unsigned i = 0; i < vm->ndevices; i++) {

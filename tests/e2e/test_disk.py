@@ -9,8 +9,9 @@ last wrote there (`disk ok N`), so a lost or stale write shows as `disk fail`/`d
 - Warm and live migration between the two network-namespace hosts on one shared disk file,
   the guest writing at full rate: no write lost, heartbeats continue, the lock moved to the
   destination. A destination that cannot open the disk refuses before the source pauses,
-  and a link cut during stop-and-copy fails the move before COMMIT: either way the source
-  keeps running, writing, and holding the lock."""
+  a link cut during stop-and-copy fails the move before COMMIT, and so does a disk whose
+  fdatasync fails (a snapshot too): each time the source keeps running, writing, and
+  holding the lock."""
 import os
 import re
 import shutil
@@ -189,9 +190,39 @@ def move(env, hosts, name, mode, opts=()):
     return res
 
 
+def test_flush_fails(env):
+    """A disk that cannot make writes durable stops a migration before COMMIT (and a
+    snapshot): the guest keeps running on the source, which keeps the lock."""
+    d = disk(env, "fdatasync-fails.img")
+    os.environ["LD_PRELOAD"] = os.environ["GW_FAULT_FDATASYNC"]
+    try:
+        # no network namespace: `ip netns exec` would load the library too
+        src = gwtest.start_source(env, "flush-src", cmdline="workload=idle",
+                                  extra=["--disk", f"path={d}"])
+    finally:
+        del os.environ["LD_PRELOAD"]
+    uri = f"unix:{env.path('flush.mig')}"
+    dst = gwtest.start_dest(env, "flush-dst", uri)
+    rc, _, err = gwtest.migrate(src, uri, "--mode", "warm", check=False)
+    assert rc != 0 and "fdatasync" in err and "Input/output error" in err, \
+        f"a migration with a disk that cannot flush: exit {rc}: {err}"
+    assert dst.wait_exit(60) != 0 and not dst.heartbeats()
+    rc, _, err = env.ctl("snapshot", "--api-socket", src.sock, env.path("flush-snap"),
+                         check=False)
+    assert rc != 0 and "fdatasync" in err, err
+    assert not os.path.exists(env.path("flush-snap"))
+    assert src.status()["state"] == "running"
+    n = src.line_count()
+    src.wait_line(r"^hb \d+$", start=n)
+    check_locked(env, d)
+    src.ctl("stop")
+    assert src.wait_exit() == 0
+
+
 def test(env):
     test_errors(env)
     test_snapshot(env)
+    test_flush_fails(env)
     hosts = gwtest.Hosts(env)
     move(env, hosts, "warm", "warm")
     res = move(env, hosts, "live", "live", ("--bandwidth", "4M"))
