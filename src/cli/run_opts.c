@@ -103,16 +103,19 @@ static int run_opts_check(struct run_opts *o, struct errbuf *e)
 }
 
 /*
- * Splits "k1=v1,k2=v2" in place (arg is a copy): calls back for each pair. Values cannot hold
+ * Splits "k1=v1,k2=v2" (a copy of arg) and calls back for each pair. Values cannot hold
  * commas, so neither can paths given this way.
  */
-static int run_kv_each(const char *opt, char *arg,
+static int run_kv_each(const char *opt, const char *arg,
 		       int (*cb)(void *ctx, const char *k, const char *v, struct errbuf *e),
 		       void *ctx, struct errbuf *e)
 {
-	char *save = NULL;
+	char copy[DEV_PATH_MAX + 64], *save = NULL;
 
-	for (char *kv = strtok_r(arg, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+	if (strlen(arg) >= sizeof(copy))
+		return err_set(e, -EINVAL, "%s: value too long", opt);
+	strcpy(copy, arg);
+	for (char *kv = strtok_r(copy, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
 		char *eq = strchr(kv, '=');
 		int ret;
 
@@ -163,17 +166,13 @@ static int run_disk_kv(void *ctx, const char *k, const char *v, struct errbuf *e
 static int run_disk_parse(struct run_opts *o, const char *arg, struct errbuf *e)
 {
 	struct device_spec *d = &o->disks[o->ndisks];
-	char copy[DEV_PATH_MAX + 64];
 	int ret;
 
 	if (o->ndisks >= DEV_MAX)
 		return err_set(e, -EINVAL, "--disk: at most %u disks", DEV_MAX);
-	if (strlen(arg) >= sizeof(copy))
-		return err_set(e, -EINVAL, "--disk: value too long");
-	strcpy(copy, arg);
 	memset(d, 0, sizeof(*d));
 	strcpy(d->type, VIRTIO_BLK_TYPE);
-	ret = run_kv_each("--disk", copy, run_disk_kv, d, e);
+	ret = run_kv_each("--disk", arg, run_disk_kv, d, e);
 	if (ret < 0)
 		return ret;
 	if (!d->path[0])
@@ -201,16 +200,12 @@ static int run_override_kv(void *ctx, const char *k, const char *v, struct errbu
 static int run_override_parse(struct run_opts *o, const char *arg, struct errbuf *e)
 {
 	struct device_spec *d = &o->override_specs[o->noverrides];
-	char copy[DEV_PATH_MAX + 64];
 	int ret;
 
 	if (o->noverrides >= DEV_MAX)
 		return err_set(e, -EINVAL, "--disk-override: at most %u", DEV_MAX);
-	if (strlen(arg) >= sizeof(copy))
-		return err_set(e, -EINVAL, "--disk-override: value too long");
-	strcpy(copy, arg);
 	memset(d, 0, sizeof(*d));
-	ret = run_kv_each("--disk-override", copy, run_override_kv, d, e);
+	ret = run_kv_each("--disk-override", arg, run_override_kv, d, e);
 	if (ret < 0)
 		return ret;
 	if (!d->id[0] || !d->path[0])
