@@ -6,8 +6,8 @@ last wrote there (`disk ok N`), so a lost or stale write shows as `disk fail`/`d
   another godwit holds (its lock), a readonly disk (the guest is told; it does not write).
 - Snapshot and restore onto a copy of the disk with --disk-override: heartbeats and disk
   passes continue; a resized copy, an unknown override id and a held lock are refused.
-- Warm and live migration between the two network-namespace hosts on one shared disk file,
-  the guest writing at full rate: no write lost, heartbeats continue, the lock moved to the
+- Warm, live and post-copy migration between the two network-namespace hosts on one shared
+  disk file, the guest writing at full rate: no write lost, heartbeats continue, the lock moved to the
   destination. A destination that cannot open the disk refuses before the source pauses,
   a link cut during stop-and-copy fails the move before COMMIT, and so does a disk whose
   fdatasync fails (a snapshot too): each time the source keeps running, writing, and
@@ -219,6 +219,28 @@ def test_flush_fails(env):
     assert src.wait_exit() == 0
 
 
+def postcopy(env, hosts):
+    """Post-copy: the destination runs the guest (and its disk) while memory still arrives;
+    the device's writes into pages not yet fetched wait for them like the vCPUs do."""
+    d = disk(env, "pc.img")
+    uri = f"tcp:{hosts.dst_ip}:4444"
+    src = gwtest.start_source(env, "pc-src", cmdline="workload=abcheck,disk wss=16M "
+                              "disk_blocks=256", netns=hosts.src, extra=["--disk", f"path={d}"])
+    src.wait_line(r"^disk ok 2$", timeout=120)
+    dst = gwtest.start_dest(env, "pc-dst", uri, netns=hosts.dst)
+    _, res, _ = gwtest.migrate(src, uri, "--mode", "postcopy", "--bandwidth", "8M")
+    assert res["state"] == "completed", res
+    assert src.wait_exit() == 0
+    last_pass = disk_passes(src)[-1]
+    gwtest.check_moved(src, dst, "postcopy", abcheck=True)
+    dst.wait_line(rf"^disk ok {last_pass + 2}$", timeout=120)
+    passes = disk_passes(dst)
+    assert passes[0] == last_pass + 1, f"postcopy: first pass {passes[0]} after {last_pass}"
+    check_locked(env, d)
+    dst.ctl("stop")
+    assert dst.wait_exit() == 0
+
+
 def test(env):
     test_errors(env)
     test_snapshot(env)
@@ -227,6 +249,7 @@ def test(env):
     move(env, hosts, "warm", "warm")
     res = move(env, hosts, "live", "live", ("--bandwidth", "4M"))
     assert len(res["rounds"]) >= 2, res["rounds"]
+    postcopy(env, hosts)
 
 
 if __name__ == "__main__":
