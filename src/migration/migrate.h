@@ -98,7 +98,8 @@ struct mig_status {
 	uint64_t pages_remaining; /* pages still on the source */
 	uint64_t requests_refused; /* requests outside guest memory (source) */
 	uint64_t fault_latency_median_ns, fault_latency_max_ns; /* request to installed */
-	char error[ERRBUF_LEN + 64];
+	/* an engine error (ERRBUF_LEN) with the URI (512) and a sentence of advice */
+	char error[2 * ERRBUF_LEN + 512];
 };
 
 const char *mig_state_name(enum mig_state st);

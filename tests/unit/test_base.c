@@ -354,7 +354,7 @@ static int eventfd_find(void)
 
 	assert_non_null(d);
 	while ((de = readdir(d))) {
-		char path[64], target[64];
+		char path[32 + sizeof(de->d_name)], target[64];
 		ssize_t n;
 
 		snprintf(path, sizeof(path), "/proc/self/fd/%s", de->d_name);
