@@ -9,7 +9,9 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
+#include <zstd.h>
 
 const char *state_record_type_name(uint32_t type)
 {
@@ -447,7 +449,7 @@ int state_pages_decode(const void *p, size_t len, struct state_pages_iter *it, s
 	if (count < 1 || count > STATE_PAGES_MAX)
 		return err_set(e, -EBADMSG, "pages: batch of %" PRIu32 " pages (allowed: 1..%u)",
 			       count, STATE_PAGES_MAX);
-	if (flags)
+	if (flags & ~STATE_PAGES_F_ZSTD)
 		return err_set(e, -EBADMSG, "pages: unknown batch flags 0x%" PRIx32, flags);
 	desc_end = PAGES_HDR + (size_t)count * PAGES_DESC;
 	if (len < desc_end)
@@ -471,12 +473,25 @@ int state_pages_decode(const void *p, size_t len, struct state_pages_iter *it, s
 		if (!(pflags & STATE_PAGE_F_ZERO))
 			nr_data++;
 	}
-	if (len - desc_end != (size_t)nr_data * STATE_PAGE_SIZE)
+	if (flags & STATE_PAGES_F_ZSTD) {
+		/* a writer only compresses what shrinks: anything else is not ours to inflate */
+		if (!nr_data || len - desc_end == 0 ||
+		    len - desc_end >= (size_t)nr_data * STATE_PAGE_SIZE)
+			return err_set(e, -EBADMSG,
+				       "pages: compressed data of %zu bytes for %" PRIu32
+				       " non-zero pages (must be 1 to %zu)",
+				       len - desc_end, nr_data,
+				       nr_data ? (size_t)nr_data * STATE_PAGE_SIZE - 1 : 0);
+		it->zdata = b + desc_end;
+		it->zlen = len - desc_end;
+	} else if (len - desc_end != (size_t)nr_data * STATE_PAGE_SIZE) {
 		return err_set(e, -EBADMSG,
 			       "pages: %zu data bytes for %" PRIu32 " non-zero pages (expected %zu)",
 			       len - desc_end, nr_data, (size_t)nr_data * STATE_PAGE_SIZE);
+	} else {
+		it->data = b + desc_end;
+	}
 	it->desc = b + PAGES_HDR;
-	it->data = b + desc_end;
 	it->count = count;
 	it->nr_data = nr_data;
 	return 0;
@@ -486,7 +501,7 @@ bool state_pages_next(struct state_pages_iter *it, struct state_page *pg)
 {
 	const uint8_t *d;
 
-	if (it->pos >= it->count)
+	if (it->pos >= it->count || (it->zdata && !it->data))
 		return false;
 	d = it->desc + (size_t)it->pos * PAGES_DESC;
 	pg->gpa = le_get64(d);
@@ -498,6 +513,68 @@ bool state_pages_next(struct state_pages_iter *it, struct state_page *pg)
 	}
 	it->pos++;
 	return true;
+}
+
+struct state_inflater {
+	ZSTD_DCtx *dctx;
+	uint8_t *buf; /* STATE_PAGES_MAX pages, the most a batch can carry */
+};
+
+int state_inflater_new(struct state_inflater **zp, struct errbuf *e)
+{
+	struct state_inflater *z = calloc(1, sizeof(*z));
+
+	*zp = NULL;
+	if (z) {
+		z->dctx = ZSTD_createDCtx();
+		z->buf = malloc((size_t)STATE_PAGES_MAX * STATE_PAGE_SIZE);
+	}
+	if (!z || !z->dctx || !z->buf) {
+		state_inflater_free(z);
+		return err_set(e, -ENOMEM, "pages: out of memory for decompression");
+	}
+	*zp = z;
+	return 0;
+}
+
+void state_inflater_free(struct state_inflater *z)
+{
+	if (!z)
+		return;
+	ZSTD_freeDCtx(z->dctx);
+	free(z->buf);
+	free(z);
+}
+
+int state_pages_inflate(struct state_pages_iter *it, struct state_inflater *z, struct errbuf *e)
+{
+	size_t want = (size_t)it->nr_data * STATE_PAGE_SIZE, got;
+	unsigned long long declared;
+
+	if (!it->zdata)
+		return 0;
+	/* one frame, covering the data exactly: no trailing bytes, no second frame */
+	got = ZSTD_findFrameCompressedSize(it->zdata, it->zlen);
+	if (ZSTD_isError(got) || got != it->zlen)
+		return err_set(e, -EBADMSG, "pages: compressed data is not one zstd frame of %zu bytes",
+			       it->zlen);
+	declared = ZSTD_getFrameContentSize(it->zdata, it->zlen);
+	if (declared != ZSTD_CONTENTSIZE_UNKNOWN && declared != want)
+		return err_set(e, -EBADMSG,
+			       "pages: zstd frame declares %llu bytes for %" PRIu32
+			       " non-zero pages (expected %zu)",
+			       declared, it->nr_data, want);
+	/* the output bound is the batch's own size: a hostile frame can never write more */
+	got = ZSTD_decompressDCtx(z->dctx, z->buf, want, it->zdata, it->zlen);
+	if (ZSTD_isError(got))
+		return err_set(e, -EBADMSG, "pages: bad zstd frame: %s", ZSTD_getErrorName(got));
+	if (got != want)
+		return err_set(e, -EBADMSG,
+			       "pages: zstd frame yields %zu bytes for %" PRIu32
+			       " non-zero pages (expected %zu)",
+			       got, it->nr_data, want);
+	it->data = z->buf;
+	return 0;
 }
 
 /* ---- END ---- */

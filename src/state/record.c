@@ -12,7 +12,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
+#include <zstd.h>
 
 /* Records up to this size are gathered in the output buffer, larger ones go out directly. */
 #define WRITER_COPY_MAX (64u * 1024)
@@ -425,6 +427,11 @@ struct state_writer {
 	struct buf out;
 	struct buf scratch;
 	struct iovec *iov; /* for PAGES batches: STATE_PAGES_MAX + 4 entries */
+	ZSTD_CCtx *cctx;   /* with state_writer_compress() */
+	uint8_t *zraw;     /* a stable batch's data gathered for the compressor */
+	uint8_t *zout;     /* ZSTD_compressBound(STATE_PAGES_MAX pages) bytes */
+	size_t zout_cap;
+	struct state_zstats zs;
 	uint64_t flushed;
 	uint64_t nr_records;
 	bool seen_config;
@@ -530,7 +537,68 @@ void state_writer_free(struct state_writer *w)
 	buf_free(&w->out);
 	buf_free(&w->scratch);
 	free(w->iov);
+	ZSTD_freeCCtx(w->cctx);
+	free(w->zraw);
+	free(w->zout);
 	free(w);
+}
+
+int state_writer_compress(struct state_writer *w, int level, struct errbuf *e)
+{
+	size_t raw = (size_t)STATE_PAGES_MAX * STATE_PAGE_SIZE;
+
+	if (level < STATE_ZSTD_LEVEL_MIN || level > STATE_ZSTD_LEVEL_MAX)
+		return err_set(e, -EINVAL, "state writer: zstd level %d (allowed %d..%d)", level,
+			       STATE_ZSTD_LEVEL_MIN, STATE_ZSTD_LEVEL_MAX);
+	if (!w->cctx) {
+		w->cctx = ZSTD_createCCtx();
+		w->zraw = malloc(raw);
+		w->zout_cap = ZSTD_compressBound(raw);
+		w->zout = malloc(w->zout_cap);
+		if (!w->cctx || !w->zraw || !w->zout)
+			return err_set(e, -ENOMEM, "state writer: out of memory for compression");
+	}
+	/* no checksum: the record CRC covers the frame; the content size lets readers check */
+	if (ZSTD_isError(ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_compressionLevel, level)) ||
+	    ZSTD_isError(ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_checksumFlag, 0)) ||
+	    ZSTD_isError(ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_contentSizeFlag, 1)))
+		return err_set(e, -EINVAL, "state writer: zstd refused level %d", level);
+	return 0;
+}
+
+void state_writer_zstats(const struct state_writer *w, struct state_zstats *zs)
+{
+	*zs = w->zs;
+}
+
+static uint64_t writer_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * Compresses a batch's data (raw, nr_data pages) into w->zout; returns the frame's length,
+ * or 0 when it would not be shorter (the batch then goes raw).
+ */
+static size_t writer_compress(struct state_writer *w, const void *raw, uint32_t nr_data)
+{
+	size_t len = (size_t)nr_data * STATE_PAGE_SIZE, out;
+	uint64_t t0 = writer_now_ns();
+
+	out = ZSTD_compress2(w->cctx, w->zout, w->zout_cap, raw, len);
+	w->zs.ns += writer_now_ns() - t0;
+	w->zs.batches++;
+	w->zs.raw_bytes += len;
+	if (ZSTD_isError(out) || out >= len) {
+		w->zs.out_bytes += len;
+		return 0;
+	}
+	w->zs.shrunk++;
+	w->zs.out_bytes += out;
+	return out;
 }
 
 uint64_t state_writer_bytes(const struct state_writer *w)
@@ -660,8 +728,10 @@ int state_writer_pages(struct state_writer *w, const struct state_page *pages, u
 		       unsigned flags, struct errbuf *e)
 {
 	bool stable = flags & STATE_PAGES_STABLE;
+	bool compress = (flags & STATE_PAGES_COMPRESS) && w->cctx;
+	uint32_t nr_data = 0;
+	size_t n = 1, desc_end, zlen = 0;
 	struct iovec *iov;
-	size_t n = 1;
 
 	if (count < 1 || count > STATE_PAGES_MAX)
 		return err_set(e, -EINVAL, "state writer: batch of %" PRIu32 " pages (allowed 1..%u)",
@@ -675,6 +745,34 @@ int state_writer_pages(struct state_writer *w, const struct state_page *pages, u
 				       " is not page-aligned or beyond 2^52", pages[i].gpa);
 		buf_put_u64(&w->scratch, pages[i].gpa);
 		buf_put_u32(&w->scratch, pages[i].data ? 0 : STATE_PAGE_F_ZERO);
+		nr_data += pages[i].data != NULL;
+	}
+	if (buf_status(&w->scratch))
+		return err_set(e, -ENOMEM, "state writer: out of memory");
+	desc_end = w->scratch.len;
+	if (compress && nr_data) {
+		const uint8_t *raw = w->zraw;
+
+		/* a running guest's pages are copied first here too: the frame must be coherent */
+		for (uint32_t i = 0, j = 0; i < count; i++)
+			if (pages[i].data)
+				memcpy(w->zraw + (size_t)j++ * STATE_PAGE_SIZE, pages[i].data,
+				       STATE_PAGE_SIZE);
+		zlen = writer_compress(w, raw, nr_data);
+	}
+	if (zlen) {
+		le_put32(w->scratch.data + 4, STATE_PAGES_F_ZSTD);
+		if (!w->iov) {
+			w->iov = calloc(STATE_PAGES_MAX + 4, sizeof(*w->iov));
+			if (!w->iov)
+				return err_set(e, -ENOMEM, "state writer: out of memory");
+		}
+		iov = w->iov;
+		iov[2].iov_base = w->scratch.data;
+		iov[2].iov_len = desc_end;
+		iov[3].iov_base = w->zout;
+		iov[3].iov_len = zlen;
+		return writer_emit(w, STATE_REC_PAGES, iov + 1, 2, e);
 	}
 	if (!stable) {
 		/* copy first, so the CRC is computed over exactly the bytes sent */

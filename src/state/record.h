@@ -158,6 +158,13 @@ int __must_check state_section_decode(const void *p, size_t len, struct state_se
 
 #define STATE_PAGES_MAX 1024u
 #define STATE_PAGE_F_ZERO 0x1u /* the page is all zeroes; no data follows for it */
+/*
+ * Batch flag: the data of the non-zero pages is one zstd frame, strictly shorter than the
+ * raw data, that decompresses to exactly 4096 bytes per non-zero page.
+ */
+#define STATE_PAGES_F_ZSTD 0x1u
+#define STATE_ZSTD_LEVEL_MIN 1
+#define STATE_ZSTD_LEVEL_MAX 19
 
 struct state_page {
 	uint64_t gpa;	  /* page-aligned */
@@ -167,18 +174,35 @@ struct state_page {
 /* Walks a decoded PAGES payload without copying: data points into the payload. */
 struct state_pages_iter {
 	const uint8_t *desc;
-	const uint8_t *data;
+	const uint8_t *data;	/* NULL for a compressed batch until state_pages_inflate() */
+	const uint8_t *zdata;	/* a compressed batch's frame */
+	size_t zlen;
 	uint32_t count;
 	uint32_t nr_data;
 	uint32_t pos;
 	uint32_t data_pos;
 };
 
-/* Checks count (1..STATE_PAGES_MAX), flags, alignment and the exact data length. */
+/*
+ * Checks count (1..STATE_PAGES_MAX), flags, alignment and the exact data length (for a
+ * compressed batch: that the frame is shorter than the raw data would be).
+ */
 int __must_check state_pages_decode(const void *p, size_t len, struct state_pages_iter *it,
 				    struct errbuf *e);
-/* The next page of a decoded batch; false when none are left. */
+/* The next page of a decoded (and, if compressed, inflated) batch; false when none are left. */
 bool state_pages_next(struct state_pages_iter *it, struct state_page *pg);
+
+/*
+ * Decompresses a compressed batch into the inflater's buffer, which holds exactly
+ * STATE_PAGES_MAX pages and is never grown: a frame that declares or yields anything but
+ * 4096 bytes per non-zero page is refused. Nothing to do for a raw batch. The pages' data
+ * then points into the inflater until its next use.
+ */
+struct state_inflater;
+int __must_check state_inflater_new(struct state_inflater **zp, struct errbuf *e);
+void state_inflater_free(struct state_inflater *z);
+int __must_check state_pages_inflate(struct state_pages_iter *it, struct state_inflater *z,
+				     struct errbuf *e);
 
 /* ---- END: the last record; carries the number of records before it ---- */
 
@@ -252,6 +276,16 @@ void state_reader_free(struct state_reader *r);
  * data sent and its CRC agree; a page changed meanwhile is dirty again and is resent later.
  */
 #define STATE_PAGES_STABLE 0x1u
+/* Compress the batch's data (state_writer_compress()); it goes raw if that does not shrink it. */
+#define STATE_PAGES_COMPRESS 0x2u
+
+/* What the writer's compression did so far. */
+struct state_zstats {
+	uint64_t raw_bytes; /* page data handed to the compressor */
+	uint64_t out_bytes; /* what it was sent as (compressed, or raw when that was smaller) */
+	uint64_t ns;	    /* time spent compressing */
+	uint64_t batches, shrunk;
+};
 
 struct state_writer;
 
@@ -270,7 +304,10 @@ int __must_check state_writer_config(struct state_writer *w, const struct state_
 int __must_check state_writer_section(struct state_writer *w, const char *name,
 				      const char *instance, uint32_t version, const void *data,
 				      size_t len, struct errbuf *e);
-/* One PAGES record of 1..STATE_PAGES_MAX pages; flags: STATE_PAGES_STABLE. */
+/* Sets the zstd level (STATE_ZSTD_LEVEL_MIN..MAX) for batches sent with STATE_PAGES_COMPRESS. */
+int __must_check state_writer_compress(struct state_writer *w, int level, struct errbuf *e);
+void state_writer_zstats(const struct state_writer *w, struct state_zstats *zs);
+/* One PAGES record of 1..STATE_PAGES_MAX pages; flags: STATE_PAGES_STABLE, _COMPRESS. */
 int __must_check state_writer_pages(struct state_writer *w, const struct state_page *pages,
 				    uint32_t count, unsigned flags, struct errbuf *e);
 /* Writes END and flushes. */

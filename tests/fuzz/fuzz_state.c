@@ -24,6 +24,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static FILE *devnull;
+static struct state_inflater *inflater;
 
 static void decode_stream(const uint8_t *data, size_t size, struct state_config *cfg)
 {
@@ -63,7 +64,8 @@ static void decode_stream(const uint8_t *data, size_t size, struct state_config 
 				fputc('.', devnull);
 			break;
 		case STATE_REC_PAGES:
-			if (state_pages_decode(rec.payload, rec.len, &it, &e))
+			if (state_pages_decode(rec.payload, rec.len, &it, &e) ||
+			    (inflater && state_pages_inflate(&it, inflater, &e)))
 				break;
 			while (state_pages_next(&it, &pg)) {
 				if (have_config)
@@ -141,8 +143,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	uint8_t *fixed;
 
+	struct errbuf e;
+
 	if (!devnull)
 		devnull = fopen("/dev/null", "w");
+	if (!inflater && state_inflater_new(&inflater, &e))
+		inflater = NULL;
 	run_all(data, size);
 	/* an exact-size copy, so AddressSanitizer catches a read one byte past the end */
 	fixed = malloc(size ? size : 1);

@@ -54,7 +54,7 @@ static void check(int ret, const struct errbuf *e)
 	}
 }
 
-static void migration_seed(const char *dir, const char *name, unsigned npages)
+static void migration_seed(const char *dir, const char *name, unsigned npages, int zstd)
 {
 	static uint8_t page[STATE_PAGE_SIZE];
 	struct state_page pages[8];
@@ -70,11 +70,15 @@ static void migration_seed(const char *dir, const char *name, unsigned npages)
 		pages[i].data = i % 2 ? NULL : page;
 	}
 	check(state_writer_open(&w, fd, STATE_KIND_MIGRATION, &e), &e);
+	if (zstd)
+		check(state_writer_compress(w, zstd, &e), &e);
 	check(state_writer_record(w, STATE_REC_CTRL_FIRST, "hello", 5, &e), &e);
 	check(state_writer_config(w, &c, &e), &e);
 	check(state_writer_section(w, "vcpu", "0", 1, "regs", 4, &e), &e);
 	if (npages)
-		check(state_writer_pages(w, pages, npages, STATE_PAGES_STABLE, &e), &e);
+		check(state_writer_pages(w, pages, npages,
+					 STATE_PAGES_STABLE | (zstd ? STATE_PAGES_COMPRESS : 0), &e),
+		      &e);
 	check(state_writer_end(w, &e), &e);
 	state_writer_free(w);
 	close(fd);
@@ -124,9 +128,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "gen_seeds: %s: %s\n", argv[1], strerror(errno));
 		return 1;
 	}
-	migration_seed(argv[1], "migration-empty", 0);
-	migration_seed(argv[1], "migration-1page", 1);
-	migration_seed(argv[1], "migration-8pages", 8);
+	migration_seed(argv[1], "migration-empty", 0, 0);
+	migration_seed(argv[1], "migration-1page", 1, 0);
+	migration_seed(argv[1], "migration-8pages", 8, 0);
+	migration_seed(argv[1], "migration-8pages-zstd", 8, 1);
 	snapshot_seed(argv[1]);
 	return 0;
 }

@@ -30,6 +30,7 @@
 #include <sys/wait.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zstd.h>
 #include <cmocka.h>
 
 #define PS STATE_PAGE_SIZE
@@ -821,6 +822,176 @@ static void put_pages_hdr(struct buf *b, uint32_t count, uint32_t flags)
 	buf_put_u32(b, flags);
 }
 
+/* Text-like page content: compresses well, but not to nothing. */
+static void fill_text_page(uint8_t *p, uint64_t seed)
+{
+	static const char *const words[] = { "guest ", "memory ", "pages ", "moves ", "zstd  ", "line\n " };
+
+	for (size_t i = 0; i < PS; i++) {
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		p[i] = (uint8_t)words[(seed >> 33) % 6][i % 5];
+	}
+}
+
+/* Data no compressor shrinks. */
+static void fill_random_page(uint8_t *p, uint64_t seed)
+{
+	for (size_t i = 0; i < PS; i += 8) {
+		seed ^= seed << 13;
+		seed ^= seed >> 7;
+		seed ^= seed << 17;
+		memcpy(p + i, &seed, 8);
+	}
+}
+
+/* A batch that shrinks travels compressed and inflates to the same pages; one that does not travels raw. */
+static void test_pages_zstd_roundtrip(void **state)
+{
+	static uint8_t text[3][PS], rnd[2][PS];
+	struct state_page shrinks[4] = { { 0x1000, text[0] }, { 0x2000, NULL },
+					 { 0x3000, text[1] }, { 0x5000, text[2] } };
+	struct state_page raw[2] = { { 0x8000, rnd[0] }, { 0x9000, rnd[1] } };
+	struct state_reader_opts o = { .allow_control = true };
+	struct state_inflater *z;
+	struct state_writer *w;
+	struct state_reader *r;
+	struct state_record rec;
+	struct state_pages_iter it;
+	struct state_page pg;
+	struct state_zstats zs;
+	struct state_config c;
+	struct errbuf e;
+	size_t len;
+	uint8_t *p;
+	int fd = memfd_create("stream", 0);
+
+	for (int i = 0; i < 3; i++)
+		fill_text_page(text[i], (uint64_t)i + 1);
+	fill_random_page(rnd[0], 1);
+	fill_random_page(rnd[1], 2);
+	make_config(&c);
+	assert_true(fd >= 0);
+	assert_int_equal(state_writer_open(&w, fd, STATE_KIND_MIGRATION, &e), 0);
+	assert_fails_with(state_writer_compress(w, 0, &e), -EINVAL, &e, "zstd level 0");
+	assert_int_equal(state_writer_compress(w, 1, &e), 0);
+	assert_int_equal(state_writer_config(w, &c, &e), 0);
+	assert_int_equal(state_writer_pages(w, shrinks, 4, STATE_PAGES_COMPRESS, &e), 0);
+	assert_int_equal(state_writer_pages(w, raw, 2, STATE_PAGES_COMPRESS | STATE_PAGES_STABLE,
+					    &e), 0);
+	assert_int_equal(state_writer_end(w, &e), 0);
+	state_writer_zstats(w, &zs);
+	assert_int_equal(zs.batches, 2);
+	assert_int_equal(zs.shrunk, 1);
+	assert_int_equal(zs.raw_bytes, 5 * PS);
+	assert_true(zs.out_bytes < zs.raw_bytes && zs.out_bytes > 2 * PS);
+	state_writer_free(w);
+	p = read_fd_all(fd, &len);
+	close(fd);
+
+	assert_int_equal(state_inflater_new(&z, &e), 0);
+	assert_int_equal(state_reader_open_mem(&r, p, len, &o, &e), 0);
+	assert_int_equal(state_reader_next(r, &rec, &e), 0);
+	assert_int_equal(state_reader_next(r, &rec, &e), 0);
+	assert_int_equal(rec.type, STATE_REC_PAGES);
+	assert_true(rec.len < 3 * PS);
+	assert_int_equal(le_get32(rec.payload + 4), STATE_PAGES_F_ZSTD);
+	assert_int_equal(state_pages_decode(rec.payload, rec.len, &it, &e), 0);
+	assert_false(state_pages_next(&it, &pg)); /* no data before it is inflated */
+	assert_int_equal(state_pages_inflate(&it, z, &e), 0);
+	for (int i = 0, t = 0; i < 4; i++) {
+		assert_true(state_pages_next(&it, &pg));
+		assert_int_equal(pg.gpa, shrinks[i].gpa);
+		if (!shrinks[i].data)
+			assert_null(pg.data);
+		else
+			assert_memory_equal(pg.data, text[t++], PS);
+	}
+	assert_false(state_pages_next(&it, &pg));
+	assert_int_equal(state_reader_next(r, &rec, &e), 0);
+	assert_int_equal(le_get32(rec.payload + 4), 0);
+	assert_int_equal(rec.len, 8 + 2 * 12 + 2 * PS);
+	assert_int_equal(state_pages_decode(rec.payload, rec.len, &it, &e), 0);
+	assert_int_equal(state_pages_inflate(&it, z, &e), 0);
+	assert_true(state_pages_next(&it, &pg));
+	assert_memory_equal(pg.data, rnd[0], PS);
+	assert_int_equal(state_reader_next(r, &rec, &e), 0);
+	assert_true(state_reader_ended(r));
+	state_reader_free(r);
+	state_inflater_free(z);
+	free(p);
+}
+
+/* A compressed batch of the given descriptors (page i non-zero if its bit is set) and frame. */
+static void put_zstd_batch(struct buf *b, uint32_t count, uint32_t nonzero_mask, const void *frame,
+			   size_t flen)
+{
+	put_pages_hdr(b, count, STATE_PAGES_F_ZSTD);
+	for (uint32_t i = 0; i < count; i++) {
+		buf_put_u64(b, 0x1000ull * (i + 1));
+		buf_put_u32(b, nonzero_mask & (1u << i) ? 0 : STATE_PAGE_F_ZERO);
+	}
+	buf_put_bytes(b, frame, flen);
+}
+
+/* Hostile compressed batches: refused by name, and never inflated past the batch's pages. */
+static void test_pages_zstd_hostile(void **state)
+{
+	static uint8_t src[4 * PS], frame[4 * PS];
+	struct state_inflater *z;
+	struct state_pages_iter it;
+	ZSTD_CCtx *cctx = ZSTD_createCCtx();
+	struct buf b;
+	struct errbuf e;
+	size_t two, four_nosize;
+
+	memset(src, 'a', sizeof(src));
+	two = ZSTD_compress(frame, sizeof(frame), src, 2 * PS, 1);
+	assert_false(ZSTD_isError(two));
+	/* a frame of 4 pages that does not say how big it is: only decompressing tells */
+	assert_false(ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 0)));
+	four_nosize = ZSTD_compress2(cctx, frame + two, sizeof(frame) - two, src, 4 * PS);
+	assert_false(ZSTD_isError(four_nosize));
+	ZSTD_freeCCtx(cctx);
+	assert_int_equal(state_inflater_new(&z, &e), 0);
+	buf_init(&b);
+
+	/* declares 2 pages, the batch has 1 */
+	put_zstd_batch(&b, 2, 0x1, frame, two);
+	assert_int_equal(state_pages_decode(b.data, b.len, &it, &e), 0);
+	assert_fails_with(state_pages_inflate(&it, z, &e), -EBADMSG, &e,
+			  "declares 8192 bytes for 1 non-zero pages (expected 4096)");
+	/* says nothing, yields 4 pages: stopped at the batch's 2 */
+	put_zstd_batch(&b, 3, 0x5, frame + two, four_nosize);
+	assert_int_equal(state_pages_decode(b.data, b.len, &it, &e), 0);
+	assert_fails_with(state_pages_inflate(&it, z, &e), -EBADMSG, &e, "bad zstd frame");
+	/* yields fewer than declared descriptors need */
+	put_zstd_batch(&b, 3, 0x7, frame, two);
+	assert_int_equal(state_pages_decode(b.data, b.len, &it, &e), 0);
+	assert_fails_with(state_pages_inflate(&it, z, &e), -EBADMSG, &e, "expected 12288");
+	/* trailing bytes after the frame */
+	put_zstd_batch(&b, 2, 0x3, frame, two);
+	buf_put_u8(&b, 0);
+	assert_int_equal(state_pages_decode(b.data, b.len, &it, &e), 0);
+	assert_fails_with(state_pages_inflate(&it, z, &e), -EBADMSG, &e, "not one zstd frame");
+	/* not zstd at all */
+	put_zstd_batch(&b, 2, 0x3, src, 100);
+	assert_int_equal(state_pages_decode(b.data, b.len, &it, &e), 0);
+	assert_fails_with(state_pages_inflate(&it, z, &e), -EBADMSG, &e, "not one zstd frame");
+	/* "compressed" data as long as the raw data, or a compressed batch of zero pages */
+	put_zstd_batch(&b, 1, 0x1, src, PS);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "compressed data of 4096 bytes for 1 non-zero pages (must be 1 to 4095)");
+	put_zstd_batch(&b, 1, 0x0, frame, two);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "for 0 non-zero pages");
+	/* and a good one still inflates */
+	put_zstd_batch(&b, 3, 0x6, frame, two);
+	assert_int_equal(state_pages_decode(b.data, b.len, &it, &e), 0);
+	assert_int_equal(state_pages_inflate(&it, z, &e), 0);
+	buf_free(&b);
+	state_inflater_free(z);
+}
+
 static void test_pages_codec(void **state)
 {
 	static uint8_t page[PS];
@@ -1569,6 +1740,8 @@ int main(void)
 		cmocka_unit_test(test_config_devices),
 		cmocka_unit_test(test_section_codec),
 		cmocka_unit_test(test_pages_codec),
+		cmocka_unit_test(test_pages_zstd_roundtrip),
+		cmocka_unit_test(test_pages_zstd_hostile),
 		cmocka_unit_test(test_socket_stream),
 		cmocka_unit_test(test_socket_peer_gone),
 		cmocka_unit_test(test_snapshot_roundtrip),
