@@ -301,6 +301,14 @@ static json_t *api_mig_status_json(void)
 			"transfer_us", (json_int_t)(st->estimate.transfer_ns / 1000)));
 	if (j && st->state_bytes)
 		json_object_set_new(j, "state_bytes", json_integer((json_int_t)st->state_bytes));
+	if (j) /* non-zero page data before and after compression; ratio 1.0 when none */
+		json_object_set_new(j, "compression", json_pack(
+			"{s:s, s:b, s:I, s:I, s:f}", "mode", st->compress[0] ? st->compress : "none",
+			"compressing", st->compressing,
+			"page_bytes", (json_int_t)st->page_bytes,
+			"page_bytes_sent", (json_int_t)st->page_bytes_sent,
+			"ratio", st->page_bytes_sent ? (double)st->page_bytes /
+					(double)st->page_bytes_sent : 1.0));
 	if (j && st->error[0])
 		json_object_set_new(j, "error", api_json_string(st->error));
 	pc = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}",
@@ -360,7 +368,8 @@ static void api_mig_done(void *opaque)
  */
 static int api_cmd_migrate(struct api_ctx *ctx, struct errbuf *e)
 {
-	static const char *const choices[] = { "uri", "mode", "dirty_tracking", "on_stall" };
+	static const char *const choices[] = { "uri", "mode", "dirty_tracking", "on_stall",
+					       "compress" };
 	json_t *req = ctx->req;
 	struct mig_params p;
 	const struct {
@@ -416,6 +425,7 @@ static const struct api_arg api_migrate_args[] = {
 	{ "on_stall", API_ARG_STRING, false },
 	{ "postcopy_after", API_ARG_INT, false },
 	{ "resume", API_ARG_BOOL, false },
+	{ "compress", API_ARG_STRING, false },
 	{ "digest", API_ARG_BOOL, false },
 	{ NULL, API_ARG_BOOL, false },
 };

@@ -24,7 +24,7 @@
 
 enum {
 	OPT_API = 256, OPT_MODE, OPT_DOWNTIME, OPT_BANDWIDTH, OPT_ROUNDS, OPT_TIMEOUT, OPT_DIRTY,
-	OPT_STALL, OPT_DIGEST, OPT_JSON, OPT_POSTCOPY_AFTER, OPT_RESUME,
+	OPT_STALL, OPT_DIGEST, OPT_JSON, OPT_POSTCOPY_AFTER, OPT_RESUME, OPT_COMPRESS,
 };
 
 static void migrate_usage(FILE *out)
@@ -32,7 +32,8 @@ static void migrate_usage(FILE *out)
 	fputs("usage: godwit migrate --api-socket PATH [--mode live|warm|postcopy] [--downtime-ms N]\n"
 	      "                      [--bandwidth RATE] [--max-rounds N] [--timeout S]\n"
 	      "                      [--dirty-tracking bitmap|ring] [--postcopy-after auto|N]\n"
-	      "                      [--on-stall throttle|pause|cancel|postcopy] [--json] [--digest] URI\n"
+	      "                      [--on-stall throttle|pause|cancel|postcopy]\n"
+	      "                      [--compress none|zstd[:LEVEL]|auto[:LEVEL]] [--json] [--digest] URI\n"
 	      "       godwit migrate --api-socket PATH --resume URI\n"
 	      "  move the running guest to a godwit started with `run --incoming URI`\n"
 	      "  URI: tcp:HOST:PORT or unix:PATH; RATE: bytes per second, e.g. 100M, 1G\n"
@@ -43,6 +44,8 @@ static void migrate_usage(FILE *out)
 	      "  rest (lost if the source dies before the end); --postcopy-after N|auto: live\n"
 	      "  rounds, then post-copy after N rounds or when they stall; --resume: reconnect\n"
 	      "  a post-copy whose link broke (state postcopy-paused) to the destination\n"
+	      "  --compress: zstd (LEVEL 1-19, default 1) each batch of pages that shrinks;\n"
+	      "  auto: only while the link, not the CPU, is the bound; none (default)\n"
 	      "  --json: print the final migration status as JSON; --digest: include a digest\n"
 	      "  of the paused guest taken just before the handover (adds to the downtime)\n", out);
 }
@@ -83,6 +86,14 @@ static long long jint(json_t *o, const char *k)
 	return (long long)json_integer_value(json_object_get(o, k));
 }
 
+static double compress_ratio(json_t *st)
+{
+	json_t *c = json_object_get(st, "compression");
+
+	return json_is_real(json_object_get(c, "ratio")) ?
+		       json_real_value(json_object_get(c, "ratio")) : 1.0;
+}
+
 static void progress_print(json_t *st)
 {
 	const char *state = json_string_value(json_object_get(st, "state"));
@@ -98,10 +109,11 @@ static void progress_print(json_t *st)
 		return;
 	}
 	fprintf(stderr, "\r\033[K%s round %lld: %lld/%lld MiB sent, %lld MiB/s, dirty %lld pages/s, "
-		"remaining %lld MiB, expected downtime %lld ms, throttle %lld%%", state,
-		jint(st, "round"), jint(st, "bytes_sent") >> 20, jint(st, "bytes_total") >> 20,
-		jint(st, "throughput") >> 20, jint(st, "dirty_rate"), jint(st, "remaining_bytes") >> 20,
-		jint(st, "expected_downtime_ms"), jint(st, "throttle_pct"));
+		"remaining %lld MiB, expected downtime %lld ms, throttle %lld%%, compression %.2fx",
+		state, jint(st, "round"), jint(st, "bytes_sent") >> 20,
+		jint(st, "bytes_total") >> 20, jint(st, "throughput") >> 20, jint(st, "dirty_rate"),
+		jint(st, "remaining_bytes") >> 20, jint(st, "expected_downtime_ms"),
+		jint(st, "throttle_pct"), compress_ratio(st));
 }
 
 /*
@@ -155,6 +167,7 @@ int cli_migrate_main(int argc, char **argv)
 		{ "postcopy-after", required_argument, NULL, OPT_POSTCOPY_AFTER },
 		{ "resume", no_argument, NULL, OPT_RESUME },
 		{ "digest", no_argument, NULL, OPT_DIGEST },
+		{ "compress", required_argument, NULL, OPT_COMPRESS },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -213,6 +226,9 @@ int cli_migrate_main(int argc, char **argv)
 			break;
 		case OPT_RESUME:
 			json_object_set_new(req, "resume", json_true());
+			break;
+		case OPT_COMPRESS:
+			ret = migrate_opt_choice(&p, req, "compress", optarg, &e);
 			break;
 		case OPT_DIGEST:
 			json_object_set_new(req, "digest", json_true());
@@ -288,11 +304,12 @@ int cli_migrate_main(int argc, char **argv)
 		json_t *rounds = json_object_get(r, "rounds");
 
 		printf("migration completed: %s, %zu round%s, %lld MiB sent (%lld pages, %lld zero), "
-		       "%lld ms total, downtime %.1f ms\n",
+		       "%lld ms total, downtime %.1f ms, compression %.2fx\n",
 		       json_string_value(json_object_get(r, "mode")) ?: "?",
 		       json_array_size(rounds), json_array_size(rounds) == 1 ? "" : "s",
 		       jint(r, "bytes_sent") >> 20, jint(r, "pages_normal"), jint(r, "pages_zero"),
-		       jint(r, "elapsed_ms"), json_real_value(json_object_get(r, "downtime_ms")));
+		       jint(r, "elapsed_ms"), json_real_value(json_object_get(r, "downtime_ms")),
+		       compress_ratio(r));
 		ret = 0;
 	}
 	json_decref(r);

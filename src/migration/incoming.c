@@ -47,6 +47,7 @@ struct mig_incoming {
 	uint32_t next_round;
 	uint64_t round_pages;
 	unsigned round_pings;
+	struct state_inflater *inflater; /* made at the first compressed batch */
 };
 
 static struct mig_incoming inc = { .listen_fd = -1 };
@@ -143,8 +144,16 @@ static int inc_pages(const struct state_record *rec, struct errbuf *e)
 	uint64_t normal = 0, zero = 0;
 	int ret = state_pages_decode(rec->payload, rec->len, &it, e);
 
+	if (ret == 0 && it.zdata && !inc.inflater)
+		ret = state_inflater_new(&inc.inflater, e);
+	if (ret == 0)
+		ret = state_pages_inflate(&it, inc.inflater, e);
 	if (ret < 0)
 		return err_prefix(e, ret, "record %llu", (unsigned long long)rec->index);
+	pthread_mutex_lock(&mig.lock);
+	mig.st.page_bytes += (uint64_t)it.nr_data * STATE_PAGE_SIZE;
+	mig.st.page_bytes_sent += it.zdata ? it.zlen : (uint64_t)it.nr_data * STATE_PAGE_SIZE;
+	pthread_mutex_unlock(&mig.lock);
 	while (state_pages_next(&it, &pg)) {
 		uint8_t *dst = guest_mem_ptr(mem, pg.gpa, GUEST_PAGE_SIZE);
 
@@ -507,6 +516,8 @@ static void *inc_thread(void *arg)
 	for (size_t i = 0; i < inc.nsecs; i++)
 		free(inc.sec_data[i]);
 	inc.nsecs = 0;
+	state_inflater_free(inc.inflater);
+	inc.inflater = NULL;
 	pthread_mutex_lock(&mig.lock);
 	mig.st.state = ret == 0 ? MIG_STATE_COMPLETED : MIG_STATE_FAILED;
 	if (ret < 0)

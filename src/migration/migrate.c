@@ -162,22 +162,100 @@ static void mig_batch_show(struct mig_batch *b)
 	b->shown_zero = b->zero_pages;
 }
 
+/*
+ * --compress auto: a batch costs its compress time plus its compressed bytes over the link,
+ * or its raw bytes over the link. Compressing pays while the link time of the bytes it
+ * saves exceeds the time spent compressing, that is while the link, not this CPU, is the
+ * bound. Both are measured as the move goes: the compressor's time and savings from the
+ * batches it compressed, the link's pace from the bytes handed to the socket over the time
+ * handing them took (a full socket buffer blocks; a bandwidth cap's waits count too). Every
+ * MIG_AUTO_WINDOW batches the choice is taken again from that window; while compression is
+ * off, one batch in MIG_AUTO_PROBE is still compressed so that its figures stay current.
+ */
+#define MIG_AUTO_WINDOW 16
+#define MIG_AUTO_PROBE 8
+
+struct mig_auto {
+	uint32_t batches;   /* in this window */
+	uint64_t link_ns, link_bytes;
+	uint64_t zns, zsaved; /* compressor time and bytes saved, in this window */
+	uint64_t last_zns, last_zsaved; /* the last window that compressed anything */
+};
+
+static struct mig_auto mig_auto;
+
+static bool mig_compress_now(void)
+{
+	if (mig.p.compress == MIG_COMPRESS_NONE)
+		return false;
+	if (mig.p.compress == MIG_COMPRESS_ZSTD || mig.st.compressing)
+		return true;
+	return mig_auto.batches % MIG_AUTO_PROBE == 0;
+}
+
+static void mig_auto_account(uint64_t ns, uint64_t bytes, uint64_t zns, uint64_t zsaved)
+{
+	struct mig_auto *a = &mig_auto;
+	double link_ns_per_byte;
+	bool on;
+
+	a->link_ns += ns > zns ? ns - zns : 0;
+	a->link_bytes += bytes;
+	a->zns += zns;
+	a->zsaved += zsaved;
+	if (mig.p.compress != MIG_COMPRESS_AUTO || ++a->batches < MIG_AUTO_WINDOW)
+		return;
+	if (a->zns) {
+		a->last_zns = a->zns;
+		a->last_zsaved = a->zsaved;
+	}
+	link_ns_per_byte = a->link_bytes ? (double)a->link_ns / (double)a->link_bytes : 0;
+	/* a little hysteresis, so that a balanced machine does not flip every window */
+	on = (double)a->last_zsaved * link_ns_per_byte >
+	     (double)a->last_zns * (mig.st.compressing ? 0.9 : 1.1);
+	if (on != mig.st.compressing)
+		log_debug("compress auto: %s (link %.1f MB/s, compressor saves %.1f MB/s)",
+			  on ? "on" : "off", link_ns_per_byte ? 1e3 / link_ns_per_byte : 0.0,
+			  a->last_zns ? (double)a->last_zsaved * 1e3 / (double)a->last_zns : 0.0);
+	pthread_mutex_lock(&mig.lock);
+	mig.st.compressing = on;
+	pthread_mutex_unlock(&mig.lock);
+	*a = (struct mig_auto){ .last_zns = a->last_zns, .last_zsaved = a->last_zsaved };
+}
+
 static int mig_batch_flush(struct mig_batch *b, struct errbuf *e)
 {
+	struct state_zstats z0, z1;
+	uint64_t t0, bytes0, data = 0;
 	int ret;
 
 	if (!b->n)
 		return 0;
-	ret = state_writer_pages(mig.w, b->pages, b->n, b->flags, e);
+	for (uint32_t i = 0; i < b->n; i++)
+		data += b->pages[i].data ? STATE_PAGE_SIZE : 0;
+	state_writer_zstats(mig.w, &z0);
+	t0 = time_mono_ns();
+	bytes0 = state_writer_bytes_flushed(mig.w);
+	ret = state_writer_pages(mig.w, b->pages, b->n,
+				 b->flags | (mig_compress_now() ? STATE_PAGES_COMPRESS : 0), e);
 	b->n = 0;
 	if (ret < 0)
 		return ret;
+	state_writer_zstats(mig.w, &z1);
+	pthread_mutex_lock(&mig.lock);
+	mig.st.page_bytes += data;
+	mig.st.page_bytes_sent += data - ((z1.raw_bytes - z1.out_bytes) -
+					  (z0.raw_bytes - z0.out_bytes));
+	pthread_mutex_unlock(&mig.lock);
 	mig_batch_show(b);
 	ret = mig_harvest_maybe(e);
 	if (ret < 0)
 		return ret;
 	mig_bytes_update();
 	mig_bandwidth_wait();
+	mig_auto_account(time_mono_ns() - t0, state_writer_bytes_flushed(mig.w) - bytes0,
+			 z1.ns - z0.ns,
+			 (z1.raw_bytes - z1.out_bytes) - (z0.raw_bytes - z0.out_bytes));
 	return mig_check_cancel(e);
 }
 
@@ -408,6 +486,12 @@ static int mig_handshake(uint32_t mode, struct errbuf *e)
 	ret = state_writer_open(&mig.w, fd, STATE_KIND_MIGRATION, e);
 	if (ret < 0)
 		return ret;
+	if (mig.p.compress != MIG_COMPRESS_NONE) {
+		ret = state_writer_compress(mig.w, mig.p.compress_level, e);
+		if (ret < 0)
+			return ret;
+		m.u64b |= MIG_CAP_ZSTD;
+	}
 	ret = mig_ctrl_send(mig.w, &m, e);
 	if (ret < 0)
 		return ret;
@@ -1332,6 +1416,14 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 	snprintf(mig.st.uri, sizeof(mig.st.uri), "%s", p->uri);
 	snprintf(mig.st.dirty_tracking, sizeof(mig.st.dirty_tracking), "%s",
 		 vm_dirty_mode_name(vm_dirty_mode_get(vm)));
+	if (p->compress == MIG_COMPRESS_NONE)
+		snprintf(mig.st.compress, sizeof(mig.st.compress), "none");
+	else
+		snprintf(mig.st.compress, sizeof(mig.st.compress), "%s:%d",
+			 p->compress == MIG_COMPRESS_ZSTD ? "zstd" : "auto", p->compress_level);
+	/* auto starts compressing: its first window measures what compression gives */
+	mig.st.compressing = p->compress != MIG_COMPRESS_NONE;
+	mig_auto = (struct mig_auto){ 0 };
 	mig.vm = vm;
 	mig.loop = loop;
 	mig.p = *p;

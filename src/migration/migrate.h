@@ -29,6 +29,8 @@ enum mig_state {
 };
 
 enum mig_stall { MIG_STALL_THROTTLE, MIG_STALL_PAUSE, MIG_STALL_CANCEL, MIG_STALL_POSTCOPY };
+/* PAGES compression: never, always (batches that shrink), or while the link is the bound */
+enum mig_compress { MIG_COMPRESS_NONE, MIG_COMPRESS_ZSTD, MIG_COMPRESS_AUTO };
 
 struct mig_params {
 	uint32_t mode;          /* MIG_MODE_WARM or MIG_MODE_LIVE */
@@ -42,6 +44,8 @@ struct mig_params {
 	uint64_t postcopy_after; /* 0: never; N: switch to post-copy after N live rounds */
 	bool digest;            /* verification: digest the paused guest before COMMIT */
 	bool resume;            /* reconnect a post-copy migration whose link broke */
+	enum mig_compress compress;
+	int compress_level;     /* zstd level, STATE_ZSTD_LEVEL_MIN..MAX */
 	char uri[512];
 };
 
@@ -66,6 +70,11 @@ struct mig_status {
 	uint64_t bytes_total;    /* sent + still to send (estimate while live) */
 	uint64_t pages_zero;
 	uint64_t pages_normal;
+	/* non-zero page data, and what it travelled as (less once compressed) */
+	uint64_t page_bytes;
+	uint64_t page_bytes_sent;
+	char compress[16];       /* "none", "zstd:LEVEL", "auto:LEVEL" */
+	bool compressing;        /* batches are compressed now (auto switches it) */
 	uint64_t elapsed_ns;
 	uint64_t throughput;     /* bytes/s over the whole migration */
 	uint64_t downtime_ns;    /* for a completed migration */

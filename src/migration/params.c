@@ -5,9 +5,12 @@
  */
 #include "migration/params.h"
 #include "migration/proto.h"
+#include "state/record.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 void mig_params_init(struct mig_params *p)
@@ -17,6 +20,8 @@ void mig_params_init(struct mig_params *p)
 	p->downtime_ms = MIG_DOWNTIME_MS_DEFAULT;
 	p->dirty_tracking = -1;
 	p->on_stall = MIG_STALL_THROTTLE;
+	p->compress = MIG_COMPRESS_NONE;
+	p->compress_level = MIG_COMPRESS_LEVEL_DEFAULT;
 }
 
 int mig_params_validate(const struct mig_params *p, struct errbuf *e)
@@ -47,6 +52,11 @@ int mig_params_validate(const struct mig_params *p, struct errbuf *e)
 	if ((p->postcopy_after || p->on_stall == MIG_STALL_POSTCOPY) && p->mode != MIG_MODE_LIVE)
 		return err_set(e, -EINVAL, "postcopy_after and on_stall postcopy are for live "
 					   "migration (mode postcopy switches after the first pass)");
+	if ((p->compress != MIG_COMPRESS_NONE && p->compress != MIG_COMPRESS_ZSTD &&
+	     p->compress != MIG_COMPRESS_AUTO) ||
+	    p->compress_level < STATE_ZSTD_LEVEL_MIN || p->compress_level > STATE_ZSTD_LEVEL_MAX)
+		return err_set(e, -EINVAL, "compress must be none, zstd[:LEVEL] or auto[:LEVEL] "
+			       "with LEVEL %d to %d", STATE_ZSTD_LEVEL_MIN, STATE_ZSTD_LEVEL_MAX);
 	return 0;
 }
 
@@ -88,6 +98,28 @@ int mig_params_choice_set(struct mig_params *p, const char *key, const char *val
 		p->on_stall = i < 0 ? (enum mig_stall)-1 :
 				      (enum mig_stall[]){ MIG_STALL_THROTTLE, MIG_STALL_PAUSE,
 							  MIG_STALL_CANCEL, MIG_STALL_POSTCOPY }[i];
+	} else if (!strcmp(key, "compress")) {
+		static const char *const kinds[] = { "none", "zstd", "auto", NULL };
+		const char *colon = strchr(value, ':');
+		char kind[8] = "";
+		char *end;
+		long level = MIG_COMPRESS_LEVEL_DEFAULT;
+
+		if (colon && (size_t)(colon - value) < sizeof(kind))
+			memcpy(kind, value, (size_t)(colon - value));
+		else if (!colon && strlen(value) < sizeof(kind))
+			memcpy(kind, value, strlen(value) + 1);
+		i = mig_params_name_find(kind, kinds);
+		if (colon) {
+			errno = 0;
+			level = strtol(colon + 1, &end, 10);
+			if (errno || end == colon + 1 || *end || i == 0)
+				i = -1;
+		}
+		p->compress = i < 0 ? (enum mig_compress)-1 :
+				      (enum mig_compress[]){ MIG_COMPRESS_NONE, MIG_COMPRESS_ZSTD,
+							     MIG_COMPRESS_AUTO }[i];
+		p->compress_level = level < INT_MIN || level > INT_MAX ? INT_MIN : (int)level;
 	} else {
 		return err_set(e, -EINVAL, "unknown parameter %s", key);
 	}

@@ -18,8 +18,12 @@
 #define MIG_BANDWIDTH_MAX (1ull << 50)       /* bytes/s; 0 = no cap */
 #define MIG_ROUNDS_LIMIT 100000ull           /* max_rounds bound; also the engine's own cap */
 #define MIG_TIMEOUT_MS_MAX (86400ull * 1000) /* 24 h; 0 = no limit */
+#define MIG_COMPRESS_LEVEL_DEFAULT 1         /* zstd's fastest: the aim is the link's pace */
 
-/* The defaults: live, 300 ms target, no cap, no round or time limit, throttle on stall. */
+/*
+ * The defaults: live, 300 ms target, no cap, no round or time limit, throttle on stall, no
+ * compression.
+ */
 void mig_params_init(struct mig_params *p);
 
 /*
@@ -31,7 +35,8 @@ void mig_params_init(struct mig_params *p);
 int __must_check mig_params_validate(const struct mig_params *p, struct errbuf *e);
 
 /* Sets a choice by its name ("mode": live|warm|postcopy, "dirty_tracking": bitmap|ring,
- * "on_stall": throttle|pause|cancel|postcopy) or the URI; -EINVAL naming the key otherwise. */
+ * "on_stall": throttle|pause|cancel|postcopy, "compress": none|zstd[:LEVEL]|auto[:LEVEL])
+ * or the URI; -EINVAL naming the key otherwise. */
 int __must_check mig_params_choice_set(struct mig_params *p, const char *key, const char *value,
 				       struct errbuf *e);
 

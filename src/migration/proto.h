@@ -20,6 +20,8 @@
 #include <stdint.h>
 
 #define MIG_PROTOCOL_VERSION 2u /* 2: PING/PONG */
+/* HELLO capabilities: what the source may send beyond protocol 2's basics */
+#define MIG_CAP_ZSTD 0x1ull /* PAGES batches with the ZSTD flag (docs/state-format.md) */
 #define MIG_MSG_MAX 1024u /* control payloads and reasons are small */
 
 enum mig_msg {
