@@ -136,20 +136,30 @@ out:
 	return ret;
 }
 
+int inc_pages_decode(const struct state_record *rec, struct state_pages_iter *it,
+		     struct errbuf *e)
+{
+	int ret = state_pages_decode(rec->payload, rec->len, it, e);
+
+	if (ret == 0 && it->zdata && !inc.inflater)
+		ret = state_inflater_new(&inc.inflater, e);
+	if (ret == 0)
+		ret = state_pages_inflate(it, inc.inflater, e);
+	if (ret < 0)
+		return err_prefix(e, ret, "record %llu", (unsigned long long)rec->index);
+	return 0;
+}
+
 static int inc_pages(const struct state_record *rec, struct errbuf *e)
 {
 	struct guest_mem *mem = vm_memory(mig.vm);
 	struct state_pages_iter it;
 	struct state_page pg;
 	uint64_t normal = 0, zero = 0;
-	int ret = state_pages_decode(rec->payload, rec->len, &it, e);
+	int ret = inc_pages_decode(rec, &it, e);
 
-	if (ret == 0 && it.zdata && !inc.inflater)
-		ret = state_inflater_new(&inc.inflater, e);
-	if (ret == 0)
-		ret = state_pages_inflate(&it, inc.inflater, e);
 	if (ret < 0)
-		return err_prefix(e, ret, "record %llu", (unsigned long long)rec->index);
+		return ret;
 	pthread_mutex_lock(&mig.lock);
 	mig.st.page_bytes += (uint64_t)it.nr_data * STATE_PAGE_SIZE;
 	mig.st.page_bytes_sent += it.zdata ? it.zlen : (uint64_t)it.nr_data * STATE_PAGE_SIZE;

@@ -81,6 +81,9 @@ struct migration {
 
 extern struct migration mig;
 
+/* Decodes a PAGES record and inflates it if compressed (one inflater per destination). */
+int __must_check inc_pages_decode(const struct state_record *rec, struct state_pages_iter *it,
+				  struct errbuf *e);
 void mig_state_set_incoming(enum mig_state s);
 void mig_incoming_unblock(void);
 /* Frees the stream reader and writer and closes the connection. */

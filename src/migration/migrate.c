@@ -186,7 +186,8 @@ static struct mig_auto mig_auto;
 
 static bool mig_compress_now(void)
 {
-	if (mig.p.compress == MIG_COMPRESS_NONE)
+	/* post-copy sends what the destination waits for: latency, not bytes, counts there */
+	if (mig.p.compress == MIG_COMPRESS_NONE || mig.postcopy)
 		return false;
 	if (mig.p.compress == MIG_COMPRESS_ZSTD || mig.st.compressing)
 		return true;

@@ -314,10 +314,10 @@ static int pc_pages(const struct state_record *rec, struct errbuf *e)
 	struct state_pages_iter it;
 	struct state_page p;
 	uint64_t normal = 0, zero = 0;
-	int ret = state_pages_decode(rec->payload, rec->len, &it, e);
+	int ret = inc_pages_decode(rec, &it, e);
 
 	if (ret < 0)
-		return err_prefix(e, ret, "record %llu", (unsigned long long)rec->index);
+		return ret;
 	while (state_pages_next(&it, &p)) {
 		ret = pc_install(&p, e);
 		if (ret < 0)
