@@ -1026,8 +1026,11 @@ static void test_migrate_params_reach_engine(void **state)
 	req_expect_error(d, "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\", \"mode\": \"warm\", "
 			    "\"downtime_ms\": 3600000, \"bandwidth\": 1125899906842624, "
 			    "\"max_rounds\": 0, \"timeout_ms\": 86400000, "
-			    "\"dirty_tracking\": \"ring\", \"on_stall\": \"cancel\"}",
+			    "\"dirty_tracking\": \"ring\", \"on_stall\": \"cancel\", "
+			    "\"compress\": \"auto:19\"}",
 			 "fake VM: no migration");
+	assert_int_equal(fake_mig_params.compress, MIG_COMPRESS_AUTO);
+	assert_int_equal(fake_mig_params.compress_level, 19);
 	assert_int_equal(fake_mig_starts, starts + 1);
 	assert_string_equal(fake_mig_params.uri, "unix:/x");
 	assert_int_equal(fake_mig_params.mode, MIG_MODE_WARM);
@@ -1043,6 +1046,11 @@ static void test_migrate_params_reach_engine(void **state)
 	assert_int_equal(fake_mig_params.timeout_ms, 0);
 	assert_int_equal(fake_mig_params.dirty_tracking, -1);
 	assert_int_equal(fake_mig_params.on_stall, MIG_STALL_THROTTLE);
+	assert_int_equal(fake_mig_params.compress, MIG_COMPRESS_NONE);
+	req_expect_error(d, "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\", \"compress\": \"zstd\"}",
+			 "fake VM: no migration");
+	assert_int_equal(fake_mig_params.compress, MIG_COMPRESS_ZSTD);
+	assert_int_equal(fake_mig_params.compress_level, 1);
 }
 
 /*
@@ -1050,6 +1058,9 @@ static void test_migrate_params_reach_engine(void **state)
  * would wrap into the past, negative numbers, a max_rounds that a 32-bit field would
  * have truncated into range.
  */
+#define COMPRESS_BAD \
+	"migrate: compress must be none, zstd[:LEVEL] or auto[:LEVEL] with LEVEL 1 to 19"
+
 static void test_migrate_params_bounds(void **state)
 {
 	static const struct {
@@ -1081,6 +1092,12 @@ static void test_migrate_params_bounds(void **state)
 		  "migrate: postcopy_after and on_stall postcopy are for live migration (mode "
 		  "postcopy switches after the first pass)" },
 		{ "\"dirty_tracking\": \"pml\"", "migrate: dirty_tracking must be bitmap or ring" },
+		{ "\"compress\": \"lz4\"", COMPRESS_BAD },
+		{ "\"compress\": \"zstd:0\"", COMPRESS_BAD },
+		{ "\"compress\": \"auto:20\"", COMPRESS_BAD },
+		{ "\"compress\": \"zstd:99999999999999999999\"", COMPRESS_BAD },
+		{ "\"compress\": \"none:1\"", COMPRESS_BAD },
+		{ "\"compress\": \"\"", COMPRESS_BAD },
 	};
 	struct direct *d = *state;
 	unsigned starts = fake_mig_starts;
