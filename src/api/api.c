@@ -309,6 +309,8 @@ static json_t *api_mig_status_json(void)
 			"page_bytes_sent", (json_int_t)st->page_bytes_sent,
 			"ratio", st->page_bytes_sent ? (double)st->page_bytes /
 					(double)st->page_bytes_sent : 1.0));
+	if (j && st->incoming)
+		json_object_set_new(j, "announcements", json_integer((json_int_t)st->announced));
 	if (j && st->error[0])
 		json_object_set_new(j, "error", api_json_string(st->error));
 	pc = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}",

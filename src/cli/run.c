@@ -72,8 +72,10 @@ int cli_run_main(int argc, char **argv)
 	/* tests point this elsewhere to check the error for a missing /dev/kvm */
 	cfg.kvm_path = getenv("GODWIT_KVM_DEVICE");
 	cfg.dirty = o.dirty_ring ? VM_DIRTY_RING : VM_DIRTY_BITMAP;
-	cfg.devices = o.disks;
-	cfg.ndevices = o.ndisks;
+	cfg.devices = o.devices;
+	cfg.ndevices = o.ndevices;
+	/* before any NIC is built: how they announce a guest that moved here */
+	virtio_net_announce_set(&o.announce);
 
 	if (o.restore) {
 		struct vm_restore_opts ro = {

@@ -2,6 +2,7 @@
 /* `godwit run` option parsing and validation. */
 #include "cli/run_opts.h"
 #include "devices/virtio_blk.h"
+#include "devices/virtio_net.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -12,7 +13,7 @@
 enum {
 	OPT_MEMORY = 256, OPT_CPUS, OPT_KERNEL, OPT_CMDLINE, OPT_SERIAL, OPT_API, OPT_NAME,
 	OPT_RESTORE, OPT_PAUSED, OPT_RESTORE_MODE, OPT_INCOMING, OPT_DIRTY, OPT_INITRD,
-	OPT_DISK, OPT_DISK_OVERRIDE,
+	OPT_DISK, OPT_DISK_OVERRIDE, OPT_NET, OPT_NET_OVERRIDE, OPT_ANNOUNCE,
 };
 
 static const struct option run_longopts[] = {
@@ -31,6 +32,9 @@ static const struct option run_longopts[] = {
 	{ "dirty-tracking", required_argument, NULL, OPT_DIRTY },
 	{ "disk", required_argument, NULL, OPT_DISK },
 	{ "disk-override", required_argument, NULL, OPT_DISK_OVERRIDE },
+	{ "net", required_argument, NULL, OPT_NET },
+	{ "net-override", required_argument, NULL, OPT_NET_OVERRIDE },
+	{ "announce", required_argument, NULL, OPT_ANNOUNCE },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -42,16 +46,23 @@ void run_opts_usage(FILE *out)
 	      "                  --api-socket PATH [--name NAME]\n"
 	      "  FILE: a bzImage or ELF vmlinux (Linux 64-bit boot protocol) or a PVH ELF\n"
 	      "                  [--disk path=FILE[,readonly=on][,id=NAME]]...\n"
+	      "                  [--net tap=NAME[,mac=MAC][,id=NAME]]...\n"
 	      "       godwit run --restore DIR [--restore-mode lazy|eager] [--paused]\n"
 	      "                  --api-socket PATH [--serial ...] [--name NAME]\n"
 	      "                  [--disk-override id=NAME,path=FILE]...\n"
+	      "                  [--net-override id=NAME,tap=NAME]... [--announce ...]\n"
 	      "       godwit run --incoming URI [--paused] --api-socket PATH [--serial ...]\n"
 	      "                  [--name NAME] [--disk-override id=NAME,path=FILE]...\n"
+	      "                  [--net-override id=NAME,tap=NAME]... [--announce ...]\n"
 	      "  every form also takes --dirty-tracking bitmap|ring (default bitmap): how a live\n"
 	      "  migration of this VM finds written pages; the ring must be chosen at start\n"
 	      "  SIZE: 64M, 1G, 8G ... (16M to 256G, a multiple of 2M); N: 1 to 64 vCPUs\n"
 	      "  URI: tcp:HOST:PORT or unix:PATH\n"
-	      "  --disk: a raw file as a virtio-blk disk (up to 8; ids default to disk0, disk1...)\n",
+	      "  --disk: a raw file as a virtio-blk disk (up to 8; ids default to disk0, disk1...)\n"
+	      "  --net: an existing tap as a virtio-net NIC (up to 4, at most 8 devices in all;\n"
+	      "    ids default to net0, net1...; the MAC defaults to one derived from id and tap)\n"
+	      "  --announce rounds=N,initial=MS,step=MS,max=MS: RARP frames sent for each NIC\n"
+	      "    after the guest starts on a new host (default 5,50,100,550; rounds=0: none)\n",
 	      out);
 }
 
@@ -94,8 +105,24 @@ static int run_opts_check(struct run_opts *o, struct errbuf *e)
 	if (o->ndisks && !o->kernel)
 		return err_set(e, -EINVAL, "--disk needs --kernel (a restored or incoming guest "
 					   "keeps its disks: use --disk-override to move one)");
+	if (o->nnets && !o->kernel)
+		return err_set(e, -EINVAL, "--net needs --kernel (a restored or incoming guest "
+					   "keeps its NICs: use --net-override to move one)");
 	if (o->noverrides && o->kernel)
-		return err_set(e, -EINVAL, "--disk-override needs --restore or --incoming");
+		return err_set(e, -EINVAL, "--%s-override needs --restore or --incoming",
+			       strcmp(o->overrides[0].type, VIRTIO_NET_TYPE) ? "disk" : "net");
+	if (o->ndisks + o->nnets > DEV_MAX)
+		return err_set(e, -EINVAL, "--disk and --net: at most %u devices in all", DEV_MAX);
+	for (unsigned i = 0; i < o->nnets; i++)
+		for (unsigned j = 0; j < o->ndisks; j++)
+			if (!strcmp(o->nets[i].id, o->disks[j].id))
+				return err_set(e, -EINVAL, "a disk and a NIC are both called %s",
+					       o->nets[i].id);
+	o->ndevices = 0;
+	for (unsigned i = 0; i < o->ndisks; i++)
+		o->devices[o->ndevices++] = o->disks[i];
+	for (unsigned i = 0; i < o->nnets; i++)
+		o->devices[o->ndevices++] = o->nets[i];
 	if (o->incoming && strncmp(o->incoming, "tcp:", 4) && strncmp(o->incoming, "unix:", 5))
 		return err_set(e, -EINVAL, "--incoming %s: URI must be tcp:HOST:PORT or unix:PATH",
 			       o->incoming);
@@ -189,31 +216,87 @@ static int run_disk_parse(struct run_opts *o, const char *arg, struct errbuf *e)
 static int run_override_kv(void *ctx, const char *k, const char *v, struct errbuf *e)
 {
 	struct device_spec *d = ctx;
+	bool net = !strcmp(d->type, VIRTIO_NET_TYPE);
+	const char *opt = net ? "--net-override" : "--disk-override";
 
 	if (!strcmp(k, "id"))
-		return run_id_set("--disk-override", d->id, v, e);
-	if (!strcmp(k, "path"))
-		return run_path_set("--disk-override", d->path, v, e);
-	return err_set(e, -EINVAL, "--disk-override: unknown key '%s' (id, path)", k);
+		return run_id_set(opt, d->id, v, e);
+	if (!strcmp(k, net ? "tap" : "path"))
+		return run_path_set(opt, d->path, v, e);
+	return err_set(e, -EINVAL, "%s: unknown key '%s' (id, %s)", opt, k, net ? "tap" : "path");
 }
 
-static int run_override_parse(struct run_opts *o, const char *arg, struct errbuf *e)
+/* --disk-override and --net-override: one list, each entry naming the type it must match. */
+static int run_override_parse(struct run_opts *o, const char *type, const char *arg,
+			      struct errbuf *e)
 {
 	struct device_spec *d = &o->override_specs[o->noverrides];
+	bool net = !strcmp(type, VIRTIO_NET_TYPE);
+	const char *opt = net ? "--net-override" : "--disk-override";
 	int ret;
 
 	if (o->noverrides >= DEV_MAX)
-		return err_set(e, -EINVAL, "--disk-override: at most %u", DEV_MAX);
+		return err_set(e, -EINVAL, "%s: at most %u", opt, DEV_MAX);
 	memset(d, 0, sizeof(*d));
-	ret = run_kv_each("--disk-override", arg, run_override_kv, d, e);
+	strcpy(d->type, type);
+	ret = run_kv_each(opt, arg, run_override_kv, d, e);
 	if (ret < 0)
 		return ret;
 	if (!d->id[0] || !d->path[0])
-		return err_set(e, -EINVAL, "--disk-override %s: use id=NAME,path=FILE", arg);
+		return err_set(e, -EINVAL, "%s %s: use id=NAME,%s", opt, arg,
+			       net ? "tap=NAME" : "path=FILE");
 	for (unsigned i = 0; i < o->noverrides; i++)
 		if (!strcmp(o->overrides[i].id, d->id))
-			return err_set(e, -EINVAL, "--disk-override: id %s given twice", d->id);
-	o->overrides[o->noverrides++] = (struct device_override){ d->id, d->path };
+			return err_set(e, -EINVAL, "%s: id %s given twice", opt, d->id);
+	o->overrides[o->noverrides++] = (struct device_override){ d->id, d->path, d->type };
+	return 0;
+}
+
+static int run_net_kv(void *ctx, const char *k, const char *v, struct errbuf *e)
+{
+	struct device_spec *d = ctx;
+
+	if (!strcmp(k, "tap")) {
+		if (strlen(v) > 15)
+			return err_set(e, -EINVAL, "--net: tap=%s: interface names have at most 15 "
+						   "characters", v);
+		return run_path_set("--net", d->path, v, e);
+	}
+	if (!strcmp(k, "id"))
+		return run_id_set("--net", d->id, v, e);
+	if (!strcmp(k, "mac")) {
+		if (virtio_net_mac_parse(v, d->mac) < 0)
+			return err_set(e, -EINVAL, "--net: mac=%s: use a unicast aa:bb:cc:dd:ee:ff",
+				       v);
+		d->mac_set = true;
+		return 0;
+	}
+	return err_set(e, -EINVAL, "--net: unknown key '%s' (tap, mac, id)", k);
+}
+
+static int run_net_parse(struct run_opts *o, const char *arg, struct errbuf *e)
+{
+	struct device_spec *d = &o->nets[o->nnets];
+	int ret;
+
+	if (o->nnets >= VIRTIO_NET_MAX)
+		return err_set(e, -EINVAL, "--net: at most %u NICs", VIRTIO_NET_MAX);
+	memset(d, 0, sizeof(*d));
+	strcpy(d->type, VIRTIO_NET_TYPE);
+	ret = run_kv_each("--net", arg, run_net_kv, d, e);
+	if (ret < 0)
+		return ret;
+	if (!d->path[0])
+		return err_set(e, -EINVAL, "--net %s: tap=NAME is required", arg);
+	if (!d->id[0])
+		snprintf(d->id, sizeof(d->id), "net%u", o->nnets);
+	for (unsigned i = 0; i < o->nnets; i++) {
+		if (!strcmp(o->nets[i].id, d->id))
+			return err_set(e, -EINVAL, "--net: two NICs are called %s", d->id);
+		if (!strcmp(o->nets[i].path, d->path))
+			return err_set(e, -EINVAL, "--net: tap %s is given twice", d->path);
+	}
+	o->nnets++;
 	return 0;
 }
 
@@ -223,6 +306,7 @@ int run_opts_parse(int argc, char **argv, struct run_opts *o, struct errbuf *e)
 	int c, ret;
 
 	memset(o, 0, sizeof(*o));
+	o->announce = (struct virtio_net_announce)VIRTIO_NET_ANNOUNCE_DEFAULT;
 	o->cpus = 1;
 	o->serial = RUN_SERIAL_STDIO;
 	optind = 1;
@@ -314,9 +398,23 @@ int run_opts_parse(int argc, char **argv, struct run_opts *o, struct errbuf *e)
 				return ret;
 			break;
 		case OPT_DISK_OVERRIDE:
-			ret = run_override_parse(o, optarg, e);
+		case OPT_NET_OVERRIDE:
+			ret = run_override_parse(o, c == OPT_NET_OVERRIDE ? VIRTIO_NET_TYPE :
+									    VIRTIO_BLK_TYPE,
+						 optarg, e);
 			if (ret < 0)
 				return ret;
+			break;
+		case OPT_NET:
+			ret = run_net_parse(o, optarg, e);
+			if (ret < 0)
+				return ret;
+			break;
+		case OPT_ANNOUNCE:
+			ret = virtio_net_announce_parse(optarg, &o->announce, e);
+			if (ret < 0)
+				return ret;
+			o->announce_set = true;
 			break;
 		case 'h':
 			o->help = true;

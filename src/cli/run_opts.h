@@ -5,6 +5,7 @@
 
 #include "base/util.h"
 #include "devices/device.h"
+#include "devices/virtio_net.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -34,7 +35,19 @@ struct run_opts {
 	/* --disk path=FILE[,readonly=on][,id=NAME]: type virtio-blk, ids default to diskN */
 	struct device_spec disks[DEV_MAX];
 	unsigned ndisks;
-	/* --disk-override id=NAME,path=FILE (restore, incoming); pointing into override_specs */
+	/* --net tap=NAME[,mac=MAC][,id=NAME]: type virtio-net, ids default to netN */
+	struct device_spec nets[VIRTIO_NET_MAX];
+	unsigned nnets;
+	/* disks then NICs: what the VM builds */
+	struct device_spec devices[DEV_MAX];
+	unsigned ndevices;
+	/* --announce: how NICs are announced after a move */
+	struct virtio_net_announce announce;
+	bool announce_set;
+	/*
+	 * --disk-override id=NAME,path=FILE and --net-override id=NAME,tap=NAME (restore,
+	 * incoming); pointing into override_specs
+	 */
 	struct device_override overrides[DEV_MAX];
 	struct device_spec override_specs[DEV_MAX];
 	unsigned noverrides;

@@ -2,6 +2,7 @@
 /* The device model's shared helpers: guest-memory copies and the table of device types. */
 #include "devices/device.h"
 #include "devices/virtio_blk.h"
+#include "devices/virtio_net.h"
 
 #include <errno.h>
 #include <string.h>
@@ -29,6 +30,7 @@ int dev_mem_write(const struct dev_mem *m, uint64_t gpa, const void *p, size_t l
 
 static const struct device_type *const device_types[] = {
 	&virtio_blk_type,
+	&virtio_net_type,
 };
 
 const struct device_type *device_type_find(const char *name)

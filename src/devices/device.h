@@ -85,6 +85,8 @@ struct device_ops {
 	/* Flushes and gives up the backend: at a migration's COMMIT, on the source. */
 	void (*release)(void *dev);
 	void (*destroy)(void *dev);
+	/* Announcements sent for the guest since it started on this host (a NIC's RARPs). */
+	uint64_t (*announced)(void *dev);
 };
 
 typedef void dev_io_fn(void *dev, uint64_t offset, uint8_t *data, unsigned len, bool is_write);
@@ -114,7 +116,7 @@ struct device_info {
 #define DEV_TYPE_MAX 31
 #define DEV_ID_MAX 31
 #define DEV_PATH_MAX 4095
-#define DEV_MAX 8 /* configurable devices per VM */
+#define DEV_MAX 8 /* configurable devices per VM (IOAPIC pins 16..23), disks and NICs */
 
 struct device_spec {
 	char type[DEV_TYPE_MAX + 1]; /* "virtio-blk" */
@@ -123,12 +125,18 @@ struct device_spec {
 	bool readonly;
 	/* the backend's size the guest was given (restore, incoming); 0: whatever it is now */
 	uint64_t size;
+	uint8_t mac[6]; /* a NIC's address, if mac_set (else one derived from id and path) */
+	bool mac_set;
 };
 
-/* `--disk-override id=NAME,path=FILE`: device NAME's backend is FILE on this host. */
+/*
+ * `--disk-override id=NAME,path=FILE`, `--net-override id=NAME,tap=TAP`: device NAME's
+ * backend is FILE (TAP) on this host. type: the device type it must name (NULL: any).
+ */
 struct device_override {
 	const char *id;
 	const char *path;
+	const char *type;
 };
 
 /* What the VMM gives a configurable device it builds. */

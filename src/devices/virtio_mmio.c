@@ -76,6 +76,18 @@ void virtio_mmio_used_notify(struct virtio_mmio *t, unsigned qi)
 	pthread_mutex_unlock(&t->lock);
 }
 
+void virtio_mmio_config_notify(struct virtio_mmio *t)
+{
+	pthread_mutex_lock(&t->lock);
+	t->config_generation++;
+	/* a driver that has not finished initialising reads the configuration when it does */
+	if (t->status & VIRTIO_CONFIG_S_DRIVER_OK) {
+		t->isr |= VIRTIO_MMIO_INT_CONFIG;
+		virtio_mmio_irq_update(t);
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
 static void virtio_mmio_needs_reset_locked(struct virtio_mmio *t, const char *why)
 {
 	static struct log_ratelimit rl = LOG_RATELIMIT_INIT(1000, 5);

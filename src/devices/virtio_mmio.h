@@ -18,7 +18,7 @@
 #include <pthread.h>
 
 #define VIRTIO_MMIO_SIZE 0x1000u /* the window each device gets (registers + config) */
-#define VIRTIO_MMIO_MAX_QUEUES 2u
+#define VIRTIO_MMIO_MAX_QUEUES 3u /* virtio-net: receive, transmit, control */
 #define VIRTIO_MMIO_CONFIG 0x100u
 
 /* What a virtio device gives its transport. */
@@ -62,6 +62,8 @@ void virtio_mmio_reset(struct virtio_mmio *t);
 bool virtio_mmio_queue_live(struct virtio_mmio *t, unsigned qi);
 /* Used buffers were published on queue qi: interrupt unless the driver asked for none. */
 void virtio_mmio_used_notify(struct virtio_mmio *t, unsigned qi);
+/* The device's configuration changed: a new generation and a configuration interrupt. */
+void virtio_mmio_config_notify(struct virtio_mmio *t);
 /* The driver broke the protocol: set DEVICE_NEEDS_RESET and tell it (logged once). */
 void virtio_mmio_needs_reset(struct virtio_mmio *t, const char *why);
 

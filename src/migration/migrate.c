@@ -78,6 +78,8 @@ void migration_status_get(struct mig_status *st)
 	if (st->elapsed_ns)
 		st->throughput = (uint64_t)((double)st->bytes_sent * 1e9 / (double)st->elapsed_ns);
 	mig_postcopy_status_fill(st);
+	if (st->incoming && st->state == MIG_STATE_COMPLETED && mig.vm)
+		st->announced = vm_devices_announced(mig.vm);
 	pthread_mutex_unlock(&mig.lock);
 }
 

@@ -78,6 +78,7 @@ struct mig_status {
 	uint64_t elapsed_ns;
 	uint64_t throughput;     /* bytes/s over the whole migration */
 	uint64_t downtime_ns;    /* for a completed migration */
+	uint64_t announced;      /* destination: announcements sent for the guest (RARPs) */
 	uint32_t round;
 	uint32_t nrounds;        /* entries used in rounds[] */
 	struct mig_round rounds[MIG_ROUNDS_MAX];

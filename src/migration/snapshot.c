@@ -53,10 +53,19 @@ int vm_state_config_devices(const struct state_config *cfg, const struct device_
 	for (unsigned k = 0; k < nov; k++) {
 		bool found = false;
 
-		for (uint32_t i = 0; i < cfg->nr_devices; i++)
-			found |= !strcmp(cfg->devices[i].id, ov[k].id);
+		const char *opt = ov[k].type && !strcmp(ov[k].type, "virtio-net") ?
+					  "--net-override" : "--disk-override";
+
+		for (uint32_t i = 0; i < cfg->nr_devices; i++) {
+			if (strcmp(cfg->devices[i].id, ov[k].id))
+				continue;
+			if (ov[k].type && strcmp(cfg->devices[i].type, ov[k].type))
+				return err_set(e, -EINVAL, "%s id=%s: the guest's %s is a %s", opt,
+					       ov[k].id, ov[k].id, cfg->devices[i].type);
+			found = true;
+		}
 		if (!found)
-			return err_set(e, -ENOENT, "--disk-override id=%s: the guest has no device %s",
+			return err_set(e, -ENOENT, "%s id=%s: the guest has no device %s", opt,
 				       ov[k].id, ov[k].id);
 	}
 	if (cfg->nr_devices > DEV_MAX)

@@ -105,6 +105,8 @@ int __must_check vm_devices_flush(struct vm *vm, struct errbuf *e);
 int __must_check vm_devices_claim(struct vm *vm, struct errbuf *e);
 /* Flushes and releases every backend: at a migration's COMMIT on the source. */
 void vm_devices_release(struct vm *vm);
+/* Announcements the devices sent since the guest started here (NICs' RARPs). */
+uint64_t vm_devices_announced(struct vm *vm);
 
 /* ---- state for snapshots, migration and digests (vm_sections.c) ---- */
 

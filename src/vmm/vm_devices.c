@@ -217,6 +217,16 @@ void vm_devices_release(struct vm *vm)
 			vm->devices[i].ops->release(vm->devices[i].opaque);
 }
 
+uint64_t vm_devices_announced(struct vm *vm)
+{
+	uint64_t n = 0;
+
+	for (unsigned i = 0; i < vm->ndevices; i++)
+		if (vm->devices[i].ops->announced)
+			n += vm->devices[i].ops->announced(vm->devices[i].opaque);
+	return n;
+}
+
 void vm_devices_destroy(struct vm *vm)
 {
 	while (vm->ndevices) {
