@@ -184,6 +184,67 @@ static void test_disks(void **state)
 		     "given twice");
 }
 
+static void test_nets(void **state)
+{
+	struct run_opts o;
+	struct errbuf e;
+
+	(void)state;
+	assert_int_equal(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			       "--disk", "path=/a.img", "--net", "tap=tap0",
+			       "--net", "id=up,tap=tap1,mac=52:54:00:aa:bb:cc"), 0);
+	assert_int_equal(o.nnets, 2);
+	assert_string_equal(o.nets[0].type, "virtio-net");
+	assert_string_equal(o.nets[0].id, "net0");
+	assert_string_equal(o.nets[0].path, "tap0");
+	assert_false(o.nets[0].mac_set);
+	assert_string_equal(o.nets[1].id, "up");
+	assert_true(o.nets[1].mac_set);
+	assert_int_equal(o.nets[1].mac[5], 0xcc);
+	/* what the VM builds: disks, then NICs */
+	assert_int_equal(o.ndevices, 3);
+	assert_string_equal(o.devices[0].type, "virtio-blk");
+	assert_string_equal(o.devices[2].id, "up");
+	assert_int_equal(o.announce.rounds, 5);
+	assert_int_equal(PARSE(&o, &e, "--incoming", "unix:/x", "--api-socket", "s",
+			       "--net-override", "id=net0,tap=tapb", "--disk-override",
+			       "id=disk0,path=/b", "--announce", "rounds=2,initial=10"), 0);
+	assert_int_equal(o.noverrides, 2);
+	assert_string_equal(o.overrides[0].type, "virtio-net");
+	assert_string_equal(o.overrides[0].path, "tapb");
+	assert_string_equal(o.overrides[1].type, "virtio-blk");
+	assert_int_equal(o.announce.rounds, 2);
+	assert_int_equal(o.announce.initial_ms, 10);
+
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--net", "id=x"), &e, "tap=NAME is required");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--net", "tap=a,mac=ff:ff:ff:ff:ff:ff"), &e, "unicast");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--net", "tap=a-very-long-tap-name"), &e, "at most 15");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--net", "tap=a", "--net", "tap=a"), &e, "tap a is given twice");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--net", "tap=a", "--net", "tap=b", "--net", "tap=c", "--net", "tap=d",
+			   "--net", "tap=e"), &e, "at most 4 NICs");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--net", "tap=a,id=x", "--disk", "path=/a,id=x"), &e,
+		     "a disk and a NIC are both called x");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--disk", "path=/a", "--disk", "path=/a", "--disk", "path=/a",
+			   "--disk", "path=/a", "--disk", "path=/a", "--disk", "path=/a",
+			   "--disk", "path=/a", "--net", "tap=a", "--net", "tap=b"), &e,
+		     "at most 8 devices in all");
+	expect_error(PARSE(&o, &e, "--restore", "d", "--api-socket", "s", "--net", "tap=a"), &e,
+		     "--net needs --kernel");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--net-override", "id=n,tap=a"), &e, "--net-override needs --restore");
+	expect_error(PARSE(&o, &e, "--restore", "d", "--api-socket", "s", "--net-override",
+			   "id=n,path=/a"), &e, "unknown key 'path' (id, tap)");
+	expect_error(PARSE(&o, &e, "--restore", "d", "--api-socket", "s", "--announce",
+			   "rounds=x"), &e, "rounds=x");
+}
+
 static void test_uri(void **state)
 {
 	struct mig_uri u;
@@ -215,6 +276,7 @@ int main(void)
 		cmocka_unit_test(test_restore_incoming_ok),
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_disks),
+		cmocka_unit_test(test_nets),
 		cmocka_unit_test(test_uri),
 	};
 
