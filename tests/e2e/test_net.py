@@ -105,8 +105,9 @@ def wait_replies(env, net, what, timeout=60):
     raise AssertionError(f"{what}: the guest never answered")
 
 
-def analyse(r, what, t_switch):
-    """Checks the replies of one probing run; prints lost probes and the longest gap."""
+def analyse(r, what, src_last_hb):
+    """Checks the replies of one probing run; prints lost probes and the longest gaps.
+    A reply whose heartbeat is past the source's last one came from the destination."""
     reps = sorted(r["replies"])
     assert not r["bad"], f"{what}: malformed replies {r['bad'][:3]}"
     probes = [k for k, *_ in reps]
@@ -116,14 +117,20 @@ def analyse(r, what, t_switch):
         # the count grows by one a datagram seen; never faster than the probes sent
         assert n2 > n1 and n2 - n1 <= k2 - k1, \
             f"{what}: probe {k2} got count {n2} after probe {k1} got {n1}: counted twice"
-    after = [t for _, _, t, _, _ in reps if t > t_switch]
-    assert after, f"{what}: no reply after the switch"
+    after = [rep for rep in reps if rep[3] > src_last_hb]
+    assert after, f"{what}: no reply from the destination (heartbeat past {src_last_hb})"
+    assert reps[0][3] <= src_last_hb, f"{what}: no reply from the source"
     first, last = probes[0], probes[-1]
     lost = (last - first + 1) - len(probes)
     times = sorted(t for _, _, t, _, _ in reps)
-    gap = max((b - a for a, b in zip(times, times[1:])), default=0)
+    gaps = sorted(((b - a, a) for a, b in zip(times, times[1:])), reverse=True)
+    # the switch: the longest gap before the first reply that must come from the destination
+    t_dst = min(t for _, _, t, _, _ in after)
+    switch = max(((g, a) for g, a in gaps if a < t_dst), default=(0, 0))
     print(f"{what}: {r['sent']} probes, {len(reps)} replies, {lost} lost between the first "
-          f"and last reply, longest reply gap {gap * 1e3:.1f} ms")
+          f"and last reply; longest reply gap {gaps[0][0] * 1e3:.1f} ms at "
+          f"{(gaps[0][1] - t_dst) * 1e3:+.0f} ms from the destination's first certain reply; "
+          f"at the switch {switch[0] * 1e3:.1f} ms (at {(switch[1] - t_dst) * 1e3:+.0f} ms)")
     return reps
 
 
@@ -208,10 +215,9 @@ def move(env, net, name, mode):
     _, res, _ = gwtest.migrate(src, uri, "--mode", mode)
     assert res["state"] == "completed", res
     assert src.wait_exit() == 0
-    t_switch = time.monotonic()
     time.sleep(2)
     r = probe.finish()
-    analyse(r, name, t_switch)
+    analyse(r, name, src.heartbeats()[-1])
     print(f"{name}: guest downtime {res.get('downtime_ms')} ms")
     gwtest.check_moved(src, dst, name, abcheck=True)
     check_announced(dst, name)
