@@ -6,7 +6,8 @@ Topology, all in namespaces of this test: host A and host B each bridge a tap (t
 NIC) to an uplink veth; the uplinks meet on a "switch" bridge in the client's namespace,
 where a client (gwprobe.py) sends a probe every millisecond and records every reply. The
 hosts migrate over the same switch.
-- Errors at start: a missing tap, bad --net values, a --net-override on a disk id.
+- Errors at start: a missing tap, bad --net values, a --disk-override on a NIC's id.
+- A tap deleted while the guest runs: logged, the guest sees the link go down and runs on.
 - Live and warm migration A -> B with --net-override: replies resume from B (after the
   source exited), no probe is answered twice and the guest's count never runs ahead of the
   probes sent (it counted no duplicate), heartbeats continue, abcheck passes, the
@@ -157,6 +158,26 @@ def test_errors(env, net):
     assert "at most 4" in err, err
 
 
+def test_tap_lost(env, net):
+    """A tap deleted under a running guest: logged, the link goes down, the guest runs on."""
+    net._ns(net.a, "ip", "tuntap", "add", "gwtapx", "mode", "tap", "vnet_hdr")
+    vm = env.vm("lost", cmdline=f"workload=net ip={net.guest_ip}/24", netns=net.a,
+                extra=["--net", "tap=gwtapx"])
+    vm.wait_line(r"^workload net ")
+    vm.wait_socket()
+    net._ns(net.a, "ip", "link", "del", "gwtapx")
+    vm.wait_line(r"^net link down$", timeout=30)
+    deadline = time.monotonic() + 30
+    while "link is down" not in vm.stderr() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "tap gwtapx" in vm.stderr() and "link is down" in vm.stderr(), vm.stderr()
+    last = vm.heartbeats()[-1]
+    vm.wait_line(rf"^hb {last + 50}$", timeout=60)
+    assert vm.status()["state"] == "running"
+    vm.ctl("stop")
+    assert vm.wait_exit() == 0
+
+
 def cmdline(net):
     return f"workload=abcheck,net wss=4M ip={net.guest_ip}/24"
 
@@ -257,6 +278,7 @@ def test_snapshot(env, net):
 def test(env):
     net = Net(env)
     test_errors(env, net)
+    test_tap_lost(env, net)
     test_snapshot(env, net)
     move(env, net, "warm", "warm")
     move(env, net, "live", "live")
