@@ -72,6 +72,7 @@
 #define NET_VLAN_LEN 4u
 #define NET_MTU_DEFAULT 1500u
 #define NET_MTU_MAX 9000u
+#define NET_READ_MAX (NET_HDR_LEN + 65536u) /* a tap never hands over more in one read */
 #define NET_BUDGET 64u	   /* frames each way per wakeup */
 #define NET_RXQ 0u
 #define NET_TXQ 1u
@@ -102,7 +103,7 @@ struct virtio_net {
 	bool tap_gone;
 	bool rx_wait;	   /* a frame waits for a receive buffer: do not read the tap */
 	size_t rx_len;	   /* bytes in rx_buf (header included); 0: none waiting */
-	uint8_t *rx_buf;   /* NET_HDR_LEN + frame_max */
+	uint8_t *rx_buf;   /* NET_READ_MAX: a frame over the MTU is read whole, then dropped */
 	uint8_t *tx_buf;
 	struct virtq_elem el;
 	uint64_t rx_dropped, tx_dropped;
@@ -209,6 +210,13 @@ static void net_dropped(struct virtio_net *n, bool rx, const char *why)
 			 why);
 }
 
+/* Errors that mean the tap is gone (its interface deleted, the fd detached), not a bad frame. */
+static bool net_errno_lost(int err)
+{
+	return err == EBADFD || err == EIO || err == ENXIO || err == ENODEV || err == EPIPE ||
+	       err == EBADF;
+}
+
 static void net_link_down(struct virtio_net *n, const char *what, int err)
 {
 	if (n->tap_gone)
@@ -238,8 +246,8 @@ static bool net_tap_send(struct virtio_net *n, const uint8_t *frame, size_t len)
 		return true;
 	if (errno == EAGAIN || errno == ENOBUFS)
 		net_dropped(n, false, "the tap's queue is full");
-	else if (errno == EINVAL || errno == EMSGSIZE)
-		net_dropped(n, false, "the tap refused it");
+	else if (!net_errno_lost(errno))
+		net_dropped(n, false, strerror(errno));
 	else
 		net_link_down(n, "write", errno);
 	return false;
@@ -362,10 +370,14 @@ static int net_tap_read(struct virtio_net *n)
 	ssize_t r;
 
 	do
-		r = read(n->tap_fd, n->rx_buf, NET_HDR_LEN + n->frame_max);
+		r = read(n->tap_fd, n->rx_buf, NET_READ_MAX);
 	while (r < 0 && errno == EINTR);
 	if (r < 0 && errno == EAGAIN)
 		return 0;
+	if (r < 0 && !net_errno_lost(errno)) {
+		net_dropped(n, true, strerror(errno));
+		return 1;
+	}
 	if (r < 0) {
 		net_link_down(n, "read", errno);
 		return -1;
@@ -376,6 +388,10 @@ static int net_tap_read(struct virtio_net *n)
 	}
 	if ((size_t)r < NET_HDR_LEN + NET_ETH_HLEN) {
 		net_dropped(n, true, "shorter than a header and an Ethernet header");
+		return 1;
+	}
+	if ((size_t)r > NET_HDR_LEN + n->frame_max) {
+		net_dropped(n, true, "longer than the MTU");
 		return 1;
 	}
 	/* no offloads were asked of the tap: a frame is whole, the header carries nothing */
@@ -570,10 +586,10 @@ static void *net_thread(void *arg)
 		uint64_t v;
 		int r;
 
-		/* a lost tap, or a frame waiting for a buffer: the tap is not looked at */
-		if (n->tap_gone || n->rx_wait)
+		/* quiesced, a lost tap, a frame waiting for a buffer: the tap is not looked at */
+		if (quiesced || n->tap_gone || n->rx_wait)
 			pfd[1].fd = -1;
-		else if (!quiesced)
+		else
 			pfd[1].events = POLLIN;
 		r = poll(pfd, 2, more ? 0 : (quiesced ? -1 : timeout));
 		if (r < 0 && errno != EINTR)
@@ -867,7 +883,7 @@ int virtio_net_create_fd(const struct device_spec *spec, const struct device_env
 	pthread_cond_init(&n->idle, NULL);
 	atomic_init(&n->quiesced, true);
 	virtio_mmio_init(&n->t, &net_virtio, n, env, net_features());
-	n->rx_buf = malloc(NET_HDR_LEN + n->frame_max);
+	n->rx_buf = malloc(NET_READ_MAX);
 	n->tx_buf = malloc(n->frame_max);
 	if (!n->rx_buf || !n->tx_buf) {
 		ret = err_set(e, -ENOMEM, "out of memory");
