@@ -39,6 +39,7 @@ class Net:
         self.tap_a, self.tap_b = "gwtapa", "gwtapb"
         self.src, self.dst, self.dst_ip = self.a, self.b, self.b_ip  # for gwtest helpers
         env.hosts = getattr(env, "hosts", []) + [self]
+        self.uplinks = []  # (namespace, device): the hosts' ends of their uplinks
         for ns in (self.a, self.b, self.c):
             self._run("ip", "netns", "add", ns)
             self._ns(ns, "ip", "link", "set", "lo", "up")
@@ -49,6 +50,7 @@ class Net:
                                (self.b, self.b_ip, self.tap_b, "b")):
             up, port = f"gw{tag}u{h}", f"gw{tag}p{h}"
             self._run("ip", "link", "add", up, "type", "veth", "peer", "name", port)
+            self.uplinks.append((ns, up))
             self._run("ip", "link", "set", up, "netns", ns)
             self._run("ip", "link", "set", port, "netns", self.c)
             self._ns(self.c, "ip", "link", "set", port, "master", "sw")
@@ -125,9 +127,10 @@ def analyse(r, what, src_last_hb):
     lost = (last - first + 1) - len(probes)
     times = sorted(t for _, _, t, _, _ in reps)
     gaps = sorted(((b - a, a) for a, b in zip(times, times[1:])), reverse=True)
-    # the switch: the longest gap before the first reply that must come from the destination
+    # the switch: the longest gap in the half second before the first reply that must come
+    # from the destination (its heartbeat is past the source's last)
     t_dst = min(t for _, _, t, _, _ in after)
-    switch = max(((g, a) for g, a in gaps if a < t_dst), default=(0, 0))
+    switch = max(((g, a) for g, a in gaps if t_dst - 0.5 < a < t_dst), default=(0, 0))
     print(f"{what}: {r['sent']} probes, {len(reps)} replies, {lost} lost between the first "
           f"and last reply; longest reply gap {gaps[0][0] * 1e3:.1f} ms at "
           f"{(gaps[0][1] - t_dst) * 1e3:+.0f} ms from the destination's first certain reply; "
