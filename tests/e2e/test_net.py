@@ -78,13 +78,13 @@ class Net:
 class Prober:
     """gwprobe.py in the client's namespace, probing the guest every millisecond."""
 
-    def __init__(self, env, net, name):
+    def __init__(self, env, net, name, interval_ms=1):
         self.stop_path = env.path(f"{name}.stop")
         if os.path.exists(self.stop_path):
             os.unlink(self.stop_path)
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gwprobe.py")
         self.p = subprocess.Popen(["ip", "netns", "exec", net.c, sys.executable, script,
-                                   net.guest_ip, str(PORT), "1", self.stop_path],
+                                   net.guest_ip, str(PORT), str(interval_ms), self.stop_path],
                                   stdout=subprocess.PIPE, text=True)
         assert self.p.stdout.readline().strip() == "probing"
 
