@@ -8,6 +8,7 @@ where a client (gwprobe.py) sends a probe every millisecond and records every re
 hosts migrate over the same switch.
 - Errors at start: a missing tap, bad --net values, a --disk-override on a NIC's id.
 - A tap deleted while the guest runs: logged, the guest sees the link go down and runs on.
+- A flood from the client: the control socket, a pause and heartbeats go on.
 - Live and warm migration A -> B with --net-override: replies resume from B (after the
   source exited), no probe is answered twice and the guest's count never runs ahead of the
   probes sent (it counted no duplicate), heartbeats continue, abcheck passes, the
@@ -181,6 +182,27 @@ def test_tap_lost(env, net):
     assert vm.wait_exit() == 0
 
 
+def test_flood(env, net):
+    """A client sending as fast as it can: the control socket answers, a pause and a
+    resume go through, heartbeats go on, the guest keeps answering."""
+    vm = gwtest.start_source(env, "flood", cmdline=f"workload=net ip={net.guest_ip}/24",
+                             netns=net.a, extra=["--net", f"tap={net.tap_a}"])
+    wait_replies(env, net, "flood-warm")
+    p = Prober(env, net, "flood", interval_ms=0.02)
+    for _ in range(3):
+        assert vm.status()["state"] == "running"
+    vm.ctl("pause")
+    assert vm.status()["state"] == "paused"
+    vm.ctl("resume")
+    last = vm.heartbeats()[-1]
+    vm.wait_line(rf"^hb {last + 50}$", timeout=60)
+    r = p.finish()
+    assert r["replies"], "no reply under the flood"
+    print(f"flood: {r['sent']} probes sent, {len(r['replies'])} answered")
+    vm.ctl("stop")
+    assert vm.wait_exit() == 0
+
+
 def cmdline(net):
     return f"workload=abcheck,net wss=4M ip={net.guest_ip}/24"
 
@@ -282,6 +304,7 @@ def test(env):
     net = Net(env)
     test_errors(env, net)
     test_tap_lost(env, net)
+    test_flood(env, net)
     test_snapshot(env, net)
     move(env, net, "warm", "warm")
     move(env, net, "live", "live")
