@@ -12,8 +12,9 @@
  * off the guest's notifications, a pause (quiesce waits for one bounded round) or the
  * control socket. A frame read from the tap when the guest has no receive buffer is kept
  * (one frame) and the tap is not read again until the guest adds buffers; at a pause it is
- * handed to the guest if a buffer is there, else dropped. A chain is always completed in the
- * wakeup that took it, so a quiesced NIC has no descriptor half-used.
+ * handed to the guest if a buffer is there, else dropped, and the frames the guest queued for
+ * transmission are sent. A chain is always completed in the wakeup that took it, so a
+ * quiesced NIC has no descriptor half-used.
  *
  * The guest is untrusted: a receive chain too short for the frame or with device-readable
  * parts, a transmit chain shorter than the header or longer than the MTU, is completed empty
@@ -279,18 +280,22 @@ static void net_tx_one(struct virtio_net *n, const struct virtq_elem *el)
 	net_tap_send(n, n->tx_buf, done);
 }
 
-/* Returns true if the queue still has work (the budget ran out). */
-static bool net_tx_run(struct virtio_net *n)
+/*
+ * Returns true if the queue still has work (the budget ran out). draining: at a pause, with
+ * the vCPUs stopped, everything the guest queued goes out (at most a queue's worth).
+ */
+static bool net_tx_run(struct virtio_net *n, bool draining)
 {
 	struct virtq *q = &n->t.q[NET_TXQ];
 	unsigned done = 0;
 	struct errbuf e;
 	bool more = false;
 
-	while (!atomic_load(&n->quiesced) && virtio_mmio_queue_live(&n->t, NET_TXQ)) {
+	while ((draining || !atomic_load(&n->quiesced)) &&
+	       virtio_mmio_queue_live(&n->t, NET_TXQ)) {
 		int r;
 
-		if (done == NET_BUDGET) {
+		if (done == (draining ? VIRTQ_NUM_MAX : NET_BUDGET)) {
 			more = true;
 			break;
 		}
@@ -613,7 +618,7 @@ static void *net_thread(void *arg)
 		pthread_mutex_unlock(&n->lock);
 		if ((pfd[1].revents & (POLLERR | POLLHUP | POLLNVAL)) && !n->rx_len)
 			net_tap_read(n); /* names the error and takes the link down */
-		more = net_tx_run(n);
+		more = net_tx_run(n, false);
 		net_ctrl_run(n);
 		more |= net_rx_run(n);
 		timeout = net_announce_step(n);
@@ -656,7 +661,12 @@ static void net_quiesce(void *dev)
 	while (n->busy)
 		pthread_cond_wait(&n->idle, &n->lock);
 	pthread_mutex_unlock(&n->lock);
-	/* the thread is idle until resume: a waiting frame goes to the guest now or never */
+	/*
+	 * The thread is idle until resume. What the guest sent before the pause leaves from
+	 * here (where the network still expects the guest); a waiting frame goes to the guest
+	 * now or never.
+	 */
+	net_tx_run(n, true);
 	if (n->rx_len) {
 		if (net_rx_deliver(n) == 1) {
 			virtio_mmio_used_notify(&n->t, NET_RXQ);

@@ -489,6 +489,33 @@ static void test_quiesce_settles_rx(void **state)
 	tg_teardown(&g);
 }
 
+/* Frames the guest queued before a pause (no notification seen yet) go out at the pause. */
+static void test_quiesce_finishes_tx(void **state)
+{
+	uint8_t f[80], got[256];
+	struct tg g;
+
+	(void)state;
+	tg_setup(&g);
+	frame_fill(f, 80, 21);
+	for (unsigned i = 0; i < 3; i++) {
+		uint64_t b = BUF + 0x4000 * i;
+
+		memset(g.ram + b, 0, HDR_LEN);
+		memcpy(g.ram + b + 0x100, f, 80);
+		desc_set(&g, TXQ, 2 * i, b, HDR_LEN, VRING_DESC_F_NEXT, 2 * i + 1);
+		desc_set(&g, TXQ, 2 * i + 1, b + 0x100, 80, 0, 0);
+		g.ram[QBASE(TXQ) + 0x1000 + 4 + 2 * i] = (uint8_t)(2 * i);
+	}
+	__atomic_store_n((uint16_t *)(g.ram + QBASE(TXQ) + 0x1000 + 2), 3, __ATOMIC_RELEASE);
+	g.d.ops->quiesce(g.d.dev);
+	assert_int_equal(used_idx(&g, TXQ), 3);
+	for (unsigned i = 0; i < 3; i++)
+		assert_int_equal(peer_recv(&g, got, sizeof(got), 1000), HDR_LEN + 80);
+	g.d.ops->resume(g.d.dev);
+	tg_teardown(&g);
+}
+
 static void *flood_thread(void *arg)
 {
 	struct tg *g = arg;
@@ -703,6 +730,7 @@ int main(void)
 		cmocka_unit_test(test_ctrl_announce_ack),
 		cmocka_unit_test(test_rx_waits_for_buffer),
 		cmocka_unit_test(test_quiesce_settles_rx),
+		cmocka_unit_test(test_quiesce_finishes_tx),
 		cmocka_unit_test(test_flood),
 		cmocka_unit_test(test_tap_lost),
 		cmocka_unit_test(test_state_round_trip_and_announce),
