@@ -207,8 +207,8 @@ static void net_dropped(struct virtio_net *n, bool rx, const char *why)
 	else
 		n->tx_dropped++;
 	if (log_ratelimit_allow(&rl, &suppressed))
-		log_warn("net %s: %s frame dropped: %s", n->spec.id, rx ? "received" : "transmitted",
-			 why);
+		log_warn("net %s: %s frame dropped: %s", n->spec.id,
+			 rx ? "received" : "transmitted", why);
 }
 
 /* Errors that mean the tap is gone (its interface deleted, the fd detached), not a bad frame. */
@@ -757,13 +757,15 @@ static int net_parse(struct virtio_net *n, uint32_t version, const void *p, size
 	if (flags)
 		return err_set(e, -EINVAL, "unknown flags 0x%x", flags);
 	if ((mac[0] & 1) || !(mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]))
-		return err_set(e, -EINVAL, "MAC %02x:%02x:%02x:%02x:%02x:%02x is not a unicast "
-					   "address", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+		return err_set(e, -EINVAL,
+			       "MAC %02x:%02x:%02x:%02x:%02x:%02x is not a unicast address",
+			       mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
 	if (*status & ~NET_STATUS_KNOWN)
 		return err_set(e, -EINVAL, "status 0x%x has unknown bits", *status);
 	if (staged->device_features != net_features())
-		return err_set(e, -EINVAL, "the saved device offered features 0x%llx, this build "
-					   "offers 0x%llx", (unsigned long long)staged->device_features,
+		return err_set(e, -EINVAL,
+			       "the saved device offered features 0x%llx, this build offers 0x%llx",
+			       (unsigned long long)staged->device_features,
 			       (unsigned long long)net_features());
 	return 0;
 }
@@ -958,9 +960,11 @@ static int net_tap_open(const struct device_spec *s, int *fd_out, unsigned *mtu,
 	*mtu = ifr.ifr_mtu > 0 ? (unsigned)ifr.ifr_mtu : NET_MTU_DEFAULT;
 	ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
 	if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
-		ret = err_set(e, -errno, "net %s: attaching to tap %s: %s%s", s->id, s->path,
-			      strerror(errno), errno == EBUSY ? " (another process has it, or it "
-								"is not a tap with vnet headers)" : "");
+		int err = errno;
+
+		ret = err_set(e, -err, "net %s: attaching to tap %s: %s%s", s->id, s->path,
+			      strerror(err), err == EBUSY ? " (another process has it, or it is "
+							    "not a tap with vnet headers)" : "");
 		goto err;
 	}
 	if (ioctl(fd, TUNSETVNETHDRSZ, &hdr) < 0) {
