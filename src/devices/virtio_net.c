@@ -784,7 +784,7 @@ static int net_load(void *dev, uint32_t version, const void *p, size_t len, stru
 	struct virtio_net *n = dev;
 	struct virtio_mmio staged;
 	uint8_t mac[6];
-	uint16_t status;
+	uint16_t status = 0; /* set by net_parse on success */
 	int ret = net_parse(n, version, p, len, &staged, mac, &status, e);
 
 	if (ret < 0)
@@ -988,8 +988,8 @@ err:
 static int net_create(const struct device_spec *spec, const struct device_env *env,
 		      struct device_info *out, struct errbuf *e)
 {
-	unsigned mtu;
-	int fd, ret = net_tap_open(spec, &fd, &mtu, e);
+	unsigned mtu = 0; /* set by net_tap_open on success (gcc -O3 cannot see it) */
+	int fd = -1, ret = net_tap_open(spec, &fd, &mtu, e);
 
 	if (ret < 0)
 		return ret;
