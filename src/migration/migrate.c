@@ -287,7 +287,7 @@ static int mig_page_queue(struct mig_batch *b, uint64_t pg, bool send_zero, stru
 
 /*
  * Round 0: every page that may be non-zero. Memory is taken in 64 MiB windows: tracking
- * is re-armed for the window first, then mincore tells which 2 MiB ranges the guest ever
+ * is re-armed for the window first, then pagemap tells which 2 MiB ranges the guest ever
  * touched, and only those are read. In that order a page the guest first writes while
  * the window is looked at is either read now or reported by the next sync; an idle guest
  * costs a few calls per 64 MiB whatever its size.

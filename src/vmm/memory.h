@@ -48,6 +48,7 @@ struct guest_mem {
 	struct guest_mem_region regions[GUEST_MEM_MAX_REGIONS];
 	_Atomic uint64_t *vmm_dirty;  /* one bit per page, indexed by flat RAM offset */
 	bool file_backed;             /* some region maps a snapshot file */
+	int pagemap_fd;               /* /proc/self/pagemap, -1 if it cannot be read */
 };
 
 /* Reserves size bytes of RAM (page-aligned, GUEST_MEM_MIN..GUEST_MEM_MAX). */
@@ -61,12 +62,13 @@ int __must_check guest_mem_map_region_file(struct guest_mem *m, unsigned idx, in
 					   uint64_t offset, struct errbuf *e);
 /*
  * False only if no page of [host, host+len) was ever touched, so the range is all
- * zero without reading it (anonymous memory, asked with mincore). Always true for
- * file-backed memory, whose contents are in the file.
+ * zero without reading it (anonymous memory, asked of /proc/self/pagemap: a page in RAM
+ * or in swap was touched). Always true for file-backed memory, whose contents are in the
+ * file, and when pagemap cannot be read.
  */
 bool guest_mem_range_touched(struct guest_mem *m, const void *host, uint64_t len);
 /*
- * The same for many ranges at once (one mincore call per 64 MiB): touched[i] for the
+ * The same for many ranges at once (one pagemap read per 32 MiB): touched[i] for the
  * range_pages-page range i of the npages pages at host.
  */
 void guest_mem_touched_map(struct guest_mem *m, const void *host, uint64_t npages,
@@ -84,7 +86,7 @@ void guest_mem_mark_dirty(struct guest_mem *m, uint64_t gpa, uint64_t len);
 int __must_check guest_mem_write(struct guest_mem *m, uint64_t gpa, const void *p, size_t len);
 int __must_check guest_mem_read(struct guest_mem *m, uint64_t gpa, void *p, size_t len);
 uint64_t guest_mem_pages(const struct guest_mem *m);
-/* Bytes of guest RAM resident in this process (mincore): what the guest has touched. */
+/* Bytes of guest RAM in RAM in this process now (pagemap's present bit; swapped pages not). */
 uint64_t guest_mem_resident(struct guest_mem *m);
 
 #endif

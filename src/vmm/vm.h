@@ -190,7 +190,7 @@ struct guest_mem *vm_memory(struct vm *vm);
 
 const char *vm_state_name(enum vm_state st);
 void vm_status_get(struct vm *vm, struct vm_status *st);
-/* Bytes of guest RAM resident in the VMM process (mincore over all of it: not for hot paths). */
+/* Bytes of guest RAM resident in the VMM process (pagemap over all of it: not for hot paths). */
 uint64_t vm_guest_resident(struct vm *vm);
 /*
  * Returns once every vCPU is out of KVM_RUN (state PAUSED). Pausing a paused VM is a no-op.
