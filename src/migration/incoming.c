@@ -121,6 +121,8 @@ static int inc_config(const struct state_record *rec, struct errbuf *e)
 	rc.nvcpus = cfg->nr_vcpus;
 	rc.memory = state_config_mem_size(cfg);
 	rc.cpuid = cpuid;
+	rc.tsc_khz = cfg->tsc_khz;
+	rc.xsave_size = cfg->xsave_size;
 	rc.serial = inc.o.serial;
 	rc.serial_path = inc.o.serial_path;
 	rc.kvm_path = inc.o.kvm_path;

@@ -34,6 +34,8 @@ void vm_state_config_build(struct vm *vm, struct state_config *cfg)
 							    c->eax, c->ebx, c->ecx, c->edx };
 	}
 	snprintf(cfg->machine, sizeof(cfg->machine), "%s", st.name);
+	cfg->tsc_khz = m.tsc_khz;
+	cfg->xsave_size = m.xsave_size;
 	cfg->nr_devices = vm_device_specs(vm, specs, ARRAY_SIZE(specs));
 	for (unsigned i = 0; i < cfg->nr_devices; i++) {
 		struct state_device *d = &cfg->devices[i];
@@ -263,6 +265,8 @@ int vm_snapshot_restore(struct vm **out, struct evloop *loop, const char *dir,
 	rc.nvcpus = cfg->nr_vcpus;
 	rc.memory = state_config_mem_size(cfg);
 	rc.cpuid = cpuid;
+	rc.tsc_khz = cfg->tsc_khz;
+	rc.xsave_size = cfg->xsave_size;
 	rc.serial = o->serial;
 	rc.serial_path = o->serial_path;
 	rc.kvm_path = o->kvm_path;

@@ -5,6 +5,7 @@
 #include "state/internal.h"
 #include "state/record.h"
 #include "state/snapshot.h"
+#include "vmm/vm.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -36,7 +37,49 @@ struct inspect {
 	uint64_t records;
 	struct pages_run run;
 	struct pages_run pages_total;
+	/* the VM's sections (CRC good, framing decoded), copied, for the loader's checks */
+	struct vm_section *secs;
+	size_t nsecs, cap;
+	bool secs_lost; /* out of memory keeping them: not checked */
 };
+
+/* Keeps a copy of a section for inspect_sections_check. */
+static void inspect_section_keep(struct inspect *in, const struct state_section *s)
+{
+	char *name = strdup(s->name), *inst = strdup(s->instance);
+	void *data = malloc(s->len ? s->len : 1);
+
+	if (in->nsecs == in->cap) {
+		size_t cap = in->cap ? 2 * in->cap : 16;
+		struct vm_section *n = realloc(in->secs, cap * sizeof(*n));
+
+		if (n) {
+			in->secs = n;
+			in->cap = cap;
+		}
+	}
+	if (in->nsecs == in->cap || !name || !inst || !data) {
+		free(name);
+		free(inst);
+		free(data);
+		in->secs_lost = true;
+		return;
+	}
+	memcpy(data, s->data, s->len);
+	in->secs[in->nsecs++] = (struct vm_section){ name, inst, s->version, data, s->len };
+}
+
+static void inspect_sections_free(struct inspect *in)
+{
+	for (size_t i = 0; i < in->nsecs; i++) {
+		free((void *)in->secs[i].name);
+		free((void *)in->secs[i].instance);
+		free((void *)in->secs[i].data);
+	}
+	free(in->secs);
+	in->secs = NULL;
+	in->nsecs = in->cap = 0;
+}
 
 static void problem(struct inspect *in, const struct errbuf *msg)
 {
@@ -101,8 +144,10 @@ static void inspect_section(struct inspect *in, const struct state_record *rec)
 	in->sections++;
 	fprintf(in->out, "%s@%s version %" PRIu32 ", %" PRIu32 " bytes\n", s.name, s.instance,
 		s.version, s.len);
-	if (strcmp(s.name, SNAPSHOT_MEMORY_SECTION) || strcmp(s.instance, SNAPSHOT_MEMORY_INSTANCE))
+	if (strcmp(s.name, SNAPSHOT_MEMORY_SECTION) || strcmp(s.instance, SNAPSHOT_MEMORY_INSTANCE)) {
+		inspect_section_keep(in, &s);
 		return;
+	}
 	if (!in->snapshot_dir) {
 		err_set(&msg, -EBADMSG, "a memory index does not belong in a migration stream");
 		problem(in, &msg);
@@ -220,6 +265,29 @@ static void inspect_record(struct inspect *in, const struct state_record *rec, i
 	}
 }
 
+/*
+ * The VM's sections, checked as a restore or an incoming migration checks them before it
+ * loads any (vm_sections_check): what inspect accepts, a restore accepts.
+ */
+static void inspect_sections_check(struct inspect *in)
+{
+	struct vm_check_device devs[STATE_MAX_DEVICES];
+	struct errbuf msg;
+
+	if (!in->have_config || in->secs_lost)
+		return;
+	for (uint32_t i = 0; i < in->cfg->nr_devices; i++)
+		devs[i] = (struct vm_check_device){ in->cfg->devices[i].type, in->cfg->devices[i].id };
+	if (vm_sections_check(in->cfg->nr_vcpus, in->cfg->xsave_size, devs, in->cfg->nr_devices,
+			      in->secs, in->nsecs, &msg)) {
+		fprintf(in->out, "sections:\n");
+		problem(in, &msg);
+	} else {
+		fprintf(in->out, "sections: %zu, all valid for a %" PRIu32 "-vCPU machine\n",
+			in->nsecs, in->cfg->nr_vcpus);
+	}
+}
+
 /* Walks the whole stream r, printing every record; problems are counted in in. */
 static void inspect_walk(struct inspect *in, struct state_reader *r)
 {
@@ -247,6 +315,10 @@ static void inspect_walk(struct inspect *in, struct state_reader *r)
 	flush_pages_run(in);
 	if (state_reader_ended(r) && state_reader_expect_eof(r, &msg))
 		problem(in, &msg);
+	/* a stream cut short is a problem already; its sections are not all there to check */
+	if (state_reader_ended(r) && !state_reader_failed(r))
+		inspect_sections_check(in);
+	inspect_sections_free(in);
 	if (in->pages_total.records)
 		fprintf(in->out, "pages: %" PRIu64 " in %" PRIu64 " records, %" PRIu64
 			" zero (sent as flags), %s of data\n", in->pages_total.pages,

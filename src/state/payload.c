@@ -230,6 +230,11 @@ int state_config_validate(const struct state_config *c, struct errbuf *e)
 			return err_set(e, -EINVAL,
 				       "config: machine name has a byte 0x%02x that is not printable",
 				       (unsigned char)c->machine[i]);
+	if (c->xsave_size && (c->xsave_size < STATE_XSAVE_MIN || c->xsave_size > STATE_XSAVE_MAX ||
+			      c->xsave_size % 4))
+		return err_set(e, -EINVAL, "config: XSAVE size %" PRIu32 " (0, or %u to %u in "
+					   "4-byte words)", c->xsave_size, STATE_XSAVE_MIN,
+			       STATE_XSAVE_MAX);
 	ret = state_path_check("config: kernel path", c->kernel, e);
 	if (ret)
 		return ret;
@@ -266,6 +271,8 @@ int state_config_encode(const struct state_config *c, struct buf *out, struct er
 		buf_put_u32(out, c->caps[i]);
 	buf_put_blob(out, c->machine, (uint32_t)strlen(c->machine));
 	buf_put_blob(out, c->kernel, (uint32_t)strlen(c->kernel));
+	buf_put_u32(out, c->tsc_khz);
+	buf_put_u32(out, c->xsave_size);
 	buf_put_u32(out, c->nr_devices);
 	for (uint32_t i = 0; i < c->nr_devices; i++) {
 		const struct state_device *d = &c->devices[i];
@@ -327,6 +334,8 @@ int state_config_decode(const void *p, size_t len, struct state_config *c, struc
 	ret = get_string(&r, "config: kernel path", c->kernel, STATE_PATH_MAX, e);
 	if (ret)
 		return ret;
+	c->tsc_khz = buf_get_u32(&r);
+	c->xsave_size = buf_get_u32(&r);
 	c->nr_devices = buf_get_u32(&r);
 	if (!buf_reader_ok(&r))
 		return err_set(e, -EBADMSG, "config: payload truncated (%zu bytes)", len);

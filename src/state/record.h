@@ -75,6 +75,8 @@ int __must_check state_header_decode(const uint8_t *p, size_t len, struct state_
 #define STATE_NAME_MAX 63u  /* machine name, section name, section instance */
 #define STATE_PATH_MAX 4095u
 #define STATE_GPA_LIMIT (1ull << 52) /* x86-64 architectural physical address limit */
+#define STATE_XSAVE_MIN 4096u
+#define STATE_XSAVE_MAX (64u * 1024)
 
 struct state_region {
 	uint64_t gpa;
@@ -114,6 +116,8 @@ struct state_config {
 	uint32_t caps[STATE_MAX_CAPS]; /* KVM_CAP_* ids / features the guest relies on */
 	char machine[STATE_NAME_MAX + 1];
 	char kernel[STATE_PATH_MAX + 1]; /* informational */
+	uint32_t tsc_khz;    /* the guest's TSC frequency; 0: not recorded */
+	uint32_t xsave_size; /* bytes of the vCPUs' XSAVE area; 0: none */
 	uint32_t nr_devices;
 	struct state_device devices[STATE_MAX_DEVICES];
 };
@@ -122,8 +126,9 @@ struct state_config {
  * Validation: 1..64 vCPUs; 1..4 regions, page-aligned, non-empty, below 2^52, not
  * overlapping; up to 256 CPUID entries without duplicate (function, index); up to 64
  * capabilities without duplicates; a printable machine name of at most 63 bytes; a kernel
- * path of at most 4095 bytes without control characters; up to 16 devices with printable
- * type and id (ids unique), a backend path without control characters, known flags.
+ * path of at most 4095 bytes without control characters; an XSAVE size of 0 or 4096..64 KiB;
+ * up to 16 devices with printable type and id (ids unique), a backend path without control
+ * characters, known flags.
  */
 int __must_check state_config_validate(const struct state_config *cfg, struct errbuf *e);
 /* Validates, then appends the CONFIG payload to out. */

@@ -108,7 +108,7 @@ static int vm_serial_setup(struct vm *vm, const struct vm_config *cfg, struct er
 		return err_set(e, ret, "create serial device: %s", strerror(-ret));
 	dev = (struct device_info){ .ops = &serial_device_ops, .dev = vm->serial,
 				    .io_kind = DEV_IO_PIO, .io_base = SERIAL_PORT_BASE, .io_len = 8,
-				    .io_fn = serial_pio, .instance = "io:3f8", .notify_fd = -1 };
+				    .io_fn = serial_pio, .instance = VM_SERIAL_INSTANCE, .notify_fd = -1 };
 	ret = vm_device_attach(vm, &dev, e);
 	if (ret < 0) {
 		serial_destroy(vm->serial);
@@ -225,6 +225,7 @@ struct vm_build_args {
 	const char *serial_path;
 	const char *kvm_path;
 	const struct kvm_cpuid2 *cpuid; /* NULL: what this host supports */
+	uint32_t tsc_khz, xsave_size;   /* the guest's (restore), 0: this host's */
 	enum vm_dirty_mode dirty;
 	const struct device_spec *devices;
 	unsigned ndevices;
@@ -383,7 +384,7 @@ static int vm_build_into(struct vm *vm, const struct vm_build_args *a, struct er
 			return ret;
 	}
 	vm_test_delay_setup(vm);
-	return 0;
+	return vm_machine_preflight(vm, a->tsc_khz, a->xsave_size, e);
 }
 
 static int vm_build(struct vm **out, struct evloop *loop, const struct vm_build_args *a,
@@ -457,6 +458,8 @@ static struct vm_build_args vm_restore_args(const struct vm_restore_config *cfg,
 		.serial_path = cfg->serial_path,
 		.kvm_path = cfg->kvm_path,
 		.cpuid = cfg->cpuid,
+		.tsc_khz = cfg->tsc_khz,
+		.xsave_size = cfg->xsave_size,
 		.dirty = cfg->dirty,
 		.devices = cfg->devices,
 		.ndevices = cfg->ndevices,
@@ -506,6 +509,8 @@ void vm_machine_get(struct vm *vm, struct vm_machine *m)
 		m->regions[i].host = vm->mem.regions[i].host;
 	}
 	m->cpuid = vm->cpuid;
+	m->tsc_khz = vm->tsc_khz;
+	m->xsave_size = vm->xsave_size;
 }
 
 /* ---- run control ---- */

@@ -129,6 +129,8 @@ struct vm_machine {
 		uint8_t *host;
 	} regions[2];
 	const struct kvm_cpuid2 *cpuid;
+	uint32_t tsc_khz;    /* the guest's TSC frequency (0 if KVM cannot tell) */
+	uint32_t xsave_size; /* the vCPUs' XSAVE area size (0: no XSAVE) */
 };
 
 void vm_machine_get(struct vm *vm, struct vm_machine *m);
@@ -148,6 +150,21 @@ int __must_check vm_sections_save(struct vm *vm, bool digest, vm_section_cb *cb,
  */
 int __must_check vm_sections_load(struct vm *vm, const struct vm_section *secs, size_t n,
 				  struct errbuf *e);
+/* A configurable device as CONFIG lists it: its type and id (its sections' instance). */
+struct vm_check_device {
+	const char *type;
+	const char *id;
+};
+/*
+ * The checks of vm_sections_load without a VM: the sections as a restore into a VM with
+ * nvcpus vCPUs whose XSAVE area holds xsave_size bytes (0: no XSAVE) and the configurable
+ * devices devs would decode and validate them, unknown and missing sections included (a
+ * device type's validate runs without a device). inspect uses it, so that it refuses what
+ * a restore refuses.
+ */
+int __must_check vm_sections_check(unsigned nvcpus, uint32_t xsave_size,
+				   const struct vm_check_device *devs, unsigned ndevs,
+				   const struct vm_section *secs, size_t n, struct errbuf *e);
 /* A digest (hex) of non-zero guest pages and of the digest form of every section. */
 int __must_check vm_digest(struct vm *vm, char *mem_hex, char *state_hex, struct errbuf *e);
 
@@ -161,6 +178,8 @@ struct vm_restore_config {
 	unsigned nvcpus;
 	uint64_t memory;
 	const struct kvm_cpuid2 *cpuid;  /* the CPUID the guest was given */
+	uint32_t tsc_khz;                /* its TSC frequency; 0: not recorded, keep this host's */
+	uint32_t xsave_size;             /* its XSAVE area size; 0: none */
 	enum vm_serial_mode serial;
 	const char *serial_path;
 	const char *kvm_path;
@@ -173,6 +192,14 @@ int __must_check vm_create_restore(struct vm **out, struct evloop *loop,
 				   const struct vm_restore_config *cfg, struct errbuf *e);
 /* Checks that this host can give the guest that CPUID (every feature bit supported). */
 int __must_check vm_cpuid_check(struct vm *vm, const struct kvm_cpuid2 *cpuid, struct errbuf *e);
+/*
+ * The rest of a receiver's pre-flight, once the vCPUs exist and before any state is
+ * loaded: the guest's XSAVE area must fit this host's, and its TSC frequency is set on
+ * every vCPU (KVM_SET_TSC_KHZ), or the guest is refused when KVM cannot give it. With
+ * tsc_khz 0 (a new VM, or not recorded) the VM keeps this host's frequency.
+ */
+int __must_check vm_machine_preflight(struct vm *vm, uint32_t tsc_khz, uint32_t xsave_size,
+				      struct errbuf *e);
 
 /*
  * An incoming migration: an empty VM (state "incoming") is created first so the control

@@ -19,6 +19,9 @@ struct dirty_tracker;
 /* 65536 entries of 16 bytes per vCPU, KVM's maximum here: a round rarely fills it */
 #define VM_DIRTY_RING_BYTES (1024u * 1024)
 
+/* The devices every VM has, so a snapshot can be checked without a VM (inspect) */
+#define VM_SERIAL_INSTANCE "io:3f8"
+
 struct vm_device_entry {
 	const struct device_ops *ops;
 	char instance[64];
@@ -47,6 +50,7 @@ struct vm {
 	uint32_t *msr_indices;  /* MSRs KVM reports as saveable */
 	uint32_t nmsrs;
 	uint32_t xsave_size;
+	uint32_t tsc_khz;       /* the guest's TSC frequency, 0 if KVM cannot tell */
 	unsigned nvcpus;
 	struct vcpu vcpus[VM_MAX_VCPUS];
 	struct evloop *loop;

@@ -13,6 +13,7 @@
 #include "arch/x86/vm_state.h"
 #include "base/crc32c.h"
 #include "base/log.h"
+#include "devices/serial.h"
 #include "vmm/vm_impl.h"
 
 #include <errno.h>
@@ -133,86 +134,209 @@ out:
 	return ret;
 }
 
-/* ---- load ---- */
+/* ---- load: decode and validate every section into staging structs, then apply ---- */
 
-struct vm_load_plan {
-	const struct vm_section *irqchip[ARRAY_SIZE(vm_irqchips)];
-	const struct vm_section *pit, *clock;
-	const struct vm_section *devices[16];
-	struct vcpu_state vcpus[VM_MAX_VCPUS];
-	bool vcpu_seen[VM_MAX_VCPUS];
+#define VM_STAGE_MAX_DEVICES 16
+
+/* The machine sections are checked against: a VM being restored, or (inspect) its CONFIG. */
+struct vm_stage_target {
+	unsigned nvcpus;
+	uint32_t xsave_size;            /* XSAVE bytes a vCPU holds; 0: no XSAVE */
+	const struct vm_device_entry *devices;
+	unsigned ndevices;
 };
 
-static int vm_section_dup(const struct vm_section **slot, const struct vm_section *s,
-			  struct errbuf *e)
+/* Everything a load applies, decoded and validated: nothing is applied before all is here. */
+struct vm_stage {
+	struct kvm_irqchip irqchip[ARRAY_SIZE(vm_irqchips)];
+	bool irqchip_seen[ARRAY_SIZE(vm_irqchips)];
+	struct kvm_pit_state2 pit;
+	struct kvm_clock_data clock;
+	bool pit_seen, clock_seen;
+	struct vcpu_state vcpus[VM_MAX_VCPUS];
+	bool vcpu_seen[VM_MAX_VCPUS];
+	const struct vm_section *devices[VM_STAGE_MAX_DEVICES];
+};
+
+static int vm_section_once(bool *seen, struct errbuf *e)
 {
-	if (*slot)
-		return err_set(e, -EINVAL, "section %s@%s appears twice", s->name, s->instance);
-	*slot = s;
+	if (*seen)
+		return err_set(e, -EINVAL, "appears twice");
+	*seen = true;
 	return 0;
 }
 
-static int vm_section_classify(struct vm *vm, struct vm_load_plan *p, const struct vm_section *s,
-			       struct errbuf *e)
+static int vm_stage_vcpu(const struct vm_stage_target *t, struct vm_stage *st,
+			 const struct vm_section *s, struct errbuf *e)
 {
-	struct kvm_irqchip chip;
-	struct kvm_pit_state2 pit;
-	struct kvm_clock_data clk;
+	struct vcpu_state *v;
+	uint64_t idx;
+	int ret;
+
+	if (parse_u64(s->instance, 0, VM_MAX_VCPUS - 1, &idx) < 0 || idx >= t->nvcpus)
+		return err_set(e, -EINVAL, "no such vCPU (the VM has %u)", t->nvcpus);
+	ret = vm_section_once(&st->vcpu_seen[idx], e);
+	if (ret < 0)
+		return ret;
+	v = &st->vcpus[idx];
+	/*
+	 * Its CPUID is applied as saved, not compared with CONFIG's table: the features were
+	 * checked on that in pre-flight, and a vCPU's own table differs from it by more than
+	 * APIC IDs (KVM fills in bits, e.g. leaf 1 ECX on this host).
+	 */
+	ret = vcpu_state_decode(s->data, s->len, s->version, v, e);
+	if (ret < 0)
+		return ret;
+	if (v->has_xsave && v->xsave_len > t->xsave_size)
+		return err_set(e, -ENOTSUP, "the saved XSAVE area is %u bytes; %s", v->xsave_len,
+			       t->xsave_size ? "the VM's vCPUs hold fewer" :
+					       "the VM's vCPUs have no XSAVE");
+	return 0;
+}
+
+/* Decodes one section into st: 0, a negative errno, or 1 if no such section is known. */
+static int vm_stage_section(const struct vm_stage_target *t, struct vm_stage *st,
+			    const struct vm_section *s, struct errbuf *e)
+{
 	int ret;
 
 	for (size_t i = 0; i < ARRAY_SIZE(vm_irqchips); i++) {
 		if (strcmp(s->name, vm_irqchips[i].name) || strcmp(s->instance, vm_irqchips[i].instance))
 			continue;
-		ret = vm_state_irqchip_decode(vm_irqchips[i].chip, s->data, s->len, s->version, &chip,
-					      e);
-		if (ret < 0)
-			return ret;
-		return vm_section_dup(&p->irqchip[i], s, e);
+		ret = vm_section_once(&st->irqchip_seen[i], e);
+		return ret < 0 ? ret : vm_state_irqchip_decode(vm_irqchips[i].chip, s->data, s->len,
+							       s->version, &st->irqchip[i], e);
 	}
 	if (!strcmp(s->name, "pit") && !strcmp(s->instance, "kvm")) {
-		ret = vm_state_pit_decode(s->data, s->len, s->version, &pit, e);
-		return ret < 0 ? ret : vm_section_dup(&p->pit, s, e);
+		ret = vm_section_once(&st->pit_seen, e);
+		return ret < 0 ? ret : vm_state_pit_decode(s->data, s->len, s->version, &st->pit, e);
 	}
 	if (!strcmp(s->name, "kvmclock") && !strcmp(s->instance, "kvm")) {
-		ret = vm_state_clock_decode(s->data, s->len, s->version, &clk, e);
-		return ret < 0 ? ret : vm_section_dup(&p->clock, s, e);
+		ret = vm_section_once(&st->clock_seen, e);
+		return ret < 0 ? ret : vm_state_clock_decode(s->data, s->len, s->version, &st->clock,
+							     e);
 	}
-	if (!strcmp(s->name, "vcpu")) {
-		uint64_t idx;
-
-		if (parse_u64(s->instance, 0, VM_MAX_VCPUS - 1, &idx) < 0 || idx >= vm->nvcpus)
-			return err_set(e, -EINVAL, "section vcpu@%s: no such vCPU (the VM has %u)",
-				       s->instance, vm->nvcpus);
-		if (p->vcpu_seen[idx])
-			return err_set(e, -EINVAL, "section vcpu@%s appears twice", s->instance);
-		ret = vcpu_state_decode(s->data, s->len, s->version, &p->vcpus[idx], e);
-		if (ret < 0)
-			return ret;
-		p->vcpu_seen[idx] = true;
-		return 0;
-	}
-	for (unsigned i = 0; i < vm->ndevices; i++) {
-		struct vm_device_entry *d = &vm->devices[i];
+	if (!strcmp(s->name, "vcpu"))
+		return vm_stage_vcpu(t, st, s, e);
+	for (unsigned i = 0; i < t->ndevices; i++) {
+		const struct vm_device_entry *d = &t->devices[i];
 
 		if (strcmp(s->name, d->ops->name) || strcmp(s->instance, d->instance))
 			continue;
+		if (st->devices[i])
+			return err_set(e, -EINVAL, "appears twice");
+		st->devices[i] = s;
 		if (s->version != d->ops->version)
-			return err_set(e, -EINVAL, "section %s@%s has version %u, this build reads %u",
-				       s->name, s->instance, s->version, d->ops->version);
-		ret = d->ops->validate ? d->ops->validate(d->opaque, s->version, s->data, s->len, e) :
-					 0;
-		if (ret < 0)
-			return err_prefix(e, ret, "section %s@%s", s->name, s->instance);
-		return vm_section_dup(&p->devices[i], s, e);
+			return err_set(e, -EINVAL, "version %u, this build reads %u", s->version,
+				       d->ops->version);
+		return d->ops->validate ? d->ops->validate(d->opaque, s->version, s->data, s->len, e)
+					: 0;
 	}
-	return err_set(e, -EINVAL, "unknown section %s@%s", s->name, s->instance);
+	return 1;
+}
+
+/* Decodes and validates every section into st; fails naming the first that is wrong. */
+static int vm_stage_build(const struct vm_stage_target *t, struct vm_stage *st,
+			  const struct vm_section *secs, size_t n, struct errbuf *e)
+{
+	int ret;
+
+	if (t->ndevices > VM_STAGE_MAX_DEVICES)
+		return err_set(e, -E2BIG, "%u devices (at most %u)", t->ndevices,
+			       VM_STAGE_MAX_DEVICES);
+	for (size_t i = 0; i < n; i++) {
+		ret = vm_stage_section(t, st, &secs[i], e);
+		if (ret > 0)
+			return err_set(e, -EINVAL, "unknown section %s@%s", secs[i].name,
+				       secs[i].instance);
+		if (ret < 0)
+			return err_prefix(e, ret, "section %s@%s", secs[i].name, secs[i].instance);
+	}
+	/* every mandatory section must be there before anything is applied */
+	for (size_t i = 0; i < ARRAY_SIZE(vm_irqchips); i++)
+		if (!st->irqchip_seen[i])
+			return err_set(e, -ENOENT, "missing section %s@%s", vm_irqchips[i].name,
+				       vm_irqchips[i].instance);
+	if (!st->pit_seen || !st->clock_seen)
+		return err_set(e, -ENOENT, "missing section %s",
+			       !st->pit_seen ? "pit@kvm" : "kvmclock@kvm");
+	for (unsigned i = 0; i < t->nvcpus; i++)
+		if (!st->vcpu_seen[i])
+			return err_set(e, -ENOENT, "missing section vcpu@%u", i);
+	for (unsigned i = 0; i < t->ndevices; i++)
+		if (!st->devices[i])
+			return err_set(e, -ENOENT, "missing section %s@%s", t->devices[i].ops->name,
+				       t->devices[i].instance);
+	return 0;
+}
+
+static void vm_stage_free(struct vm_stage *st)
+{
+	for (unsigned i = 0; i < VM_MAX_VCPUS; i++)
+		vcpu_state_free(&st->vcpus[i]);
+	free(st);
+}
+
+static int vm_sections_stage(const struct vm_stage_target *t, const struct vm_section *secs,
+			     size_t n, struct vm_stage **out, struct errbuf *e)
+{
+	struct vm_stage *st = calloc(1, sizeof(*st));
+	int ret;
+
+	if (!st)
+		return err_set(e, -ENOMEM, "out of memory");
+	ret = vm_stage_build(t, st, secs, n, e);
+	if (ret < 0) {
+		vm_stage_free(st);
+		return ret;
+	}
+	*out = st;
+	return 0;
+}
+
+int vm_sections_check(unsigned nvcpus, uint32_t xsave_size, const struct vm_check_device *devs,
+		      unsigned ndevs, const struct vm_section *secs, size_t n, struct errbuf *e)
+{
+	/* the devices every VM has (inspect has no VM to ask), then CONFIG's */
+	static const struct vm_device_entry fixed[] = {
+		{ .ops = &serial_device_ops, .instance = VM_SERIAL_INSTANCE },
+	};
+	struct vm_device_entry devices[ARRAY_SIZE(fixed) + DEV_MAX];
+	struct vm_stage_target t = {
+		.nvcpus = nvcpus,
+		.xsave_size = xsave_size,
+		.devices = devices,
+		.ndevices = ARRAY_SIZE(fixed),
+	};
+	struct vm_stage *st;
+	int ret;
+
+	if (nvcpus < 1 || nvcpus > VM_MAX_VCPUS)
+		return err_set(e, -EINVAL, "%u vCPUs (1 to %u)", nvcpus, VM_MAX_VCPUS);
+	if (ndevs > DEV_MAX)
+		return err_set(e, -EINVAL, "%u devices (at most %u)", ndevs, DEV_MAX);
+	memcpy(devices, fixed, sizeof(fixed));
+	for (unsigned i = 0; i < ndevs; i++) {
+		const struct device_type *type = device_type_find(devs[i].type);
+		struct vm_device_entry *d = &devices[t.ndevices++];
+
+		if (!type)
+			return err_set(e, -ENOTSUP, "device %s: type %s is not one this build has",
+				       devs[i].id, devs[i].type);
+		*d = (struct vm_device_entry){ .ops = type->ops, .type = type };
+		snprintf(d->instance, sizeof(d->instance), "%s", devs[i].id);
+	}
+	ret = vm_sections_stage(&t, secs, n, &st, e);
+	if (ret == 0)
+		vm_stage_free(st);
+	return ret;
 }
 
 static int vm_vcpu_load(struct vcpu *v, void *arg)
 {
-	struct vm_load_plan *p = arg;
+	struct vm_stage *st = arg;
 	struct errbuf e;
-	int ret = vcpu_state_set(v->fd, &p->vcpus[v->index], &e);
+	int ret = vcpu_state_set(v->fd, &st->vcpus[v->index], &e);
 
 	if (ret < 0)
 		log_err("vCPU %u: %s", v->index, e.msg);
@@ -221,56 +345,32 @@ static int vm_vcpu_load(struct vcpu *v, void *arg)
 
 int vm_sections_load(struct vm *vm, const struct vm_section *secs, size_t n, struct errbuf *e)
 {
-	struct vm_load_plan *p = calloc(1, sizeof(*p));
-	int ret = 0;
+	const struct vm_stage_target t = {
+		.nvcpus = vm->nvcpus,
+		.xsave_size = vm->xsave_size,
+		.devices = vm->devices,
+		.ndevices = vm->ndevices,
+	};
+	struct vm_stage *st;
+	int ret;
 
-	if (!p)
-		return err_set(e, -ENOMEM, "out of memory");
-	for (size_t i = 0; i < n; i++) {
-		ret = vm_section_classify(vm, p, &secs[i], e);
-		if (ret < 0)
-			goto out;
-	}
-	/* every mandatory section must be there before anything is applied */
-	for (size_t i = 0; i < ARRAY_SIZE(vm_irqchips); i++)
-		if (!p->irqchip[i]) {
-			ret = err_set(e, -ENOENT, "missing section %s@%s", vm_irqchips[i].name,
-				      vm_irqchips[i].instance);
-			goto out;
-		}
-	if (!p->pit || !p->clock) {
-		ret = err_set(e, -ENOENT, "missing section %s", !p->pit ? "pit@kvm" : "kvmclock@kvm");
-		goto out;
-	}
-	for (unsigned i = 0; i < vm->nvcpus; i++)
-		if (!p->vcpu_seen[i]) {
-			ret = err_set(e, -ENOENT, "missing section vcpu@%u", i);
-			goto out;
-		}
-	for (unsigned i = 0; i < vm->ndevices; i++)
-		if (!p->devices[i]) {
-			ret = err_set(e, -ENOENT, "missing section %s@%s", vm->devices[i].ops->name,
-				      vm->devices[i].instance);
-			goto out;
-		}
-
+	ret = vm_sections_stage(&t, secs, n, &st, e);
+	if (ret < 0)
+		return ret;
 	/* apply: interrupt controllers first, then timers and clock, vCPUs, devices */
 	for (size_t i = 0; i < ARRAY_SIZE(vm_irqchips); i++) {
-		const struct vm_section *s = p->irqchip[i];
-
-		ret = vm_state_irqchip_set(vm->fd, vm_irqchips[i].chip, s->data, s->len, s->version,
-					   e);
+		ret = vm_state_irqchip_apply(vm->fd, &st->irqchip[i], e);
 		if (ret < 0)
 			goto out;
 	}
-	ret = vm_state_pit_set(vm->fd, p->pit->data, p->pit->len, p->pit->version, e);
+	ret = vm_state_pit_apply(vm->fd, &st->pit, e);
 	if (ret < 0)
 		goto out;
-	ret = vm_state_clock_set(vm->fd, p->clock->data, p->clock->len, p->clock->version, e);
+	ret = vm_state_clock_apply(vm->fd, &st->clock, e);
 	if (ret < 0)
 		goto out;
 	for (unsigned i = 0; i < vm->nvcpus; i++) {
-		ret = vcpu_call(&vm->vcpus[i], vm_vcpu_load, p);
+		ret = vcpu_call(&vm->vcpus[i], vm_vcpu_load, st);
 		if (ret < 0) {
 			err_set(e, ret, "vCPU %u: loading state failed: %s", i, strerror(-ret));
 			goto out;
@@ -278,7 +378,7 @@ int vm_sections_load(struct vm *vm, const struct vm_section *secs, size_t n, str
 	}
 	for (unsigned i = 0; i < vm->ndevices; i++) {
 		struct vm_device_entry *d = &vm->devices[i];
-		const struct vm_section *s = p->devices[i];
+		const struct vm_section *s = st->devices[i];
 
 		ret = d->ops->load(d->opaque, s->version, s->data, s->len, e);
 		if (ret < 0) {
@@ -287,9 +387,7 @@ int vm_sections_load(struct vm *vm, const struct vm_section *secs, size_t n, str
 		}
 	}
 out:
-	for (unsigned i = 0; i < VM_MAX_VCPUS; i++)
-		vcpu_state_free(&p->vcpus[i]);
-	free(p);
+	vm_stage_free(st);
 	return ret;
 }
 
@@ -356,6 +454,7 @@ static const struct {
 	{ 0x1, 0, 0xc },	{ 0x7, 0, 0xe },	{ 0x7, 1, 0x1 },
 	{ 0xd, 1, 0x1 },	{ 0x80000001, 0, 0xc }, { 0x80000008, 0, 0x2 },
 	{ 0x40000001, 0, 0x1 },
+	{ 0xd, 0, 0x9 }, /* the XCR0 bits the guest may enable: its XSAVE state must fit */
 };
 
 static const struct kvm_cpuid_entry2 *vm_cpuid_find(const struct kvm_cpuid2 *c, uint32_t fn,
@@ -374,32 +473,87 @@ int vm_cpuid_check(struct vm *vm, const struct kvm_cpuid2 *cpuid, struct errbuf 
 	static const char *const rn[] = { "EAX", "EBX", "ECX", "EDX" };
 
 	for (size_t i = 0; i < ARRAY_SIZE(vm_cpuid_features); i++) {
-		const struct kvm_cpuid_entry2 *want, *have;
-		uint32_t wr[4], hr[4];
+		uint32_t fn = vm_cpuid_features[i].function, idx = vm_cpuid_features[i].index;
+		const struct kvm_cpuid_entry2 *want = vm_cpuid_find(cpuid, fn, idx);
+		const struct kvm_cpuid_entry2 *have = vm_cpuid_find(vm->cpuid, fn, idx);
+		uint32_t wr[4], hr[4] = { 0 };
 
-		want = vm_cpuid_find(cpuid, vm_cpuid_features[i].function, vm_cpuid_features[i].index);
 		if (!want)
 			continue;
-		have = vm_cpuid_find(vm->cpuid, vm_cpuid_features[i].function,
-				     vm_cpuid_features[i].index);
 		wr[0] = want->eax, wr[1] = want->ebx, wr[2] = want->ecx, wr[3] = want->edx;
+		if (have)
+			hr[0] = have->eax, hr[1] = have->ebx, hr[2] = have->ecx, hr[3] = have->edx;
 		for (unsigned r = 0; r < 4; r++) {
-			uint32_t missing;
+			uint32_t missing = wr[r] & ~hr[r];
 
-			if (!(vm_cpuid_features[i].regs & (1u << r)))
-				continue;
-			if (have) {
-				hr[0] = have->eax, hr[1] = have->ebx, hr[2] = have->ecx, hr[3] = have->edx;
-				missing = wr[r] & ~hr[r];
-			} else {
-				missing = wr[r];
-			}
-			if (missing)
+			if ((vm_cpuid_features[i].regs & (1u << r)) && missing)
 				return err_set(e, -ENOTSUP, "the guest's CPUID leaf 0x%x.%u %s has "
 							    "features 0x%08x this host cannot give",
-					       vm_cpuid_features[i].function,
-					       vm_cpuid_features[i].index, rn[r], missing);
+					       fn, idx, rn[r], missing);
 		}
 	}
+	return 0;
+}
+
+/* ---- the rest of a receiver's pre-flight: XSAVE size and TSC frequency ---- */
+
+struct vm_tsc_arg {
+	uint32_t khz;
+	struct errbuf *e;
+};
+
+static int vm_vcpu_tsc_get(struct vcpu *v, void *arg)
+{
+	struct vm_tsc_arg *a = arg;
+	int ret = kvm_ioctl(v->fd, KVM_GET_TSC_KHZ, NULL);
+
+	a->khz = ret > 0 ? (uint32_t)ret : 0;
+	return 0;
+}
+
+static int vm_vcpu_tsc_set(struct vcpu *v, void *arg)
+{
+	struct vm_tsc_arg *a = arg;
+	int ret = kvm_ioctl(v->fd, KVM_SET_TSC_KHZ, (void *)(uintptr_t)a->khz);
+
+	if (ret < 0)
+		return err_set(a->e, ret, "vCPU %u: KVM_SET_TSC_KHZ %u: %s", v->index, a->khz,
+			       strerror(-ret));
+	ret = kvm_ioctl(v->fd, KVM_GET_TSC_KHZ, NULL);
+	if (ret >= 0 && (uint32_t)ret != a->khz)
+		return err_set(a->e, -ENOTSUP, "vCPU %u: KVM runs the TSC at %d kHz, not %u",
+			       v->index, ret, a->khz);
+	return 0;
+}
+
+int vm_machine_preflight(struct vm *vm, uint32_t tsc_khz, uint32_t xsave_size, struct errbuf *e)
+{
+	struct vm_tsc_arg a = { .e = e };
+	uint32_t host_khz;
+	int ret;
+
+	if (xsave_size && !vm->xsave_size)
+		return err_set(e, -ENOTSUP, "the guest's vCPUs have a %u-byte XSAVE area; this "
+					    "host's KVM has no XSAVE", xsave_size);
+	if (xsave_size > vm->xsave_size)
+		return err_set(e, -ENOTSUP, "the guest's vCPUs have a %u-byte XSAVE area; this "
+					    "host's KVM holds %u bytes", xsave_size, vm->xsave_size);
+	ret = vcpu_call(&vm->vcpus[0], vm_vcpu_tsc_get, &a);
+	if (ret < 0)
+		return err_set(e, ret, "vCPU 0: reading the TSC frequency: %s", strerror(-ret));
+	host_khz = a.khz;
+	vm->tsc_khz = host_khz;
+	if (!tsc_khz || tsc_khz == host_khz)
+		return 0;
+	/* a guest reads its TSC at the rate it booted with: scale it, or refuse the guest */
+	a.khz = tsc_khz;
+	for (unsigned i = 0; i < vm->nvcpus; i++) {
+		ret = vcpu_call(&vm->vcpus[i], vm_vcpu_tsc_set, &a);
+		if (ret < 0)
+			return err_prefix(e, ret, "the guest's TSC runs at %u kHz, this host's at %u "
+						  "kHz and KVM cannot give it the guest's rate",
+					  tsc_khz, host_khz);
+	}
+	vm->tsc_khz = tsc_khz;
 	return 0;
 }

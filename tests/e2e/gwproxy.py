@@ -4,15 +4,15 @@ record by record (docs/state-format.md framing) and can corrupt or cut the strea
 chosen point; destination -> source is forwarded untouched.
 
 usage: gwproxy.py LISTEN_HOST:PORT CONNECT_HOST:PORT MODE
-MODE: pass | flip:WHERE | cut:WHERE | trickle:WHERE | cpuid | cutafter:commit
+MODE: pass | flip:WHERE | cut:WHERE | trickle:WHERE | cpuid | tsc | cutafter:commit
 WHERE: round0 (the first PAGES record), round2 (the first PAGES record after ROUND 2),
        sections (the first SECTION record)
 flip changes one payload byte (the record CRC no longer matches); cut closes both
 connections at that point; trickle forwards from that record on one byte every 0.25 s
 (a hostile source that never lets a single read time out); cpuid sets unsupported CPUID
-bits in CONFIG, CRCs fixed; cutafter:commit forwards COMMIT, then closes both connections
-without letting the destination's answer (STARTED) through: a failure after the point of
-no return.
+bits in CONFIG, tsc a TSC rate of 1 kHz (no KVM gives it), CRCs fixed; cutafter:commit
+forwards COMMIT, then closes both connections without letting the destination's answer
+(STARTED) through: a failure after the point of no return.
 Prints "listening" once ready and "injected" when it acted."""
 import socket
 import struct
@@ -81,8 +81,10 @@ def main():
                 (where == "round0" and typ == gwstate.PAGES) or
                 (where == "round2" and typ == gwstate.PAGES and rounds_seen >= 2) or
                 (where == "sections" and typ == gwstate.SECTION))
-            if action == "cpuid" and typ == gwstate.CONFIG:
-                payload = gwstate.config_cpuid_patch(body[:-4], 7, 0, 2, 0xFFFFFFFF)
+            if action in ("cpuid", "tsc") and typ == gwstate.CONFIG:
+                payload = (gwstate.config_cpuid_patch(body[:-4], 7, 0, 2, 0xFFFFFFFF)
+                           if action == "cpuid" else
+                           gwstate.config_machine_patch(body[:-4], tsc_khz=1))
                 h = struct.pack("<IQ", typ, len(payload))
                 hdr = h + struct.pack("<I", gwstate.crc32c(h))
                 body = payload + struct.pack("<I", gwstate.crc32c(payload, gwstate.crc32c(hdr)))

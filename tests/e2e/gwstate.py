@@ -95,3 +95,28 @@ def config_cpuid_patch(p, function, index, reg, set_bits):
             struct.pack_into("<I", p, r, struct.unpack_from("<I", p, r)[0] | set_bits)
             return bytes(p)
     raise KeyError(f"no CPUID leaf {function:#x}.{index}")
+
+
+def config_machine_patch(p, tsc_khz=None, xsave_size=None):
+    """Sets the CONFIG payload's u32 tsc_khz and u32 xsave_size (right after the kernel)."""
+    off = 8
+    _, nreg = struct.unpack_from("<II", p, off)
+    off += 8 + nreg * 16
+    off += 4 + struct.unpack_from("<I", p, off)[0] * 28
+    off += 4 + struct.unpack_from("<I", p, off)[0] * 4
+    _, off = _str(p, off)
+    _, off = _str(p, off)
+    tsc, xs = struct.unpack_from("<II", p, off)
+    return p[:off] + struct.pack("<II", tsc if tsc_khz is None else tsc_khz,
+                                 xs if xsave_size is None else xsave_size) + p[off + 8:]
+
+
+def section_patch(recs, name, fn):
+    """recs with the payload of every section called name replaced by fn(payload)."""
+    out = []
+    for typ, p in recs:
+        if typ == SECTION and section_parse(p)[0] == name:
+            n, inst, ver, data = section_parse(p)
+            p = section_build(n, inst, ver, fn(data))
+        out.append((typ, p))
+    return out

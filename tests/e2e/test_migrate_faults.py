@@ -139,6 +139,9 @@ def test(env):
     scenario(env, hosts, "warm-linkdown", "warm", LinkDown(hosts, 0), slow)
     err = scenario(env, hosts, "warm-refuse", "warm", Proxy(hosts, "cpuid"))
     assert "refused" in err and "cannot give" in err, err
+    # a TSC rate the destination cannot give: refused in pre-flight, the source never paused
+    err = scenario(env, hosts, "warm-refuse-tsc", "warm", Proxy(hosts, "tsc"))
+    assert "refused" in err and "TSC runs at 1 kHz" in err, err
     scenario(env, hosts, "warm-cancel", "warm", Cancel(env, 0), slow)
     err = scenario(env, hosts, "warm-corrupt", "warm", Proxy(hosts, "flip:round0"))
     # live: during round 0, a later round, and stop-and-copy

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Broken snapshots are refused with a message naming the problem, a non-zero exit and
-no VM left running; a snapshot to a full filesystem fails cleanly and the guest keeps
-running."""
+no VM left running, and `godwit inspect` reports a problem for each of them (it says 0
+problems only for what a restore accepts); a snapshot to a full filesystem fails cleanly
+and the guest keeps running."""
 import os
 import shutil
 import struct
@@ -19,6 +20,20 @@ def restore_fails(env, snap, expect, mode="eager"):
     assert p.returncode != 0, f"restore of {snap} succeeded"
     assert expect.lower() in err.lower(), f"{os.path.basename(snap)}: expected {expect!r} in {err!r}"
     assert not os.path.exists(sock), "a refused restore left its socket (a VM?) behind"
+
+
+def inspect(env, snap):
+    p = subprocess.run([env.godwit, "inspect", snap], capture_output=True, text=True, timeout=60)
+    return p.returncode, p.stdout + p.stderr
+
+
+def refused(env, snap, expect, mode="eager"):
+    """Restore refuses snap, and inspect agrees that it has a problem (the same one)."""
+    restore_fails(env, snap, expect, mode)
+    rc, out = inspect(env, snap)
+    assert rc != 0 and "0 problems" not in out, \
+        f"{os.path.basename(snap)}: restore refuses it, inspect says: {out[-400:]}"
+    return out
 
 
 def variant(env, good, name):
@@ -54,6 +69,8 @@ def test(env):
     state = os.path.join(good, "state")
     size = os.path.getsize(state)
     hdr, recs = gwstate.read(state)
+    rc, out = inspect(env, good)
+    assert rc == 0 and "0 problems" in out and "all valid for a 1-vCPU machine" in out, out
 
     d = variant(env, good, "trunc-state")
     os.truncate(os.path.join(d, "state"), size // 2)
@@ -98,14 +115,38 @@ def test(env):
     d = variant(env, good, "unknown-section")
     extra = (gwstate.SECTION, gwstate.section_build("bogus", "x", 1, b"\0" * 8))
     gwstate.write(os.path.join(d, "state"), hdr, recs[:-1] + [extra, recs[-1]])
-    restore_fails(env, d, "unknown section bogus@x")
+    out = refused(env, d, "unknown section bogus@x")
+    assert "unknown section bogus@x" in out, out
 
     d = variant(env, good, "missing-section")
     keep = [r for r in recs if r[0] != gwstate.SECTION or
             gwstate.section_parse(r[1])[0] != "serial8250"]
     assert len(keep) == len(recs) - 1
     gwstate.write(os.path.join(d, "state"), hdr, keep)
-    restore_fails(env, d, "missing section serial8250@io:3f8")
+    refused(env, d, "missing section serial8250@io:3f8")
+
+    # a device payload that decodes but breaks an invariant: refused before anything is applied
+    d = variant(env, good, "serial-payload")
+    gwstate.write(os.path.join(d, "state"), hdr,
+                  gwstate.section_patch(recs, "serial8250", lambda p: p[:2] + b"\xf0" + p[3:]))
+    out = refused(env, d, "serial8250@io:3f8: serial state: IER 0xf0 has reserved bits")
+    assert "IER 0xf0 has reserved bits" in out, out
+
+    # a vCPU's CPUID that is not one (a leaf twice)
+    def cpuid_dup(p):
+        return p[:-28] + p[-56:-48] + p[-20:]
+    d = variant(env, good, "vcpu-cpuid")
+    gwstate.write(os.path.join(d, "state"), hdr, gwstate.section_patch(recs, "vcpu", cpuid_dup))
+    refused(env, d, "appears twice")
+
+    # a TSC rate KVM cannot give, an XSAVE area no vCPU here holds: refused in pre-flight
+    for name, kw, expect in (("tsc", {"tsc_khz": 1}, "TSC runs at 1 kHz"),
+                             ("xsave", {"xsave_size": 65536}, "65536-byte XSAVE area")):
+        d = variant(env, good, name)
+        gwstate.write(os.path.join(d, "state"), hdr,
+                      [(t, gwstate.config_machine_patch(p, **kw) if t == gwstate.CONFIG else p)
+                       for t, p in recs])
+        restore_fails(env, d, expect, mode="lazy")
 
     d = variant(env, good, "vcpu-version")
     bumped = []
@@ -115,7 +156,7 @@ def test(env):
             p = gwstate.section_build(name, inst, ver + 1, data)
         bumped.append((typ, p))
     gwstate.write(os.path.join(d, "state"), hdr, bumped)
-    restore_fails(env, d, "version")
+    refused(env, d, "version")
 
     d = variant(env, good, "cpuid")
     patched = [(t, gwstate.config_cpuid_patch(p, 7, 0, 2, 0xFFFFFFFF) if t == gwstate.CONFIG

@@ -208,6 +208,8 @@ static void bad_payloads(const struct vcpu_state *s, const struct buf *good)
 	/* after the XSAVE blob, or after the 411 bytes of FPU fields */
 	size_t off_xcrs = s->has_xsave ? OFF_XSAVE_LEN + 4 + xlen : OFF_XSAVE_LEN + 411;
 	size_t off_msrs = off_xcrs + 8 + 12 * (size_t)s->xcrs.nr_xcrs;
+	/* the CPUID table ends the payload (version 2) */
+	size_t tail_cpuid = 4 + 28 * (size_t)s->cpuid->nent;
 	uint8_t *p = malloc(good->len + 1);
 	unsigned rejected = 0;
 
@@ -255,8 +257,17 @@ static void bad_payloads(const struct vcpu_state *s, const struct buf *good)
 	corrupt_u32(good, off_xcrs, 17, "17 XCRs exceed 16");
 	corrupt_u32(good, off_msrs, 5000, "MSR count 5000 exceeds 1024");
 	corrupt_u32(good, off_msrs, s->msrs->nmsrs + 1, NULL); /* reads into the LAPIC */
-	corrupt_u32(good, good->len - OFF_LAPIC_LEN_FROM_END, 1023, "LAPIC page of 1023 bytes");
-	corrupt_u32(good, good->len - 4, 77, "mp state 77 unknown");
+	corrupt_u32(good, good->len - tail_cpuid - OFF_LAPIC_LEN_FROM_END, 1023,
+		    "LAPIC page of 1023 bytes");
+	corrupt_u32(good, good->len - tail_cpuid - 4, 77, "mp state 77 unknown");
+	corrupt_u32(good, good->len - tail_cpuid, 0, "0 CPUID entries");
+	corrupt_u32(good, good->len - tail_cpuid, 257, "257 CPUID entries");
+	corrupt_u32(good, good->len - tail_cpuid, s->cpuid->nent + 1, "truncated");
+	if (s->cpuid->nent >= 2) {
+		memcpy(p, good->data, good->len);
+		memcpy(p + good->len - 28, p + good->len - 56, 8); /* the last leaf's function, index */
+		decode_fails(p, good->len, VCPU_STATE_VERSION, "appears twice");
+	}
 	corrupt_state(s, edit_mp_state, "mp state 77 unknown");
 	corrupt_state(s, edit_segment, "segment ss: present 2");
 	corrupt_state(s, edit_exception, "exception vector 40");

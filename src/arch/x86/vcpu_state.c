@@ -28,8 +28,9 @@
 	 KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_SMM | KVM_VCPUEVENT_VALID_PAYLOAD | \
 	 KVM_VCPUEVENT_VALID_TRIPLE_FAULT)
 
-/* bytes per MSR in the payload, for bounding the count against what is left */
+/* bytes per MSR and per CPUID entry in the payload, for bounding counts by what is left */
 #define MSR_ENTRY_LEN 12u
+#define CPUID_ENTRY_LEN 28u
 
 static const char *const vcpu_seg_names[] = { "cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt" };
 
@@ -48,6 +49,7 @@ static const struct kvm_segment *vcpu_seg_const(const struct kvm_sregs *sr, unsi
 
 void vcpu_state_free(struct vcpu_state *s)
 {
+	free(s->cpuid);
 	free(s->xsave);
 	free(s->msrs);
 	memset(s, 0, sizeof(*s));
@@ -135,11 +137,27 @@ out:
 	return ret;
 }
 
+static struct kvm_cpuid2 *vcpu_cpuid_alloc(uint32_t n)
+{
+	struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + (size_t)n * sizeof(c->entries[0]));
+
+	if (c)
+		c->nent = n;
+	return c;
+}
+
 static int vcpu_state_read(int vcpufd, const uint32_t *msr_indices, uint32_t nmsrs,
 			   uint32_t xsave_size, struct vcpu_state *s, struct errbuf *e)
 {
 	int ret;
 
+	/* this vCPU's own CPUID: its APIC IDs (leaves 1, 0xB, 0x1F) are its alone */
+	s->cpuid = vcpu_cpuid_alloc(VCPU_STATE_MAX_CPUID);
+	if (!s->cpuid)
+		return err_set(e, -ENOMEM, "vcpu state: out of memory");
+	ret = kvm_ioctl(vcpufd, KVM_GET_CPUID2, s->cpuid);
+	if (ret < 0)
+		return vcpu_ioctl_err(e, ret, "KVM_GET_CPUID2");
 	ret = kvm_ioctl(vcpufd, KVM_GET_REGS, &s->regs);
 	if (ret < 0)
 		return vcpu_ioctl_err(e, ret, "KVM_GET_REGS");
@@ -314,6 +332,12 @@ int vcpu_state_set(int vcpufd, const struct vcpu_state *s, struct errbuf *e)
 	struct kvm_vcpu_events ev;
 	int ret;
 
+	/* CPUID before any other state (it decides which MSRs and XSAVE features exist) */
+	if (s->cpuid) {
+		ret = kvm_ioctl(vcpufd, KVM_SET_CPUID2, s->cpuid);
+		if (ret < 0)
+			return vcpu_ioctl_err(e, ret, "KVM_SET_CPUID2");
+	}
 	/* the const structs are only read by these _IOW ioctls */
 	ret = kvm_ioctl(vcpufd, KVM_SET_SREGS, (void *)&s->sregs);
 	if (ret < 0)
@@ -501,6 +525,18 @@ static int vcpu_state_put(const struct vcpu_state *s, struct buf *b, bool digest
 	buf_put_u64(b, s->debugregs.dr7);
 	buf_put_u64(b, s->debugregs.flags);
 	buf_put_u32(b, s->mp_state.mp_state);
+	buf_put_u32(b, s->cpuid ? s->cpuid->nent : 0);
+	for (uint32_t i = 0; s->cpuid && i < s->cpuid->nent; i++) {
+		const struct kvm_cpuid_entry2 *c = &s->cpuid->entries[i];
+
+		buf_put_u32(b, c->function);
+		buf_put_u32(b, c->index);
+		buf_put_u32(b, c->flags);
+		buf_put_u32(b, c->eax);
+		buf_put_u32(b, c->ebx);
+		buf_put_u32(b, c->ecx);
+		buf_put_u32(b, c->edx);
+	}
 	return buf_status(b);
 }
 
@@ -756,11 +792,29 @@ static int vcpu_mp_state_check(uint32_t mp, struct errbuf *e)
 	}
 }
 
+static int vcpu_cpuid_check(const struct kvm_cpuid2 *c, struct errbuf *e)
+{
+	for (uint32_t i = 0; c && i < c->nent; i++) {
+		const struct kvm_cpuid_entry2 *a = &c->entries[i];
+
+		if (a->flags & ~(uint32_t)KVM_CPUID_FLAG_SIGNIFCANT_INDEX)
+			return err_set(e, -EINVAL, "vcpu state: CPUID leaf 0x%x.%u has unknown "
+						   "flags 0x%x", a->function, a->index, a->flags);
+		for (uint32_t k = 0; k < i; k++)
+			if (c->entries[k].function == a->function && c->entries[k].index == a->index)
+				return err_set(e, -EINVAL, "vcpu state: CPUID leaf 0x%x.%u appears "
+							   "twice", a->function, a->index);
+	}
+	return 0;
+}
+
 static int vcpu_state_check(const struct vcpu_state *s, struct errbuf *e)
 {
 	int ret;
 
-	ret = vcpu_sregs_check(&s->sregs, e);
+	ret = vcpu_cpuid_check(s->cpuid, e);
+	if (!ret)
+		ret = vcpu_sregs_check(&s->sregs, e);
 	if (!ret && s->has_xsave)
 		ret = vcpu_xsave_check(s, e);
 	if (!ret)
@@ -868,6 +922,28 @@ static int vcpu_state_parse(const void *p, size_t len, uint32_t version, struct 
 	s->mp_state.mp_state = buf_get_u32(&r);
 	if (!buf_reader_ok(&r))
 		return vcpu_truncated(e, len);
+	n = buf_get_u32(&r);
+	if (!buf_reader_ok(&r))
+		return vcpu_truncated(e, len);
+	if (n < 1 || n > VCPU_STATE_MAX_CPUID)
+		return err_set(e, -EINVAL, "vcpu state: %u CPUID entries (1 to %u)", n,
+			       VCPU_STATE_MAX_CPUID);
+	if ((size_t)n * CPUID_ENTRY_LEN > buf_reader_left(&r))
+		return vcpu_truncated(e, len);
+	s->cpuid = vcpu_cpuid_alloc(n);
+	if (!s->cpuid)
+		return err_set(e, -ENOMEM, "vcpu state: out of memory");
+	for (uint32_t i = 0; i < n; i++) {
+		struct kvm_cpuid_entry2 *c = &s->cpuid->entries[i];
+
+		c->function = buf_get_u32(&r);
+		c->index = buf_get_u32(&r);
+		c->flags = buf_get_u32(&r);
+		c->eax = buf_get_u32(&r);
+		c->ebx = buf_get_u32(&r);
+		c->ecx = buf_get_u32(&r);
+		c->edx = buf_get_u32(&r);
+	}
 	if (buf_reader_left(&r))
 		return err_set(e, -EINVAL, "vcpu state: %zu bytes after the end of the payload",
 			       buf_reader_left(&r));

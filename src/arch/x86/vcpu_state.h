@@ -4,12 +4,13 @@
  * an explicit little-endian payload, decoded and validated into a staging struct,
  * and written back in the matching order.
  *
- * Read order (vcpu_state_get): regs, sregs, XSAVE (or FPU), XCRs, MSRs, LAPIC,
+ * Read order (vcpu_state_get): CPUID, regs, sregs, XSAVE (or FPU), XCRs, MSRs, LAPIC,
  * vcpu events, debug registers, MP state.
- * Write order (vcpu_state_set): sregs (carries the APIC base), regs, XSAVE, XCRs, MSRs,
+ * Write order (vcpu_state_set): CPUID (KVM accepts a new table until the vCPU first runs,
+ * and the same one after), sregs (carries the APIC base), regs, XSAVE, XCRs, MSRs,
  * LAPIC, the TSC deadline MSR, vcpu events, MP state, debug registers. The FPU form is
  * written with KVM_SET_XSAVE too, as a legacy-region-only area (see vcpu_state.c).
- * CPUID must already be set on the vCPU (KVM_SET_CPUID2), and both run on the
+ * The VM-wide CPUID must already be set on the vCPU (KVM_SET_CPUID2), and both run on the
  * vCPU's own thread while it is paused with any pending I/O exit completed.
  *
  * Payload, version VCPU_STATE_VERSION; all integers little-endian:
@@ -34,6 +35,9 @@
  *             u8 triple_fault.pending, u8 exception_has_payload, u64 exception_payload
  *   debug     4 x u64 db, u64 dr6, u64 dr7, u64 flags
  *   MP state  u32
+ *   CPUID     u32 count (1..VCPU_STATE_MAX_CPUID), count x (u32 function, index, flags,
+ *             eax, ebx, ecx, edx): this vCPU's own table (KVM_GET_CPUID2 on the vCPU),
+ *             APIC IDs included (version 1 had none; it is no longer read)
  *
  * The encoding is deterministic: the same state gives the same bytes.
  */
@@ -48,8 +52,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define VCPU_STATE_VERSION 1
+#define VCPU_STATE_VERSION 2
 #define VCPU_STATE_MAX_MSRS 1024
+#define VCPU_STATE_MAX_CPUID 256
 /* The XSAVE area is 4096 bytes unless dynamic features (AMX) are enabled: ~11 KiB */
 #define VCPU_STATE_XSAVE_MIN 4096u
 #define VCPU_STATE_XSAVE_MAX (64u * 1024)
@@ -57,6 +62,7 @@
 #define VCPU_STATE_F_XSAVE (1u << 0)
 
 struct vcpu_state {
+	struct kvm_cpuid2 *cpuid; /* malloc'ed: this vCPU's CPUID, APIC IDs included */
 	struct kvm_regs regs;
 	struct kvm_sregs sregs;
 	bool has_xsave;           /* xsave holds the state, else fpu */

@@ -212,6 +212,16 @@ int vm_state_irqchip_digest(int vmfd, uint32_t chip_id, struct buf *out, struct 
 	return vm_state_irqchip_get(vmfd, chip_id, out, e);
 }
 
+int vm_state_irqchip_apply(int vmfd, const struct kvm_irqchip *c, struct errbuf *e)
+{
+	int ret = kvm_ioctl(vmfd, KVM_SET_IRQCHIP, (void *)c);
+
+	if (ret < 0)
+		return err_set(e, ret, "%s state: KVM_SET_IRQCHIP: %s",
+			       vm_state_irqchip_name(c->chip_id), strerror(-ret));
+	return 0;
+}
+
 int vm_state_irqchip_set(int vmfd, uint32_t chip_id, const void *p, size_t len,
 			 uint32_t version, struct errbuf *e)
 {
@@ -221,11 +231,7 @@ int vm_state_irqchip_set(int vmfd, uint32_t chip_id, const void *p, size_t len,
 	ret = vm_state_irqchip_decode(chip_id, p, len, version, &c, e);
 	if (ret < 0)
 		return ret;
-	ret = kvm_ioctl(vmfd, KVM_SET_IRQCHIP, &c);
-	if (ret < 0)
-		return err_set(e, ret, "%s state: KVM_SET_IRQCHIP: %s",
-			       vm_state_irqchip_name(chip_id), strerror(-ret));
-	return 0;
+	return vm_state_irqchip_apply(vmfd, &c, e);
 }
 
 /* ---- PIT ---- */
@@ -355,6 +361,16 @@ int vm_state_pit_digest(int vmfd, struct buf *out, struct errbuf *e)
 	return vm_pit_read(vmfd, out, true, e);
 }
 
+int vm_state_pit_apply(int vmfd, const struct kvm_pit_state2 *pit, struct errbuf *e)
+{
+	/* KVM reloads each channel's count from now: count_load_time is not restored */
+	int ret = kvm_ioctl(vmfd, KVM_SET_PIT2, (void *)pit);
+
+	if (ret < 0)
+		return err_set(e, ret, "pit state: KVM_SET_PIT2: %s", strerror(-ret));
+	return 0;
+}
+
 int vm_state_pit_set(int vmfd, const void *p, size_t len, uint32_t version, struct errbuf *e)
 {
 	struct kvm_pit_state2 pit;
@@ -363,11 +379,7 @@ int vm_state_pit_set(int vmfd, const void *p, size_t len, uint32_t version, stru
 	ret = vm_state_pit_decode(p, len, version, &pit, e);
 	if (ret < 0)
 		return ret;
-	/* KVM reloads each channel's count from now: count_load_time is not restored */
-	ret = kvm_ioctl(vmfd, KVM_SET_PIT2, &pit);
-	if (ret < 0)
-		return err_set(e, ret, "pit state: KVM_SET_PIT2: %s", strerror(-ret));
-	return 0;
+	return vm_state_pit_apply(vmfd, &pit, e);
 }
 
 /* ---- kvmclock ---- */
@@ -440,19 +452,27 @@ int vm_state_clock_digest(int vmfd, struct buf *out, struct errbuf *e)
 	return vm_clock_read(vmfd, out, true, e);
 }
 
+int vm_state_clock_apply(int vmfd, const struct kvm_clock_data *saved, struct errbuf *e)
+{
+	struct kvm_clock_data c;
+	int ret;
+
+	/* the saved guest time, without KVM_CLOCK_REALTIME: see vm_state.h */
+	memset(&c, 0, sizeof(c));
+	c.clock = saved->clock;
+	ret = kvm_ioctl(vmfd, KVM_SET_CLOCK, &c);
+	if (ret < 0)
+		return err_set(e, ret, "kvmclock state: KVM_SET_CLOCK: %s", strerror(-ret));
+	return 0;
+}
+
 int vm_state_clock_set(int vmfd, const void *p, size_t len, uint32_t version, struct errbuf *e)
 {
-	struct kvm_clock_data saved, c;
+	struct kvm_clock_data saved;
 	int ret;
 
 	ret = vm_state_clock_decode(p, len, version, &saved, e);
 	if (ret < 0)
 		return ret;
-	/* the saved guest time, without KVM_CLOCK_REALTIME: see vm_state.h */
-	memset(&c, 0, sizeof(c));
-	c.clock = saved.clock;
-	ret = kvm_ioctl(vmfd, KVM_SET_CLOCK, &c);
-	if (ret < 0)
-		return err_set(e, ret, "kvmclock state: KVM_SET_CLOCK: %s", strerror(-ret));
-	return 0;
+	return vm_state_clock_apply(vmfd, &saved, e);
 }

@@ -11,6 +11,7 @@
  *   _set     decodes and validates a payload into a staging struct, then writes it;
  *   _decode  the validation alone (no KVM), so a loader can check every section
  *            before it applies any;
+ *   _apply   writes a struct that _decode accepted (the second half of _set);
  *   _encode  the payload of a kernel struct (what _get appends).
  * All return 0 or a negative errno, with a message in e.
  *
@@ -69,6 +70,8 @@ int __must_check vm_state_irqchip_digest(int vmfd, uint32_t chip_id, struct buf 
 					 struct errbuf *e);
 int __must_check vm_state_irqchip_set(int vmfd, uint32_t chip_id, const void *p, size_t len,
 				      uint32_t version, struct errbuf *e);
+int __must_check vm_state_irqchip_apply(int vmfd, const struct kvm_irqchip *c,
+					struct errbuf *e);
 int __must_check vm_state_irqchip_encode(const struct kvm_irqchip *c, struct buf *out);
 /* Fills c (chip_id included) from the payload of chip chip_id. */
 int __must_check vm_state_irqchip_decode(uint32_t chip_id, const void *p, size_t len,
@@ -79,6 +82,8 @@ int __must_check vm_state_pit_get(int vmfd, struct buf *out, struct errbuf *e);
 int __must_check vm_state_pit_digest(int vmfd, struct buf *out, struct errbuf *e);
 int __must_check vm_state_pit_set(int vmfd, const void *p, size_t len, uint32_t version,
 				  struct errbuf *e);
+int __must_check vm_state_pit_apply(int vmfd, const struct kvm_pit_state2 *pit,
+				    struct errbuf *e);
 int __must_check vm_state_pit_encode(const struct kvm_pit_state2 *pit, struct buf *out);
 int __must_check vm_state_pit_decode(const void *p, size_t len, uint32_t version,
 				     struct kvm_pit_state2 *pit, struct errbuf *e);
@@ -87,6 +92,8 @@ int __must_check vm_state_clock_get(int vmfd, struct buf *out, struct errbuf *e)
 int __must_check vm_state_clock_digest(int vmfd, struct buf *out, struct errbuf *e);
 int __must_check vm_state_clock_set(int vmfd, const void *p, size_t len, uint32_t version,
 				    struct errbuf *e);
+int __must_check vm_state_clock_apply(int vmfd, const struct kvm_clock_data *c,
+				      struct errbuf *e);
 int __must_check vm_state_clock_encode(const struct kvm_clock_data *c, struct buf *out);
 int __must_check vm_state_clock_decode(const void *p, size_t len, uint32_t version,
 				       struct kvm_clock_data *c, struct errbuf *e);
