@@ -3,6 +3,7 @@
 #include "cli/run_opts.h"
 #include "devices/virtio_blk.h"
 #include "devices/virtio_net.h"
+#include "state/record.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -360,8 +361,11 @@ int run_opts_parse(int argc, char **argv, struct run_opts *o, struct errbuf *e)
 			o->api_socket = optarg;
 			break;
 		case OPT_NAME:
-			if (!*optarg || strlen(optarg) >= 64)
+			/* the state format's rule, or a snapshot or migration fails later */
+			if (!*optarg)
 				return err_set(e, -EINVAL, "--name must be 1 to 63 characters");
+			if (state_machine_name_check(optarg, e) < 0)
+				return err_prefix(e, -EINVAL, "--name");
 			o->name = optarg;
 			break;
 		case OPT_RESTORE:

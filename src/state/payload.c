@@ -167,9 +167,22 @@ static int state_devices_validate(const struct state_config *c, struct errbuf *e
 	return 0;
 }
 
+int state_machine_name_check(const char *name, struct errbuf *e)
+{
+	size_t n = strlen(name);
+
+	if (n > STATE_NAME_MAX)
+		return err_set(e, -EINVAL, "machine name is longer than %u bytes", STATE_NAME_MAX);
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)name[i] < 0x20 || (unsigned char)name[i] > 0x7e)
+			return err_set(e, -EINVAL, "machine name has a byte 0x%02x: only printable "
+						   "ASCII (0x20..0x7e) is allowed",
+				       (unsigned char)name[i]);
+	return 0;
+}
+
 int state_config_validate(const struct state_config *c, struct errbuf *e)
 {
-	size_t n;
 	int ret;
 
 	if (c->nr_vcpus < 1 || c->nr_vcpus > STATE_MAX_VCPUS)
@@ -221,15 +234,12 @@ int state_config_validate(const struct state_config *c, struct errbuf *e)
 				return err_set(e, -EINVAL,
 					       "config: capability %" PRIu32 " appears twice",
 					       c->caps[i]);
-	n = strnlen(c->machine, sizeof(c->machine));
-	if (n > STATE_NAME_MAX)
+	if (strnlen(c->machine, sizeof(c->machine)) > STATE_NAME_MAX)
 		return err_set(e, -EINVAL, "config: machine name is longer than %u bytes",
 			       STATE_NAME_MAX);
-	for (size_t i = 0; i < n; i++)
-		if (c->machine[i] < 0x20 || c->machine[i] > 0x7e)
-			return err_set(e, -EINVAL,
-				       "config: machine name has a byte 0x%02x that is not printable",
-				       (unsigned char)c->machine[i]);
+	ret = state_machine_name_check(c->machine, e);
+	if (ret)
+		return err_prefix(e, ret, "config");
 	if (c->xsave_size && (c->xsave_size < STATE_XSAVE_MIN || c->xsave_size > STATE_XSAVE_MAX ||
 			      c->xsave_size % 4))
 		return err_set(e, -EINVAL, "config: XSAVE size %" PRIu32 " (0, or %u to %u in "

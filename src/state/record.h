@@ -131,6 +131,11 @@ struct state_config {
  * characters, known flags.
  */
 int __must_check state_config_validate(const struct state_config *cfg, struct errbuf *e);
+/*
+ * The one rule for a machine name (CONFIG's machine, `godwit run --name`): at most 63 bytes
+ * of printable ASCII, 0x20..0x7e.
+ */
+int __must_check state_machine_name_check(const char *name, struct errbuf *e);
 /* Validates, then appends the CONFIG payload to out. */
 int __must_check state_config_encode(const struct state_config *cfg, struct buf *out,
 				     struct errbuf *e);

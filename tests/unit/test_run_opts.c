@@ -127,6 +127,16 @@ static void test_errors(void **state)
 			   "--dirty-tracking", "log"), &e, "--dirty-tracking log");
 	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
 			   "--name", ""), &e, "--name");
+	/* the state format's rule: a name it would refuse at snapshot or migration time */
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--name", "caf\xc3\xa9"), &e, "--name: machine name has a byte 0xc3");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--name", "tab\there"), &e, "byte 0x09");
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--name", "x234567890123456789012345678901234567890123456789012345678901234"),
+		     &e, "--name");
+	assert_int_equal(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			       "--name", "web 1 (blue)"), 0);
 }
 
 static void test_disks(void **state)
