@@ -249,13 +249,9 @@ int file_open_bounded(const char *path, const char *what, uint64_t max, int *out
 	struct stat st;
 	int fd, ret;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	fd = io_open_nonblock(AT_FDCWD, path, O_RDONLY, 0, &st);
 	if (fd < 0)
-		return err_set(e, -errno, "open %s %s: %s", what, path, strerror(errno));
-	if (fstat(fd, &st) < 0) {
-		ret = err_set(e, -errno, "stat %s %s: %s", what, path, strerror(errno));
-		goto err;
-	}
+		return err_set(e, fd, "open %s %s: %s", what, path, strerror(-fd));
 	if (!S_ISREG(st.st_mode)) {
 		ret = err_set(e, -EINVAL, "%s %s is not a regular file", what, path);
 		goto err;
@@ -298,4 +294,19 @@ int file_read_bounded(const char *path, const char *what, uint64_t max, uint8_t 
 	*data = p;
 	*len = (size_t)size;
 	return 0;
+}
+
+int io_open_nonblock(int dfd, const char *path, int flags, mode_t mode, struct stat *st)
+{
+	int fd = openat(dfd, path, flags | O_NONBLOCK | O_CLOEXEC, mode), fl, ret;
+
+	if (fd < 0)
+		return -errno;
+	fl = fcntl(fd, F_GETFL);
+	if (fstat(fd, st) < 0 || fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+		ret = -errno;
+		close(fd);
+		return ret;
+	}
+	return fd;
 }

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #define __must_check __attribute__((warn_unused_result))
@@ -66,5 +67,14 @@ int __must_check file_open_bounded(const char *path, const char *what, uint64_t 
 /* Reads such a file whole into a malloc'ed buffer (*data, freed by the caller). */
 int __must_check file_read_bounded(const char *path, const char *what, uint64_t max,
 				   uint8_t **data, size_t *len, struct errbuf *e);
+/*
+ * openat(dfd, path, flags | O_NONBLOCK | O_CLOEXEC, mode), then fstat into st and clear
+ * O_NONBLOCK again: opening a FIFO never waits for its other end (it would block forever,
+ * deaf to signals the event loop handles), so the caller can look at st->st_mode and refuse
+ * what is not the kind of file it wants. Returns the fd or -errno (-ENXIO: a FIFO opened
+ * for writing has no reader).
+ */
+int __must_check io_open_nonblock(int dfd, const char *path, int flags, mode_t mode,
+				  struct stat *st);
 
 #endif

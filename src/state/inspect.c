@@ -486,13 +486,18 @@ int state_inspect_path(const char *path, FILE *out, struct errbuf *e)
 	struct stat st;
 	int fd, ret;
 
-	if (stat(path, &st) < 0)
-		return err_set(e, -errno, "%s: %s", path, strerror(errno));
-	if (S_ISDIR(st.st_mode))
-		return state_inspect_dir(path, out, e);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* without blocking: a FIFO nobody writes to would hold inspect in open() forever */
+	fd = io_open_nonblock(AT_FDCWD, path, O_RDONLY, 0, &st);
 	if (fd < 0)
-		return err_set(e, -errno, "open %s: %s", path, strerror(errno));
+		return err_set(e, fd, "%s: %s", path, strerror(-fd));
+	if (S_ISDIR(st.st_mode)) {
+		close(fd);
+		return state_inspect_dir(path, out, e);
+	}
+	if (!S_ISREG(st.st_mode)) {
+		close(fd);
+		return err_set(e, -EINVAL, "%s is not a regular file or a snapshot directory", path);
+	}
 	ret = state_inspect_stream(fd, out, e);
 	close(fd);
 	if (ret)

@@ -79,15 +79,11 @@ int state_file_read_at(int dfd, const char *dir, const char *name, uint64_t max,
 
 	*out = NULL;
 	*len = 0;
-	fd = openat(dfd, name, O_RDONLY | O_CLOEXEC);
+	fd = io_open_nonblock(dfd, name, O_RDONLY, 0, &st);
 	if (fd < 0) {
-		if (errno == ENOENT)
+		if (fd == -ENOENT)
 			return -ENOENT;
-		return err_set(e, -errno, "open %s/%s: %s", dir, name, strerror(errno));
-	}
-	if (fstat(fd, &st) < 0) {
-		ret = err_set(e, -errno, "stat %s/%s: %s", dir, name, strerror(errno));
-		goto out;
+		return err_set(e, fd, "open %s/%s: %s", dir, name, strerror(-fd));
 	}
 	if (!S_ISREG(st.st_mode)) {
 		ret = err_set(e, -EINVAL, "%s/%s is not a regular file", dir, name);
@@ -428,13 +424,13 @@ int snapshot_writer_begin(const char *dir, struct snapshot_writer **wp, struct e
 		goto fail;
 	}
 	w->state_fd = openat(w->dfd, SNAPSHOT_STATE_FILE, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-			     0644);
+			     0600);
 	if (w->state_fd < 0) {
 		ret = err_set(e, -errno, "snapshot: create %s/state: %s", w->tmp, strerror(errno));
 		goto fail;
 	}
 	w->mem_fd = openat(w->dfd, SNAPSHOT_MEMORY_FILE, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-			   0644);
+			   0600);
 	if (w->mem_fd < 0) {
 		ret = err_set(e, -errno, "snapshot: create %s/memory: %s", w->tmp, strerror(errno));
 		goto fail;
@@ -887,6 +883,7 @@ int snapshot_memory_check_size(int fd, const struct snapshot_memory *m, struct e
 int snapshot_open(const char *dir, struct snapshot_reader **rp, struct errbuf *e)
 {
 	struct snapshot_reader *r;
+	struct stat st;
 	int dfd = -1, ret;
 
 	*rp = NULL;
@@ -919,13 +916,17 @@ int snapshot_open(const char *dir, struct snapshot_reader **rp, struct errbuf *e
 		err_prefix(e, ret, "snapshot %s: state", r->dir);
 		goto fail;
 	}
-	r->mem_fd = openat(dfd, SNAPSHOT_MEMORY_FILE, O_RDONLY | O_CLOEXEC);
+	r->mem_fd = io_open_nonblock(dfd, SNAPSHOT_MEMORY_FILE, O_RDONLY, 0, &st);
 	if (r->mem_fd < 0) {
-		ret = -errno;
-		if (errno == ENOENT)
+		ret = r->mem_fd;
+		if (ret == -ENOENT)
 			err_set(e, ret, "snapshot %s: no memory file", r->dir);
 		else
-			err_set(e, ret, "snapshot %s: open memory: %s", r->dir, strerror(errno));
+			err_set(e, ret, "snapshot %s: open memory: %s", r->dir, strerror(-ret));
+		goto fail;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		ret = err_set(e, -EINVAL, "snapshot %s: memory is not a regular file", r->dir);
 		goto fail;
 	}
 	ret = snapshot_memory_check_size(r->mem_fd, &r->mem, e);

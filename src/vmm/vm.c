@@ -87,14 +87,28 @@ static int vm_serial_setup(struct vm *vm, const struct vm_config *cfg, struct er
 	case VM_SERIAL_STDIO:
 		vm->serial_fd = STDOUT_FILENO;
 		break;
-	case VM_SERIAL_FILE:
-		vm->serial_fd = open(cfg->serial_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
-				     0600);
+	case VM_SERIAL_FILE: {
+		struct stat st;
+
+		/*
+		 * A file, a character device (/dev/null, a terminal) or a FIFO someone reads:
+		 * the console's writer thread absorbs a slow reader. A FIFO nobody reads would
+		 * hold open() forever: refused.
+		 */
+		vm->serial_fd = io_open_nonblock(AT_FDCWD, cfg->serial_path,
+						 O_WRONLY | O_CREAT | O_APPEND, 0600, &st);
+		if (vm->serial_fd == -ENXIO)
+			return err_set(e, -EINVAL, "serial output %s is a FIFO that nobody reads "
+						   "(start its reader first)", cfg->serial_path);
 		if (vm->serial_fd < 0)
-			return err_set(e, -errno, "open serial output %s: %s", cfg->serial_path,
-				       strerror(errno));
+			return err_set(e, vm->serial_fd, "open serial output %s: %s",
+				       cfg->serial_path, strerror(-vm->serial_fd));
 		vm->serial_fd_owned = true;
+		if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode) && !S_ISFIFO(st.st_mode))
+			return err_set(e, -EINVAL, "serial output %s is not a regular file, a "
+						   "character device or a FIFO", cfg->serial_path);
 		break;
+	}
 	case VM_SERIAL_NONE:
 		break;
 	}

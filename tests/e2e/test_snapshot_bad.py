@@ -7,6 +7,7 @@ import os
 import shutil
 import struct
 import subprocess
+import time
 
 import gwstate
 import gwtest
@@ -163,6 +164,42 @@ def test(env):
                 else p) for t, p in recs]
     gwstate.write(os.path.join(d, "state"), hdr, patched)
     restore_fails(env, d, "cannot give", mode="lazy")
+
+    # FIFOs are refused at once, never waited on (open() would block, deaf to SIGTERM)
+    fifo = env.path("fifo")
+    os.mkfifo(fifo)
+    rc, out = inspect(env, fifo)
+    assert rc != 0 and "not a regular file or a snapshot directory" in out, out
+    for name in ("state", "memory"):
+        d = variant(env, good, f"fifo-{name}")
+        os.unlink(os.path.join(d, name))
+        os.mkfifo(os.path.join(d, name))
+        restore_fails(env, d, f"{name} is not a regular file")
+    p = subprocess.run([env.godwit, "run", "--memory", "64M", "--kernel", env.guest,
+                        "--api-socket", env.path("fifo.sock"), "--serial", f"file:{fifo}"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0 and "is a FIFO that nobody reads" in p.stderr, \
+        f"--serial file:FIFO: {p.stderr}"
+    # a FIFO with a reader is a fine serial output
+    rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    vm = env.vm("fifo-reader", extra=["--serial", f"file:{fifo}"])
+    vm.wait_socket()
+    got, deadline = b"", time.monotonic() + 30
+    while b"godwit-guest ready" not in got and time.monotonic() < deadline:
+        try:
+            got += os.read(rfd, 4096)
+        except BlockingIOError:
+            time.sleep(0.05)
+    assert b"godwit-guest ready" in got, f"nothing through the FIFO: {got[:200]!r}"
+    vm.ctl("stop")
+    assert vm.wait_exit() == 0
+    os.close(rfd)
+    # a character device is fine for the serial output
+    vm = env.vm("devnull", extra=["--serial", "file:/dev/null"])
+    vm.wait_socket()
+    assert vm.status()["state"] == "running"
+    vm.ctl("stop")
+    assert vm.wait_exit() == 0
 
     empty = env.path("empty")
     os.mkdir(empty)

@@ -1239,6 +1239,40 @@ static void test_snapshot_roundtrip(void **state)
 	snprintf(snap, sizeof(snap), "%s/snap/", dir); /* a trailing slash is fine */
 	snapshot_write(snap, &g);
 	assert_int_equal(dir_entries(dir), 1); /* no temporary directory left */
+	/* guest memory is secret: only the owner reads the snapshot, whatever the umask */
+	{
+		static const char *const names[] = { "", "state", "memory" };
+
+		for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+			char p[200];
+
+			snprintf(p, sizeof(p), "%s%s", snap, names[i]);
+			assert_int_equal(stat(p, &st), 0);
+			assert_int_equal(st.st_mode & 07777, i ? 0600 : 0700);
+		}
+	}
+
+	/* a FIFO in place of the state or the memory file is refused at once, never waited on */
+	{
+		char fsnap[200], p[240];
+
+		snprintf(fsnap, sizeof(fsnap), "%s/fifo-mem", dir);
+		snapshot_write(fsnap, &g);
+		snprintf(p, sizeof(p), "%s/memory", fsnap);
+		assert_int_equal(unlink(p), 0);
+		assert_int_equal(mkfifo(p, 0600), 0);
+		assert_fails_with(snapshot_open(fsnap, &r, &e), -EINVAL, &e,
+				  "memory is not a regular file");
+		snprintf(p, sizeof(p), "%s/state", fsnap);
+		assert_int_equal(unlink(p), 0);
+		assert_int_equal(mkfifo(p, 0600), 0);
+		assert_fails_with(snapshot_open(fsnap, &r, &e), -EINVAL, &e,
+				  "state is not a regular file");
+		assert_fails_with(state_inspect_path(p, stderr, &e), -EINVAL, &e,
+				  "not a regular file or a snapshot directory");
+		assert_fails_with(state_inspect_dir(fsnap, stderr, &e), -EINVAL, &e,
+				  "state is not a regular file");
+	}
 
 	assert_int_equal(snapshot_open(snap, &r, &e), 0);
 	assert_config_equal(snapshot_config(r), &want);
