@@ -193,8 +193,9 @@ static bool i8042_pending_ok(uint8_t cmd)
 	       cmd == CMD_WRITE_KBD_OUT || cmd == CMD_WRITE_AUX_OUT || cmd == CMD_WRITE_AUX;
 }
 
-int i8042_state_load(struct i8042 *k, uint32_t version, const void *p, size_t len,
-		     struct errbuf *e)
+/* Decodes and checks a payload into r without touching a device. */
+static int i8042_state_parse(struct i8042_regs *out, uint32_t version, const void *p, size_t len,
+			     struct errbuf *e)
 {
 	struct i8042_regs r;
 	const uint8_t *b = p;
@@ -214,6 +215,25 @@ int i8042_state_load(struct i8042 *k, uint32_t version, const void *p, size_t le
 	if (!i8042_pending_ok(r.pending))
 		return err_set(e, -EINVAL, "i8042 state: 0x%02x is not a command that waits for "
 					   "data", r.pending);
+	*out = r;
+	return 0;
+}
+
+int i8042_state_validate(uint32_t version, const void *p, size_t len, struct errbuf *e)
+{
+	struct i8042_regs r;
+
+	return i8042_state_parse(&r, version, p, len, e);
+}
+
+int i8042_state_load(struct i8042 *k, uint32_t version, const void *p, size_t len,
+		     struct errbuf *e)
+{
+	struct i8042_regs r;
+	int ret = i8042_state_parse(&r, version, p, len, e);
+
+	if (ret < 0)
+		return ret;
 	pthread_mutex_lock(&k->lock);
 	k->r = r;
 	pthread_mutex_unlock(&k->lock);

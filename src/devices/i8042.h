@@ -32,6 +32,9 @@ void i8042_destroy(struct i8042 *k);
 void i8042_io_write(struct i8042 *k, unsigned port, uint8_t val);
 uint8_t i8042_io_read(struct i8042 *k, unsigned port);
 int __must_check i8042_state_save(struct i8042 *k, struct buf *out);
+/* The checks of i8042_state_load alone: no device is needed or touched. */
+int __must_check i8042_state_validate(uint32_t version, const void *p, size_t len,
+				      struct errbuf *e);
 /* Validates everything first, then applies; on error the device is unchanged. */
 int __must_check i8042_state_load(struct i8042 *k, uint32_t version, const void *p, size_t len,
 				  struct errbuf *e);

@@ -44,8 +44,9 @@ int pci_cfg_state_save(struct pci_cfg *p, struct buf *out)
 	return buf_status(out);
 }
 
-int pci_cfg_state_load(struct pci_cfg *p, uint32_t version, const void *d, size_t len,
-		       struct errbuf *e)
+/* Decodes and checks a payload into *latch without touching a device. */
+static int pci_cfg_state_parse(uint32_t *latch, uint32_t version, const void *d, size_t len,
+			       struct errbuf *e)
 {
 	uint32_t v;
 
@@ -58,6 +59,25 @@ int pci_cfg_state_load(struct pci_cfg *p, uint32_t version, const void *d, size_
 	if (v & ~LATCH_MASK)
 		return err_set(e, -EINVAL, "pci config state: address latch 0x%08x has reserved "
 					   "bits set", v);
+	*latch = v;
+	return 0;
+}
+
+int pci_cfg_state_validate(uint32_t version, const void *d, size_t len, struct errbuf *e)
+{
+	uint32_t v;
+
+	return pci_cfg_state_parse(&v, version, d, len, e);
+}
+
+int pci_cfg_state_load(struct pci_cfg *p, uint32_t version, const void *d, size_t len,
+		       struct errbuf *e)
+{
+	uint32_t v;
+	int ret = pci_cfg_state_parse(&v, version, d, len, e);
+
+	if (ret < 0)
+		return ret;
 	p->latch = v;
 	return 0;
 }

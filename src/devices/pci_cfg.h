@@ -29,6 +29,9 @@ void pci_cfg_init(struct pci_cfg *p, void (*reset)(void *opaque), void *opaque);
 /* offset 0..7 from PCI_CFG_PORT; data holds len (1, 2 or 4) bytes */
 void pci_cfg_io(struct pci_cfg *p, unsigned offset, uint8_t *data, unsigned len, bool is_write);
 int __must_check pci_cfg_state_save(struct pci_cfg *p, struct buf *out);
+/* The checks of pci_cfg_state_load alone: no device is needed or touched. */
+int __must_check pci_cfg_state_validate(uint32_t version, const void *d, size_t len,
+					struct errbuf *e);
 int __must_check pci_cfg_state_load(struct pci_cfg *p, uint32_t version, const void *d,
 				    size_t len, struct errbuf *e);
 

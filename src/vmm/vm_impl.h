@@ -21,6 +21,9 @@ struct dirty_tracker;
 
 /* The devices every VM has, so a snapshot can be checked without a VM (inspect) */
 #define VM_SERIAL_INSTANCE "io:3f8"
+#define VM_I8042_INSTANCE "io:60"
+#define VM_PCI_CFG_INSTANCE "io:cf8"
+extern const struct device_ops vm_i8042_dev, vm_pci_cfg_dev;
 
 struct vm_device_entry {
 	const struct device_ops *ops;

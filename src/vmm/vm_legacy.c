@@ -71,10 +71,17 @@ static int vm_i8042_load(void *opaque, uint32_t version, const void *p, size_t l
 	return i8042_state_load(opaque, version, p, len, e);
 }
 
-static const struct device_ops vm_i8042_dev = {
+static int vm_i8042_validate(void *opaque, uint32_t version, const void *p, size_t len,
+			     struct errbuf *e)
+{
+	return i8042_state_validate(version, p, len, e);
+}
+
+const struct device_ops vm_i8042_dev = {
 	.name = "i8042",
 	.version = I8042_STATE_VERSION,
 	.save = vm_i8042_save,
+	.validate = vm_i8042_validate,
 	.load = vm_i8042_load,
 };
 
@@ -95,10 +102,17 @@ static int vm_pci_cfg_load(void *opaque, uint32_t version, const void *p, size_t
 	return pci_cfg_state_load(opaque, version, p, len, e);
 }
 
-static const struct device_ops vm_pci_cfg_dev = {
+static int vm_pci_cfg_validate(void *opaque, uint32_t version, const void *p, size_t len,
+			       struct errbuf *e)
+{
+	return pci_cfg_state_validate(version, p, len, e);
+}
+
+const struct device_ops vm_pci_cfg_dev = {
 	.name = "pci-cfg",
 	.version = PCI_CFG_STATE_VERSION,
 	.save = vm_pci_cfg_save,
+	.validate = vm_pci_cfg_validate,
 	.load = vm_pci_cfg_load,
 };
 
@@ -136,9 +150,9 @@ int vm_legacy_setup(struct vm *vm, struct errbuf *e)
 				     vm_sleep_pio, &l->sleep);
 	if (ret < 0)
 		return err_set(e, ret, "register legacy device ports: %s", strerror(-ret));
-	ret = vm_device_register(vm, &vm_i8042_dev, "io:60", l->i8042, e);
+	ret = vm_device_register(vm, &vm_i8042_dev, VM_I8042_INSTANCE, l->i8042, e);
 	if (!ret)
-		ret = vm_device_register(vm, &vm_pci_cfg_dev, "io:cf8", &l->pci, e);
+		ret = vm_device_register(vm, &vm_pci_cfg_dev, VM_PCI_CFG_INSTANCE, &l->pci, e);
 	if (ret < 0)
 		return err_prefix(e, ret, "register legacy device state");
 	return 0;

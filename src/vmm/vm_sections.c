@@ -300,6 +300,8 @@ int vm_sections_check(unsigned nvcpus, uint32_t xsave_size, const struct vm_chec
 	/* the devices every VM has (inspect has no VM to ask), then CONFIG's */
 	static const struct vm_device_entry fixed[] = {
 		{ .ops = &serial_device_ops, .instance = VM_SERIAL_INSTANCE },
+		{ .ops = &vm_i8042_dev, .instance = VM_I8042_INSTANCE },
+		{ .ops = &vm_pci_cfg_dev, .instance = VM_PCI_CFG_INSTANCE },
 	};
 	struct vm_device_entry devices[ARRAY_SIZE(fixed) + DEV_MAX];
 	struct vm_stage_target t = {

@@ -132,6 +132,11 @@ def test(env):
                   gwstate.section_patch(recs, "serial8250", lambda p: p[:2] + b"\xf0" + p[3:]))
     out = refused(env, d, "serial8250@io:3f8: serial state: IER 0xf0 has reserved bits")
     assert "IER 0xf0 has reserved bits" in out, out
+    d = variant(env, good, "i8042-payload")
+    gwstate.write(os.path.join(d, "state"), hdr,
+                  gwstate.section_patch(recs, "i8042", lambda p: b"\xff" + p[1:]))
+    out = refused(env, d, "i8042@io:60: i8042 state: command byte 0xff has reserved bits")
+    assert "command byte 0xff has reserved bits" in out, out
 
     # a vCPU's CPUID that is not one (a leaf twice)
     def cpuid_dup(p):
