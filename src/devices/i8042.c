@@ -229,7 +229,7 @@ int i8042_state_validate(uint32_t version, const void *p, size_t len, struct err
 int i8042_state_load(struct i8042 *k, uint32_t version, const void *p, size_t len,
 		     struct errbuf *e)
 {
-	struct i8042_regs r;
+	struct i8042_regs r = { 0 };
 	int ret = i8042_state_parse(&r, version, p, len, e);
 
 	if (ret < 0)

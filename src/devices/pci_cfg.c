@@ -73,7 +73,7 @@ int pci_cfg_state_validate(uint32_t version, const void *d, size_t len, struct e
 int pci_cfg_state_load(struct pci_cfg *p, uint32_t version, const void *d, size_t len,
 		       struct errbuf *e)
 {
-	uint32_t v;
+	uint32_t v = 0;
 	int ret = pci_cfg_state_parse(&v, version, d, len, e);
 
 	if (ret < 0)

@@ -310,7 +310,7 @@ int vm_sections_check(unsigned nvcpus, uint32_t xsave_size, const struct vm_chec
 		.devices = devices,
 		.ndevices = ARRAY_SIZE(fixed),
 	};
-	struct vm_stage *st;
+	struct vm_stage *st = NULL;
 	int ret;
 
 	if (nvcpus < 1 || nvcpus > VM_MAX_VCPUS)
@@ -353,7 +353,7 @@ int vm_sections_load(struct vm *vm, const struct vm_section *secs, size_t n, str
 		.devices = vm->devices,
 		.ndevices = vm->ndevices,
 	};
-	struct vm_stage *st;
+	struct vm_stage *st = NULL;
 	int ret;
 
 	ret = vm_sections_stage(&t, secs, n, &st, e);
