@@ -22,7 +22,11 @@
 
 #define STATE_MAGIC "GODWIT\r\n"
 #define STATE_MAGIC_LEN 8
-#define STATE_FORMAT_VERSION 1u
+/*
+ * 2: CONFIG gained tsc_khz, xsave_size and the device list, vcpu sections carry their CPUID
+ * (version 2). A version 1 file is refused by its header, naming the version.
+ */
+#define STATE_FORMAT_VERSION 2u
 #define STATE_PAGE_SIZE 4096u
 #define STATE_HEADER_SIZE 32u
 #define STATE_RECORD_HEADER_SIZE 16u

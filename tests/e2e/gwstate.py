@@ -55,7 +55,7 @@ def write(path, hdr, recs, fix_end=True):
         f.write(out)
 
 
-def header(version=1, page_size=4096, kind=1):
+def header(version=2, page_size=4096, kind=1):
     h = MAGIC + struct.pack("<IIIII", version, page_size, kind, 0, 0)
     return h + struct.pack("<I", crc32c(h))
 

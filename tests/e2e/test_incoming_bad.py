@@ -118,7 +118,7 @@ def test(env):
     hdr = gwstate.header(kind=2)
     feed(env, "truncated-header", hdr[:20], "truncated")
     feed(env, "truncated-record", hdr + hello[:10], "truncated")
-    feed(env, "v2-format", gwstate.header(version=2, kind=2) + hello, "format version 2")
+    feed(env, "v1-format", gwstate.header(version=1, kind=2) + hello, "format version 1")
     feed(env, "v9-protocol", hdr + record(0x100, struct.pack("<IIQ", 9, 2, 0)),
          "protocol version 9")
     feed(env, "no-config", hdr + hello + record(gwstate.PAGES, b"\0" * 8), "CONFIG")

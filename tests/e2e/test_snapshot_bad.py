@@ -110,8 +110,10 @@ def test(env):
     restore_fails(env, d, "bad magic")
 
     d = variant(env, good, "version")
-    gwstate.write(os.path.join(d, "state"), gwstate.header(version=2), recs)
-    restore_fails(env, d, "format version 2")
+    # a snapshot written by a build before format 2 (CONFIG without the TSC rate, XSAVE size
+    # and devices): refused by its header, not as a truncated CONFIG
+    gwstate.write(os.path.join(d, "state"), gwstate.header(version=1), recs)
+    restore_fails(env, d, "format version 1 is not supported by this build (reads 2)")
 
     d = variant(env, good, "unknown-section")
     extra = (gwstate.SECTION, gwstate.section_build("bogus", "x", 1, b"\0" * 8))

@@ -432,22 +432,22 @@ static void test_bad_headers(void **state)
 	uint8_t h[STATE_HEADER_SIZE];
 	struct errbuf e;
 
-	put_header(h, 1, PS, STATE_KIND_MIGRATION, 0);
+	put_header(h, STATE_FORMAT_VERSION, PS, STATE_KIND_MIGRATION, 0);
 	assert_fails_with(read_buf(h, sizeof(h), &e), -EPIPE, &e, "without an END record");
 	memcpy(h, "QFI\xfbxxxx", 8);
 	assert_fails_with(read_buf(h, sizeof(h), &e), -EBADMSG, &e,
 			  "not a godwit state stream/snapshot (bad magic)");
-	put_header(h, 2, PS, STATE_KIND_MIGRATION, 0);
+	put_header(h, 1, PS, STATE_KIND_MIGRATION, 0);
 	assert_fails_with(read_buf(h, sizeof(h), &e), -ENOTSUP, &e,
-			  "format version 2 is not supported by this build (reads 1)");
-	put_header(h, 1, 65536, STATE_KIND_MIGRATION, 0);
+			  "format version 1 is not supported by this build (reads 2)");
+	put_header(h, STATE_FORMAT_VERSION, 65536, STATE_KIND_MIGRATION, 0);
 	assert_fails_with(read_buf(h, sizeof(h), &e), -ENOTSUP, &e,
 			  "page size 65536 is not supported");
-	put_header(h, 1, PS, 7, 0);
+	put_header(h, STATE_FORMAT_VERSION, PS, 7, 0);
 	assert_fails_with(read_buf(h, sizeof(h), &e), -EBADMSG, &e, "unknown stream kind 7");
-	put_header(h, 1, PS, STATE_KIND_MIGRATION, 0x10);
+	put_header(h, STATE_FORMAT_VERSION, PS, STATE_KIND_MIGRATION, 0x10);
 	assert_fails_with(read_buf(h, sizeof(h), &e), -ENOTSUP, &e, "flags 0x10");
-	put_header(h, 1, PS, STATE_KIND_MIGRATION, 0);
+	put_header(h, STATE_FORMAT_VERSION, PS, STATE_KIND_MIGRATION, 0);
 	h[29] ^= 1;
 	assert_fails_with(read_buf(h, sizeof(h), &e), -EBADMSG, &e, "stream header: CRC mismatch");
 	assert_fails_with(read_buf(h, 0, &e), -EPIPE, &e, "stream is empty");
@@ -457,7 +457,7 @@ static void test_bad_headers(void **state)
 		struct state_reader_opts o = { .kind = STATE_KIND_SNAPSHOT };
 		struct state_reader *r;
 
-		put_header(h, 1, PS, STATE_KIND_MIGRATION, 0);
+		put_header(h, STATE_FORMAT_VERSION, PS, STATE_KIND_MIGRATION, 0);
 		assert_fails_with(state_reader_open_mem(&r, h, sizeof(h), &o, &e), -EPROTO, &e,
 				  "expected a snapshot state file");
 	}
@@ -474,7 +474,7 @@ static void raw_begin(struct raw *s, uint32_t kind)
 {
 	s->len = 0;
 	s->n = 0;
-	put_header(s->b, 1, PS, kind, 0);
+	put_header(s->b, STATE_FORMAT_VERSION, PS, kind, 0);
 	s->len = STATE_HEADER_SIZE;
 }
 
@@ -1699,7 +1699,7 @@ static void test_inspect(void **state)
 			  "1 problem found, the first: section vcpu@0: vcpu state: version 1 not "
 			  "supported");
 	fclose(out);
-	assert_non_null(strstr(text, "format version 1, page size 4096"));
+	assert_non_null(strstr(text, "format version 2, page size 4096"));
 	assert_non_null(strstr(text, "2 vCPUs"));
 	assert_non_null(strstr(text, "vcpu@1 version 1, 8 bytes"));
 	assert_non_null(strstr(text, "serial8250@io:3f8 version 3"));
