@@ -97,6 +97,8 @@ def test_snapshot(env):
     assert re.search(r'device virtio-blk "disk0": .*s\.img, 512\.0 KiB', out), out
     assert re.search(r'device virtio-blk "ro": .*s-ro\.img, 4\.0 KiB, readonly', out), out
     assert "virtio-blk@disk0" in out and "virtio-blk@ro" in out, out
+    # inspect checks the sections as a restore would: CONFIG's disks are known by type
+    assert re.search(r"sections: \d+, all valid", out), out
 
     # the disk as the snapshot left it, copied: the restore writes the copy
     copy = env.path("s-copy.img")
