@@ -2,6 +2,7 @@
 /* Record framing: the stream reader (fd or memory, hostile input) and the buffered writer. */
 #include "state/record.h"
 
+#include "base/channel.h"
 #include "base/crc32c.h"
 
 #include <errno.h>
@@ -37,7 +38,8 @@ static bool type_is_known(uint32_t type)
 /* ---- reader ---- */
 
 struct state_reader {
-	int fd; /* -1 for a memory reader */
+	struct channel *ch; /* NULL for a memory reader */
+	struct channel own_ch; /* state_reader_open_fd's */
 	const uint8_t *mem;
 	size_t mem_len;
 	uint64_t pos;
@@ -59,13 +61,10 @@ static int reader_fill(struct state_reader *r, uint8_t *dst, size_t len, size_t 
 {
 	*got = 0;
 	while (*got < len) {
-		ssize_t n = read(r->fd, dst + *got, len - *got);
+		ssize_t n = channel_read(r->ch, dst + *got, len - *got);
 
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
+		if (n < 0)
+			return (int)n;
 		if (n == 0)
 			return -EPIPE;
 		*got += (size_t)n;
@@ -82,7 +81,7 @@ static int reader_take(struct state_reader *r, uint8_t *dst, size_t len, const u
 {
 	int ret;
 
-	if (r->fd < 0) {
+	if (!r->ch) {
 		size_t left = r->mem_len - (size_t)r->pos;
 
 		*out = r->mem + r->pos;
@@ -159,7 +158,20 @@ int state_reader_open_fd(struct state_reader **rp, int fd, const struct state_re
 	*rp = NULL;
 	if (!r)
 		return err_set(e, -ENOMEM, "stream reader: out of memory");
-	r->fd = fd;
+	channel_fd_init(&r->own_ch, fd);
+	r->ch = &r->own_ch;
+	return reader_open(rp, r, opts, e);
+}
+
+int state_reader_open_channel(struct state_reader **rp, struct channel *ch,
+			      const struct state_reader_opts *opts, struct errbuf *e)
+{
+	struct state_reader *r = calloc(1, sizeof(*r));
+
+	*rp = NULL;
+	if (!r)
+		return err_set(e, -ENOMEM, "stream reader: out of memory");
+	r->ch = ch;
 	return reader_open(rp, r, opts, e);
 }
 
@@ -171,7 +183,6 @@ int state_reader_open_mem(struct state_reader **rp, const void *p, size_t len,
 	*rp = NULL;
 	if (!r)
 		return err_set(e, -ENOMEM, "stream reader: out of memory");
-	r->fd = -1;
 	r->mem = p;
 	r->mem_len = p ? len : 0;
 	return reader_open(rp, r, opts, e);
@@ -339,7 +350,7 @@ int state_reader_next(struct state_reader *r, struct state_record *rec, struct e
 		return reader_bad_type(r, rec, e); /* before waiting for a payload */
 	computed = crc32c(0, h, STATE_RECORD_HEADER_SIZE);
 
-	if (r->fd >= 0 && reader_grow(r, (size_t)len + STATE_RECORD_TRAILER_SIZE))
+	if (r->ch && reader_grow(r, (size_t)len + STATE_RECORD_TRAILER_SIZE))
 		return reader_fail(r, err_set(e, -ENOMEM,
 					      "record %" PRIu64 " at offset %" PRIu64
 					      ": out of memory for %" PRIu64 " bytes",
@@ -401,17 +412,15 @@ int state_reader_expect_eof(struct state_reader *r, struct errbuf *e)
 	uint8_t c;
 	ssize_t n;
 
-	if (r->fd < 0) {
+	if (!r->ch) {
 		if (r->pos == r->mem_len)
 			return 0;
 		return err_set(e, -EBADMSG, "%zu unexpected bytes after END at offset %" PRIu64,
 			       r->mem_len - (size_t)r->pos, r->pos);
 	}
-	do
-		n = read(r->fd, &c, 1);
-	while (n < 0 && errno == EINTR);
+	n = channel_read(r->ch, &c, 1);
 	if (n < 0)
-		return err_set(e, -errno, "read after END: %s", strerror(errno));
+		return err_set(e, (int)n, "read after END: %s", strerror((int)-n));
 	if (n > 0)
 		return err_set(e, -EBADMSG, "unexpected bytes after END at offset %" PRIu64,
 			       r->pos);
@@ -421,8 +430,8 @@ int state_reader_expect_eof(struct state_reader *r, struct errbuf *e)
 /* ---- writer ---- */
 
 struct state_writer {
-	int fd;
-	bool sock;
+	struct channel *ch;
+	struct channel own_ch; /* state_writer_open's */
 	uint32_t kind;
 	struct buf out;
 	struct buf scratch;
@@ -451,18 +460,9 @@ static int writer_writev(struct state_writer *w, struct iovec *iov, size_t n)
 			n--;
 			continue;
 		}
-		if (w->sock) {
-			struct msghdr msg = { .msg_iov = iov, .msg_iovlen = chunk };
-
-			done = sendmsg(w->fd, &msg, MSG_NOSIGNAL);
-		} else {
-			done = writev(w->fd, iov, (int)chunk);
-		}
-		if (done < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
+		done = channel_writev(w->ch, iov, (int)chunk);
+		if (done < 0)
+			return (int)done;
 		w->flushed += (uint64_t)done;
 		while (n && (size_t)done >= iov->iov_len) {
 			done -= (ssize_t)iov->iov_len;
@@ -498,7 +498,8 @@ int state_writer_flush(struct state_writer *w, struct errbuf *e)
 	return 0;
 }
 
-int state_writer_open(struct state_writer **wp, int fd, uint32_t kind, struct errbuf *e)
+static int writer_open(struct state_writer **wp, struct channel *ch, int fd, uint32_t kind,
+		       struct errbuf *e)
 {
 	struct state_header h = { .version = STATE_FORMAT_VERSION,
 				  .page_size = STATE_PAGE_SIZE,
@@ -510,13 +511,16 @@ int state_writer_open(struct state_writer **wp, int fd, uint32_t kind, struct er
 	*wp = NULL;
 	if (kind != STATE_KIND_SNAPSHOT && kind != STATE_KIND_MIGRATION)
 		return err_set(e, -EINVAL, "state writer: unknown stream kind %" PRIu32, kind);
-	if (fstat(fd, &st) < 0)
+	if (!ch && fstat(fd, &st) < 0)
 		return err_set(e, -errno, "state writer: fstat: %s", strerror(errno));
 	w = calloc(1, sizeof(*w));
 	if (!w)
 		return err_set(e, -ENOMEM, "state writer: out of memory");
-	w->fd = fd;
-	w->sock = S_ISSOCK(st.st_mode);
+	if (!ch) {
+		channel_fd_init(&w->own_ch, fd);
+		ch = &w->own_ch;
+	}
+	w->ch = ch;
 	w->kind = kind;
 	buf_init(&w->out);
 	buf_init(&w->scratch);
@@ -528,6 +532,17 @@ int state_writer_open(struct state_writer **wp, int fd, uint32_t kind, struct er
 	}
 	*wp = w;
 	return 0;
+}
+
+int state_writer_open(struct state_writer **wp, int fd, uint32_t kind, struct errbuf *e)
+{
+	return writer_open(wp, NULL, fd, kind, e);
+}
+
+int state_writer_open_channel(struct state_writer **wp, struct channel *ch, uint32_t kind,
+			      struct errbuf *e)
+{
+	return writer_open(wp, ch, -1, kind, e);
 }
 
 void state_writer_free(struct state_writer *w)

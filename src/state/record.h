@@ -14,6 +14,7 @@
 #define GODWIT_STATE_RECORD_H
 
 #include "base/buf.h"
+#include "base/channel.h"
 #include "base/util.h"
 
 #include <stdbool.h>
@@ -256,6 +257,9 @@ struct state_reader;
  */
 int __must_check state_reader_open_fd(struct state_reader **rp, int fd,
 				      const struct state_reader_opts *opts, struct errbuf *e);
+/* The same over a channel (base/channel.h), which must outlive the reader. */
+int __must_check state_reader_open_channel(struct state_reader **rp, struct channel *ch,
+					   const struct state_reader_opts *opts, struct errbuf *e);
 /* Payloads point straight into p, which must outlive the reader. */
 int __must_check state_reader_open_mem(struct state_reader **rp, const void *p, size_t len,
 				       const struct state_reader_opts *opts, struct errbuf *e);
@@ -311,6 +315,9 @@ struct state_writer;
  */
 int __must_check state_writer_open(struct state_writer **wp, int fd, uint32_t kind,
 				   struct errbuf *e);
+/* The same over a channel (base/channel.h), which must outlive the writer. */
+int __must_check state_writer_open_channel(struct state_writer **wp, struct channel *ch,
+					   uint32_t kind, struct errbuf *e);
 int __must_check state_writer_record(struct state_writer *w, uint32_t type, const void *payload,
 				     size_t len, struct errbuf *e);
 int __must_check state_writer_config(struct state_writer *w, const struct state_config *cfg,
