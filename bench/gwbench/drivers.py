@@ -177,6 +177,8 @@ class Godwit(Driver):
                                 "--name", f"bench-{role}"]
         if incoming:
             argv += ["--incoming", incoming]
+            if incoming.startswith("tcp:"):
+                argv.append("--insecure")  # plaintext scenarios, between test namespaces
         elif restore:
             argv += ["--restore", restore]
             if restore_mode:

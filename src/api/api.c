@@ -323,6 +323,12 @@ static json_t *api_mig_status_json(void)
 	if (j && pc)
 		json_object_update(j, pc);
 	json_decref(pc);
+	if (j && st->tls.offload[0])
+		json_object_set_new(j, "tls", json_pack("{s:s, s:s, s:s, s:s}",
+							"offload", st->tls.offload,
+							"version", st->tls.version,
+							"cipher", st->tls.cipher,
+							"peer", st->tls.peer));
 	if (j && st->digest_memory[0])
 		json_object_set_new(j, "digest", json_pack("{s:s, s:s}", "memory", st->digest_memory,
 							   "state", st->digest_state));
@@ -371,7 +377,7 @@ static void api_mig_done(void *opaque)
 static int api_cmd_migrate(struct api_ctx *ctx, struct errbuf *e)
 {
 	static const char *const choices[] = { "uri", "mode", "dirty_tracking", "on_stall",
-					       "compress" };
+					       "compress", "tls_dir", "tls_psk", "tls_hostname" };
 	json_t *req = ctx->req;
 	struct mig_params p;
 	const struct {
@@ -429,6 +435,9 @@ static const struct api_arg api_migrate_args[] = {
 	{ "resume", API_ARG_BOOL, false },
 	{ "compress", API_ARG_STRING, false },
 	{ "digest", API_ARG_BOOL, false },
+	{ "tls_dir", API_ARG_STRING, false },
+	{ "tls_psk", API_ARG_STRING, false },
+	{ "tls_hostname", API_ARG_STRING, false },
 	{ NULL, API_ARG_BOOL, false },
 };
 

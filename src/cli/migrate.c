@@ -24,7 +24,8 @@
 
 enum {
 	OPT_API = 256, OPT_MODE, OPT_DOWNTIME, OPT_BANDWIDTH, OPT_ROUNDS, OPT_TIMEOUT, OPT_DIRTY,
-	OPT_STALL, OPT_DIGEST, OPT_JSON, OPT_POSTCOPY_AFTER, OPT_RESUME, OPT_COMPRESS,
+	OPT_STALL, OPT_DIGEST, OPT_JSON, OPT_POSTCOPY_AFTER, OPT_RESUME, OPT_COMPRESS, OPT_TLS_DIR,
+	OPT_TLS_PSK, OPT_TLS_HOSTNAME,
 };
 
 static void migrate_usage(FILE *out)
@@ -33,7 +34,8 @@ static void migrate_usage(FILE *out)
 	      "                      [--bandwidth RATE] [--max-rounds N] [--timeout S]\n"
 	      "                      [--dirty-tracking bitmap|ring] [--postcopy-after auto|N]\n"
 	      "                      [--on-stall throttle|pause|cancel|postcopy]\n"
-	      "                      [--compress none|zstd[:LEVEL]|auto[:LEVEL]] [--json] [--digest] URI\n"
+	      "                      [--compress none|zstd[:LEVEL]|auto[:LEVEL]] [--json] [--digest]\n"
+	      "                      [--tls-dir DIR [--tls-hostname NAME] | --tls-psk FILE] URI\n"
 	      "       godwit migrate --api-socket PATH --resume URI\n"
 	      "  move the running guest to a godwit started with `run --incoming URI`\n"
 	      "  URI: tcp:HOST:PORT or unix:PATH; RATE: bytes per second, e.g. 100M, 1G\n"
@@ -47,7 +49,10 @@ static void migrate_usage(FILE *out)
 	      "  --compress: zstd (LEVEL 1-19, default 1) each batch of pages that shrinks;\n"
 	      "  auto: only while the link, not the CPU, is the bound; none (default)\n"
 	      "  --json: print the final migration status as JSON; --digest: include a digest\n"
-	      "  of the paused guest taken just before the handover (adds to the downtime)\n", out);
+	      "  of the paused guest taken just before the handover (adds to the downtime)\n"
+	      "  --tls-dir DIR: TLS 1.3 with ca-cert.pem, client-cert.pem, client-key.pem; the\n"
+	      "  destination's certificate must name --tls-hostname (default: the URI's host)\n"
+	      "  --tls-psk FILE: TLS 1.3 with the first key of FILE (lines identity:hexkey)\n", out);
 }
 
 struct migrate_call {
@@ -153,6 +158,20 @@ static int migrate_opt_choice(struct mig_params *p, json_t *req, const char *key
 	return 0;
 }
 
+/* Sets key to the absolute path of s: the VMM that reads the file runs elsewhere. */
+static int migrate_opt_path(struct mig_params *p, json_t *req, const char *key, const char *s,
+			    struct errbuf *e)
+{
+	char *abs = realpath(s, NULL);
+	int ret;
+
+	if (!abs)
+		return err_set(e, -errno, "%s", strerror(errno));
+	ret = migrate_opt_choice(p, req, key, abs, e);
+	free(abs);
+	return ret;
+}
+
 int cli_migrate_main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -169,6 +188,9 @@ int cli_migrate_main(int argc, char **argv)
 		{ "digest", no_argument, NULL, OPT_DIGEST },
 		{ "compress", required_argument, NULL, OPT_COMPRESS },
 		{ "json", no_argument, NULL, OPT_JSON },
+		{ "tls-dir", required_argument, NULL, OPT_TLS_DIR },
+		{ "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+		{ "tls-hostname", required_argument, NULL, OPT_TLS_HOSTNAME },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -235,6 +257,14 @@ int cli_migrate_main(int argc, char **argv)
 			break;
 		case OPT_JSON:
 			json_out = true;
+			break;
+		case OPT_TLS_DIR:
+		case OPT_TLS_PSK:
+			ret = migrate_opt_path(&p, req, c == OPT_TLS_DIR ? "tls_dir" : "tls_psk", optarg,
+					       &e);
+			break;
+		case OPT_TLS_HOSTNAME:
+			ret = migrate_opt_choice(&p, req, "tls_hostname", optarg, &e);
 			break;
 		case 'h':
 			migrate_usage(stdout);

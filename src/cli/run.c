@@ -116,8 +116,11 @@ int cli_run_main(int argc, char **argv)
 			.dirty = cfg.dirty,
 			.overrides = o.overrides,
 			.noverrides = o.noverrides,
+			.insecure = o.insecure,
 		};
 
+		snprintf(io.tls.dir, sizeof(io.tls.dir), "%s", o.tls_dir ? o.tls_dir : "");
+		snprintf(io.tls.psk, sizeof(io.tls.psk), "%s", o.tls_psk ? o.tls_psk : "");
 		ret = migration_incoming_start(vm, loop, o.incoming, &io, &e);
 		if (ret < 0)
 			goto err;

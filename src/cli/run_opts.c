@@ -14,7 +14,8 @@
 enum {
 	OPT_MEMORY = 256, OPT_CPUS, OPT_KERNEL, OPT_CMDLINE, OPT_SERIAL, OPT_API, OPT_NAME,
 	OPT_RESTORE, OPT_PAUSED, OPT_RESTORE_MODE, OPT_INCOMING, OPT_DIRTY, OPT_INITRD,
-	OPT_DISK, OPT_DISK_OVERRIDE, OPT_NET, OPT_NET_OVERRIDE, OPT_ANNOUNCE,
+	OPT_DISK, OPT_DISK_OVERRIDE, OPT_NET, OPT_NET_OVERRIDE, OPT_ANNOUNCE, OPT_TLS_DIR,
+	OPT_TLS_PSK, OPT_INSECURE,
 };
 
 static const struct option run_longopts[] = {
@@ -36,6 +37,9 @@ static const struct option run_longopts[] = {
 	{ "net", required_argument, NULL, OPT_NET },
 	{ "net-override", required_argument, NULL, OPT_NET_OVERRIDE },
 	{ "announce", required_argument, NULL, OPT_ANNOUNCE },
+	{ "tls-dir", required_argument, NULL, OPT_TLS_DIR },
+	{ "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+	{ "insecure", no_argument, NULL, OPT_INSECURE },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -55,6 +59,11 @@ void run_opts_usage(FILE *out)
 	      "       godwit run --incoming URI [--paused] --api-socket PATH [--serial ...]\n"
 	      "                  [--name NAME] [--disk-override id=NAME,path=FILE]...\n"
 	      "                  [--net-override id=NAME,tap=NAME]... [--announce ...]\n"
+	      "                  [--tls-dir DIR | --tls-psk FILE | --insecure]\n"
+	      "  --tls-dir DIR: mutual TLS 1.3 (DIR holds ca-cert.pem, server-cert.pem,\n"
+	      "  server-key.pem; the source needs a client certificate from that CA);\n"
+	      "  --tls-psk FILE: TLS 1.3 with a pre-shared key (lines identity:hexkey);\n"
+	      "  tcp: on an address other than loopback needs one of them, or --insecure\n"
 	      "  every form also takes --dirty-tracking bitmap|ring (default bitmap): how a live\n"
 	      "  migration of this VM finds written pages; the ring must be chosen at start\n"
 	      "  SIZE: 64M, 1G, 8G ... (16M to 256G, a multiple of 2M); N: 1 to 64 vCPUs\n"
@@ -124,6 +133,14 @@ static int run_opts_check(struct run_opts *o, struct errbuf *e)
 		o->devices[o->ndevices++] = o->disks[i];
 	for (unsigned i = 0; i < o->nnets; i++)
 		o->devices[o->ndevices++] = o->nets[i];
+	if ((o->tls_dir || o->tls_psk || o->insecure) && !o->incoming)
+		return err_set(e, -EINVAL, "--%s needs --incoming", o->tls_dir ? "tls-dir" :
+			       o->tls_psk ? "tls-psk" : "insecure");
+	if (o->tls_dir && o->tls_psk)
+		return err_set(e, -EINVAL, "--tls-dir conflicts with --tls-psk");
+	if (o->insecure && (o->tls_dir || o->tls_psk))
+		return err_set(e, -EINVAL, "--insecure conflicts with --%s",
+			       o->tls_dir ? "tls-dir" : "tls-psk");
 	if (o->incoming && strncmp(o->incoming, "tcp:", 4) && strncmp(o->incoming, "unix:", 5))
 		return err_set(e, -EINVAL, "--incoming %s: URI must be tcp:HOST:PORT or unix:PATH",
 			       o->incoming);
@@ -419,6 +436,16 @@ int run_opts_parse(int argc, char **argv, struct run_opts *o, struct errbuf *e)
 			if (ret < 0)
 				return ret;
 			o->announce_set = true;
+			break;
+		case OPT_TLS_DIR:
+		case OPT_TLS_PSK:
+			if (!*optarg || strlen(optarg) >= 4096)
+				return err_set(e, -EINVAL, "--%s: path empty or too long",
+					       c == OPT_TLS_DIR ? "tls-dir" : "tls-psk");
+			*(c == OPT_TLS_DIR ? &o->tls_dir : &o->tls_psk) = optarg;
+			break;
+		case OPT_INSECURE:
+			o->insecure = true;
 			break;
 		case 'h':
 			o->help = true;

@@ -30,6 +30,9 @@ struct run_opts {
 	bool restore_eager;
 	bool restore_mode_set;
 	const char *incoming;
+	const char *tls_dir;  /* --tls-dir: x509 credentials in QEMU's layout */
+	const char *tls_psk;  /* --tls-psk: identity:hexkey lines */
+	bool insecure;        /* --insecure: plaintext tcp on a non-loopback address */
 	bool dirty_ring;
 	bool help;
 	/* --disk path=FILE[,readonly=on][,id=NAME]: type virtio-blk, ids default to diskN */

@@ -335,7 +335,16 @@ static int inc_receive(struct errbuf *e)
 	ret = mig_socket_timeouts(mig.fd, MIG_IO_TIMEOUT_MS, e);
 	if (ret < 0)
 		return ret;
-	ret = state_reader_open_fd(&mig.r, mig.fd, &ro, e);
+	if (!mig.tls) {
+		uint8_t b;
+
+		/* a TLS ClientHello starts with 0x16: say so rather than "bad magic" */
+		if (recv(mig.fd, &b, 1, MSG_PEEK) == 1 && b == 0x16)
+			return err_set(e, -EPROTO, "the source started a TLS handshake; this "
+						   "destination listens without TLS (start it with "
+						   "--tls-dir or --tls-psk)");
+	}
+	ret = state_reader_open_channel(&mig.r, mig.ch, &ro, e);
 	if (ret < 0)
 		return err_prefix(e, ret, "from the source");
 	ret = inc_next(&rec, e);
@@ -345,7 +354,7 @@ static int inc_receive(struct errbuf *e)
 	if (ret < 0 || m.type != MIG_MSG_HELLO)
 		return ret < 0 ? ret : err_set(e, -EPROTO, "expected HELLO, got %s",
 					       mig_msg_name(m.type));
-	ret = state_writer_open(&mig.w, mig.fd, STATE_KIND_MIGRATION, e);
+	ret = state_writer_open_channel(&mig.w, mig.ch, STATE_KIND_MIGRATION, e);
 	if (ret < 0)
 		return ret;
 	if (m.u32a != MIG_PROTOCOL_VERSION) {
@@ -493,38 +502,96 @@ static void inc_fail_cb(void *opaque)
 	vm_stop_request(mig.vm);
 }
 
+/*
+ * A plaintext source on a TLS listener is told why in its own language: a plaintext
+ * REFUSE, so its operator reads the reason rather than a dropped connection.
+ */
+static void inc_refuse_plaintext(int fd, const char *why)
+{
+	struct state_writer *w;
+	struct mig_ctrl m = { .type = MIG_MSG_REFUSE };
+	struct errbuf e;
+
+	snprintf(m.reason, sizeof(m.reason), "%s", why);
+	if (state_writer_open(&w, fd, STATE_KIND_MIGRATION, &e) < 0)
+		return;
+	if (mig_ctrl_send(w, &m, &e) == 0)
+		(void)state_writer_flush(w, &e);
+	state_writer_free(w);
+}
+
+/*
+ * Accepts connections until one is authenticated (with TLS) or the first one (without):
+ * a peer that fails the TLS handshake was given nothing but OpenSSL's buffers, so it is
+ * refused and the listener waits on for the real source.
+ */
+static int inc_accept(struct errbuf *e)
+{
+	for (;;) {
+		char peer[80];
+		uint64_t t0;
+		int fd, ret;
+
+		fd = accept4(inc.listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd < 0 && errno == EINTR)
+			continue;
+		if (fd < 0)
+			return err_set(e, -errno, "accept: %s", strerror(errno));
+		t0 = time_mono_ns();
+		mig_peer_name(fd, peer, sizeof(peer));
+		pthread_mutex_lock(&mig.lock);
+		mig.fd = fd;
+		mig.t_start = t0;
+		mig.st.state = MIG_STATE_SETUP;
+		pthread_mutex_unlock(&mig.lock);
+		ret = mig_socket_timeouts(fd, MIG_IO_TIMEOUT_MS, e);
+		if (ret < 0)
+			return ret;
+		/* one deadline for the whole setup, from here (the TLS handshake included) to ACCEPT */
+		ret = mig_deadline_start(&inc.dl, fd, e);
+		if (ret < 0)
+			return ret;
+		mig_deadline_set(&inc.dl, MIG_SETUP_DEADLINE_MS, "the migration setup (TLS handshake, "
+				 "stream header, HELLO, CONFIG, ACCEPT)");
+		ret = mig_deadline_check(&inc.dl, mig_channel_open(NULL, 0, e), e);
+		if (ret == 0 || !mig.tls)
+			return ret; /* inc_receive goes on under the same deadline */
+		mig_deadline_stop(&inc.dl);
+		log_warn("incoming migration: refused a connection from %s: %s; still waiting for "
+			 "an authenticated source", peer, e->msg);
+		if (ret == -EPROTONOSUPPORT)
+			inc_refuse_plaintext(fd, e->msg);
+		pthread_mutex_lock(&mig.lock);
+		snprintf(mig.st.error, sizeof(mig.st.error), "refused %s: %s", peer, e->msg);
+		mig.st.state = MIG_STATE_NONE;
+		close(mig.fd);
+		mig.fd = -1;
+		pthread_mutex_unlock(&mig.lock);
+	}
+}
+
 static void *inc_thread(void *arg)
 {
 	struct errbuf e = { { 0 } };
 	bool committed = false;
-	int ret, fd;
+	int ret;
 
 	(void)arg;
-	do {
-		fd = accept4(inc.listen_fd, NULL, NULL, SOCK_CLOEXEC);
-	} while (fd < 0 && errno == EINTR);
+	ret = inc_accept(&e);
 	close(inc.listen_fd);
 	inc.listen_fd = -1;
-	if (fd < 0) {
-		ret = err_set(&e, -errno, "accept: %s", strerror(errno));
-	} else {
+	if (ret == 0) {
 		pthread_mutex_lock(&mig.lock);
-		mig.fd = fd;
-		mig.t_start = time_mono_ns();
-		mig.st.state = MIG_STATE_SETUP;
+		mig.st.error[0] = '\0';
 		pthread_mutex_unlock(&mig.lock);
-		/* one deadline for the whole setup, from here (any handshake included) to ACCEPT */
-		ret = mig_deadline_start(&inc.dl, fd, &e);
-		if (ret == 0) {
-			mig_deadline_set(&inc.dl, MIG_SETUP_DEADLINE_MS,
-					 "the migration setup (stream header, HELLO, CONFIG, ACCEPT)");
-			ret = mig_deadline_check(&inc.dl, inc_receive(&e), &e);
-			mig_deadline_stop(&inc.dl);
-		}
+		ret = mig_deadline_check(&inc.dl, inc_receive(&e), &e);
+		if (ret < 0)
+			mig_channel_error(&e, ret);
 		inc_populate_stop();
 		committed = inc.t_commit != 0 && inc_postcopy_active();
 		inc_postcopy_cleanup();
 	}
+	mig_deadline_stop(&inc.dl); /* started for the connection inc_accept returned, if any */
 	for (size_t i = 0; i < inc.nsecs; i++)
 		free(inc.sec_data[i]);
 	inc.nsecs = 0;
@@ -537,6 +604,8 @@ static void *inc_thread(void *arg)
 	mig.st.elapsed_ns = time_mono_ns() - mig.t_start;
 	pthread_mutex_unlock(&mig.lock);
 	mig_stream_close();
+	mig_tls_free(mig.tls);
+	mig.tls = NULL;
 	if (ret < 0 && committed) {
 		/* post-copy: this side holds the only current vCPU state; keep it for the operator */
 		log_err("incoming migration failed after the switch: %s", e.msg);
@@ -567,9 +636,22 @@ int migration_incoming_start(struct vm *vm, struct evloop *loop, const char *uri
 	ret = mig_uri_parse(uri, &u, e);
 	if (ret < 0)
 		return ret;
+	if (mig_tls_wanted(&o->tls)) {
+		ret = mig_tls_create(&mig.tls, &o->tls, true, e);
+		if (ret < 0)
+			return ret;
+	} else if (u.kind == MIG_URI_TCP && !o->insecure && !mig_uri_is_loopback(&u)) {
+		return err_set(e, -EPERM, "--incoming %s: a migration listener on an address other "
+					  "than loopback hands the VM to whoever connects first: give "
+					  "--tls-dir or --tls-psk (or --insecure to accept plaintext)",
+			       uri);
+	}
 	ret = mig_listen(&u, &inc.listen_fd, e);
-	if (ret < 0)
+	if (ret < 0) {
+		mig_tls_free(mig.tls);
+		mig.tls = NULL;
 		return ret;
+	}
 	inc.o = *o;
 	pthread_mutex_lock(&mig.lock);
 	memset(&mig.st, 0, sizeof(mig.st));
@@ -588,6 +670,8 @@ int migration_incoming_start(struct vm *vm, struct evloop *loop, const char *uri
 	if (ret) {
 		close(inc.listen_fd);
 		inc.listen_fd = -1;
+		mig_tls_free(mig.tls);
+		mig.tls = NULL;
 		return err_set(e, -ret, "start the incoming migration thread: %s", strerror(ret));
 	}
 	return 0;

@@ -5,6 +5,7 @@
 
 #include "migration/migrate.h"
 #include "migration/proto.h"
+#include "migration/tls.h"
 #include "state/record.h"
 
 #include <pthread.h>
@@ -50,6 +51,9 @@ struct migration {
 	_Atomic bool cancel;
 	_Atomic bool committed;
 	int fd;                   /* the connection, for cancel to cut */
+	struct channel *ch;       /* the stream's channel over fd: plain_ch or a TLS one */
+	struct channel plain_ch;
+	struct mig_tls *tls;      /* credentials, when the migration uses TLS */
 
 	struct vm *vm;
 	struct evloop *loop;
@@ -86,6 +90,13 @@ int __must_check inc_pages_decode(const struct state_record *rec, struct state_p
 				  struct errbuf *e);
 void mig_state_set_incoming(enum mig_state s);
 void mig_incoming_unblock(void);
+/*
+ * Puts the stream's channel over the connected socket mig.fd: TLS when mig.tls is set
+ * (the handshake must complete by deadline_ns), else plain. host: see mig_tls_handshake.
+ */
+int __must_check mig_channel_open(const char *host, uint64_t deadline_ns, struct errbuf *e);
+/* Adds the TLS layer's reason for a failed read or write on the stream, if it has one. */
+int mig_channel_error(struct errbuf *e, int ret);
 /* Frees the stream reader and writer and closes the connection. */
 void mig_stream_close(void);
 /* Runs the done callback on the main loop thread. */

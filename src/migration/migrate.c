@@ -469,6 +469,21 @@ static int mig_config_send(struct errbuf *e)
 	return ret;
 }
 
+/*
+ * In TLS 1.3 the client's handshake ends before the server has checked the client's
+ * certificate: a destination that refuses it closes the connection during HELLO/ACCEPT.
+ */
+static int mig_setup_error(struct errbuf *e, int ret)
+{
+	char msg[ERRBUF_LEN];
+
+	if (ret >= 0 || !mig.tls || mig_tls_channel_error(mig.ch) || ret == -EPROTO)
+		return ret;
+	snprintf(msg, sizeof(msg), "%s", e->msg);
+	return err_set(e, ret, "%s (the destination closed the TLS connection before ACCEPT: it "
+			       "may have refused this source's credentials; its log says why)", msg);
+}
+
 /* Connects, sends HELLO (with mode: a migration mode, or MIG_HELLO_RESUME) and CONFIG. */
 static int mig_handshake(uint32_t mode, struct errbuf *e)
 {
@@ -486,7 +501,12 @@ static int mig_handshake(uint32_t mode, struct errbuf *e)
 	ret = mig_socket_timeouts(fd, MIG_IO_TIMEOUT_MS, e);
 	if (ret < 0)
 		return ret;
-	ret = state_writer_open(&mig.w, fd, STATE_KIND_MIGRATION, e);
+	/* nothing of the guest, not even HELLO, goes to a destination TLS did not authenticate */
+	ret = mig_channel_open(mig.p.tls.hostname[0] ? mig.p.tls.hostname : mig.uri.host,
+			       time_mono_ns() + (uint64_t)MIG_IO_TIMEOUT_MS * 1000000ull, e);
+	if (ret < 0)
+		return ret;
+	ret = state_writer_open_channel(&mig.w, mig.ch, STATE_KIND_MIGRATION, e);
 	if (ret < 0)
 		return ret;
 	if (mig.p.compress != MIG_COMPRESS_NONE) {
@@ -497,17 +517,17 @@ static int mig_handshake(uint32_t mode, struct errbuf *e)
 	}
 	ret = mig_ctrl_send(mig.w, &m, e);
 	if (ret < 0)
-		return ret;
+		return mig_setup_error(e, ret);
 	ret = mig_config_send(e);
 	if (ret < 0)
 		return ret;
 	ret = state_writer_flush(mig.w, e);
 	if (ret < 0)
-		return ret;
-	ret = state_reader_open_fd(&mig.r, fd, &ro, e);
+		return mig_setup_error(e, ret);
+	ret = state_reader_open_channel(&mig.r, mig.ch, &ro, e);
 	if (ret < 0)
-		return err_prefix(e, ret, "reading from the destination");
-	return mig_expect(MIG_MSG_ACCEPT, &m, e);
+		return mig_setup_error(e, err_prefix(e, ret, "reading from the destination"));
+	return mig_setup_error(e, mig_expect(MIG_MSG_ACCEPT, &m, e));
 }
 
 static int mig_pause_guest(struct errbuf *e)
@@ -1172,6 +1192,40 @@ out:
 	return ret;
 }
 
+int mig_channel_open(const char *host, uint64_t deadline_ns, struct errbuf *e)
+{
+	struct mig_tls_info info;
+	struct channel *ch;
+	int ret;
+
+	if (!mig.tls) {
+		channel_fd_init(&mig.plain_ch, mig.fd);
+		mig.ch = &mig.plain_ch;
+		return 0;
+	}
+	ret = mig_tls_handshake(mig.tls, mig.fd, host, deadline_ns, &ch, &info, e);
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&mig.lock);
+	mig.ch = ch;
+	mig.st.tls = info;
+	pthread_mutex_unlock(&mig.lock);
+	log_info("migration: TLS with %s (%s, %s, %s)", info.peer, info.version, info.cipher,
+		 info.offload);
+	return 0;
+}
+
+int mig_channel_error(struct errbuf *e, int ret)
+{
+	const char *why = mig_tls_channel_error(mig.ch);
+	char msg[ERRBUF_LEN];
+
+	if (!why)
+		return ret;
+	snprintf(msg, sizeof(msg), "%s", e->msg);
+	return err_set(e, ret, "%s (TLS: %s)", msg, why);
+}
+
 void mig_stream_close(void)
 {
 	if (mig.w)
@@ -1180,6 +1234,8 @@ void mig_stream_close(void)
 		state_reader_free(mig.r);
 	mig.w = NULL;
 	mig.r = NULL;
+	channel_free(mig.ch);
+	mig.ch = NULL;
 	pthread_mutex_lock(&mig.lock);
 	if (mig.fd >= 0)
 		close(mig.fd);
@@ -1204,6 +1260,8 @@ static void *mig_send_thread(void *arg)
 
 	(void)arg;
 	ret = mig_send_run(&e);
+	if (ret < 0)
+		mig_channel_error(&e, ret);
 	mig_throttle_stop();
 	if (mig.tracking) {
 		vm_dirty_stop(mig.vm);
@@ -1254,6 +1312,8 @@ static void mig_send_finish(int ret, struct errbuf *ep)
 	mig.st.elapsed_ns = time_mono_ns() - mig.t_start;
 	pthread_mutex_unlock(&mig.lock);
 	mig_stream_close();
+	mig_tls_free(mig.tls);
+	mig.tls = NULL;
 	if (!paused) { /* a paused post-copy keeps its list of pages still to send */
 		free(mig.dirty);
 		mig.dirty = NULL;
@@ -1365,6 +1425,7 @@ static int mig_resume_start(const struct mig_params *p, const struct mig_uri *ur
 int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params *p,
 		    void (*done)(void *opaque), void *opaque, struct errbuf *e)
 {
+	struct mig_tls *tls = NULL;
 	struct mig_uri uri;
 	bool was_paused = false;
 	int ret;
@@ -1408,9 +1469,23 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 			       vm_dirty_mode_name(p->dirty_tracking),
 			       vm_dirty_mode_name(vm_dirty_mode_get(vm)),
 			       vm_dirty_mode_name(p->dirty_tracking));
+	if (p->tls.hostname[0] && !mig_tls_wanted(&p->tls))
+		return err_set(e, -EINVAL, "--tls-hostname needs --tls-dir");
+	if (uri.kind == MIG_URI_UNIX && p->tls.dir[0] && !p->tls.hostname[0])
+		return err_set(e, -EINVAL, "%s: a unix socket has no host name to check the "
+					   "destination's certificate against: give --tls-hostname",
+			       p->uri);
+	/* credentials are loaded and checked now, so mistakes are refused synchronously */
+	if (mig_tls_wanted(&p->tls)) {
+		ret = mig_tls_create(&tls, &p->tls, false, e);
+		if (ret < 0)
+			return ret;
+	}
 	ret = vm_busy_set(vm, "a migration", &was_paused, e);
-	if (ret < 0)
+	if (ret < 0) {
+		mig_tls_free(tls);
 		return ret;
+	}
 
 	pthread_mutex_lock(&mig.lock);
 	memset(&mig.st, 0, sizeof(mig.st));
@@ -1431,6 +1506,7 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 	mig.loop = loop;
 	mig.p = *p;
 	mig.uri = uri;
+	mig.tls = tls;
 	mig.done = done;
 	mig.done_opaque = opaque;
 	atomic_store(&mig.cancel, false);
@@ -1447,7 +1523,9 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 	if (ret) {
 		mig.running = false;
 		mig.st.state = MIG_STATE_FAILED;
+		mig.tls = NULL;
 		pthread_mutex_unlock(&mig.lock);
+		mig_tls_free(tls);
 		vm_busy_clear(vm);
 		return err_set(e, -ret, "start the migration thread: %s", strerror(ret));
 	}

@@ -32,6 +32,23 @@ enum mig_stall { MIG_STALL_THROTTLE, MIG_STALL_PAUSE, MIG_STALL_CANCEL, MIG_STAL
 /* PAGES compression: never, always (batches that shrink), or while the link is the bound */
 enum mig_compress { MIG_COMPRESS_NONE, MIG_COMPRESS_ZSTD, MIG_COMPRESS_AUTO };
 
+#define MIG_TLS_PATH_MAX 4096
+
+/* TLS for the migration channel; all empty: plaintext. dir and psk exclude each other. */
+struct mig_tls_opts {
+	char dir[MIG_TLS_PATH_MAX]; /* QEMU's layout: ca-cert.pem, server-*.pem, client-*.pem */
+	char psk[MIG_TLS_PATH_MAX]; /* a file of identity:hexkey lines (TLS 1.3 external PSK) */
+	char hostname[256];	    /* source: the name the server's certificate must carry */
+};
+
+/* What a TLS channel negotiated; offload empty: no TLS. */
+struct mig_tls_info {
+	char offload[16]; /* "kernel" (kTLS) or "userspace" (OpenSSL) */
+	char version[16];
+	char cipher[64];
+	char peer[256]; /* the peer certificate's subject, or psk:IDENTITY */
+};
+
 struct mig_params {
 	uint32_t mode;          /* MIG_MODE_WARM or MIG_MODE_LIVE */
 	uint64_t downtime_ms;   /* target pause (live) */
@@ -47,6 +64,7 @@ struct mig_params {
 	enum mig_compress compress;
 	int compress_level;     /* zstd level, STATE_ZSTD_LEVEL_MIN..MAX */
 	char uri[512];
+	struct mig_tls_opts tls;
 };
 
 #define MIG_ROUNDS_MAX 64
@@ -102,6 +120,7 @@ struct mig_status {
 	uint64_t state_bytes;    /* vCPU and device state sent (once completing) */
 	unsigned throttle_pct;
 	char digest_memory[17], digest_state[17]; /* with mig_params.digest */
+	struct mig_tls_info tls;
 	/* post-copy: the guest runs on the destination and its last pages follow */
 	bool postcopy;           /* phase: postcopy (else precopy) */
 	uint64_t pages_requested; /* faults the destination asked the source for */
@@ -134,6 +153,8 @@ struct mig_incoming_opts {
 	enum vm_dirty_mode dirty;
 	const struct device_override *overrides; /* --disk-override */
 	unsigned noverrides;
+	struct mig_tls_opts tls;
+	bool insecure; /* allow a plaintext listener on an address other than loopback */
 };
 
 /*

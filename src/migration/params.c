@@ -57,6 +57,8 @@ int mig_params_validate(const struct mig_params *p, struct errbuf *e)
 	    p->compress_level < STATE_ZSTD_LEVEL_MIN || p->compress_level > STATE_ZSTD_LEVEL_MAX)
 		return err_set(e, -EINVAL, "compress must be none, zstd[:LEVEL] or auto[:LEVEL] "
 			       "with LEVEL %d to %d", STATE_ZSTD_LEVEL_MIN, STATE_ZSTD_LEVEL_MAX);
+	if (p->tls.dir[0] && p->tls.psk[0])
+		return err_set(e, -EINVAL, "tls_dir and tls_psk exclude each other");
 	return 0;
 }
 
@@ -69,6 +71,16 @@ static int mig_params_name_find(const char *value, const char *const *names)
 	return -1;
 }
 
+/* A string parameter: 1 byte up to what its field holds. */
+static int mig_params_string_set(char *field, size_t size, const char *key, const char *value,
+				 struct errbuf *e)
+{
+	if (!value[0] || strlen(value) >= size)
+		return err_set(e, -EINVAL, "%s must be 1 to %zu bytes", key, size - 1);
+	memcpy(field, value, strlen(value) + 1);
+	return 0;
+}
+
 /*
  * An unknown name leaves the field out of bounds, so the error is the validation's own
  * (one message per parameter, whichever way the value came in).
@@ -79,14 +91,18 @@ int mig_params_choice_set(struct mig_params *p, const char *key, const char *val
 	static const char *const modes[] = { "warm", "live", "postcopy", NULL };
 	static const char *const dirty[] = { "bitmap", "ring", NULL };
 	static const char *const stall[] = { "throttle", "pause", "cancel", "postcopy", NULL };
-	int i;
+	int i, ret;
 
 	if (!strcmp(key, "uri")) {
-		if (!value[0] || strlen(value) >= sizeof(p->uri))
-			return err_set(e, -EINVAL, "uri must be 1 to %zu bytes",
-				       sizeof(p->uri) - 1);
-		memcpy(p->uri, value, strlen(value) + 1);
-		return 0;
+		return mig_params_string_set(p->uri, sizeof(p->uri), key, value, e);
+	} else if (!strcmp(key, "tls_dir")) {
+		ret = mig_params_string_set(p->tls.dir, sizeof(p->tls.dir), key, value, e);
+		return ret < 0 ? ret : mig_params_validate(p, e);
+	} else if (!strcmp(key, "tls_psk")) {
+		ret = mig_params_string_set(p->tls.psk, sizeof(p->tls.psk), key, value, e);
+		return ret < 0 ? ret : mig_params_validate(p, e);
+	} else if (!strcmp(key, "tls_hostname")) {
+		return mig_params_string_set(p->tls.hostname, sizeof(p->tls.hostname), key, value, e);
 	} else if (!strcmp(key, "mode")) {
 		i = mig_params_name_find(value, modes);
 		p->mode = i < 0 ? 0 : (uint32_t[]){ MIG_MODE_WARM, MIG_MODE_LIVE, MIG_MODE_POSTCOPY }[i];

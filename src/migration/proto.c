@@ -3,6 +3,7 @@
 #include "migration/proto.h"
 #include "base/buf.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -228,6 +229,56 @@ int mig_uri_parse(const char *s, struct mig_uri *u, struct errbuf *e)
 		return 0;
 	}
 	return err_set(e, -EINVAL, "%s: URI must be tcp:HOST:PORT or unix:PATH", s);
+}
+
+bool mig_uri_is_loopback(const struct mig_uri *u)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
+	struct addrinfo *res, *ai;
+	bool loop = true;
+
+	if (u->kind != MIG_URI_TCP)
+		return false;
+	if (getaddrinfo(u->host, u->port, &hints, &res))
+		return false;
+	for (ai = res; ai; ai = ai->ai_next) {
+		if (ai->ai_family == AF_INET) {
+			const struct sockaddr_in *s = (const struct sockaddr_in *)ai->ai_addr;
+
+			loop &= (ntohl(s->sin_addr.s_addr) >> 24) == 127;
+		} else if (ai->ai_family == AF_INET6) {
+			const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)ai->ai_addr;
+
+			loop &= IN6_IS_ADDR_LOOPBACK(&s->sin6_addr);
+		} else {
+			loop = false;
+		}
+	}
+	freeaddrinfo(res);
+	return loop;
+}
+
+void mig_peer_name(int fd, char *out, size_t n)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char host[INET6_ADDRSTRLEN] = "?";
+
+	if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0 || ss.ss_family == AF_UNIX) {
+		snprintf(out, n, "the unix socket");
+		return;
+	}
+	if (ss.ss_family == AF_INET) {
+		struct sockaddr_in *s = (struct sockaddr_in *)&ss;
+
+		inet_ntop(AF_INET, &s->sin_addr, host, sizeof(host));
+		snprintf(out, n, "%s:%u", host, ntohs(s->sin_port));
+	} else {
+		struct sockaddr_in6 *s = (struct sockaddr_in6 *)&ss;
+
+		inet_ntop(AF_INET6, &s->sin6_addr, host, sizeof(host));
+		snprintf(out, n, "[%s]:%u", host, ntohs(s->sin6_port));
+	}
 }
 
 int mig_socket_timeouts(int fd, int timeout_ms, struct errbuf *e)

@@ -17,6 +17,8 @@
 #include "base/util.h"
 #include "state/record.h"
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define MIG_PROTOCOL_VERSION 2u /* 2: PING/PONG */
@@ -90,6 +92,10 @@ int __must_check mig_uri_parse(const char *s, struct mig_uri *u, struct errbuf *
 int __must_check mig_connect(const struct mig_uri *u, int timeout_ms, int *fd, struct errbuf *e);
 /* Binds and listens (backlog 1). Listens only where told: no wildcard unless given one. */
 int __must_check mig_listen(const struct mig_uri *u, int *fd, struct errbuf *e);
+/* True if every address a tcp: URI's host resolves to is a loopback address. */
+bool mig_uri_is_loopback(const struct mig_uri *u);
+/* "ADDR:PORT" (or "the unix socket") of a connected socket's peer, for logs. */
+void mig_peer_name(int fd, char *out, size_t n);
 /* Sets SO_RCVTIMEO/SO_SNDTIMEO (0 = none); a failure is an error, never ignored. */
 int __must_check mig_socket_timeouts(int fd, int timeout_ms, struct errbuf *e);
 

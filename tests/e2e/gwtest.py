@@ -261,10 +261,16 @@ def start_source(env, name, memory="128M", cpus=1, cmdline="workload=idle", netn
     return vm
 
 
-def start_dest(env, name, uri, netns=None, paused=False, extra=None):
+def start_dest(env, name, uri, netns=None, paused=False, extra=None, tls=None):
+    """tls: the destination's TLS options (--tls-dir DIR ...); without them a tcp: listener
+    is started --insecure (plaintext, between the test's own namespaces)."""
     args = ["run", "--incoming", uri, "--api-socket", env.path(f"{name}.sock"), "--name", name]
     if paused:
         args.append("--paused")
+    if tls is not None:
+        args += tls
+    elif uri.startswith("tcp:"):
+        args.append("--insecure")
     vm = env.vm(name, args=args + (extra or []), netns=netns)
     vm.wait_socket()
     return vm

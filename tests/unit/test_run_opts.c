@@ -279,6 +279,51 @@ static void test_uri(void **state)
 	assert_non_null(strstr(e.msg, "tcp:HOST:PORT or unix:PATH"));
 }
 
+/* TLS options belong to --incoming, exclude each other, and --insecure excludes both. */
+static void test_tls_opts(void **state)
+{
+	struct run_opts o;
+	struct errbuf e;
+
+	assert_int_equal(PARSE(&o, &e, "--incoming", "tcp:10.0.0.1:1", "--api-socket", "s",
+			       "--tls-dir", "/etc/pki/godwit"), 0);
+	assert_string_equal(o.tls_dir, "/etc/pki/godwit");
+	assert_int_equal(PARSE(&o, &e, "--incoming", "tcp:10.0.0.1:1", "--api-socket", "s",
+			       "--tls-psk", "keys.psk"), 0);
+	assert_string_equal(o.tls_psk, "keys.psk");
+	assert_int_equal(PARSE(&o, &e, "--incoming", "tcp:10.0.0.1:1", "--api-socket", "s",
+			       "--insecure"), 0);
+	assert_true(o.insecure);
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--tls-dir", "d"), &e, "--tls-dir needs --incoming");
+	expect_error(PARSE(&o, &e, "--incoming", "tcp:h:1", "--api-socket", "s", "--tls-dir", "d",
+			   "--tls-psk", "p"), &e, "--tls-dir conflicts with --tls-psk");
+	expect_error(PARSE(&o, &e, "--incoming", "tcp:h:1", "--api-socket", "s", "--tls-psk", "p",
+			   "--insecure"), &e, "--insecure conflicts with --tls-psk");
+	expect_error(PARSE(&o, &e, "--incoming", "tcp:h:1", "--api-socket", "s", "--tls-dir", ""),
+		     &e, "--tls-dir");
+}
+
+/* Only addresses that are all loopback count as loopback. */
+static void test_uri_loopback(void **state)
+{
+	struct mig_uri u;
+	struct errbuf e;
+
+	assert_int_equal(mig_uri_parse("tcp:127.0.0.1:4444", &u, &e), 0);
+	assert_true(mig_uri_is_loopback(&u));
+	assert_int_equal(mig_uri_parse("tcp:127.9.9.9:4444", &u, &e), 0);
+	assert_true(mig_uri_is_loopback(&u));
+	assert_int_equal(mig_uri_parse("tcp:[::1]:4444", &u, &e), 0);
+	assert_true(mig_uri_is_loopback(&u));
+	assert_int_equal(mig_uri_parse("tcp:0.0.0.0:4444", &u, &e), 0);
+	assert_false(mig_uri_is_loopback(&u));
+	assert_int_equal(mig_uri_parse("tcp:10.1.2.3:4444", &u, &e), 0);
+	assert_false(mig_uri_is_loopback(&u));
+	assert_int_equal(mig_uri_parse("unix:/x", &u, &e), 0);
+	assert_false(mig_uri_is_loopback(&u));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -288,6 +333,8 @@ int main(void)
 		cmocka_unit_test(test_disks),
 		cmocka_unit_test(test_nets),
 		cmocka_unit_test(test_uri),
+		cmocka_unit_test(test_tls_opts),
+		cmocka_unit_test(test_uri_loopback),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
