@@ -4,7 +4,8 @@ record by record (docs/state-format.md framing) and can corrupt or cut the strea
 chosen point; destination -> source is forwarded untouched.
 
 usage: gwproxy.py LISTEN_HOST:PORT CONNECT_HOST:PORT MODE
-MODE: pass | flip:WHERE | cut:WHERE | trickle:WHERE | cpuid | tsc | cutafter:commit
+MODE: pass | flip:WHERE | cut:WHERE | trickle:WHERE | cpuid | tsc | cutafter:commit |
+      rawflip:N | rawcut:N
 WHERE: round0 (the first PAGES record), round2 (the first PAGES record after ROUND 2),
        sections (the first SECTION record)
 flip changes one payload byte (the record CRC no longer matches); cut closes both
@@ -13,6 +14,7 @@ connections at that point; trickle forwards from that record on one byte every 0
 bits in CONFIG, tsc a TSC rate of 1 kHz (no KVM gives it), CRCs fixed; cutafter:commit
 forwards COMMIT, then closes both connections without letting the destination's answer
 (STARTED) through: a failure after the point of no return.
+rawflip/rawcut act on byte N of the source's bytes without parsing them (a TLS stream).
 Prints "listening" once ready and "injected" when it acted."""
 import socket
 import struct
@@ -54,6 +56,34 @@ def pump_back(dst, src):
             pass
 
 
+def raw(src, dst, action, at):
+    """Forwards bytes; at offset `at` flips one bit (rawflip) or closes both sides (rawcut)."""
+    pos = 0
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            if pos <= at < pos + len(data):
+                if action == "rawcut":
+                    dst.sendall(data[:at - pos])
+                    print("injected", flush=True)
+                    break
+                data = bytearray(data)
+                data[at - pos] ^= 0x20
+                data = bytes(data)
+                print("injected", flush=True)
+            pos += len(data)
+            dst.sendall(data)
+    except OSError:
+        pass
+    for s in (src, dst):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 def main():
     lhost, lport = sys.argv[1].rsplit(":", 1)
     chost, cport = sys.argv[2].rsplit(":", 1)
@@ -67,6 +97,9 @@ def main():
     src, _ = ls.accept()
     dst = socket.create_connection((chost, int(cport)))
     threading.Thread(target=pump_back, args=(dst, src), daemon=True).start()
+    if action.startswith("raw"):
+        raw(src, dst, action, int(where))
+        return
     dst.sendall(recv_exact(src, 32))
     rounds_seen = -1
     armed = True
