@@ -1,0 +1,275 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The migration's TLS layer on its own: PSK files (format, key length, file mode), missing
+ * X.509 files, and a PSK handshake over a socketpair whose channel carries a record stream
+ * both ways (large pieces and gathered small ones), plus a wrong key refused on both sides.
+ */
+#include "migration/tls.h"
+#include "state/record.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#define KEY_A "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+#define KEY_B "ff112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+static char tmpdir[] = "/tmp/gw-test-tls.XXXXXX";
+
+static const char *psk_write(const char *name, const char *text, mode_t mode)
+{
+	static char path[4][256];
+	static unsigned n;
+	char *p = path[n++ % 4];
+	FILE *f;
+
+	snprintf(p, 256, "%s/%s", tmpdir, name);
+	f = fopen(p, "w");
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+	assert_int_equal(chmod(p, mode), 0);
+	return p;
+}
+
+static int psk_create(const char *text, mode_t mode, bool server, struct mig_tls **t,
+		      struct errbuf *e)
+{
+	struct mig_tls_opts o = { 0 };
+
+	snprintf(o.psk, sizeof(o.psk), "%s", psk_write("k.psk", text, mode));
+	return mig_tls_create(t, &o, server, e);
+}
+
+static void expect_psk_error(const char *text, mode_t mode, int want, const char *msg)
+{
+	struct mig_tls *t = NULL;
+	struct errbuf e;
+	int ret = psk_create(text, mode, true, &t, &e);
+
+	if (ret != want || !strstr(e.msg, msg))
+		fail_msg("PSK file \"%s\" (mode %o): %d \"%s\"; want %d and \"%s\"", text, mode, ret,
+			 ret ? e.msg : "", want, msg);
+	assert_null(t);
+}
+
+static void test_psk_file(void **state)
+{
+	struct mig_tls *t = NULL;
+	struct errbuf e;
+
+	assert_int_equal(psk_create("# comment\n\nid:" KEY_A "\r\nother:" KEY_B "\n", 0600, true,
+				    &t, &e), 0);
+	mig_tls_free(t);
+	expect_psk_error("id:" KEY_A "\n", 0640, -EPERM, "accessible by group or others");
+	expect_psk_error("id:" KEY_A "\n", 0604, -EPERM, "accessible by group or others");
+	expect_psk_error("# nothing\n", 0600, -EINVAL, "holds no key");
+	expect_psk_error(KEY_A "\n", 0600, -EINVAL, "line 1: expected identity:hexkey");
+	expect_psk_error("id:abc\n", 0600, -EINVAL, "line 1: the key must be 16 to 64 bytes");
+	expect_psk_error("id:00112233445566778899aabbccddee\n", 0600, -EINVAL, "16 to 64 bytes");
+	expect_psk_error("ok:" KEY_A "\nid:" KEY_A "zz\n", 0600, -EINVAL, "line 2");
+	expect_psk_error("id:0011223344556677889gaabbccddeeff\n", 0600, -EINVAL, "not hex");
+	expect_psk_error("i d:" KEY_A "\n", 0600, -EINVAL, "not printable");
+}
+
+static void test_x509_missing(void **state)
+{
+	struct mig_tls_opts o = { 0 };
+	struct mig_tls *t = NULL;
+	struct errbuf e;
+
+	snprintf(o.dir, sizeof(o.dir), "%s/nowhere", tmpdir);
+	assert_int_equal(mig_tls_create(&t, &o, true, &e), -ENOENT);
+	assert_non_null(strstr(e.msg, "ca-cert.pem"));
+	assert_null(t);
+	snprintf(o.psk, sizeof(o.psk), "x");
+	assert_int_equal(mig_tls_create(&t, &o, true, &e), -EINVAL);
+	assert_non_null(strstr(e.msg, "exclude each other"));
+}
+
+struct side {
+	struct mig_tls *t;
+	int fd;
+	struct channel *ch;
+	struct mig_tls_info info;
+	struct errbuf e;
+	int ret;
+};
+
+static void *side_handshake(void *arg)
+{
+	struct side *s = arg;
+
+	s->ret = mig_tls_handshake(s->t, s->fd, "unused", time_mono_ns() + 10000000000ull, &s->ch,
+				   &s->info, &s->e);
+	return NULL;
+}
+
+/* Handshakes a server with key server_key and a client with client_key on a socketpair. */
+static void pair(const char *server_key, const char *client_key, struct side *srv,
+		 struct side *cli)
+{
+	char text[256];
+	int sv[2];
+	pthread_t th;
+	struct errbuf e;
+
+	memset(srv, 0, sizeof(*srv));
+	memset(cli, 0, sizeof(*cli));
+	snprintf(text, sizeof(text), "godwit:%s\n", server_key);
+	assert_int_equal(psk_create(text, 0600, true, &srv->t, &e), 0);
+	snprintf(text, sizeof(text), "godwit:%s\n", client_key);
+	assert_int_equal(psk_create(text, 0600, false, &cli->t, &e), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	srv->fd = sv[0];
+	cli->fd = sv[1];
+	assert_int_equal(pthread_create(&th, NULL, side_handshake, srv), 0);
+	side_handshake(cli);
+	pthread_join(th, NULL);
+}
+
+static void unpair(struct side *srv, struct side *cli)
+{
+	channel_free(srv->ch);
+	channel_free(cli->ch);
+	close(srv->fd);
+	close(cli->fd);
+	mig_tls_free(srv->t);
+	mig_tls_free(cli->t);
+}
+
+#define NPAGES 64
+
+static uint8_t pages[NPAGES][STATE_PAGE_SIZE];
+
+/* The client's stream: small records gathered, one large record, a stable PAGES batch. */
+static void *side_write(void *arg)
+{
+	static uint8_t big[100000];
+	struct state_config cfg = { .nr_vcpus = 1, .nr_regions = 1,
+				    .regions = { { 0, NPAGES * STATE_PAGE_SIZE } },
+				    .machine = "test" };
+	struct state_page pg[NPAGES];
+	struct side *s = arg;
+	struct state_writer *w;
+
+	for (int i = 0; i < NPAGES; i++) {
+		memset(pages[i], i + 1, sizeof(pages[i]));
+		pg[i] = (struct state_page){ (uint64_t)i * STATE_PAGE_SIZE, i % 7 ? pages[i] : NULL };
+	}
+	memset(big, 0x5a, sizeof(big));
+	s->ret = state_writer_open_channel(&w, s->ch, STATE_KIND_MIGRATION, &s->e);
+	if (s->ret)
+		return NULL;
+	s->ret = state_writer_record(w, 0x100, "hello", 5, &s->e);
+	if (!s->ret)
+		s->ret = state_writer_record(w, 0x101, big, sizeof(big), &s->e);
+	if (!s->ret)
+		s->ret = state_writer_config(w, &cfg, &s->e);
+	if (!s->ret)
+		s->ret = state_writer_pages(w, pg, NPAGES, STATE_PAGES_STABLE, &s->e);
+	if (!s->ret)
+		s->ret = state_writer_flush(w, &s->e);
+	state_writer_free(w);
+	return NULL;
+}
+
+static void test_psk_stream(void **state)
+{
+	struct state_reader_opts ro = { .kind = STATE_KIND_MIGRATION, .allow_control = true };
+	struct state_pages_iter it;
+	struct state_page got;
+	struct side srv, cli;
+	struct state_reader *r;
+	struct state_record rec;
+	struct errbuf e;
+	pthread_t th;
+	int n = 0;
+
+	pair(KEY_A, KEY_A, &srv, &cli);
+	assert_int_equal(srv.ret, 0);
+	assert_int_equal(cli.ret, 0);
+	assert_string_equal(srv.info.peer, "psk:godwit");
+	assert_string_equal(cli.info.peer, "psk:godwit");
+	assert_string_equal(srv.info.version, "TLSv1.3");
+	assert_true(!strcmp(cli.info.offload, "userspace") || !strcmp(cli.info.offload, "kernel"));
+	assert_int_equal(pthread_create(&th, NULL, side_write, &cli), 0);
+	assert_int_equal(state_reader_open_channel(&r, srv.ch, &ro, &e), 0);
+	assert_int_equal(state_reader_next(r, &rec, &e), 0);
+	assert_int_equal(rec.type, 0x100);
+	assert_int_equal(rec.len, 5);
+	assert_memory_equal(rec.payload, "hello", 5);
+	assert_int_equal(state_reader_next(r, &rec, &e), 0);
+	assert_int_equal(rec.type, 0x101);
+	assert_int_equal(rec.len, 100000);
+	for (uint64_t i = 0; i < rec.len; i++)
+		if (rec.payload[i] != 0x5a)
+			fail_msg("byte %llu of the large record differs", (unsigned long long)i);
+	assert_int_equal(state_reader_next(r, &rec, &e), 0);
+	assert_int_equal(rec.type, STATE_REC_CONFIG);
+	assert_int_equal(state_reader_next(r, &rec, &e), 0);
+	assert_int_equal(rec.type, STATE_REC_PAGES);
+	assert_int_equal(state_pages_decode(rec.payload, rec.len, &it, &e), 0);
+	while (state_pages_next(&it, &got)) {
+		assert_int_equal(got.gpa, (uint64_t)n * STATE_PAGE_SIZE);
+		if (n % 7)
+			assert_memory_equal(got.data, pages[n], STATE_PAGE_SIZE);
+		else
+			assert_null(got.data);
+		n++;
+	}
+	assert_int_equal(n, NPAGES);
+	pthread_join(th, NULL);
+	assert_int_equal(cli.ret, 0);
+	state_reader_free(r);
+	unpair(&srv, &cli);
+}
+
+static void test_psk_wrong_key(void **state)
+{
+	struct side srv, cli;
+
+	pair(KEY_A, KEY_B, &srv, &cli);
+	assert_int_equal(srv.ret, -EACCES);
+	assert_non_null(strstr(srv.e.msg, "PSK identity or key does not match"));
+	assert_true(cli.ret < 0);
+	assert_null(srv.ch);
+	assert_null(cli.ch);
+	unpair(&srv, &cli);
+}
+
+static int setup(void **state)
+{
+	return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+	char cmd[128];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_psk_file),
+		cmocka_unit_test(test_x509_missing),
+		cmocka_unit_test(test_psk_stream),
+		cmocka_unit_test(test_psk_wrong_key),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
