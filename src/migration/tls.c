@@ -330,6 +330,8 @@ int mig_tls_create(struct mig_tls **tp, const struct mig_tls_opts *o, bool serve
 	/* one connection per migration: no session tickets, no resumption */
 	SSL_CTX_set_num_tickets(t->ctx, 0);
 	SSL_CTX_set_session_cache_mode(t->ctx, SSL_SESS_CACHE_OFF);
+	/* read what the socket has, not a 5-byte record header and then its body */
+	SSL_CTX_set_read_ahead(t->ctx, 1);
 	/* a cut link is the record stream's to report (it has its own END and framing) */
 	SSL_CTX_set_options(t->ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_TICKET);
 #ifdef SSL_OP_ENABLE_KTLS
