@@ -83,6 +83,7 @@ class Driver:
         self.tmpdir = tmpdir
         self.sampler = sampler
         self.params = {}     # what the driver set, recorded with the results
+        self.tls_dir = None  # x509 credentials (QEMU's layout) for a TLS migration
 
     DISK_BYTES = 64 << 20
 
@@ -177,7 +178,9 @@ class Godwit(Driver):
                                 "--name", f"bench-{role}"]
         if incoming:
             argv += ["--incoming", incoming]
-            if incoming.startswith("tcp:"):
+            if self.tls_dir:
+                argv += ["--tls-dir", self.tls_dir]
+            elif incoming.startswith("tcp:"):
                 argv.append("--insecure")  # plaintext scenarios, between test namespaces
         elif restore:
             argv += ["--restore", restore]
@@ -240,6 +243,8 @@ class Godwit(Driver):
             args += ["--bandwidth", sc["bandwidth"]]
         if mode == "live" and sc["on_stall"] != "-":
             args += ["--on-stall", sc["on_stall"]]
+        if self.tls_dir:
+            args += ["--tls-dir", self.tls_dir]
         self.params = {"godwit migrate": " ".join(args + [uri])}
         argv = [self.binary, "migrate", "--api-socket", src.sock, "--json", *args, uri]
         t0 = time.monotonic()
@@ -355,6 +360,10 @@ class Qemu(Driver):
             m = argv.index("-M") + 1
             if "acpi=" not in argv[m]:
                 argv[m] += ",acpi=off"
+        if self.tls_dir and (incoming or role == "src"):
+            # the same files as godwit's: QEMU's x509 layout, mutual on the destination
+            end = "server,verify-peer=on" if incoming else "client"
+            argv += ["-object", f"tls-creds-x509,id=tls0,dir={self.tls_dir},endpoint={end}"]
         if incoming:
             argv += ["-incoming", "defer"]
         elif restore:
@@ -364,6 +373,8 @@ class Qemu(Driver):
         try:
             inst.qmp = QMP(sock).connect(wait=30)
             if incoming:
+                if self.tls_dir:
+                    inst.qmp.cmd("migrate-set-parameters", **{"tls-creds": "tls0"})
                 inst.qmp.cmd("migrate-incoming", uri=incoming)
         except (QMPError, OSError) as e:
             if not inst.alive():
@@ -458,6 +469,8 @@ class Qemu(Driver):
     def migrate(self, src, dst, uri, sc, mode, samples):
         bw = sc.bandwidth_bytes or ((sc.link_bits // 8) if sc.link_bits else QEMU_UNLIMITED)
         params = {"max-bandwidth": bw}
+        if self.tls_dir:
+            params["tls-creds"] = "tls0"  # tls-hostname defaults to the URI's host
         caps = {}
         if mode == "live":
             params["downtime-limit"] = sc.downtime

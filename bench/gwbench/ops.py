@@ -5,6 +5,7 @@ Unavailable or RunFailed (drivers.py) when the operation cannot be measured,
 and the caller turns that into a failed/unavailable row."""
 import os
 import shutil
+import subprocess
 import time
 
 from .drivers import RunFailed
@@ -187,6 +188,16 @@ def snapshot_restore(drv, sc, ctx):
     return row
 
 
+def _certs(ctx, addr):
+    """Throwaway certificates (scripts/make-certs) naming addr, made once per address."""
+    d = os.path.join(ctx.workdir, f"pki-{addr}")
+    if not os.path.exists(os.path.join(d, "client-cert.pem")):
+        tool = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))), "scripts", "make-certs")
+        subprocess.run([tool, "--san", f"IP:{addr}", d], check=True, capture_output=True)
+    return d
+
+
 def migrate(drv, sc, ctx, mode):
     row = {}
     net = ctx.net
@@ -195,6 +206,7 @@ def migrate(drv, sc, ctx, mode):
     uri = f"tcp:{addr}:{ctx.port}"
     src = dst = None
     drv.disk_reset(sc)
+    drv.tls_dir = _certs(ctx, addr) if sc["tls"] == "x509" else None
     try:
         # the destination first: it waits, and a godwit without --incoming says so at once
         dst = drv.launch(sc, "dst", dst_ns, ctx.logprefix, incoming=uri)
@@ -229,6 +241,7 @@ def migrate(drv, sc, ctx, mode):
         if dst is not None:
             drv.stop(dst)
             _mem_fields(row, "dst", dst.mem)
+        drv.tls_dir = None
     return row
 
 

@@ -6,7 +6,7 @@ import re
 from .util import parse_link_rate, parse_size
 
 COLUMNS = ["name", "set", "op", "memory", "cpus", "workload", "link", "downtime_ms",
-           "bandwidth", "restore", "on_stall", "warmup_s"]
+           "bandwidth", "restore", "on_stall", "warmup_s", "tls"]
 OPS = ("boot", "snapshot-restore", "warm-migrate", "live-migrate")
 DEFAULT_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "scenarios.tsv")
@@ -111,6 +111,10 @@ def validate(sc, where):
     sc.bandwidth_bytes  # noqa: B018
     if sc["on_stall"] not in ("-", "throttle", "pause", "cancel"):
         raise ValueError(f"{where}: on_stall must be -, throttle, pause or cancel")
+    if sc["tls"] not in ("-", "x509"):
+        raise ValueError(f"{where}: tls must be - or x509")
+    if sc["tls"] != "-" and sc["op"] not in ("warm-migrate", "live-migrate"):
+        raise ValueError(f"{where}: tls applies to migrations only")
 
 
 def select(rows, names, quick):
