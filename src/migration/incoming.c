@@ -515,8 +515,8 @@ static void inc_refuse_plaintext(int fd, const char *why)
 	snprintf(m.reason, sizeof(m.reason), "%s", why);
 	if (state_writer_open(&w, fd, STATE_KIND_MIGRATION, &e) < 0)
 		return;
-	if (mig_ctrl_send(w, &m, &e) == 0)
-		(void)state_writer_flush(w, &e);
+	if (mig_ctrl_send(w, &m, &e) < 0 || state_writer_flush(w, &e) < 0)
+		log_debug("incoming migration: the plaintext REFUSE was not delivered: %s", e.msg);
 	state_writer_free(w);
 }
 
@@ -562,7 +562,8 @@ static int inc_accept(struct errbuf *e)
 		if (ret == -EPROTONOSUPPORT)
 			inc_refuse_plaintext(fd, e->msg);
 		pthread_mutex_lock(&mig.lock);
-		snprintf(mig.st.error, sizeof(mig.st.error), "refused %s: %s", peer, e->msg);
+		snprintf(mig.st.error, sizeof(mig.st.error), "refused %.80s: %.400s", peer,
+			 e->msg);
 		mig.st.state = MIG_STATE_NONE;
 		close(mig.fd);
 		mig.fd = -1;
