@@ -29,6 +29,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,6 +100,20 @@ static void mig_bytes_update(void)
 	if (mig.st.bytes_total < b)
 		mig.st.bytes_total = b;
 	pthread_mutex_unlock(&mig.lock);
+}
+
+/* Adds " (why)" to the message in e. */
+static int __attribute__((format(printf, 3, 4))) mig_err_append(struct errbuf *e, int ret,
+								  const char *fmt, ...)
+{
+	char msg[ERRBUF_LEN], why[ERRBUF_LEN];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	snprintf(msg, sizeof(msg), "%s", e->msg);
+	return err_set(e, ret, "%s (%s)", msg, why);
 }
 
 /* ---- bandwidth cap and cancellation ---- */
@@ -475,13 +490,10 @@ static int mig_config_send(struct errbuf *e)
  */
 static int mig_setup_error(struct errbuf *e, int ret)
 {
-	char msg[ERRBUF_LEN];
-
-	if (ret >= 0 || !mig.tls || mig_tls_channel_error(mig.ch) || ret == -EPROTO)
+	if ((ret != -EPIPE && ret != -ECONNRESET) || !mig.tls || mig_tls_channel_error(mig.ch))
 		return ret;
-	snprintf(msg, sizeof(msg), "%s", e->msg);
-	return err_set(e, ret, "%s (the destination closed the TLS connection before ACCEPT: it "
-			       "may have refused this source's credentials; its log says why)", msg);
+	return mig_err_append(e, ret, "the destination closed the TLS connection before ACCEPT: "
+				      "it may have refused this source's credentials; its log says why");
 }
 
 /* Connects, sends HELLO (with mode: a migration mode, or MIG_HELLO_RESUME) and CONFIG. */
@@ -1218,12 +1230,8 @@ int mig_channel_open(const char *host, uint64_t deadline_ns, struct errbuf *e)
 int mig_channel_error(struct errbuf *e, int ret)
 {
 	const char *why = mig_tls_channel_error(mig.ch);
-	char msg[ERRBUF_LEN];
 
-	if (!why)
-		return ret;
-	snprintf(msg, sizeof(msg), "%s", e->msg);
-	return err_set(e, ret, "%s (TLS: %s)", msg, why);
+	return why ? mig_err_append(e, ret, "TLS: %s", why) : ret;
 }
 
 void mig_stream_close(void)
