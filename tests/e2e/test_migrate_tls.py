@@ -262,7 +262,10 @@ def test(env):
             (4451, "dst-expired", expired, "certificate has expired"),
             (4452, "dst-future", future, "certificate is not yet valid"),
             (4453, "dst-other", other, "self-signed certificate in certificate chain|"
-                                       "unable to get local issuer")):
+                                       "unable to get local issuer"),
+            # the address the source dialled must be one of the certificate's IP SANs
+            (4454, "dst-noip", certs(env, "noip", "--ca", good, "--san", "DNS:localhost"),
+             "IP address mismatch")):
         bad = gwtest.start_dest(env, name, f"tcp:{hosts.dst_ip}:{port}", netns=hosts.dst,
                                 tls=["--tls-dir", d])
         refused(src, f"tcp:{hosts.dst_ip}:{port}", ["--tls-dir", good],
