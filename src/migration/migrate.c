@@ -1478,10 +1478,11 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 			       vm_dirty_mode_name(vm_dirty_mode_get(vm)),
 			       vm_dirty_mode_name(p->dirty_tracking));
 	if (p->tls.hostname[0] && !mig_tls_wanted(&p->tls))
-		return err_set(e, -EINVAL, "--tls-hostname needs --tls-dir");
+		return err_set(e, -EINVAL, "tls_hostname (--tls-hostname) needs tls_dir (--tls-dir)");
 	if (uri.kind == MIG_URI_UNIX && p->tls.dir[0] && !p->tls.hostname[0])
 		return err_set(e, -EINVAL, "%s: a unix socket has no host name to check the "
-					   "destination's certificate against: give --tls-hostname",
+					   "destination's certificate against: give tls_hostname "
+					   "(--tls-hostname)",
 			       p->uri);
 	/* credentials are loaded and checked now, so mistakes are refused synchronously */
 	if (mig_tls_wanted(&p->tls)) {

@@ -303,6 +303,8 @@ def test(env):
     # X.509 over loopback, warm
     src = gwtest.start_source(env, "lo-src", cpus=1, cmdline=AB)
     src.wait_line(r"^check ok 1$", timeout=120)
+    refused(src, f"unix:{env.path('none.mig')}", ["--tls-dir", good], "give tls_hostname",
+            "unix socket without a name to check", started=False)
     dst = gwtest.start_dest(env, "lo-dst", "tcp:127.0.0.1:47462", tls=["--tls-dir", good])
     moved(src, dst, "tcp:127.0.0.1:47462", ["--tls-dir", good], "warm", "tls-warm-loopback",
           "CN=godwit-client", "CN=godwit-server")
