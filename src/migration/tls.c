@@ -518,8 +518,9 @@ static int tls_handshake_fail(struct tls_channel *tc, int r, struct errbuf *e)
 	if (v != X509_V_OK && tc->t->x509)
 		return err_set(e, -EACCES, "TLS handshake: %s's certificate was refused: %s", peer,
 			       X509_verify_cert_error_string(v));
-	if (sslerr == SSL_ERROR_SYSCALL || (sslerr == SSL_ERROR_SSL && err &&
-					    ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING))
+	if (sslerr == SSL_ERROR_SYSCALL || sslerr == SSL_ERROR_ZERO_RETURN ||
+	    (sslerr == SSL_ERROR_SSL && err &&
+	     ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING))
 		return err_set(e, saved ? -saved : -ECONNRESET,
 			       "TLS handshake: %s closed the connection (%s)%s", peer,
 			       saved ? strerror(saved) : "end of stream",
