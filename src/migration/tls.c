@@ -498,6 +498,18 @@ static bool tls_is_ip(const char *host)
 	return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
 }
 
+/* How long poll may wait for deadline_ns: -1 for ever (0: no deadline), 0 if it passed. */
+static int tls_poll_ms(uint64_t deadline_ns)
+{
+	uint64_t now = time_mono_ns();
+
+	if (!deadline_ns)
+		return -1;
+	if (now >= deadline_ns)
+		return 0;
+	return (int)MIN((deadline_ns - now) / 1000000 + 1, 3600000ull);
+}
+
 /* A plaintext godwit stream on a TLS listener starts with the stream magic. */
 static bool tls_peer_is_plaintext(int fd)
 {
@@ -608,9 +620,12 @@ int mig_tls_handshake(struct mig_tls *t, int fd, const char *host, uint64_t dead
 	if (t->server) {
 		/* look at the first bytes before OpenSSL consumes them */
 		struct pollfd p = { .fd = fd, .events = POLLIN };
-		int64_t left = (int64_t)(deadline_ns - time_mono_ns());
+		int ms = tls_poll_ms(deadline_ns), r;
 
-		if (left <= 0 || poll(&p, 1, (int)MIN(left / 1000000 + 1, 3600000)) == 0) {
+		do
+			r = ms ? poll(&p, 1, ms) : 0;
+		while (r < 0 && errno == EINTR && (ms = tls_poll_ms(deadline_ns)) != 0);
+		if (r == 0) {
 			ret = err_set(e, -ETIMEDOUT, "TLS handshake with the source: nothing received "
 						     "within the deadline (the peer stalled)");
 			goto fail_fl;
@@ -623,9 +638,8 @@ int mig_tls_handshake(struct mig_tls *t, int fd, const char *host, uint64_t dead
 		}
 	}
 	for (;;) {
-		int64_t left = (int64_t)(deadline_ns - time_mono_ns());
 		struct pollfd p = { .fd = fd };
-		int r, sslerr;
+		int r, sslerr, ms;
 
 		ERR_clear_error();
 		errno = 0;
@@ -640,14 +654,12 @@ int mig_tls_handshake(struct mig_tls *t, int fd, const char *host, uint64_t dead
 			break;
 		}
 		p.events = sslerr == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
-		if (left <= 0 || (r = poll(&p, 1, (int)MIN(left / 1000000 + 1, 60000))) == 0) {
-			if (left <= 0) {
-				ret = err_set(e, -ETIMEDOUT, "TLS handshake with the %s: no progress "
-							     "within the deadline (the peer stalled)",
-					      t->server ? "source" : "destination");
-				break;
-			}
-			continue;
+		ms = tls_poll_ms(deadline_ns);
+		if (ms == 0 || (r = poll(&p, 1, ms)) == 0) {
+			ret = err_set(e, -ETIMEDOUT, "TLS handshake with the %s: no progress within "
+						     "the deadline (the peer stalled)",
+				      t->server ? "source" : "destination");
+			break;
 		}
 		if (r < 0 && errno != EINTR) {
 			ret = err_set(e, -errno, "TLS handshake: poll: %s", strerror(errno));

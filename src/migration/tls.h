@@ -30,7 +30,8 @@ int __must_check mig_tls_create(struct mig_tls **tp, const struct mig_tls_opts *
 void mig_tls_free(struct mig_tls *t);
 
 /*
- * Runs the TLS handshake on connected socket fd, giving up at deadline_ns (monotonic).
+ * Runs the TLS handshake on connected socket fd, giving up at deadline_ns (monotonic; 0:
+ * none here, the caller's watchdog cuts the connection instead).
  * host: the name or IP address the server's certificate must carry (client, X.509 only).
  * On success *ch is a channel over fd (the fd stays the caller's) and info says what was
  * negotiated and who the peer is.

@@ -250,6 +250,30 @@ static void test_psk_wrong_key(void **state)
 	unpair(&srv, &cli);
 }
 
+/* A peer that sends nothing, or half a ClientHello, is given up at the deadline. */
+static void test_stalled_peer(void **state)
+{
+	struct mig_tls *t = NULL;
+	struct mig_tls_info info;
+	struct channel *ch = NULL;
+	struct errbuf e;
+	int sv[2];
+
+	assert_int_equal(psk_create("godwit:" KEY_A "\n", 0600, true, &t, &e), 0);
+	for (int half = 0; half < 2; half++) {
+		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+		if (half)
+			assert_int_equal(write(sv[1], "\x16\x03\x01\x02\x00\x01", 6), 6);
+		assert_int_equal(mig_tls_handshake(t, sv[0], "x", time_mono_ns() + 200000000ull,
+						   &ch, &info, &e), -ETIMEDOUT);
+		assert_non_null(strstr(e.msg, "stalled"));
+		assert_null(ch);
+		close(sv[0]);
+		close(sv[1]);
+	}
+	mig_tls_free(t);
+}
+
 static int setup(void **state)
 {
 	return mkdtemp(tmpdir) ? 0 : -1;
@@ -270,6 +294,7 @@ int main(void)
 		cmocka_unit_test(test_x509_missing),
 		cmocka_unit_test(test_psk_stream),
 		cmocka_unit_test(test_psk_wrong_key),
+		cmocka_unit_test(test_stalled_peer),
 	};
 
 	signal(SIGPIPE, SIG_IGN); /* a refused peer's socket closes under a write: an error */
