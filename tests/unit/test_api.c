@@ -1053,6 +1053,30 @@ static void test_migrate_params_reach_engine(void **state)
 	assert_int_equal(fake_mig_params.compress_level, 1);
 }
 
+/* The TLS options reach the engine as given; a directory and a PSK together never do. */
+static void test_migrate_tls_params(void **state)
+{
+	struct direct *d = *state;
+	unsigned starts = fake_mig_starts;
+
+	req_expect_error(d, "{\"cmd\": \"migrate\", \"uri\": \"tcp:10.0.0.2:4444\", "
+			    "\"tls_dir\": \"/etc/pki/godwit\", \"tls_hostname\": \"dst.example\"}",
+			 "fake VM: no migration");
+	assert_int_equal(fake_mig_starts, starts + 1);
+	assert_string_equal(fake_mig_params.tls.dir, "/etc/pki/godwit");
+	assert_string_equal(fake_mig_params.tls.hostname, "dst.example");
+	assert_string_equal(fake_mig_params.tls.psk, "");
+	req_expect_error(d, "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\", \"tls_psk\": \"/k.psk\"}",
+			 "fake VM: no migration");
+	assert_string_equal(fake_mig_params.tls.psk, "/k.psk");
+	assert_string_equal(fake_mig_params.tls.dir, "");
+	req_expect_error(d, "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\", \"tls_dir\": \"/d\", "
+			    "\"tls_psk\": \"/k.psk\"}", "migrate: tls_dir and tls_psk exclude each other");
+	req_expect_error(d, "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\", \"tls_dir\": \"\"}",
+			 "migrate: tls_dir must be 1 to 4095 bytes");
+	assert_int_equal(fake_mig_starts, starts + 2);
+}
+
 /*
  * Out-of-bounds values never reach the engine: a timeout_ms so large that the deadline
  * would wrap into the past, negative numbers, a max_rounds that a 32-bit field would
@@ -1214,6 +1238,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_ctl_vm_error, sock_setup, sock_teardown),
 		cmocka_unit_test_setup_teardown(test_ctl_usage, sock_setup, sock_teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_params_reach_engine, direct_setup,
+						direct_teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_tls_params, direct_setup,
 						direct_teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_params_bounds, direct_setup,
 						direct_teardown),
