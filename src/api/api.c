@@ -406,11 +406,11 @@ static int api_cmd_migrate(struct api_ctx *ctx, struct errbuf *e)
 		if (v)
 			*nums[i].v = (uint64_t)json_integer_value(v);
 	}
+	p.digest = json_is_true(json_object_get(req, "digest"));
+	p.resume = json_is_true(json_object_get(req, "resume"));
 	ret = mig_params_validate(&p, e);
 	if (ret < 0)
 		return err_prefix(e, ret, "migrate");
-	p.digest = json_is_true(json_object_get(req, "digest"));
-	p.resume = json_is_true(json_object_get(req, "resume"));
 	if (ctx->server->mig_client)
 		return err_set(e, -EBUSY, "a migration is already in progress");
 	ret = migration_start(ctx->server->vm, ctx->server->loop, &p, api_mig_done, ctx->server, e);

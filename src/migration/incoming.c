@@ -104,6 +104,11 @@ static int inc_config(const struct state_record *rec, struct errbuf *e)
 			      (unsigned long long)cfg->flags);
 		goto out;
 	}
+	if (cfg->flags == MIG_MODE_POSTCOPY && mig.tls) {
+		ret = err_set(e, -EPROTO, "the source asked for post-copy, which is not yet "
+					  "supported over TLS");
+		goto out;
+	}
 	cpuid = vm_state_config_cpuid(cfg);
 	specs = calloc(STATE_MAX_DEVICES, sizeof(*specs));
 	if (!cpuid || !specs) {
@@ -413,6 +418,13 @@ static int inc_receive(struct errbuf *e)
 				continue;
 			}
 			if (m.type == MIG_MSG_MISSING) {
+				/* post-copy's threads and reconnects bypass the TLS session */
+				if (mig.tls) {
+					ret = err_set(e, -EPROTO, "the source asked for post-copy, which "
+						      "is not yet supported over TLS");
+					inc_reply(MIG_MSG_ERROR, e->msg);
+					return ret;
+				}
 				ret = inc_postcopy_missing(vm_memory(mig.vm), &m, e);
 				if (ret < 0) {
 					inc_reply(MIG_MSG_ERROR, e->msg);

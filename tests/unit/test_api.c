@@ -1077,6 +1077,32 @@ static void test_migrate_tls_params(void **state)
 	assert_int_equal(fake_mig_starts, starts + 2);
 }
 
+/* Post-copy in any form with any TLS option is refused before the engine, never sent plain. */
+static void test_migrate_tls_postcopy_refused(void **state)
+{
+	static const char *const pc[] = { "\"mode\": \"postcopy\"", "\"postcopy_after\": 3",
+					  "\"on_stall\": \"postcopy\"", "\"resume\": true" };
+	static const char *const tls[] = { "\"tls_dir\": \"/d\"", "\"tls_psk\": \"/k.psk\"",
+					   "\"tls_hostname\": \"dst.example\"" };
+	struct direct *d = *state;
+	unsigned starts = fake_mig_starts;
+	char req[256];
+
+	for (size_t i = 0; i < sizeof(pc) / sizeof(pc[0]); i++) {
+		for (size_t j = 0; j < sizeof(tls) / sizeof(tls[0]); j++) {
+			snprintf(req, sizeof(req), "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\", "
+				 "%s, %s}", pc[i], tls[j]);
+			req_expect_error(d, req, "migrate: post-copy (mode postcopy, postcopy_after, "
+					 "on_stall postcopy, resume) over TLS is not yet supported");
+		}
+		/* the same post-copy request without TLS still reaches the engine */
+		snprintf(req, sizeof(req), "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\", %s}",
+			 pc[i]);
+		req_expect_error(d, req, "fake VM: no migration");
+	}
+	assert_int_equal(fake_mig_starts, starts + 4);
+}
+
 /*
  * Out-of-bounds values never reach the engine: a timeout_ms so large that the deadline
  * would wrap into the past, negative numbers, a max_rounds that a 32-bit field would
@@ -1240,6 +1266,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_migrate_params_reach_engine, direct_setup,
 						direct_teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_tls_params, direct_setup,
+						direct_teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_tls_postcopy_refused, direct_setup,
 						direct_teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_params_bounds, direct_setup,
 						direct_teardown),
