@@ -46,6 +46,8 @@ class Guest:
 
     def _read(self):
         for raw in self.proc.stdout:
+            if not raw.endswith("\n"):
+                break  # cut off mid-line when QEMU was killed: "hb 14" of "hb 1472"
             with self.cond:
                 self.lines.append((time.monotonic() - self.t0, raw.rstrip("\r\n")))
                 self.cond.notify_all()
