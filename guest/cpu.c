@@ -162,12 +162,12 @@ static void lapic_send_ipi(u32 icr)
 /*
  * Start every other vCPU with INIT, SIPI, SIPI (a second SIPI is ignored by an AP that
  * already left wait-for-SIPI). There is no table of CPUs to consult, so count arrivals
- * until the count has stood still for 20 ms, or 200 ms have passed. Needs the BSP timer
+ * until CPUID's count has arrived or the count has stood still (see below). Needs the BSP timer
  * running and interrupts on. Returns the number of vCPUs including the BSP.
  */
 u32 smp_start(void)
 {
-	u64 start, changed;
+	u64 start, changed, quiet, cap;
 	u32 seen, hint;
 
 	memcpy((void *)AP_TRAMPOLINE, ap_trampoline, (size_t)(ap_trampoline_end - ap_trampoline));
@@ -184,7 +184,14 @@ u32 smp_start(void)
 	delay_us(200);
 	lapic_send_ipi(ICR_SIPI_ALL_BUT_SELF | AP_TRAMPOLINE >> 12);
 
-	/* done when CPUID's count has arrived, or when arrivals stop for 10 ms (200 ms cap) */
+	/*
+	 * Done when CPUID's count has arrived. Without a count, when arrivals stop for 10 ms
+	 * (200 ms cap). With one, the quiet window is 100 ms and the cap 1 s: 16 AP threads on
+	 * a loaded 2-core host can all be descheduled for more than 10 ms, and stopping then
+	 * started the guest with fewer vCPUs than it was given.
+	 */
+	quiet = hint > 1 ? 100000000ull : 10000000ull;
+	cap = hint > 1 ? 1000000000ull : 200000000ull;
 	start = changed = time_ns();
 	seen = ap_arrivals;
 	for (;;) {
@@ -200,7 +207,7 @@ u32 smp_start(void)
 		}
 		if (hint > 1 && seen + 1 >= hint)
 			break;
-		if (now - changed >= 10000000ull || now - start >= 200000000ull)
+		if (now - changed >= quiet || now - start >= cap)
 			break;
 	}
 	if (seen + 1 > MAX_CPUS) {
