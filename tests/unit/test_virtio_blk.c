@@ -1,14 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * virtio-blk over virtio-mmio against a fake guest: RAM is a heap buffer handed to the
- * device through struct dev_mem (which records the pages the device marks dirty), the
- * interrupt line is a flag, the disk a temporary file. The driver side is written here
- * from the virtio spec, so the tests exercise the device's real I/O thread: requests,
- * dirty marking, every kind of bad input from the guest, quiesce, state round trips and
- * the disk lock.
+ * virtio-blk over virtio-mmio against the fake guest of fake_guest.h (RAM that records the
+ * pages the device marks dirty, an interrupt line that is a flag), the disk a temporary
+ * file. The driver side is written here from the virtio spec, so the tests exercise the
+ * device's real I/O thread: requests, dirty marking, every kind of bad input from the
+ * guest, quiesce, state round trips and the disk lock.
  */
 #include "devices/virtio_blk.h"
 #include "devices/virtio_mmio.h"
+#include "fake_guest.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -39,61 +39,20 @@
 #define DISK_SIZE (64u * 1024)
 
 struct tg {
-	uint8_t *ram;
-	_Atomic uint64_t dirty[RAM_SIZE / 4096 / 64];
-	atomic_bool irq;
+	struct fake_guest fg;
 	struct device_info d;
 	char path[64];
 	uint16_t avail_idx;
 };
 
-static void *tg_translate(void *opaque, uint64_t gpa, uint64_t len)
-{
-	struct tg *g = opaque;
-
-	if (gpa > RAM_SIZE || len > RAM_SIZE - gpa)
-		return NULL;
-	return g->ram + gpa;
-}
-
-static void tg_mark_dirty(void *opaque, uint64_t gpa, uint64_t len)
-{
-	struct tg *g = opaque;
-
-	assert_true(gpa <= RAM_SIZE && len <= RAM_SIZE - gpa);
-	for (uint64_t pg = gpa / 4096; len && pg <= (gpa + len - 1) / 4096; pg++)
-		atomic_fetch_or(&g->dirty[pg / 64], 1ull << (pg % 64));
-}
-
-static bool tg_dirty(struct tg *g, uint64_t gpa)
-{
-	uint64_t pg = gpa / 4096;
-
-	return atomic_load(&g->dirty[pg / 64]) & (1ull << (pg % 64));
-}
-
-static void tg_irq(void *opaque, unsigned gsi, bool level)
-{
-	struct tg *g = opaque;
-
-	assert_int_equal(gsi, 21);
-	atomic_store(&g->irq, level);
-}
-
 static void reg_write(struct tg *g, uint64_t off, uint32_t v)
 {
-	uint8_t b[4];
-
-	le_put32(b, v);
-	g->d.io_fn(g->d.dev, off, b, 4, true);
+	fake_guest_reg_write(&g->d, off, v);
 }
 
 static uint32_t reg_read(struct tg *g, uint64_t off)
 {
-	uint8_t b[4];
-
-	g->d.io_fn(g->d.dev, off, b, 4, false);
-	return le_get32(b);
+	return fake_guest_reg_read(&g->d, off);
 }
 
 static void tg_file(struct tg *g, uint32_t size)
@@ -110,18 +69,12 @@ static void tg_file(struct tg *g, uint32_t size)
 static int tg_create(struct tg *g, const char *path, bool readonly, struct errbuf *e)
 {
 	struct device_spec spec = { .type = VIRTIO_BLK_TYPE, .id = "vda", .readonly = readonly };
-	struct device_env env = {
-		.mem = { g, tg_translate, tg_mark_dirty },
-		.irq = { g, tg_irq, 21 },
-		.mmio_base = 0xd0000000,
-	};
+	struct device_env env;
 
 	snprintf(spec.path, sizeof(spec.path), "%s", path);
-	if (!g->ram) {
-		g->ram = aligned_alloc(4096, RAM_SIZE);
-		assert_non_null(g->ram);
-		memset(g->ram, 0, RAM_SIZE);
-	}
+	if (!g->fg.ram)
+		assert_int_equal(fake_guest_init(&g->fg, RAM_SIZE, 21), 0);
+	env = fake_guest_env(&g->fg, 0xd0000000);
 	return virtio_blk_type.create(&spec, &env, &g->d, e);
 }
 
@@ -166,36 +119,24 @@ static void tg_teardown(struct tg *g)
 {
 	g->d.ops->destroy(g->d.dev);
 	unlink(g->path);
-	free(g->ram);
+	fake_guest_free(&g->fg);
 }
 
 static void desc_set(struct tg *g, unsigned i, uint64_t addr, uint32_t len, uint16_t flags,
 		     uint16_t next)
 {
-	uint8_t *d = g->ram + DESC + 16 * i;
-
-	le_put64(d, addr);
-	le_put32(d + 8, len);
-	d[12] = (uint8_t)flags;
-	d[13] = (uint8_t)(flags >> 8);
-	d[14] = (uint8_t)next;
-	d[15] = (uint8_t)(next >> 8);
+	fake_guest_desc_set(&g->fg, DESC, i, addr, len, flags, next);
 }
 
 static void avail_push(struct tg *g, uint16_t head)
 {
-	uint8_t *ring = g->ram + AVAIL + 4 + 2 * (g->avail_idx % QNUM);
-
-	ring[0] = (uint8_t)head;
-	ring[1] = (uint8_t)(head >> 8);
-	g->avail_idx++;
-	__atomic_store_n((uint16_t *)(g->ram + AVAIL + 2), g->avail_idx, __ATOMIC_RELEASE);
+	fake_guest_avail_push(&g->fg, AVAIL, QNUM, &g->avail_idx, head);
 	reg_write(g, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 }
 
 static uint16_t used_idx(struct tg *g)
 {
-	return __atomic_load_n((uint16_t *)(g->ram + USED + 2), __ATOMIC_ACQUIRE);
+	return fake_guest_used_idx(&g->fg, USED);
 }
 
 /* Waits (bounded, not timed) until the device published n used entries. */
@@ -216,7 +157,7 @@ static void wait_needs_reset(struct tg *g)
 
 static uint32_t used_len(struct tg *g, uint16_t i)
 {
-	return le_get32(g->ram + USED + 4 + 8 * (i % QNUM) + 4);
+	return fake_guest_used_len(&g->fg, USED, QNUM, i);
 }
 
 /* A three-descriptor request in slot s (descriptors 3s..3s+2); returns the head. */
@@ -225,10 +166,10 @@ static uint16_t req_build(struct tg *g, unsigned s, uint32_t type, uint64_t sect
 {
 	uint16_t h = (uint16_t)(3 * s);
 
-	le_put32(g->ram + HDR + 16 * s, type);
-	le_put32(g->ram + HDR + 16 * s + 4, 0);
-	le_put64(g->ram + HDR + 16 * s + 8, sector);
-	g->ram[STATUS + s] = 0xee;
+	le_put32(g->fg.ram + HDR + 16 * s, type);
+	le_put32(g->fg.ram + HDR + 16 * s + 4, 0);
+	le_put64(g->fg.ram + HDR + 16 * s + 8, sector);
+	g->fg.ram[STATUS + s] = 0xee;
 	desc_set(g, h, HDR + 16 * s, 16, VRING_DESC_F_NEXT, h + 1);
 	desc_set(g, h + 1, data, len, VRING_DESC_F_NEXT | (device_writes ? VRING_DESC_F_WRITE : 0),
 		 h + 2);
@@ -243,7 +184,7 @@ static uint8_t req_run(struct tg *g, unsigned s, uint32_t type, uint64_t sector,
 
 	avail_push(g, req_build(g, s, type, sector, data, len, device_writes));
 	wait_used(g, (uint16_t)(n + 1));
-	return g->ram[STATUS + s];
+	return g->fg.ram[STATUS + s];
 }
 
 static void test_write_read_back(void **state)
@@ -259,40 +200,40 @@ static void test_write_read_back(void **state)
 	assert_int_equal(reg_read(&g, VIRTIO_MMIO_DEVICE_ID), 2);
 	assert_int_equal(reg_read(&g, VIRTIO_MMIO_CONFIG), DISK_SIZE / 512);
 	for (unsigned i = 0; i < 1024; i++)
-		g.ram[DATA + i] = (uint8_t)(i * 7 + 1);
+		g.fg.ram[DATA + i] = (uint8_t)(i * 7 + 1);
 	assert_int_equal(req_run(&g, 0, VIRTIO_BLK_T_OUT, 3, DATA, 1024, false), VIRTIO_BLK_S_OK);
 	assert_int_equal(used_len(&g, 0), 1);
-	assert_true(atomic_load(&g.irq));
+	assert_true(atomic_load(&g.fg.irq));
 	reg_write(&g, VIRTIO_MMIO_INTERRUPT_ACK, reg_read(&g, VIRTIO_MMIO_INTERRUPT_STATUS));
-	assert_false(atomic_load(&g.irq));
+	assert_false(atomic_load(&g.fg.irq));
 	/* it is in the file, at sector 3 */
 	fd = open(g.path, O_RDONLY);
 	assert_int_equal(pread(fd, file, sizeof(file), 3 * 512), sizeof(file));
 	close(fd);
-	assert_memory_equal(file, g.ram + DATA, sizeof(file));
+	assert_memory_equal(file, g.fg.ram + DATA, sizeof(file));
 	/* read back elsewhere: the data pages and the used ring are marked dirty */
-	memset(g.dirty, 0, sizeof(g.dirty));
-	assert_false(tg_dirty(&g, DATA + 0x8000));
+	memset(g.fg.dirty, 0, sizeof(g.fg.dirty));
+	assert_false(fake_guest_dirty(&g.fg, DATA + 0x8000));
 	assert_int_equal(req_run(&g, 1, VIRTIO_BLK_T_IN, 3, DATA + 0x8000, 1024, true),
 			 VIRTIO_BLK_S_OK);
 	assert_int_equal(used_len(&g, 1), 1025);
-	assert_memory_equal(g.ram + DATA + 0x8000, file, sizeof(file));
-	assert_true(tg_dirty(&g, DATA + 0x8000));
-	assert_true(tg_dirty(&g, USED));
-	assert_true(tg_dirty(&g, STATUS));
+	assert_memory_equal(g.fg.ram + DATA + 0x8000, file, sizeof(file));
+	assert_true(fake_guest_dirty(&g.fg, DATA + 0x8000));
+	assert_true(fake_guest_dirty(&g.fg, USED));
+	assert_true(fake_guest_dirty(&g.fg, STATUS));
 	/* FLUSH and GET_ID */
 	assert_int_equal(req_run(&g, 2, VIRTIO_BLK_T_FLUSH, 0, DATA, 0, false), VIRTIO_BLK_S_OK);
 	assert_int_equal(req_run(&g, 0, VIRTIO_BLK_T_GET_ID, 0, DATA + 0x9000, 20, true),
 			 VIRTIO_BLK_S_OK);
-	assert_string_equal((char *)g.ram + DATA + 0x9000, "vda");
+	assert_string_equal((char *)g.fg.ram + DATA + 0x9000, "vda");
 	tg_teardown(&g);
 }
 
 static void range_set(struct tg *g, uint64_t gpa, uint64_t sector, uint32_t n, uint32_t flags)
 {
-	le_put64(g->ram + gpa, sector);
-	le_put32(g->ram + gpa + 8, n);
-	le_put32(g->ram + gpa + 12, flags);
+	le_put64(g->fg.ram + gpa, sector);
+	le_put32(g->fg.ram + gpa + 8, n);
+	le_put32(g->fg.ram + gpa + 12, flags);
 }
 
 static void test_discard_write_zeroes(void **state)
@@ -305,7 +246,7 @@ static void test_discard_write_zeroes(void **state)
 	assert_true(reg_read(&g, VIRTIO_MMIO_DEVICE_FEATURES) & (1u << VIRTIO_BLK_F_DISCARD));
 	assert_int_equal(reg_read(&g, VIRTIO_MMIO_CONFIG +
 				       offsetof(struct virtio_blk_config, max_write_zeroes_seg)), 1);
-	memset(g.ram + DATA, 0x5a, 2048);
+	memset(g.fg.ram + DATA, 0x5a, 2048);
 	assert_int_equal(req_run(&g, 0, VIRTIO_BLK_T_OUT, 4, DATA, 2048, false), VIRTIO_BLK_S_OK);
 	range_set(&g, DATA + 0x4000, 4, 1, 0);
 	assert_int_equal(req_run(&g, 1, VIRTIO_BLK_T_WRITE_ZEROES, 0, DATA + 0x4000, 16, false),
@@ -318,10 +259,10 @@ static void test_discard_write_zeroes(void **state)
 			 VIRTIO_BLK_S_OK);
 	assert_int_equal(req_run(&g, 1, VIRTIO_BLK_T_IN, 4, DATA + 0x8000, 2048, true),
 			 VIRTIO_BLK_S_OK);
-	assert_memory_equal(g.ram + DATA + 0x8000, zero, 512);
-	assert_memory_equal(g.ram + DATA + 0x8000 + 512, g.ram + DATA, 512);
-	assert_memory_equal(g.ram + DATA + 0x8000 + 1024, zero, 512);
-	assert_memory_equal(g.ram + DATA + 0x8000 + 1536, zero, 512);
+	assert_memory_equal(g.fg.ram + DATA + 0x8000, zero, 512);
+	assert_memory_equal(g.fg.ram + DATA + 0x8000 + 512, g.fg.ram + DATA, 512);
+	assert_memory_equal(g.fg.ram + DATA + 0x8000 + 1024, zero, 512);
+	assert_memory_equal(g.fg.ram + DATA + 0x8000 + 1536, zero, 512);
 	/* past the end, unknown flags, a discard with flags, two ranges */
 	range_set(&g, DATA + 0x4000, DISK_SIZE / 512 - 1, 2, 0);
 	assert_int_equal(req_run(&g, 2, VIRTIO_BLK_T_DISCARD, 0, DATA + 0x4000, 16, false),
@@ -389,7 +330,7 @@ static void expect_needs_reset_then_recover(struct tg *g)
 	wait_needs_reset(g);
 	reg_write(g, VIRTIO_MMIO_STATUS, 0);
 	assert_int_equal(reg_read(g, VIRTIO_MMIO_STATUS), 0);
-	memset(g->ram + AVAIL, 0, 0x2000);
+	memset(g->fg.ram + AVAIL, 0, 0x2000);
 	tg_driver_init(g, QNUM);
 	assert_int_equal(req_run(g, 0, VIRTIO_BLK_T_IN, 0, DATA, 512, true), VIRTIO_BLK_S_OK);
 }
@@ -426,7 +367,7 @@ static void test_malformed_queues_need_reset(void **state)
 	/* a head out of range; an available index far ahead of the device */
 	avail_push(&g, QNUM + 3);
 	expect_needs_reset_then_recover(&g);
-	__atomic_store_n((uint16_t *)(g.ram + AVAIL + 2), 1000, __ATOMIC_RELEASE);
+	__atomic_store_n((uint16_t *)(g.fg.ram + AVAIL + 2), 1000, __ATOMIC_RELEASE);
 	reg_write(&g, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 	expect_needs_reset_then_recover(&g);
 	tg_teardown(&g);
@@ -511,8 +452,8 @@ static void test_state_round_trip(void **state)
 
 	/* a second device on a copy of the guest's memory continues where the first stopped */
 	memset(&h, 0, sizeof(h));
-	h.ram = aligned_alloc(4096, RAM_SIZE);
-	memcpy(h.ram, g.ram, RAM_SIZE);
+	assert_int_equal(fake_guest_init(&h.fg, RAM_SIZE, 21), 0);
+	memcpy(h.fg.ram, g.fg.ram, RAM_SIZE);
 	assert_int_equal(tg_create(&h, g.path, false, &e), 0);
 	assert_int_equal(h.d.ops->validate(h.d.dev, VIRTIO_BLK_STATE_VERSION, b.data, b.len, &e), 0);
 	assert_int_equal(h.d.ops->load(h.d.dev, VIRTIO_BLK_STATE_VERSION, b.data, b.len, &e), 0);
@@ -523,7 +464,7 @@ static void test_state_round_trip(void **state)
 	assert_int_equal(req_run(&h, 2, VIRTIO_BLK_T_IN, 1, DATA + 0x8000, 1024, true),
 			 VIRTIO_BLK_S_OK);
 	assert_int_equal(used_idx(&h), 3);
-	assert_memory_equal(h.ram + DATA + 0x8000, g.ram + DATA, 512);
+	assert_memory_equal(h.fg.ram + DATA + 0x8000, g.fg.ram + DATA, 512);
 
 	/* without a device or a guest (inspect): the structure alone */
 	assert_int_equal(virtio_blk_type.ops->validate(NULL, 1, b.data, b.len, &e), 0);
@@ -565,7 +506,7 @@ static void test_state_round_trip(void **state)
 	}
 	buf_free(&b);
 	h.d.ops->destroy(h.d.dev);
-	free(h.ram);
+	fake_guest_free(&h.fg);
 	tg_teardown(&g);
 }
 
@@ -603,9 +544,9 @@ static void test_disk_lock(void **state)
 	assert_int_equal(tg_create(&g, "/tmp", true, &e), -EINVAL);
 	assert_non_null(strstr(e.msg, "not a regular file"));
 	unlink(g.path);
-	free(g.ram);
-	free(h.ram);
-	free(r.ram);
+	fake_guest_free(&g.fg);
+	fake_guest_free(&h.fg);
+	fake_guest_free(&r.fg);
 }
 
 int main(void)

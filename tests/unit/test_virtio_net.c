@@ -1,15 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * virtio-net over virtio-mmio against a fake guest: RAM is a heap buffer handed to the
- * device through struct dev_mem (recording the pages it marks dirty), the interrupt line a
- * flag, and the tap one end of a SOCK_SEQPACKET pair (a frame a message, with the 12-byte
- * virtio_net_hdr in front, as a tap with IFF_VNET_HDR gives them). The driver side is
- * written here from the virtio spec: frames both ways, dirty marking, bad chains from the
- * guest, the control queue, a frame waiting at a pause, a lost tap, a flood, state round
- * trips and the announcements after a move.
+ * virtio-net over virtio-mmio against the fake guest of fake_guest.h (RAM that records the
+ * pages the device marks dirty, an interrupt line that is a flag), the tap one end of a
+ * SOCK_SEQPACKET pair (a frame a message, with the 12-byte virtio_net_hdr in front, as a
+ * tap with IFF_VNET_HDR gives them). The driver side is written here from the virtio spec:
+ * frames both ways, dirty marking, bad chains from the guest, the control queue, a frame
+ * waiting at a pause, a lost tap, a flood, state round trips and the announcements after a
+ * move.
  */
 #include "devices/virtio_mmio.h"
 #include "devices/virtio_net.h"
+#include "fake_guest.h"
 
 #include <errno.h>
 #include <linux/virtio_config.h>
@@ -41,61 +42,20 @@
 #define CTRLQ 2u
 
 struct tg {
-	uint8_t *ram;
-	_Atomic uint64_t dirty[RAM_SIZE / 4096 / 64];
-	atomic_bool irq;
+	struct fake_guest fg;
 	struct device_info d;
 	int peer; /* the host side of the "tap" */
 	uint16_t avail_idx[3];
 };
 
-static void *tg_translate(void *opaque, uint64_t gpa, uint64_t len)
-{
-	struct tg *g = opaque;
-
-	if (gpa > RAM_SIZE || len > RAM_SIZE - gpa)
-		return NULL;
-	return g->ram + gpa;
-}
-
-static void tg_mark_dirty(void *opaque, uint64_t gpa, uint64_t len)
-{
-	struct tg *g = opaque;
-
-	assert_true(gpa <= RAM_SIZE && len <= RAM_SIZE - gpa);
-	for (uint64_t pg = gpa / 4096; len && pg <= (gpa + len - 1) / 4096; pg++)
-		atomic_fetch_or(&g->dirty[pg / 64], 1ull << (pg % 64));
-}
-
-static bool tg_dirty(struct tg *g, uint64_t gpa)
-{
-	uint64_t pg = gpa / 4096;
-
-	return atomic_load(&g->dirty[pg / 64]) & (1ull << (pg % 64));
-}
-
-static void tg_irq(void *opaque, unsigned gsi, bool level)
-{
-	struct tg *g = opaque;
-
-	(void)gsi;
-	atomic_store(&g->irq, level);
-}
-
 static void reg_write(struct tg *g, uint64_t off, uint32_t v)
 {
-	uint8_t b[4];
-
-	le_put32(b, v);
-	g->d.io_fn(g->d.dev, off, b, 4, true);
+	fake_guest_reg_write(&g->d, off, v);
 }
 
 static uint32_t reg_read(struct tg *g, uint64_t off)
 {
-	uint8_t b[4];
-
-	g->d.io_fn(g->d.dev, off, b, 4, false);
-	return le_get32(b);
+	return fake_guest_reg_read(&g->d, off);
 }
 
 static uint16_t cfg_status(struct tg *g)
@@ -108,8 +68,7 @@ static uint16_t cfg_status(struct tg *g)
 
 static int tg_create(struct tg *g, const struct device_spec *spec, struct errbuf *e)
 {
-	struct device_env env = { .mem = { g, tg_translate, tg_mark_dirty },
-				  .irq = { g, tg_irq, 16 }, .mmio_base = 0xd0000000 };
+	struct device_env env = fake_guest_env(&g->fg, 0xd0000000);
 	int sv[2];
 
 	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
@@ -158,9 +117,7 @@ static void tg_setup(struct tg *g)
 	struct errbuf e;
 
 	memset(g, 0, sizeof(*g));
-	g->ram = aligned_alloc(4096, RAM_SIZE);
-	assert_non_null(g->ram);
-	memset(g->ram, 0, RAM_SIZE);
+	assert_int_equal(fake_guest_init(&g->fg, RAM_SIZE, 16), 0);
 	assert_int_equal(tg_create(g, &spec, &e), 0);
 	g->d.ops->resume(g->d.dev);
 	tg_driver_init(g, FEATURES_ALL);
@@ -171,42 +128,29 @@ static void tg_teardown(struct tg *g)
 	g->d.ops->destroy(g->d.dev);
 	if (g->peer >= 0)
 		close(g->peer);
-	free(g->ram);
+	fake_guest_free(&g->fg);
 }
 
 static void desc_set(struct tg *g, unsigned q, unsigned i, uint64_t addr, uint32_t len,
 		     uint16_t flags, uint16_t next)
 {
-	uint8_t *d = g->ram + QBASE(q) + 16 * i;
-
-	le_put64(d, addr);
-	le_put32(d + 8, len);
-	d[12] = (uint8_t)flags;
-	d[13] = (uint8_t)(flags >> 8);
-	d[14] = (uint8_t)next;
-	d[15] = (uint8_t)(next >> 8);
+	fake_guest_desc_set(&g->fg, QBASE(q), i, addr, len, flags, next);
 }
 
 static void avail_push(struct tg *g, unsigned q, uint16_t head)
 {
-	uint8_t *ring = g->ram + QBASE(q) + 0x1000 + 4 + 2 * (g->avail_idx[q] % QNUM);
-
-	ring[0] = (uint8_t)head;
-	ring[1] = (uint8_t)(head >> 8);
-	g->avail_idx[q]++;
-	__atomic_store_n((uint16_t *)(g->ram + QBASE(q) + 0x1000 + 2), g->avail_idx[q],
-			 __ATOMIC_RELEASE);
+	fake_guest_avail_push(&g->fg, QBASE(q) + 0x1000, QNUM, &g->avail_idx[q], head);
 	reg_write(g, VIRTIO_MMIO_QUEUE_NOTIFY, q);
 }
 
 static uint16_t used_idx(struct tg *g, unsigned q)
 {
-	return __atomic_load_n((uint16_t *)(g->ram + QBASE(q) + 0x2000 + 2), __ATOMIC_ACQUIRE);
+	return fake_guest_used_idx(&g->fg, QBASE(q) + 0x2000);
 }
 
 static uint32_t used_len(struct tg *g, unsigned q, uint16_t i)
 {
-	return le_get32(g->ram + QBASE(q) + 0x2000 + 4 + 8 * (i % QNUM) + 4);
+	return fake_guest_used_len(&g->fg, QBASE(q) + 0x2000, QNUM, i);
 }
 
 /* Waits (bounded, not timed) until queue q published n used entries. */
@@ -259,8 +203,8 @@ static void tx_post(struct tg *g, unsigned slot, const uint8_t *frame, uint32_t 
 {
 	uint64_t b = BUF + 0x4000 * slot;
 
-	memset(g->ram + b, 0, HDR_LEN);
-	memcpy(g->ram + b + 0x100, frame, len);
+	memset(g->fg.ram + b, 0, HDR_LEN);
+	memcpy(g->fg.ram + b + 0x100, frame, len);
 	desc_set(g, TXQ, 2 * slot, b, HDR_LEN, VRING_DESC_F_NEXT, 2 * slot + 1);
 	desc_set(g, TXQ, 2 * slot + 1, b + 0x100, len, 0, 0);
 	avail_push(g, TXQ, (uint16_t)(2 * slot));
@@ -305,7 +249,7 @@ static void test_tx_rx(void **state)
 	n = peer_recv(&g, got, sizeof(got), 5000);
 	assert_int_equal(n, HDR_LEN + 100);
 	assert_memory_equal(got + HDR_LEN, f, 100);
-	assert_true(tg_dirty(&g, QBASE(TXQ) + 0x2000)); /* the used ring */
+	assert_true(fake_guest_dirty(&g.fg, QBASE(TXQ) + 0x2000)); /* the used ring */
 
 	/* receive: header (num_buffers 1) and the whole frame, its pages marked dirty */
 	frame_fill(f, 1514, 7);
@@ -313,11 +257,11 @@ static void test_tx_rx(void **state)
 	peer_send(&g, f, 1514);
 	wait_used(&g, RXQ, 1);
 	assert_int_equal(used_len(&g, RXQ, 0), HDR_LEN + 1514);
-	assert_int_equal(le_get16(g.ram + BUF + 0x40000 + 10), 1);
-	assert_memory_equal(g.ram + BUF + 0x40000 + HDR_LEN, f, 1514);
-	assert_true(tg_dirty(&g, BUF + 0x40000));
-	assert_true(tg_dirty(&g, QBASE(RXQ) + 0x2000));
-	assert_true(atomic_load(&g.irq));
+	assert_int_equal(le_get16(g.fg.ram + BUF + 0x40000 + 10), 1);
+	assert_memory_equal(g.fg.ram + BUF + 0x40000 + HDR_LEN, f, 1514);
+	assert_true(fake_guest_dirty(&g.fg, BUF + 0x40000));
+	assert_true(fake_guest_dirty(&g.fg, QBASE(RXQ) + 0x2000));
+	assert_true(atomic_load(&g.fg.irq));
 	tg_teardown(&g);
 }
 
@@ -415,21 +359,21 @@ static void test_ctrl_announce_ack(void **state)
 	(void)state;
 	tg_setup(&g);
 	/* an unknown command is refused */
-	g.ram[cmd] = 99;
-	g.ram[cmd + 1] = 0;
-	g.ram[ack] = 0xee;
+	g.fg.ram[cmd] = 99;
+	g.fg.ram[cmd + 1] = 0;
+	g.fg.ram[ack] = 0xee;
 	desc_set(&g, CTRLQ, 0, cmd, 2, VRING_DESC_F_NEXT, 1);
 	desc_set(&g, CTRLQ, 1, ack, 1, VRING_DESC_F_WRITE, 0);
 	avail_push(&g, CTRLQ, 0);
 	wait_used(&g, CTRLQ, 1);
-	assert_int_equal(g.ram[ack], VIRTIO_NET_ERR);
-	assert_true(tg_dirty(&g, ack));
+	assert_int_equal(g.fg.ram[ack], VIRTIO_NET_ERR);
+	assert_true(fake_guest_dirty(&g.fg, ack));
 	/* ANNOUNCE_ACK answers OK */
-	g.ram[cmd] = VIRTIO_NET_CTRL_ANNOUNCE;
-	g.ram[cmd + 1] = VIRTIO_NET_CTRL_ANNOUNCE_ACK;
+	g.fg.ram[cmd] = VIRTIO_NET_CTRL_ANNOUNCE;
+	g.fg.ram[cmd + 1] = VIRTIO_NET_CTRL_ANNOUNCE_ACK;
 	avail_push(&g, CTRLQ, 0);
 	wait_used(&g, CTRLQ, 2);
-	assert_int_equal(g.ram[ack], VIRTIO_NET_OK);
+	assert_int_equal(g.fg.ram[ack], VIRTIO_NET_OK);
 	tg_teardown(&g);
 }
 
@@ -448,7 +392,7 @@ static void test_rx_waits_for_buffer(void **state)
 	rx_post(&g, 0, 2048);
 	wait_used(&g, RXQ, 1);
 	assert_int_equal(used_len(&g, RXQ, 0), HDR_LEN + 200);
-	assert_memory_equal(g.ram + BUF + 0x40000 + HDR_LEN, f, 200);
+	assert_memory_equal(g.fg.ram + BUF + 0x40000 + HDR_LEN, f, 200);
 	tg_teardown(&g);
 }
 
@@ -476,9 +420,9 @@ static void test_quiesce_settles_rx(void **state)
 	buf_free(&out);
 	/* the guest adds a buffer while paused: nothing arrives until it runs again */
 	desc_set(&g, RXQ, 0, BUF + 0x40000, 2048, VRING_DESC_F_WRITE, 0);
-	g.ram[QBASE(RXQ) + 0x1000 + 4] = 0;
+	g.fg.ram[QBASE(RXQ) + 0x1000 + 4] = 0;
 	g.avail_idx[RXQ] = 1;
-	__atomic_store_n((uint16_t *)(g.ram + QBASE(RXQ) + 0x1000 + 2), 1, __ATOMIC_RELEASE);
+	__atomic_store_n((uint16_t *)(g.fg.ram + QBASE(RXQ) + 0x1000 + 2), 1, __ATOMIC_RELEASE);
 	peer_send(&g, f, 100);
 	usleep(20000);
 	assert_int_equal(used_idx(&g, RXQ), 0);
@@ -501,13 +445,13 @@ static void test_quiesce_finishes_tx(void **state)
 	for (unsigned i = 0; i < 3; i++) {
 		uint64_t b = BUF + 0x4000 * i;
 
-		memset(g.ram + b, 0, HDR_LEN);
-		memcpy(g.ram + b + 0x100, f, 80);
+		memset(g.fg.ram + b, 0, HDR_LEN);
+		memcpy(g.fg.ram + b + 0x100, f, 80);
 		desc_set(&g, TXQ, 2 * i, b, HDR_LEN, VRING_DESC_F_NEXT, 2 * i + 1);
 		desc_set(&g, TXQ, 2 * i + 1, b + 0x100, 80, 0, 0);
-		g.ram[QBASE(TXQ) + 0x1000 + 4 + 2 * i] = (uint8_t)(2 * i);
+		g.fg.ram[QBASE(TXQ) + 0x1000 + 4 + 2 * i] = (uint8_t)(2 * i);
 	}
-	__atomic_store_n((uint16_t *)(g.ram + QBASE(TXQ) + 0x1000 + 2), 3, __ATOMIC_RELEASE);
+	__atomic_store_n((uint16_t *)(g.fg.ram + QBASE(TXQ) + 0x1000 + 2), 3, __ATOMIC_RELEASE);
 	g.d.ops->quiesce(g.d.dev);
 	assert_int_equal(used_idx(&g, TXQ), 3);
 	for (unsigned i = 0; i < 3; i++)
@@ -602,7 +546,8 @@ static void test_state_round_trip_and_announce(void **state)
 
 	/* the destination: another tap, a MAC derived from it, until the state says otherwise */
 	memset(&dst, 0, sizeof(dst));
-	dst.ram = src.ram;
+	assert_int_equal(fake_guest_init(&dst.fg, RAM_SIZE, 16), 0);
+	memcpy(dst.fg.ram, src.fg.ram, RAM_SIZE);
 	assert_int_equal(tg_create(&dst, &spec, &e), 0);
 	memcpy(dst.avail_idx, src.avail_idx, sizeof(dst.avail_idx));
 	assert_int_equal(dst.d.ops->load(dst.d.dev, VIRTIO_NET_STATE_VERSION, out.data, out.len,
@@ -631,6 +576,7 @@ static void test_state_round_trip_and_announce(void **state)
 	wait_used(&dst, TXQ, 2);
 	dst.d.ops->destroy(dst.d.dev);
 	close(dst.peer);
+	fake_guest_free(&dst.fg);
 	buf_free(&out);
 	tg_teardown(&src);
 	a = (struct virtio_net_announce)VIRTIO_NET_ANNOUNCE_DEFAULT;
