@@ -255,6 +255,8 @@ void virtio_mmio_access(struct virtio_mmio *t, uint64_t off, uint8_t *data, unsi
 		t->vd->quiesce(t->dev);
 		if (off == VIRTIO_MMIO_STATUS) {
 			virtio_mmio_reset(t);
+			if (t->vd->driver_reset)
+				t->vd->driver_reset(t->dev);
 		} else {
 			pthread_mutex_lock(&t->lock);
 			if (virtio_mmio_selq(t))

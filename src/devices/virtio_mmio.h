@@ -32,6 +32,12 @@ struct virtio_mmio_dev {
 	/* stop and restart the device's I/O around a driver reset or a queue change */
 	void (*quiesce)(void *dev);
 	void (*resume)(void *dev);
+	/*
+	 * Optional: the driver reset the device (wrote 0 to Status), quiesced, after the
+	 * transport's own reset: the device's configuration goes back to what a new driver
+	 * may expect (nothing the old driver was asked to do stays pending).
+	 */
+	void (*driver_reset)(void *dev);
 };
 
 struct virtio_mmio {

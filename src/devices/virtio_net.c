@@ -690,6 +690,19 @@ static void net_resume(void *dev)
 	net_kick(n);
 }
 
+/*
+ * A driver reset withdraws a request to announce: the next driver may not have negotiated
+ * GUEST_ANNOUNCE, and would otherwise see ANNOUNCE set with no way to acknowledge it. (The
+ * transport's reset already cleared the configuration interrupt.) The host's RARPs, which do
+ * not depend on the driver, go on.
+ */
+static void net_driver_reset(void *dev)
+{
+	struct virtio_net *n = dev;
+
+	atomic_fetch_and(&n->status, ~(unsigned)VIRTIO_NET_S_ANNOUNCE);
+}
+
 static const struct virtio_mmio_dev net_virtio = {
 	.device_id = VIRTIO_ID_NET,
 	.nqueues = 3,
@@ -697,6 +710,7 @@ static const struct virtio_mmio_dev net_virtio = {
 	.notify = net_notify,
 	.quiesce = net_quiesce,
 	.resume = net_resume,
+	.driver_reset = net_driver_reset,
 };
 
 static uint64_t net_features(void)

@@ -605,6 +605,48 @@ static void test_no_announce_at_boot(void **state)
 	virtio_net_announce_set(&a);
 }
 
+/*
+ * A driver reset while an announcement is pending withdraws it: the next driver (which may
+ * not negotiate GUEST_ANNOUNCE, and could not acknowledge it) starts with a plain status and
+ * no configuration interrupt.
+ */
+static void test_driver_reset_clears_announce(void **state)
+{
+	struct virtio_net_announce a = { .rounds = 0 }; /* the guest's part only, no RARPs */
+	struct errbuf e;
+	struct buf out;
+	struct tg g;
+
+	(void)state;
+	virtio_net_announce_set(&a);
+	tg_setup(&g);
+	/* as after a move: the NIC's own state loaded back, the tap claimed, the guest resumed */
+	state_of(&g, &out);
+	assert_int_equal(g.d.ops->load(g.d.dev, VIRTIO_NET_STATE_VERSION, out.data, out.len, &e),
+			 0);
+	buf_free(&out);
+	assert_int_equal(g.d.ops->claim(g.d.dev, &e), 0);
+	g.d.ops->resume(g.d.dev);
+	for (int i = 0; i < 10000 && !(cfg_status(&g) & VIRTIO_NET_S_ANNOUNCE); i++)
+		usleep(1000);
+	assert_int_equal(cfg_status(&g), VIRTIO_NET_S_LINK_UP | VIRTIO_NET_S_ANNOUNCE);
+	assert_true(reg_read(&g, VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG);
+	assert_true(atomic_load(&g.fg.irq));
+
+	reg_write(&g, VIRTIO_MMIO_STATUS, 0);
+	assert_int_equal(cfg_status(&g), VIRTIO_NET_S_LINK_UP);
+	assert_int_equal(reg_read(&g, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+	assert_false(atomic_load(&g.fg.irq));
+	/* a new driver without GUEST_ANNOUNCE is not asked to announce */
+	memset(g.fg.ram, 0, RAM_SIZE);
+	tg_driver_init(&g, FEATURES_ALL & ~(1ull << VIRTIO_NET_F_GUEST_ANNOUNCE));
+	assert_int_equal(cfg_status(&g), VIRTIO_NET_S_LINK_UP);
+	assert_int_equal(reg_read(&g, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+	tg_teardown(&g);
+	a = (struct virtio_net_announce)VIRTIO_NET_ANNOUNCE_DEFAULT;
+	virtio_net_announce_set(&a);
+}
+
 static void test_state_rejects(void **state)
 {
 	struct tg g;
@@ -681,6 +723,7 @@ int main(void)
 		cmocka_unit_test(test_tap_lost),
 		cmocka_unit_test(test_state_round_trip_and_announce),
 		cmocka_unit_test(test_no_announce_at_boot),
+		cmocka_unit_test(test_driver_reset_clears_announce),
 		cmocka_unit_test(test_state_rejects),
 		cmocka_unit_test(test_parsers),
 	};
