@@ -13,6 +13,7 @@
 #include "fake_guest.h"
 
 #include <errno.h>
+#include <linux/sockios.h>
 #include <linux/virtio_config.h>
 #include <linux/virtio_mmio.h>
 #include <linux/virtio_net.h>
@@ -27,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -45,6 +47,7 @@ struct tg {
 	struct fake_guest fg;
 	struct device_info d;
 	int peer; /* the host side of the "tap" */
+	int tap;  /* the device's side (it owns it): what it has not read yet */
 	uint16_t avail_idx[3];
 };
 
@@ -73,6 +76,7 @@ static int tg_create(struct tg *g, const struct device_spec *spec, struct errbuf
 
 	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
 	g->peer = sv[1];
+	g->tap = sv[0];
 	return virtio_net_create_fd(spec, &env, sv[0], 1500, &g->d, e);
 }
 
@@ -167,6 +171,23 @@ static void wait_needs_reset(struct tg *g)
 				       VIRTIO_CONFIG_S_NEEDS_RESET); i++)
 		usleep(1000);
 	assert_true(reg_read(g, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET);
+}
+
+/* Bytes queued on the "tap" that the device has not read. */
+static int tap_pending(struct tg *g)
+{
+	int n = -1;
+
+	assert_int_equal(ioctl(g->tap, SIOCINQ, &n), 0);
+	return n;
+}
+
+/* Waits (bounded, not timed) until the device's I/O thread took every frame from the tap. */
+static void wait_tap_read(struct tg *g)
+{
+	for (int i = 0; i < 10000 && tap_pending(g); i++)
+		usleep(1000);
+	assert_int_equal(tap_pending(g), 0);
 }
 
 /* A frame of len bytes: broadcast destination, our MAC, ethertype 0x88b5, then a pattern. */
@@ -387,7 +408,7 @@ static void test_rx_waits_for_buffer(void **state)
 	tg_setup(&g);
 	frame_fill(f, 200, 11);
 	peer_send(&g, f, 200);
-	usleep(20000);
+	wait_tap_read(&g);
 	assert_int_equal(used_idx(&g, RXQ), 0);
 	rx_post(&g, 0, 2048);
 	wait_used(&g, RXQ, 1);
@@ -411,7 +432,7 @@ static void test_quiesce_settles_rx(void **state)
 	tg_setup(&g);
 	frame_fill(f, 200, 13);
 	peer_send(&g, f, 200);
-	usleep(50000); /* the thread has it and waits for a buffer */
+	wait_tap_read(&g); /* the thread has it and waits for a buffer */
 	g.d.ops->quiesce(g.d.dev);
 	buf_init(&out);
 	assert_int_equal(g.d.ops->save(g.d.dev, &out), 0);
@@ -424,8 +445,9 @@ static void test_quiesce_settles_rx(void **state)
 	g.avail_idx[RXQ] = 1;
 	__atomic_store_n((uint16_t *)(g.fg.ram + QBASE(RXQ) + 0x1000 + 2), 1, __ATOMIC_RELEASE);
 	peer_send(&g, f, 100);
-	usleep(20000);
+	usleep(20000); /* time to misbehave: a paused NIC neither reads the tap nor delivers */
 	assert_int_equal(used_idx(&g, RXQ), 0);
+	assert_int_equal(tap_pending(&g), HDR_LEN + 100);
 	g.d.ops->resume(g.d.dev);
 	/* the frame from before the pause was dropped; the one after is delivered */
 	wait_used(&g, RXQ, 1);
