@@ -274,6 +274,8 @@ static void net_tx_one(struct virtio_net *n, const struct virtq_elem *el)
 		uint64_t off = MIN(skip, (uint64_t)s->len), k = s->len - off;
 
 		skip -= off;
+		if (!k)
+			continue; /* an empty descriptor has no host address */
 		memcpy(n->tx_buf + done, s->host + off, (size_t)k);
 		done += (size_t)k;
 	}
@@ -335,6 +337,8 @@ static uint32_t net_rx_fill(struct virtio_net *n, const struct virtq_elem *el)
 		const struct virtq_seg *s = &el->segs[i];
 		size_t k = MIN((size_t)s->len, n->rx_len - done);
 
+		if (!k)
+			continue;
 		memcpy(s->host, n->rx_buf + done, k);
 		n->t.mem.mark_dirty(n->t.mem.opaque, s->gpa, k);
 		done += k;
@@ -461,6 +465,8 @@ static uint32_t net_ctrl_one(struct virtio_net *n, const struct virtq_elem *el)
 	for (unsigned i = 0; i < el->nreadable && done < sizeof(cmd); i++) {
 		size_t k = MIN((size_t)el->segs[i].len, sizeof(cmd) - done);
 
+		if (!k)
+			continue;
 		memcpy(cmd + done, el->segs[i].host, k);
 		done += k;
 	}
