@@ -450,7 +450,7 @@ def summary(row):
         return f"{row['status']}: {row['reason']}"
     parts = []
     for k in ("boot_ms", "snapshot_ms", "restore_ms", "total_ms", "downtime_vmm_ms", "downtime_guest_ms",
-              "rounds"):
+              "rounds", "client_outage_ms", "probes_lost", "packet_rate_pps"):
         v = row.get(k)
         if v not in (None, ""):
             parts.append(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}")

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import time
 
+from . import netops
 from .drivers import RunFailed
 from .serial import (HB_RE, READY_RE, CHECK_OK_RE, DISK_FAIL_RE, DISK_OK_RE, analyse_move,
                      merge_streams)
@@ -266,4 +267,6 @@ def run_op(drv, sc, ctx):
         return migrate(drv, sc, ctx, "warm")
     if op == "live-migrate":
         return migrate(drv, sc, ctx, "live")
+    if op in ("net-live", "net-rate"):
+        return netops.run(drv, sc, ctx)
     raise ValueError(op)

@@ -46,7 +46,17 @@ METRICS = {
                      ("throughput_bytes_per_s", "throughput", "rate"),
                      ("src_vmhwm_bytes", "peak RSS source", "bytes"),
                      ("dst_vmhwm_bytes", "peak RSS destination", "bytes")],
+    "net-live": [("client_outage_ms", "client's outage (reply gap at the switch)", "ms"),
+                 ("probes_lost", "probes lost in it", "count"),
+                 ("downtime_guest_ms", "downtime (guest: last heartbeat to first)", "ms"),
+                 ("downtime_vmm_ms", "downtime (VMM)", "ms"),
+                 ("reply_gap_max_ms", "longest reply gap of the run", "ms"),
+                 ("probes_sent", "probes sent", "count")],
+    "net-rate": [("packet_rate_pps", "guest replies a second", "count"),
+                 ("probes_sent", "probes sent", "count")],
 }
+OPS = ("boot", "snapshot-restore", "warm-migrate", "live-migrate")
+NET_OPS = ("net-live", "net-rate")
 
 
 def _f(v):
@@ -129,6 +139,41 @@ def downtime_targets(rows, scenarios):
     return L
 
 
+def net_aims(rows, scenarios):
+    """Issue 11's aims per net-live scenario, on medians: the client's outage at most the
+    guest's downtime + 5 ms (the network learns the new place at once) and below QEMU's;
+    fewer probes lost than QEMU."""
+    g = group(rows)
+    L = []
+    for sc in scenarios:
+        if sc["op"] != "net-live" or sc["name"] not in g:
+            continue
+        st = {(v, c): stats(g[sc["name"]].get(v, []), c) for v in VMMS
+              for c in ("client_outage_ms", "downtime_guest_ms", "probes_lost")}
+        m = {k: (s["median"] if s else None) for k, s in st.items()}
+        if m[("godwit", "client_outage_ms")] is None:
+            continue
+        if not L:
+            L += ["## Network aims (issue 11)\n",
+                  "Medians. Aim: godwit's client outage <= its guest downtime + 5 ms and below "
+                  "QEMU's; godwit's lost probes below QEMU's.\n",
+                  "| scenario | godwit outage | guest downtime + 5 ms | met | QEMU outage | below "
+                  "QEMU | godwit lost | QEMU lost | fewer lost |", "|---|---|---|---|---|---|---|---|---|"]
+
+        def cmp(a, b, strict=True):
+            if a is None or b is None:
+                return "–"
+            return "yes" if (a < b if strict else a <= b) else "**no**"
+        go, gd = m[("godwit", "client_outage_ms")], m[("godwit", "downtime_guest_ms")]
+        qo, gl, ql = m[("qemu", "client_outage_ms")], m[("godwit", "probes_lost")], \
+            m[("qemu", "probes_lost")]
+        bound = gd + 5 if gd is not None else None
+        L.append(f"| {sc['name']} | {fmt(go, 'ms')} | {fmt(bound, 'ms')} | "
+                 f"{cmp(go, bound, False)} | {fmt(qo, 'ms')} | {cmp(go, qo)} | {fmt(gl, 'count')} "
+                 f"| {fmt(ql, 'count')} | {cmp(gl, ql)} |")
+    return L + [""] if L else []
+
+
 def write_markdown(path, rows, scenarios, limits, limit_notes, meta, plots):
     g = group(rows)
     L = []
@@ -159,7 +204,7 @@ def write_markdown(path, rows, scenarios, limits, limit_notes, meta, plots):
         h = how.get(k) or (f"one TCP stream, tc: {limit_notes.get(k, '')}" if k.startswith("link_") else "")
         L.append(f"| {k} | {fmt_limit(k, v)} | {h} |")
     L.append("")
-    for op in ("boot", "snapshot-restore", "warm-migrate", "live-migrate"):
+    for op in OPS + NET_OPS:
         scs = [s for s in scenarios if s["op"] == op and s["name"] in g]
         if not scs:
             continue
@@ -194,6 +239,7 @@ def write_markdown(path, rows, scenarios, limits, limit_notes, meta, plots):
                          f"| {fr[0]} | {fr[1]} |")
         L.append("")
     L += downtime_targets(rows, scenarios)
+    L += net_aims(rows, scenarios)
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         L.append("## Runs not measured\n")
@@ -402,7 +448,7 @@ def make_plots(resdir, rows, scenarios, samples_by_run):
     os.makedirs(plotdir, exist_ok=True)
     g = group(rows)
     out = []
-    for op in ("boot", "snapshot-restore", "warm-migrate", "live-migrate"):
+    for op in OPS:
         names = [s["name"] for s in scenarios if s["name"] in g and s["op"] == op]
         if not names:
             continue

@@ -7,7 +7,7 @@ from .util import parse_link_rate, parse_size
 
 COLUMNS = ["name", "set", "op", "memory", "cpus", "workload", "link", "downtime_ms",
            "bandwidth", "restore", "on_stall", "warmup_s", "tls"]
-OPS = ("boot", "snapshot-restore", "warm-migrate", "live-migrate")
+OPS = ("boot", "snapshot-restore", "warm-migrate", "live-migrate", "net-live", "net-rate")
 DEFAULT_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "scenarios.tsv")
 
@@ -35,10 +35,20 @@ class Scenario(dict):
         return m.group(1) if m else "idle"
 
     @property
+    def workloads(self):
+        """The guest kit's workloads, e.g. ['abcheck', 'net'] for workload=abcheck,net."""
+        m = re.search(r"\bworkload=(\S+)", self["workload"])
+        return m.group(1).split(",") if m else []
+
+    @property
     def has_disk(self):
         """The guest kit's disk workload (alone or beside a memory one) needs a disk."""
-        m = re.search(r"\bworkload=(\S+)", self["workload"])
-        return bool(m) and "disk" in m.group(1).split(",")
+        return "disk" in self.workloads
+
+    @property
+    def has_net(self):
+        """The guest kit's UDP echo (alone or beside a memory one), for the net-* ops."""
+        return "net" in self.workloads
 
     @property
     def link_bits(self):
@@ -100,13 +110,16 @@ def validate(sc, where):
     sc.memory_bytes  # noqa: B018 - raises on a bad size
     if not 1 <= int(sc["cpus"]) <= 8:
         raise ValueError(f"{where}: cpus out of range")
-    if sc["op"] in ("warm-migrate", "live-migrate"):
+    if sc["op"] in ("warm-migrate", "live-migrate", "net-live", "net-rate"):
         if sc["link"] == "-":
             raise ValueError(f"{where}: migration needs a link")
         sc.link_bits  # noqa: B018
     if sc["op"] == "snapshot-restore" and sc["restore"] not in ("lazy", "eager"):
         raise ValueError(f"{where}: restore must be lazy or eager")
-    if sc["op"] == "live-migrate" and sc.downtime is None:
+    if sc["op"].startswith("net-") and (not sc.has_net or sc["link"] == "loopback"):
+        raise ValueError(f"{where}: network scenarios need the guest kit's net workload and "
+                         "a link between namespaces (veth or a rate)")
+    if sc["op"] in ("live-migrate", "net-live") and sc.downtime is None:
         raise ValueError(f"{where}: live migration needs a downtime target")
     sc.bandwidth_bytes  # noqa: B018
     if sc["on_stall"] not in ("-", "throttle", "pause", "cancel"):

@@ -36,6 +36,12 @@ METRIC_COLUMNS = [
     "hb_last_before", "hb_first_after", "check_ok_after",
     "throughput_bytes_per_s",    # bytes moved / time (snapshot or migration)
     "limit_name", "limit_bytes_per_s", "limit_fraction",
+    # network scenarios (netops.py): a client probing the guest's UDP echo
+    "client_outage_ms",          # net-live: the longest reply gap at the switch to the destination
+    "probes_lost",               # net-live: probes unanswered in that gap
+    "reply_gap_max_ms",          # longest gap between replies over the whole run
+    "probes_sent", "probe_replies",
+    "packet_rate_pps",           # net-rate: the guest's replies a second to a flood of probes
 ]
 
 COLUMNS = SCENARIO_COLUMNS + METRIC_COLUMNS + ["log"]
@@ -46,4 +52,6 @@ REQUIRED_OK = {
     "snapshot-restore": ["snapshot_ms", "restore_ms"],
     "warm-migrate": ["total_ms"],
     "live-migrate": ["total_ms"],
+    "net-live": ["client_outage_ms"],
+    "net-rate": ["packet_rate_pps"],
 }
