@@ -16,13 +16,15 @@ get the scenario's downtime target and bandwidth cap, as drivers.py gives them (
 link's rate without a cap). The run is
 checked like e2e-net (no probe answered twice, the guest counted no duplicate, replies from
 both sides) and like every move (heartbeats continue with the next seq, abcheck passes);
-then measured: the client's outage at the switch (the longest reply gap in the half second
-before the first reply that must come from B), the probes lost in it, the longest reply gap
-of the whole run, the VMM's downtime and the guest's (its last heartbeat on A to its first
-on B, as the serial lines arrive).
+then measured: the guest's downtime (its last heartbeat line on A to its first on B, as the
+serial lines arrive), the client's outage at the switch (the reply gap around that moment),
+the probes sent in that gap never answered, the longest reply gap of the whole run, and the
+VMM's downtime.
 
 net-rate: the guest kit alone (`workload=net`) on A, a client sending as fast as it can for
 3 s; replies a second."""
+import bisect
+import json
 import os
 import shutil
 import subprocess
@@ -53,22 +55,22 @@ class _Env(gwtest.TestEnv):
         self.procs = []
 
 
-def outage(r, src_last_hb):
-    """The client's view of one move: the outage at the switch and the probes lost in it."""
-    reps = sorted(r["replies"])
-    after = [x for x in reps if x[3] > src_last_hb]
-    if not after or not reps:
+def outage(r, t_src_last, t_dst_first):
+    """The client's view of the switch: the gap between the two consecutive replies around the
+    moment the guest stopped on the source and ran on the destination (the midpoint of its
+    last heartbeat line there and its first here), and the probes sent in that gap that were
+    never answered."""
+    reps = sorted(r["replies"], key=lambda x: x[2])
+    times = [x[2] for x in reps]
+    i = bisect.bisect_left(times, (t_src_last + t_dst_first) / 2)
+    if i == 0 or i == len(reps):
         return None
-    times = sorted(x[2] for x in reps)
-    gaps = [(b - a, a) for a, b in zip(times, times[1:])]
-    t_dst = min(x[2] for x in after)
-    # the outage ends with the destination's first replies: the longest gap just before
-    sw = max(((g, a) for g, a in gaps if t_dst - 0.5 < a < t_dst), default=(0, 0))
-    # probes between the last reply before the gap and the first after it
-    k0 = max((x[0] for x in reps if x[2] <= sw[1]), default=0)
-    k1 = min((x[0] for x in reps if x[2] > sw[1]), default=k0 + 1)
-    return {"client_outage_ms": sw[0] * 1e3, "probes_lost": max(0, k1 - k0 - 1),
-            "reply_gap_max_ms": max(g for g, _ in gaps) * 1e3,
+    a, b = reps[i - 1], reps[i]
+    answered = {x[0] for x in reps}
+    lo, hi = min(a[0], b[0]), max(a[0], b[0])
+    return {"client_outage_ms": (b[2] - a[2]) * 1e3,
+            "probes_lost": sum(1 for k in range(lo + 1, hi) if k not in answered),
+            "reply_gap_max_ms": max(y - x for x, y in zip(times, times[1:])) * 1e3,
             "probes_sent": r["sent"], "probe_replies": len(reps)}
 
 
@@ -78,12 +80,20 @@ def _hb_times(vm):
 
 
 def _guest_downtime(src, dst):
-    """The guest's last heartbeat line on the source to its first on the destination."""
+    """The guest's last heartbeat line on the source to its first on the destination, with
+    their host times."""
     a, b = _hb_times(src), _hb_times(dst)
     if not a or not b:
         raise RunFailed("no heartbeat on one side of the move")
     return {"downtime_guest_ms": (b[0][0] - a[-1][0]) * 1e3, "hb_last_before": a[-1][1],
-            "hb_first_after": b[0][1]}
+            "hb_first_after": b[0][1]}, a[-1][0], b[0][0]
+
+
+def _probed_a_while(vm, beats=25):
+    """The guest ran (and so answered probes: once a 4 ms tick) for beats heartbeats with the
+    client probing: a wait in guest time, not wall time, which a loaded host stretches."""
+    seqs = vm.heartbeats()
+    vm.wait_line(rf"^hb {(seqs[-1] if seqs else 0) + beats}$", timeout=60)
 
 
 def _qemu(env, drv, sc, name, ns, tap, cmdline, incoming=None):
@@ -116,7 +126,7 @@ def _live_godwit(env, net, drv, sc, cmdline):
     dst = gwtest.start_dest(env, "dst", uri, netns=net.b,
                             extra=["--net-override", f"id=nic,tap={net.tap_b}"])
     probe = test_net.Prober(env, net, "live")
-    time.sleep(1)
+    _probed_a_while(src)
     args = ["--mode", "live", "--downtime-ms", str(sc.downtime)]
     if sc["bandwidth"] != "-":
         args += ["--bandwidth", sc["bandwidth"]]
@@ -133,7 +143,7 @@ def _live_qemu(env, net, drv, sc, cmdline):
     test_net.wait_replies(env, net, "src")
     dst, _ = _qemu(env, drv, sc, "dst", net.b, net.tap_b, cmdline, incoming=uri)
     probe = test_net.Prober(env, net, "live")
-    time.sleep(1)
+    _probed_a_while(src)
     # as drivers.Qemu.migrate: the link's rate, since QEMU's default cap is far below it
     bw = sc.bandwidth_bytes or ((sc.link_bits // 8) if sc.link_bits else QEMU_UNLIMITED)
     params = {"downtime-limit": sc.downtime, "max-bandwidth": bw}
@@ -156,14 +166,15 @@ def _live(env, net, drv, sc):
     src, dst, probe, row = (_live_godwit if drv.name == "godwit" else _live_qemu)(
         env, net, drv, sc, cmdline)
     gwtest.check_moved(src, dst, "net-live", abcheck=sc.kind == "abcheck")
-    r = probe.finish()
+    r = env.probes = probe.finish()
     last = src.heartbeats()[-1]
     test_net.analyse(r, f"net-live {drv.name}", last)
-    out = outage(r, last)
+    guest, t_src_last, t_dst_first = _guest_downtime(src, dst)
+    out = outage(r, t_src_last, t_dst_first)
     if out is None:
-        raise RunFailed("no reply from the destination")
+        raise RunFailed("no reply on one side of the guest's switch")
     row.update(out)
-    row.update(_guest_downtime(src, dst))
+    row.update(guest)
     return row
 
 
@@ -197,6 +208,9 @@ def _keep_logs(env, logprefix):
                 f.writelines(f"{t:.6f} {x}\n" for t, x in vm.lines)
         except OSError:
             pass
+    if getattr(env, "probes", None):
+        with open(f"{logprefix}-probes.json", "w") as f:
+            json.dump(env.probes, f)
 
 
 def run(drv, sc, ctx):
