@@ -9,6 +9,7 @@
 #include "api/client.h"
 #include "base/buf.h"
 #include "base/log.h"
+#include "devices/virtio_blk.h"
 #include "migration/migrate.h"
 #include "migration/params.h"
 #include "migration/proto.h"
@@ -121,16 +122,72 @@ static int api_reply_merge(struct api_ctx *ctx, json_t *fields, struct errbuf *e
 
 /* ---- commands ---- */
 
+static json_t *api_disk_json(const struct device_stats *d)
+{
+	return json_pack("{s:o, s:o, s:b, s:I, s:b, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+			 "s:I}",
+			 "id", api_json_string(d->spec.id), "path", api_json_string(d->spec.path),
+			 "readonly", d->spec.readonly, "size", (json_int_t)d->spec.size,
+			 "locked", d->locked, "aio", d->aio ? d->aio : "-",
+			 "reads", (json_int_t)d->reads, "writes", (json_int_t)d->writes,
+			 "bytes_read", (json_int_t)d->bytes_read,
+			 "bytes_written", (json_int_t)d->bytes_written,
+			 "flushes", (json_int_t)d->flushes, "other_requests", (json_int_t)d->others,
+			 "errors", (json_int_t)d->errors,
+			 "service_us", (json_int_t)(d->service_ns / 1000),
+			 "io_cpu_us", (json_int_t)(d->cpu_ns / 1000));
+}
+
+static json_t *api_nic_json(const struct device_stats *d)
+{
+	char mac[18];
+	const uint8_t *m = d->spec.mac;
+
+	snprintf(mac, sizeof(mac), "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4],
+		 m[5]);
+	return json_pack("{s:o, s:o, s:s}", "id", api_json_string(d->spec.id), "tap",
+			 api_json_string(d->spec.path), "mac", mac);
+}
+
+/* "disks" and "nics": each configurable device, from the plain counters devices keep. */
+static int api_status_devices(struct api_ctx *ctx, struct errbuf *e)
+{
+	struct device_stats *st = calloc(DEV_MAX, sizeof(*st));
+	json_t *disks = json_array(), *nics = json_array();
+	unsigned n;
+	int ret = -ENOMEM;
+
+	if (!st || !disks || !nics)
+		goto out;
+	n = vm_devices_stats(ctx->server->vm, st, DEV_MAX);
+	for (unsigned i = 0; i < n; i++) {
+		bool disk = !strcmp(st[i].spec.type, VIRTIO_BLK_TYPE);
+		json_t *j;
+
+		st[i].spec.id[sizeof(st[i].spec.id) - 1] = '\0';
+		st[i].spec.path[sizeof(st[i].spec.path) - 1] = '\0';
+		j = disk ? api_disk_json(&st[i]) : api_nic_json(&st[i]);
+		if (!j || json_array_append_new(disk ? disks : nics, j))
+			goto out;
+	}
+	ret = api_reply_merge(ctx, json_pack("{s:O, s:O}", "disks", disks, "nics", nics), e);
+out:
+	json_decref(disks);
+	json_decref(nics);
+	free(st);
+	return ret == -ENOMEM ? err_set(e, ret, "out of memory") : ret;
+}
+
 static int api_cmd_status(struct api_ctx *ctx, struct errbuf *e)
 {
 	struct vm_status st;
+	int ret;
 
 	memset(&st, 0, sizeof(st));
 	vm_status_get(ctx->server->vm, &st);
 	st.name[sizeof(st.name) - 1] = '\0';
 	if (json_is_true(json_object_get(ctx->req, "digest"))) {
 		char mem[17], state[17];
-		int ret;
 
 		if (st.state != VM_STATE_PAUSED)
 			return err_set(e, -EBUSY, "digest needs a paused VM");
@@ -142,7 +199,7 @@ static int api_cmd_status(struct api_ctx *ctx, struct errbuf *e)
 		if (ret < 0)
 			return ret;
 	}
-	return api_reply_merge(ctx, json_pack("{s:o, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+	ret = api_reply_merge(ctx, json_pack("{s:o, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 					      "name", api_json_string(st.name),
 					      "state", vm_state_name(st.state),
 					      "memory", (json_int_t)st.memory_bytes,
@@ -153,6 +210,7 @@ static int api_cmd_status(struct api_ctx *ctx, struct errbuf *e)
 					      "paused_ms", (json_int_t)(st.paused_ns / 1000000),
 					      "console_dropped", (json_int_t)st.console_dropped,
 					      "pid", (json_int_t)getpid()), e);
+	return ret < 0 ? ret : api_status_devices(ctx, e);
 }
 
 static int api_cmd_pause(struct api_ctx *ctx, struct errbuf *e)

@@ -49,6 +49,8 @@ static inline void dev_irq_set(const struct dev_irq *irq, bool level)
 
 /* ---- what a device gives the VMM ---- */
 
+struct device_stats;
+
 /*
  * Operations, all called from the main thread (or a migration thread) unless noted.
  * Lifecycle: built quiesced; resume() before the guest first runs; at every pause the VMM
@@ -87,6 +89,8 @@ struct device_ops {
 	void (*destroy)(void *dev);
 	/* Announcements sent for the guest since it started on this host (a NIC's RARPs). */
 	uint64_t (*announced)(void *dev);
+	/* Adds its counters to out (any thread, any time: `status`). */
+	void (*stats)(void *dev, struct device_stats *out);
 };
 
 typedef void dev_io_fn(void *dev, uint64_t offset, uint8_t *data, unsigned len, bool is_write);
@@ -127,6 +131,25 @@ struct device_spec {
 	uint64_t size;
 	uint8_t mac[6]; /* a NIC's address, if mac_set (else one derived from id and path) */
 	bool mac_set;
+};
+
+/*
+ * What `status` shows of a configurable device, as plain C (api/ makes it JSON): the spec
+ * it was built from, then what its stats op counts since it was built on this host.
+ */
+struct device_stats {
+	struct device_spec spec; /* type, id, backend path (a NIC's tap), readonly, size, mac */
+	bool locked;		 /* holds its backend's lock */
+	/* a disk's requests */
+	uint64_t reads, writes, flushes, others; /* others: GET_ID, DISCARD, WRITE_ZEROES */
+	uint64_t bytes_read, bytes_written;
+	uint64_t errors;	/* completed with a status other than OK */
+	/*
+	 * The device's own cost: summed nanoseconds from the I/O thread taking a request off
+	 * the ring to its used entry published, and the I/O thread's CPU time.
+	 */
+	uint64_t service_ns, cpu_ns;
+	const char *aio;	/* how its I/O is done ("thread"); NULL: not a disk */
 };
 
 /*

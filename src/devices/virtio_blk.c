@@ -50,6 +50,7 @@
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define BLK_SECTOR 512u
@@ -76,6 +77,12 @@ struct virtio_blk {
 	bool busy;
 	bool stop;
 	struct virtq_elem el; /* the I/O thread's current request */
+
+	/* for `status`: written by the I/O thread only, read by anyone */
+	struct {
+		atomic_uint_least64_t reads, writes, flushes, others, bytes_read, bytes_written,
+			errors, service_ns;
+	} n;
 };
 
 /* ---- requests (I/O thread) ---- */
@@ -287,22 +294,56 @@ static uint8_t blk_execute(struct virtio_blk *b, const struct virtq_elem *el, ui
 	return VIRTIO_BLK_S_UNSUPP;
 }
 
+static void blk_count(atomic_uint_least64_t *c, uint64_t n)
+{
+	atomic_fetch_add_explicit(c, n, memory_order_relaxed);
+}
+
+/* Counts a completed request of type (UINT32_MAX: no header) for `status`. */
+static void blk_account(struct virtio_blk *b, uint32_t type, uint8_t status, uint64_t bytes)
+{
+	if (status != VIRTIO_BLK_S_OK) {
+		blk_count(&b->n.errors, 1);
+		return;
+	}
+	switch (type) {
+	case VIRTIO_BLK_T_IN:
+		blk_count(&b->n.reads, 1);
+		blk_count(&b->n.bytes_read, bytes);
+		break;
+	case VIRTIO_BLK_T_OUT:
+		blk_count(&b->n.writes, 1);
+		blk_count(&b->n.bytes_written, bytes);
+		break;
+	case VIRTIO_BLK_T_FLUSH:
+		blk_count(&b->n.flushes, 1);
+		break;
+	default:
+		blk_count(&b->n.others, 1);
+	}
+}
+
 /* Executes one request; returns the bytes written into the chain (the used length). */
 static uint32_t blk_request(struct virtio_blk *b, const struct virtq_elem *el)
 {
 	const struct virtq_seg *st;
 	uint8_t hdr[BLK_HDR_LEN], status;
-	uint32_t written = 0;
+	uint32_t written = 0, type = UINT32_MAX;
 
 	/* without a device-writable byte there is nowhere to put a status: complete it empty */
-	if (el->writable_bytes < 1)
+	if (el->writable_bytes < 1) {
+		blk_account(b, type, VIRTIO_BLK_S_IOERR, 0);
 		return 0;
+	}
 	if (el->readable_bytes < BLK_HDR_LEN) {
 		status = VIRTIO_BLK_S_IOERR;
 	} else {
 		blk_gather(el, hdr, sizeof(hdr));
-		status = blk_execute(b, el, le_get32(hdr), le_get64(hdr + 8), &written);
+		type = le_get32(hdr);
+		status = blk_execute(b, el, type, le_get64(hdr + 8), &written);
 	}
+	blk_account(b, type, status, type == VIRTIO_BLK_T_OUT ? el->readable_bytes - BLK_HDR_LEN :
+								  written);
 	/* the status is the last byte of the last writable buffer that has any */
 	st = NULL;
 	for (unsigned i = el->nsegs; i-- > el->nreadable && !st;)
@@ -321,6 +362,7 @@ static void blk_queue_run(struct virtio_blk *b)
 
 	while (!atomic_load(&b->quiesced) && virtio_mmio_queue_live(&b->t, 0)) {
 		int r = virtq_pop(q, &b->t.mem, &b->el, &e);
+		uint64_t t0 = time_mono_ns();
 
 		if (r < 0) {
 			virtio_mmio_needs_reset(&b->t, e.msg);
@@ -332,6 +374,7 @@ static void blk_queue_run(struct virtio_blk *b)
 			virtio_mmio_needs_reset(&b->t, "used ring outside guest RAM");
 			break;
 		}
+		blk_count(&b->n.service_ns, time_mono_ns() - t0);
 		used = true;
 	}
 	if (used)
@@ -610,6 +653,27 @@ static void blk_destroy(void *dev)
 	free(b);
 }
 
+static void blk_stats(void *dev, struct device_stats *out)
+{
+	struct virtio_blk *b = dev;
+	clockid_t cid;
+	struct timespec ts;
+
+	out->locked = b->locked;
+	out->aio = "thread";
+	out->reads = atomic_load(&b->n.reads);
+	out->writes = atomic_load(&b->n.writes);
+	out->flushes = atomic_load(&b->n.flushes);
+	out->others = atomic_load(&b->n.others);
+	out->bytes_read = atomic_load(&b->n.bytes_read);
+	out->bytes_written = atomic_load(&b->n.bytes_written);
+	out->errors = atomic_load(&b->n.errors);
+	out->service_ns = atomic_load(&b->n.service_ns);
+	if (b->thread_started && !pthread_getcpuclockid(b->thread, &cid) &&
+	    !clock_gettime(cid, &ts))
+		out->cpu_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static const struct device_ops blk_ops = {
 	.name = VIRTIO_BLK_TYPE,
 	.version = VIRTIO_BLK_STATE_VERSION,
@@ -623,6 +687,7 @@ static const struct device_ops blk_ops = {
 	.claim = blk_claim,
 	.release = blk_release,
 	.destroy = blk_destroy,
+	.stats = blk_stats,
 };
 
 static int blk_open(struct virtio_blk *b, struct errbuf *e)

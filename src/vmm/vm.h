@@ -107,6 +107,8 @@ int __must_check vm_devices_claim(struct vm *vm, struct errbuf *e);
 void vm_devices_release(struct vm *vm);
 /* Announcements the devices sent since the guest started here (NICs' RARPs). */
 uint64_t vm_devices_announced(struct vm *vm);
+/* The configurable devices (disks, NICs) as `status` shows them; returns the count. */
+unsigned vm_devices_stats(struct vm *vm, struct device_stats *out, unsigned max);
 
 /* ---- state for snapshots, migration and digests (vm_sections.c) ---- */
 

@@ -227,6 +227,24 @@ uint64_t vm_devices_announced(struct vm *vm)
 	return n;
 }
 
+unsigned vm_devices_stats(struct vm *vm, struct device_stats *out, unsigned max)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < vm->ndevices && n < max; i++) {
+		struct vm_device_entry *d = &vm->devices[i];
+
+		if (!d->type)
+			continue;
+		memset(&out[n], 0, sizeof(out[n]));
+		d->type->spec_get(d->opaque, &out[n].spec);
+		if (d->ops->stats)
+			d->ops->stats(d->opaque, &out[n]);
+		n++;
+	}
+	return n;
+}
+
 void vm_devices_destroy(struct vm *vm)
 {
 	while (vm->ndevices) {

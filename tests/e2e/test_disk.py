@@ -11,7 +11,8 @@ last wrote there (`disk ok N`), so a lost or stale write shows as `disk fail`/`d
   destination. A destination that cannot open the disk refuses before the source pauses,
   a link cut during stop-and-copy fails the move before COMMIT, and so does a disk whose
   fdatasync fails (a snapshot too): each time the source keeps running, writing, and
-  holding the lock."""
+  holding the lock.
+- `status` lists each disk (file, lock, request and byte counters) and each NIC."""
 import os
 import re
 import shutil
@@ -243,11 +244,45 @@ def postcopy(env, hosts):
     assert dst.wait_exit() == 0
 
 
+def test_status(env, hosts):
+    """status lists every disk (its file, lock and request counters) and every NIC."""
+    d = disk(env, "st.img")
+    ro = disk(env, "st-ro.img", 4096)
+    tap = "gwst0"
+    hosts._ns(hosts.src, "ip", "tuntap", "add", tap, "mode", "tap", "vnet_hdr")
+    vm = gwtest.start_source(env, "status", cmdline=WORK, netns=hosts.src,
+                             extra=["--disk", f"path={d}", "--disk", f"path={ro},readonly=on,id=ro",
+                                    "--net", f"tap={tap},mac=52:54:00:12:34:56,id=n0"])
+    vm.wait_line(r"^disk ok 2$", timeout=120)
+    st = vm.status()
+    disks = {x["id"]: x for x in st["disks"]}
+    assert sorted(disks) == ["disk0", "ro"], st["disks"]
+    d0, r = disks["disk0"], disks["ro"]
+    assert (d0["path"], d0["size"], d0["readonly"], d0["locked"]) == (d, 512 * 1024, False,
+                                                                      True), d0
+    # two passes over 256 blocks, half of them rewritten, one 512-byte block a request
+    assert d0["reads"] >= 512 and d0["bytes_read"] == 512 * d0["reads"], d0
+    assert d0["writes"] >= 256 and d0["bytes_written"] == 512 * d0["writes"], d0
+    assert d0["flushes"] >= 2 and d0["other_requests"] == 1 and d0["errors"] == 0, d0
+    assert d0["aio"] == "thread", d0
+    # the readonly disk holds a shared lock and the guest never touched it
+    assert (r["path"], r["size"], r["readonly"], r["locked"]) == (ro, 4096, True, True), r
+    assert r["reads"] == r["writes"] == r["flushes"] == r["errors"] == 0, r
+    assert st["nics"] == [{"id": "n0", "tap": tap, "mac": "52:54:00:12:34:56"}], st["nics"]
+    # the counters are live
+    n = vm.line_count()
+    vm.wait_line(r"^disk ok \d+$", timeout=120, start=n)
+    assert vm.status()["disks"][0]["reads"] > d0["reads"]
+    vm.ctl("stop")
+    assert vm.wait_exit() == 0
+
+
 def test(env):
     test_errors(env)
     test_snapshot(env)
     test_flush_fails(env)
     hosts = gwtest.Hosts(env)
+    test_status(env, hosts)
     move(env, hosts, "warm", "warm")
     res = move(env, hosts, "live", "live", ("--bandwidth", "4M"))
     assert len(res["rounds"]) >= 2, res["rounds"]

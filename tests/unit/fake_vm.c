@@ -48,6 +48,15 @@ void vm_status_get(struct vm *vm, struct vm_status *st)
 	*st = vm->st;
 }
 
+unsigned vm_devices_stats(struct vm *vm, struct device_stats *out, unsigned max)
+{
+	unsigned n = MIN(vm->ndevs, max);
+
+	if (n)
+		memcpy(out, vm->devs, n * sizeof(*out));
+	return n;
+}
+
 uint64_t vm_guest_resident(struct vm *vm)
 {
 	return 2 << 20;

@@ -11,6 +11,8 @@ struct vm {
 	const char *pause_msg;	/* and the message it sets when failing */
 	int resume_ret;
 	unsigned pauses, resumes, stops;
+	const struct device_stats *devs; /* what vm_devices_stats() reports */
+	unsigned ndevs;
 };
 
 /* The parameters of the last migration_start() (which then fails), and how many calls. */

@@ -120,7 +120,7 @@ static void test_status_fields(void **state)
 	size_t i = 0;
 	static const char *const order[] = {
 		"ok", "name", "state", "memory", "guest_resident", "vcpus", "uptime_ms", "paused_ms",
-		"console_dropped", "pid",
+		"console_dropped", "pid", "disks", "nics",
 	};
 
 	assert_true(json_is_true(json_object_get(resp, "ok")));
@@ -142,6 +142,59 @@ static void test_status_fields(void **state)
 	assert_int_equal(i, ARRAY_SIZE(order));
 	json_decref(resp);
 	assert_int_equal(d->vm.pauses + d->vm.resumes + d->vm.stops, 0);
+}
+
+/* Disks with their counters and NICs with their tap and MAC, from the devices' plain stats. */
+static void test_status_devices(void **state)
+{
+	struct direct *d = *state;
+	struct device_stats devs[3] = {
+		{ .spec = { .type = "virtio-blk", .id = "disk0", .path = "/srv/a.img",
+			    .size = 1 << 20 },
+		  .locked = true, .aio = "thread", .reads = 10, .writes = 4, .flushes = 2,
+		  .others = 1, .bytes_read = 5120, .bytes_written = 2048, .errors = 3,
+		  .service_ns = 7000, .cpu_ns = 9000 },
+		{ .spec = { .type = "virtio-net", .id = "n0", .path = "tap7",
+			    .mac = { 0x52, 0x54, 0, 0xab, 0xcd, 0xef } } },
+		{ .spec = { .type = "virtio-blk", .id = "ro", .path = "/srv/b.img", .size = 4096,
+			    .readonly = true }, .aio = "uring" },
+	};
+	json_t *resp, *disks, *nics, *a, *b, *n;
+
+	d->vm.devs = devs;
+	d->vm.ndevs = 3;
+	resp = req_run(d, "{\"cmd\": \"status\"}");
+	disks = json_object_get(resp, "disks");
+	nics = json_object_get(resp, "nics");
+	assert_int_equal(json_array_size(disks), 2);
+	assert_int_equal(json_array_size(nics), 1);
+	a = json_array_get(disks, 0);
+	b = json_array_get(disks, 1);
+	n = json_array_get(nics, 0);
+	assert_string_equal(json_string_value(json_object_get(a, "id")), "disk0");
+	assert_string_equal(json_string_value(json_object_get(a, "path")), "/srv/a.img");
+	assert_true(json_is_false(json_object_get(a, "readonly")));
+	assert_true(json_is_true(json_object_get(a, "locked")));
+	assert_int_equal(json_integer_value(json_object_get(a, "size")), 1 << 20);
+	assert_string_equal(json_string_value(json_object_get(a, "aio")), "thread");
+	assert_int_equal(json_integer_value(json_object_get(a, "reads")), 10);
+	assert_int_equal(json_integer_value(json_object_get(a, "writes")), 4);
+	assert_int_equal(json_integer_value(json_object_get(a, "bytes_read")), 5120);
+	assert_int_equal(json_integer_value(json_object_get(a, "bytes_written")), 2048);
+	assert_int_equal(json_integer_value(json_object_get(a, "flushes")), 2);
+	assert_int_equal(json_integer_value(json_object_get(a, "other_requests")), 1);
+	assert_int_equal(json_integer_value(json_object_get(a, "errors")), 3);
+	assert_int_equal(json_integer_value(json_object_get(a, "service_us")), 7);
+	assert_int_equal(json_integer_value(json_object_get(a, "io_cpu_us")), 9);
+	assert_string_equal(json_string_value(json_object_get(b, "id")), "ro");
+	assert_true(json_is_true(json_object_get(b, "readonly")));
+	assert_true(json_is_false(json_object_get(b, "locked")));
+	assert_string_equal(json_string_value(json_object_get(b, "aio")), "uring");
+	assert_string_equal(json_string_value(json_object_get(n, "id")), "n0");
+	assert_string_equal(json_string_value(json_object_get(n, "tap")), "tap7");
+	assert_string_equal(json_string_value(json_object_get(n, "mac")), "52:54:00:ab:cd:ef");
+	assert_int_equal(json_object_size(n), 3);
+	json_decref(resp);
 }
 
 static void test_status_name_not_utf8(void **state)
@@ -1234,6 +1287,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_status_fields, direct_setup, direct_teardown),
+		cmocka_unit_test_setup_teardown(test_status_devices, direct_setup, direct_teardown),
 		cmocka_unit_test_setup_teardown(test_status_name_not_utf8, direct_setup,
 						direct_teardown),
 		cmocka_unit_test_setup_teardown(test_pause_resume, direct_setup, direct_teardown),

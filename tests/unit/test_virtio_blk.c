@@ -189,6 +189,7 @@ static uint8_t req_run(struct tg *g, unsigned s, uint32_t type, uint64_t sector,
 
 static void test_write_read_back(void **state)
 {
+	struct device_stats st = { 0 };
 	struct tg g;
 	uint8_t file[1024];
 	int fd;
@@ -226,6 +227,11 @@ static void test_write_read_back(void **state)
 	assert_int_equal(req_run(&g, 0, VIRTIO_BLK_T_GET_ID, 0, DATA + 0x9000, 20, true),
 			 VIRTIO_BLK_S_OK);
 	assert_string_equal((char *)g.fg.ram + DATA + 0x9000, "vda");
+	/* what `status` shows: one of each, the data bytes each way */
+	g.d.ops->stats(g.d.dev, &st);
+	assert_true(st.reads == 1 && st.writes == 1 && st.flushes == 1 && st.others == 1);
+	assert_true(st.bytes_read == 1024 && st.bytes_written == 1024 && st.errors == 0);
+	assert_string_equal(st.aio, "thread");
 	tg_teardown(&g);
 }
 
@@ -286,6 +292,7 @@ static void test_discard_write_zeroes(void **state)
 
 static void test_bad_requests_get_error_status(void **state)
 {
+	struct device_stats st = { 0 };
 	struct tg g;
 
 	(void)state;
@@ -309,6 +316,9 @@ static void test_bad_requests_get_error_status(void **state)
 	/* the device still works */
 	assert_int_equal(req_run(&g, 1, VIRTIO_BLK_T_IN, 0, DATA, 512, true), VIRTIO_BLK_S_OK);
 	assert_false(reg_read(&g, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET);
+	/* the seven refused requests are errors, not reads or writes */
+	g.d.ops->stats(g.d.dev, &st);
+	assert_true(st.errors == 7 && st.reads == 1 && st.writes == 0 && st.bytes_read == 512);
 	tg_teardown(&g);
 }
 
