@@ -50,14 +50,14 @@ void run_opts_usage(FILE *out)
 	      "                  [--initrd FILE] [--serial stdio|file:PATH|none]\n"
 	      "                  --api-socket PATH [--name NAME]\n"
 	      "  FILE: a bzImage or ELF vmlinux (Linux 64-bit boot protocol) or a PVH ELF\n"
-	      "                  [--disk path=FILE[,readonly=on][,id=NAME]]...\n"
+	      "                  [--disk path=FILE[,readonly=on][,id=NAME][,aio=thread|uring]]...\n"
 	      "                  [--net tap=NAME[,mac=MAC][,id=NAME]]...\n"
 	      "       godwit run --restore DIR [--restore-mode lazy|eager] [--paused]\n"
 	      "                  --api-socket PATH [--serial ...] [--name NAME]\n"
-	      "                  [--disk-override id=NAME,path=FILE]...\n"
+	      "                  [--disk-override id=NAME[,path=FILE][,aio=thread|uring]]...\n"
 	      "                  [--net-override id=NAME,tap=NAME]... [--announce ...]\n"
 	      "       godwit run --incoming URI [--paused] --api-socket PATH [--serial ...]\n"
-	      "                  [--name NAME] [--disk-override id=NAME,path=FILE]...\n"
+	      "                  [--name NAME] [--disk-override id=NAME[,path=FILE][,aio=...]]...\n"
 	      "                  [--net-override id=NAME,tap=NAME]... [--announce ...]\n"
 	      "                  [--tls-dir DIR | --tls-psk FILE | --insecure]\n"
 	      "  --tls-dir DIR: mutual TLS 1.3 (DIR holds ca-cert.pem, server-cert.pem,\n"
@@ -68,7 +68,8 @@ void run_opts_usage(FILE *out)
 	      "  migration of this VM finds written pages; the ring must be chosen at start\n"
 	      "  SIZE: 64M, 1G, 8G ... (16M to 256G, a multiple of 2M); N: 1 to 64 vCPUs\n"
 	      "  URI: tcp:HOST:PORT or unix:PATH\n"
-	      "  --disk: a raw file as a virtio-blk disk (up to 8; ids default to disk0, disk1...)\n"
+	      "  --disk: a raw file as a virtio-blk disk (up to 8; ids default to disk0,\n"
+	      "    disk1...); aio: its file I/O on an I/O thread (default) or through io_uring\n"
 	      "  --net: an existing tap as a virtio-net NIC (up to 4, at most 8 devices in all;\n"
 	      "    ids default to net0, net1...; the MAC defaults to one derived from id and tap)\n"
 	      "  --announce rounds=N,initial=MS,step=MS,max=MS: RARP frames sent for each NIC\n"
@@ -191,10 +192,23 @@ static int run_id_set(const char *opt, char *dst, const char *v, struct errbuf *
 	return 0;
 }
 
+static int run_aio_set(const char *opt, enum dev_aio *dst, const char *v, struct errbuf *e)
+{
+	if (!strcmp(v, "thread"))
+		*dst = DEV_AIO_THREAD;
+	else if (!strcmp(v, "uring"))
+		*dst = DEV_AIO_URING;
+	else
+		return err_set(e, -EINVAL, "%s: aio=%s: use thread or uring", opt, v);
+	return 0;
+}
+
 static int run_disk_kv(void *ctx, const char *k, const char *v, struct errbuf *e)
 {
 	struct device_spec *d = ctx;
 
+	if (!strcmp(k, "aio"))
+		return run_aio_set("--disk", &d->aio, v, e);
 	if (!strcmp(k, "path"))
 		return run_path_set("--disk", d->path, v, e);
 	if (!strcmp(k, "id"))
@@ -205,7 +219,7 @@ static int run_disk_kv(void *ctx, const char *k, const char *v, struct errbuf *e
 		d->readonly = !strcmp(v, "on");
 		return 0;
 	}
-	return err_set(e, -EINVAL, "--disk: unknown key '%s' (path, readonly, id)", k);
+	return err_set(e, -EINVAL, "--disk: unknown key '%s' (path, readonly, id, aio)", k);
 }
 
 static int run_disk_parse(struct run_opts *o, const char *arg, struct errbuf *e)
@@ -241,7 +255,10 @@ static int run_override_kv(void *ctx, const char *k, const char *v, struct errbu
 		return run_id_set(opt, d->id, v, e);
 	if (!strcmp(k, net ? "tap" : "path"))
 		return run_path_set(opt, d->path, v, e);
-	return err_set(e, -EINVAL, "%s: unknown key '%s' (id, %s)", opt, k, net ? "tap" : "path");
+	if (!net && !strcmp(k, "aio"))
+		return run_aio_set(opt, &d->aio, v, e);
+	return err_set(e, -EINVAL, "%s: unknown key '%s' (id, %s)", opt, k,
+		       net ? "tap" : "path, aio");
 }
 
 /* --disk-override and --net-override: one list, each entry naming the type it must match. */
@@ -260,13 +277,14 @@ static int run_override_parse(struct run_opts *o, const char *type, const char *
 	ret = run_kv_each(opt, arg, run_override_kv, d, e);
 	if (ret < 0)
 		return ret;
-	if (!d->id[0] || !d->path[0])
+	if (!d->id[0] || (!d->path[0] && !d->aio))
 		return err_set(e, -EINVAL, "%s %s: use id=NAME,%s", opt, arg,
-			       net ? "tap=NAME" : "path=FILE");
+			       net ? "tap=NAME" : "path=FILE and/or aio=thread|uring");
 	for (unsigned i = 0; i < o->noverrides; i++)
 		if (!strcmp(o->overrides[i].id, d->id))
 			return err_set(e, -EINVAL, "%s: id %s given twice", opt, d->id);
-	o->overrides[o->noverrides++] = (struct device_override){ d->id, d->path, d->type };
+	o->overrides[o->noverrides++] = (struct device_override){
+		d->id, d->path[0] ? d->path : NULL, d->type, d->aio };
 	return 0;
 }
 

@@ -122,6 +122,13 @@ struct device_info {
 #define DEV_PATH_MAX 4095
 #define DEV_MAX 8 /* configurable devices per VM (IOAPIC pins 16..23), disks and NICs */
 
+/*
+ * How a disk does its file I/O (`--disk aio=`): a choice of this host, not part of the
+ * guest's state (CONFIG does not carry it; `--disk-override id=,aio=` sets it on restore
+ * and incoming). DEFAULT: the device's own default.
+ */
+enum dev_aio { DEV_AIO_DEFAULT, DEV_AIO_THREAD, DEV_AIO_URING };
+
 struct device_spec {
 	char type[DEV_TYPE_MAX + 1]; /* "virtio-blk" */
 	char id[DEV_ID_MAX + 1];     /* letters, digits, '-', '_' */
@@ -131,6 +138,7 @@ struct device_spec {
 	uint64_t size;
 	uint8_t mac[6]; /* a NIC's address, if mac_set (else one derived from id and path) */
 	bool mac_set;
+	enum dev_aio aio; /* a disk's */
 };
 
 /*
@@ -149,7 +157,7 @@ struct device_stats {
 	 * the ring to its used entry published, and the I/O thread's CPU time.
 	 */
 	uint64_t service_ns, cpu_ns;
-	const char *aio;	/* how its I/O is done ("thread"); NULL: not a disk */
+	const char *aio;	/* how its I/O is done ("thread", "uring"); NULL: not a disk */
 };
 
 /*
@@ -158,8 +166,9 @@ struct device_stats {
  */
 struct device_override {
 	const char *id;
-	const char *path;
+	const char *path; /* NULL: the backend CONFIG names */
 	const char *type;
+	enum dev_aio aio; /* a disk's I/O on this host */
 };
 
 /* What the VMM gives a configurable device it builds. */

@@ -52,6 +52,9 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef GODWIT_HAVE_LIBURING
+#include <liburing.h>
+#endif
 
 #define BLK_SECTOR 512u
 #define BLK_HDR_LEN 16u
@@ -59,6 +62,21 @@
 #define BLK_F_READONLY 1u
 #define BLK_RANGE_LEN 16u		/* a DISCARD / WRITE_ZEROES range */
 #define BLK_RANGE_SECTORS 0x400000u	/* 2 GiB at most in one range */
+#define BLK_URING_SLOTS 32u		/* aio=uring: requests in flight at once */
+#define BLK_URING_KICK UINT64_MAX	/* aio=uring: user_data of the doorbell's poll */
+
+#ifdef GODWIT_HAVE_LIBURING
+/* aio=uring: one request taken off the ring, its file I/O in the kernel's hands */
+struct blk_slot {
+	struct virtq_elem el;
+	struct iovec iov[VIRTQ_NUM_MAX];
+	unsigned niov;
+	uint32_t type;
+	uint64_t off, len;
+	uint64_t t0;
+	bool busy;
+};
+#endif
 
 struct virtio_blk {
 	struct virtio_mmio t;
@@ -77,6 +95,14 @@ struct virtio_blk {
 	bool busy;
 	bool stop;
 	struct virtq_elem el; /* the I/O thread's current request */
+	enum dev_aio aio;     /* DEV_AIO_THREAD or DEV_AIO_URING */
+#ifdef GODWIT_HAVE_LIBURING
+	struct io_uring ring;
+	bool ring_ready;
+	struct blk_slot *slots; /* BLK_URING_SLOTS */
+	unsigned inflight;	/* slots busy: the I/O thread's own count */
+	bool more;		/* the last walk stopped with every slot busy */
+#endif
 
 	/* for `status`: written by the I/O thread only, read by anyone */
 	struct {
@@ -232,12 +258,34 @@ static uint8_t blk_range(struct virtio_blk *b, const struct virtq_elem *el, uint
 	return blk_zero_write(b->fd, off, len) < 0 ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK;
 }
 
+/* Checks an IN or OUT request and builds its data iovecs: VIRTIO_BLK_S_OK if it may run. */
+static uint8_t blk_rw_check(struct virtio_blk *b, const struct virtq_elem *el, uint32_t type,
+			    uint64_t sector, struct iovec *iov, unsigned *n, uint64_t *len)
+{
+	/* data only in the direction the request moves it */
+	if (type == VIRTIO_BLK_T_IN ? el->readable_bytes != BLK_HDR_LEN : el->writable_bytes != 1)
+		return VIRTIO_BLK_S_IOERR;
+	*n = blk_data_iov(el, type == VIRTIO_BLK_T_IN, iov, len);
+	if (*len % BLK_SECTOR || *len > BLK_REQ_MAX)
+		return VIRTIO_BLK_S_IOERR;
+	if (sector > b->size / BLK_SECTOR || *len > b->size - sector * BLK_SECTOR) {
+		blk_refused(b, "a request beyond the end of the disk", sector);
+		return VIRTIO_BLK_S_IOERR;
+	}
+	if (type == VIRTIO_BLK_T_OUT && b->spec.readonly) {
+		blk_refused(b, "a write to a readonly disk", sector);
+		return VIRTIO_BLK_S_IOERR;
+	}
+	return VIRTIO_BLK_S_OK;
+}
+
 static uint8_t blk_execute(struct virtio_blk *b, const struct virtq_elem *el, uint32_t type,
 			   uint64_t sector, uint32_t *data_written)
 {
 	struct iovec iov[VIRTQ_NUM_MAX];
-	uint64_t len, off;
+	uint64_t len;
 	unsigned n;
+	uint8_t st;
 
 	switch (type) {
 	case VIRTIO_BLK_T_DISCARD:
@@ -245,30 +293,15 @@ static uint8_t blk_execute(struct virtio_blk *b, const struct virtq_elem *el, ui
 		return blk_range(b, el, type);
 	case VIRTIO_BLK_T_IN:
 	case VIRTIO_BLK_T_OUT:
-		/* data only in the direction the request moves it */
-		if (type == VIRTIO_BLK_T_IN ? el->readable_bytes != BLK_HDR_LEN :
-					      el->writable_bytes != 1)
-			return VIRTIO_BLK_S_IOERR;
-		n = blk_data_iov(el, type == VIRTIO_BLK_T_IN, iov, &len);
-		if (len % BLK_SECTOR || len > BLK_REQ_MAX)
-			return VIRTIO_BLK_S_IOERR;
-		if (sector > b->size / BLK_SECTOR || len > b->size - sector * BLK_SECTOR) {
-			blk_refused(b, "a request beyond the end of the disk", sector);
-			return VIRTIO_BLK_S_IOERR;
-		}
-		off = sector * BLK_SECTOR;
-		if (type == VIRTIO_BLK_T_OUT) {
-			if (b->spec.readonly) {
-				blk_refused(b, "a write to a readonly disk", sector);
-				return VIRTIO_BLK_S_IOERR;
-			}
+		st = blk_rw_check(b, el, type, sector, iov, &n, &len);
+		if (st != VIRTIO_BLK_S_OK)
+			return st;
+		if (type == VIRTIO_BLK_T_OUT)
 			atomic_store(&b->unflushed, true);
-			return blk_rw(b->fd, iov, n, off, true) < 0 ? VIRTIO_BLK_S_IOERR :
-								     VIRTIO_BLK_S_OK;
-		}
-		if (blk_rw(b->fd, iov, n, off, false) < 0)
+		if (blk_rw(b->fd, iov, n, sector * BLK_SECTOR, type == VIRTIO_BLK_T_OUT) < 0)
 			return VIRTIO_BLK_S_IOERR;
-		*data_written = (uint32_t)len;
+		if (type == VIRTIO_BLK_T_IN)
+			*data_written = (uint32_t)len;
 		return VIRTIO_BLK_S_OK;
 	case VIRTIO_BLK_T_FLUSH:
 		if (!b->spec.readonly && fdatasync(b->fd) < 0)
@@ -323,10 +356,30 @@ static void blk_account(struct virtio_blk *b, uint32_t type, uint8_t status, uin
 	}
 }
 
+/*
+ * A request of type is done (written data bytes into the chain): puts its status, marks
+ * what the device wrote dirty, counts it; returns the used length. The chain has a
+ * writable byte.
+ */
+static uint32_t blk_complete(struct virtio_blk *b, const struct virtq_elem *el, uint32_t type,
+			     uint8_t status, uint32_t written)
+{
+	const struct virtq_seg *st = NULL;
+
+	blk_account(b, type, status, type == VIRTIO_BLK_T_OUT ? el->readable_bytes - BLK_HDR_LEN :
+								  written);
+	/* the status is the last byte of the last writable buffer that has any */
+	for (unsigned i = el->nsegs; i-- > el->nreadable && !st;)
+		if (el->segs[i].len)
+			st = &el->segs[i];
+	st->host[st->len - 1] = status;
+	blk_mark_written(b, el);
+	return written + 1;
+}
+
 /* Executes one request; returns the bytes written into the chain (the used length). */
 static uint32_t blk_request(struct virtio_blk *b, const struct virtq_elem *el)
 {
-	const struct virtq_seg *st;
 	uint8_t hdr[BLK_HDR_LEN], status;
 	uint32_t written = 0, type = UINT32_MAX;
 
@@ -342,16 +395,7 @@ static uint32_t blk_request(struct virtio_blk *b, const struct virtq_elem *el)
 		type = le_get32(hdr);
 		status = blk_execute(b, el, type, le_get64(hdr + 8), &written);
 	}
-	blk_account(b, type, status, type == VIRTIO_BLK_T_OUT ? el->readable_bytes - BLK_HDR_LEN :
-								  written);
-	/* the status is the last byte of the last writable buffer that has any */
-	st = NULL;
-	for (unsigned i = el->nsegs; i-- > el->nreadable && !st;)
-		if (el->segs[i].len)
-			st = &el->segs[i];
-	st->host[st->len - 1] = status;
-	blk_mark_written(b, el);
-	return written + 1;
+	return blk_complete(b, el, type, status, written);
 }
 
 static void blk_queue_run(struct virtio_blk *b)
@@ -424,6 +468,245 @@ static void blk_kick(struct virtio_blk *b)
 	if (write(b->kick_fd, &one, sizeof(one)) < 0)
 		log_warn("disk %s: waking the I/O thread: %s", b->spec.id, strerror(errno));
 }
+
+#ifdef GODWIT_HAVE_LIBURING
+/*
+ * aio=uring: the same I/O thread walks the ring, but a read, a write or a FLUSH is handed to
+ * io_uring and the walk goes on; up to BLK_URING_SLOTS requests are in flight, completed in
+ * the order the kernel finishes them. The doorbell is a poll on the eventfd in the same
+ * ring, so one wait covers both. Quiescing waits until no slot is busy: every request
+ * taken is complete, as with the thread. A FLUSH covers what was complete when it was
+ * submitted (the virtio rule); a write completing after that marks the disk unflushed
+ * again, so the quiesce at a pause still syncs it.
+ */
+
+static int blk_uring_arm(struct virtio_blk *b)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&b->ring);
+
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_poll_add(sqe, b->kick_fd, POLLIN);
+	io_uring_sqe_set_data64(sqe, BLK_URING_KICK);
+	return 0;
+}
+
+static void blk_uring_push(struct virtio_blk *b, struct blk_slot *sl, uint32_t used_len)
+{
+	sl->busy = false;
+	if (virtq_push(&b->t.q[0], &b->t.mem, sl->el.head, used_len) < 0) {
+		virtio_mmio_needs_reset(&b->t, "used ring outside guest RAM");
+		return;
+	}
+	blk_count(&b->n.service_ns, time_mono_ns() - sl->t0);
+}
+
+/* Takes the next request into sl: submitted (true) or completed at once; false: none. */
+static bool blk_uring_take(struct virtio_blk *b, struct blk_slot *sl, bool *used)
+{
+	struct io_uring_sqe *sqe;
+	uint8_t hdr[BLK_HDR_LEN] = { 0 }, st;
+	struct errbuf e;
+	int r = virtq_pop(&b->t.q[0], &b->t.mem, &sl->el, &e);
+
+	if (r < 0)
+		virtio_mmio_needs_reset(&b->t, e.msg);
+	if (r <= 0)
+		return false;
+	sl->t0 = time_mono_ns();
+	sl->busy = true;
+	*used = true;
+	sl->type = UINT32_MAX;
+	if (sl->el.writable_bytes >= 1 && sl->el.readable_bytes >= BLK_HDR_LEN) {
+		blk_gather(&sl->el, hdr, sizeof(hdr));
+		sl->type = le_get32(hdr);
+	}
+	if (sl->type == VIRTIO_BLK_T_IN || sl->type == VIRTIO_BLK_T_OUT) {
+		st = blk_rw_check(b, &sl->el, sl->type, le_get64(hdr + 8), sl->iov, &sl->niov,
+				  &sl->len);
+		if (st != VIRTIO_BLK_S_OK) {
+			blk_uring_push(b, sl, blk_complete(b, &sl->el, sl->type, st, 0));
+			return true;
+		}
+		sl->off = le_get64(hdr + 8) * BLK_SECTOR;
+		sqe = io_uring_get_sqe(&b->ring); /* never NULL: the ring has a place per slot */
+		if (sl->type == VIRTIO_BLK_T_OUT) {
+			atomic_store(&b->unflushed, true);
+			io_uring_prep_writev(sqe, b->fd, sl->iov, sl->niov, sl->off);
+		} else {
+			io_uring_prep_readv(sqe, b->fd, sl->iov, sl->niov, sl->off);
+		}
+	} else if (sl->type == VIRTIO_BLK_T_FLUSH && !b->spec.readonly) {
+		atomic_store(&b->unflushed, false);
+		sqe = io_uring_get_sqe(&b->ring);
+		io_uring_prep_fsync(sqe, b->fd, IORING_FSYNC_DATASYNC);
+	} else {
+		/* the rest (GET_ID, DISCARD, WRITE_ZEROES, malformed): at once, like the thread */
+		blk_uring_push(b, sl, blk_request(b, &sl->el));
+		return true;
+	}
+	io_uring_sqe_set_data(sqe, sl);
+	b->inflight++;
+	return true;
+}
+
+/* The kernel finished sl's I/O with result res. */
+static void blk_uring_done(struct virtio_blk *b, struct blk_slot *sl, int res)
+{
+	bool out = sl->type == VIRTIO_BLK_T_OUT;
+	uint8_t st = VIRTIO_BLK_S_OK;
+
+	b->inflight--;
+	if (sl->type == VIRTIO_BLK_T_FLUSH) {
+		if (res < 0) {
+			atomic_store(&b->unflushed, true);
+			st = VIRTIO_BLK_S_IOERR;
+		}
+		blk_uring_push(b, sl, blk_complete(b, &sl->el, sl->type, st, 0));
+		return;
+	}
+	if (out)
+		atomic_store(&b->unflushed, true);
+	/* a short transfer (or a retry the kernel left to us) is finished here */
+	if ((res >= 0 && (uint64_t)res < sl->len) || res == -EAGAIN || res == -EINTR) {
+		struct iovec *iov = sl->iov;
+		unsigned n = sl->niov;
+		size_t left = res > 0 ? (size_t)res : 0;
+
+		while (n && left >= iov->iov_len) {
+			left -= iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n) {
+			iov->iov_base = (uint8_t *)iov->iov_base + left;
+			iov->iov_len -= left;
+		}
+		res = blk_rw(b->fd, iov, n, sl->off + (res > 0 ? (uint64_t)res : 0), out);
+	}
+	if (res < 0)
+		st = VIRTIO_BLK_S_IOERR;
+	blk_uring_push(b, sl, blk_complete(b, &sl->el, sl->type, st,
+					   !out && st == VIRTIO_BLK_S_OK ? (uint32_t)sl->len : 0));
+}
+
+/* Fills free slots from the ring while the device takes work. */
+static void blk_uring_walk(struct virtio_blk *b, bool *used)
+{
+	for (;;) {
+		struct blk_slot *sl = NULL;
+
+		for (unsigned i = 0; i < BLK_URING_SLOTS && !sl; i++)
+			if (!b->slots[i].busy)
+				sl = &b->slots[i];
+		/* every slot busy: walk on when one completes */
+		b->more = !sl;
+		if (!sl || atomic_load(&b->quiesced) || !virtio_mmio_queue_live(&b->t, 0) ||
+		    !blk_uring_take(b, sl, used))
+			return;
+	}
+}
+
+static void *blk_uring_thread(void *arg)
+{
+	struct virtio_blk *b = arg;
+	sigset_t all;
+	bool armed = false;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	for (;;) {
+		struct io_uring_cqe *cqe;
+		unsigned head, seen = 0;
+		bool kicked = false, used = false, walk, stop;
+		uint64_t v;
+		int r;
+
+		if (!armed && blk_uring_arm(b) == 0)
+			armed = true;
+		r = io_uring_submit_and_wait(&b->ring, 1);
+		if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
+			log_err("disk %s: io_uring: %s", b->spec.id, strerror(-r));
+			break;
+		}
+		io_uring_for_each_cqe(&b->ring, head, cqe) {
+			seen++;
+			if (cqe->user_data == BLK_URING_KICK) {
+				kicked = true;
+				armed = false;
+				continue;
+			}
+			blk_uring_done(b, io_uring_cqe_get_data(cqe), cqe->res);
+			used = true;
+		}
+		io_uring_cq_advance(&b->ring, seen);
+		if (kicked && read(b->kick_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+			break;
+		pthread_mutex_lock(&b->lock);
+		stop = b->stop;
+		walk = !stop && (kicked || b->more) && !atomic_load(&b->quiesced);
+		if (walk)
+			b->busy = true;
+		pthread_mutex_unlock(&b->lock);
+		if (walk)
+			blk_uring_walk(b, &used);
+		if (used)
+			virtio_mmio_used_notify(&b->t, 0);
+		pthread_mutex_lock(&b->lock);
+		/* idle only once nothing taken is still in the kernel */
+		b->busy = b->inflight > 0;
+		if (!b->busy)
+			pthread_cond_broadcast(&b->idle);
+		stop = b->stop && !b->inflight;
+		pthread_mutex_unlock(&b->lock);
+		if (stop)
+			break;
+	}
+	/* a broken ring: requests still in it are abandoned, but nobody waits for them */
+	pthread_mutex_lock(&b->lock);
+	b->busy = false;
+	pthread_cond_broadcast(&b->idle);
+	pthread_mutex_unlock(&b->lock);
+	return NULL;
+}
+
+static int blk_uring_setup(struct virtio_blk *b, struct errbuf *e)
+{
+	int ret;
+
+	b->slots = calloc(BLK_URING_SLOTS, sizeof(*b->slots));
+	if (!b->slots)
+		return err_set(e, -ENOMEM, "out of memory");
+	ret = io_uring_queue_init(2 * BLK_URING_SLOTS, &b->ring, 0);
+	if (ret < 0)
+		return err_set(e, ret, "disk %s: aio=uring: io_uring_queue_init: %s (use "
+				       "aio=thread)", b->spec.id, strerror(-ret));
+	b->ring_ready = true;
+	return 0;
+}
+
+static void blk_uring_teardown(struct virtio_blk *b)
+{
+	if (b->ring_ready)
+		io_uring_queue_exit(&b->ring);
+	free(b->slots);
+}
+#else
+static void *blk_uring_thread(void *arg)
+{
+	return arg;
+}
+
+static int blk_uring_setup(struct virtio_blk *b, struct errbuf *e)
+{
+	return err_set(e, -ENOTSUP, "disk %s: aio=uring: this build has no io_uring (liburing "
+				    "was missing when it was built; use aio=thread)", b->spec.id);
+}
+
+static void blk_uring_teardown(struct virtio_blk *b)
+{
+}
+#endif
 
 /* ---- transport callbacks ---- */
 
@@ -645,6 +928,8 @@ static void blk_destroy(void *dev)
 				strerror(errno));
 		close(b->fd);
 	}
+	if (b->aio == DEV_AIO_URING)
+		blk_uring_teardown(b);
 	if (b->kick_fd >= 0)
 		close(b->kick_fd);
 	virtio_mmio_destroy(&b->t);
@@ -660,7 +945,7 @@ static void blk_stats(void *dev, struct device_stats *out)
 	struct timespec ts;
 
 	out->locked = b->locked;
-	out->aio = "thread";
+	out->aio = b->aio == DEV_AIO_URING ? "uring" : "thread";
 	out->reads = atomic_load(&b->n.reads);
 	out->writes = atomic_load(&b->n.writes);
 	out->flushes = atomic_load(&b->n.flushes);
@@ -738,7 +1023,14 @@ static int blk_create(const struct device_spec *spec, const struct device_env *e
 		ret = err_set(e, -errno, "disk %s: eventfd: %s", spec->id, strerror(errno));
 		goto err;
 	}
-	ret = -pthread_create(&b->thread, NULL, blk_thread, b);
+	b->aio = spec->aio == DEV_AIO_URING ? DEV_AIO_URING : DEV_AIO_THREAD;
+	if (b->aio == DEV_AIO_URING) {
+		ret = blk_uring_setup(b, e);
+		if (ret < 0)
+			goto err;
+	}
+	ret = -pthread_create(&b->thread, NULL, b->aio == DEV_AIO_URING ? blk_uring_thread :
+									 blk_thread, b);
 	if (ret < 0) {
 		err_set(e, ret, "disk %s: starting its I/O thread: %s", spec->id, strerror(-ret));
 		goto err;

@@ -77,10 +77,14 @@ int vm_state_config_devices(const struct state_config *cfg, const struct device_
 		const struct state_device *d = &cfg->devices[i];
 		struct device_spec *sp = &out[i];
 		const char *path = d->backend;
+		enum dev_aio aio = DEV_AIO_DEFAULT;
 
-		for (unsigned k = 0; k < nov; k++)
-			if (!strcmp(ov[k].id, d->id))
-				path = ov[k].path;
+		for (unsigned k = 0; k < nov; k++) {
+			if (strcmp(ov[k].id, d->id))
+				continue;
+			path = ov[k].path ? ov[k].path : path;
+			aio = ov[k].aio;
+		}
 		if (strlen(d->type) > DEV_TYPE_MAX || !device_id_valid(d->id) ||
 		    strlen(path) > DEV_PATH_MAX)
 			return err_set(e, -EINVAL, "device %s (%s) is not one this build can name",
@@ -91,6 +95,7 @@ int vm_state_config_devices(const struct state_config *cfg, const struct device_
 		memcpy(sp->path, path, strlen(path));
 		sp->readonly = d->flags & STATE_DEV_F_READONLY;
 		sp->size = d->size;
+		sp->aio = aio;
 	}
 	*n = cfg->nr_devices;
 	return 0;

@@ -164,6 +164,15 @@ static void test_disks(void **state)
 	assert_string_equal(o.overrides[0].path, "/x.img");
 	assert_string_equal(o.overrides[1].id, "data");
 	assert_string_equal(o.overrides[1].path, "/y.img");
+	/* aio: per disk, and on restore or incoming without moving the file */
+	assert_int_equal(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			       "--disk", "path=/a.img,aio=uring", "--disk", "path=/b.img"), 0);
+	assert_true(o.disks[0].aio == DEV_AIO_URING && o.disks[1].aio == DEV_AIO_DEFAULT);
+	assert_int_equal(PARSE(&o, &e, "--incoming", "unix:/x", "--api-socket", "s",
+			       "--disk-override", "id=disk0,aio=thread"), 0);
+	assert_true(o.overrides[0].aio == DEV_AIO_THREAD && !o.overrides[0].path);
+	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
+			   "--disk", "path=/a,aio=posix"), &e, "aio=posix: use thread or uring");
 
 	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
 			   "--disk", "readonly=on"), &e, "path=FILE is required");
