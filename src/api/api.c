@@ -125,7 +125,7 @@ static int api_reply_merge(struct api_ctx *ctx, json_t *fields, struct errbuf *e
 static json_t *api_disk_json(const struct device_stats *d)
 {
 	return json_pack("{s:o, s:o, s:b, s:I, s:b, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-			 "s:I}",
+			 "s:I, s:I}",
 			 "id", api_json_string(d->spec.id), "path", api_json_string(d->spec.path),
 			 "readonly", d->spec.readonly, "size", (json_int_t)d->spec.size,
 			 "locked", d->locked, "aio", d->aio ? d->aio : "-",
@@ -135,7 +135,8 @@ static json_t *api_disk_json(const struct device_stats *d)
 			 "flushes", (json_int_t)d->flushes, "other_requests", (json_int_t)d->others,
 			 "errors", (json_int_t)d->errors,
 			 "service_us", (json_int_t)(d->service_ns / 1000),
-			 "io_cpu_us", (json_int_t)(d->cpu_ns / 1000));
+			 "io_cpu_us", (json_int_t)(d->cpu_ns / 1000),
+			 "notifies", (json_int_t)d->notifies);
 }
 
 static json_t *api_nic_json(const struct device_stats *d)

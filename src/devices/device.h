@@ -157,6 +157,7 @@ struct device_stats {
 	 * the ring to its used entry published, and the I/O thread's CPU time.
 	 */
 	uint64_t service_ns, cpu_ns;
+	uint64_t notifies;	/* queue notifications the guest made (doorbell writes) */
 	const char *aio;	/* how its I/O is done ("thread", "uring"); NULL: not a disk */
 };
 

@@ -107,7 +107,7 @@ struct virtio_blk {
 	/* for `status`: written by the I/O thread only, read by anyone */
 	struct {
 		atomic_uint_least64_t reads, writes, flushes, others, bytes_read, bytes_written,
-			errors, service_ns;
+			errors, service_ns, notifies;
 	} n;
 };
 
@@ -425,6 +425,18 @@ static void blk_queue_run(struct virtio_blk *b)
 		virtio_mmio_used_notify(&b->t, 0);
 }
 
+/* Clears the doorbell, counting the notifications it coalesced; <0 if it broke. */
+static int blk_kicks_take(struct virtio_blk *b)
+{
+	uint64_t v;
+
+	if (read(b->kick_fd, &v, sizeof(v)) == sizeof(v))
+		blk_count(&b->n.notifies, v);
+	else if (errno != EAGAIN)
+		return -errno;
+	return 0;
+}
+
 static void *blk_thread(void *arg)
 {
 	struct virtio_blk *b = arg;
@@ -434,11 +446,10 @@ static void *blk_thread(void *arg)
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	for (;;) {
 		struct pollfd pfd = { .fd = b->kick_fd, .events = POLLIN };
-		uint64_t v;
 
 		if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
 			break;
-		if (read(b->kick_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		if (blk_kicks_take(b) < 0)
 			break;
 		pthread_mutex_lock(&b->lock);
 		if (b->stop) {
@@ -619,7 +630,6 @@ static void *blk_uring_thread(void *arg)
 		struct io_uring_cqe *cqe;
 		unsigned head, seen = 0;
 		bool kicked = false, used = false, walk, stop;
-		uint64_t v;
 		int r;
 
 		if (!armed && blk_uring_arm(b) == 0)
@@ -640,7 +650,7 @@ static void *blk_uring_thread(void *arg)
 			used = true;
 		}
 		io_uring_cq_advance(&b->ring, seen);
-		if (kicked && read(b->kick_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		if (kicked && blk_kicks_take(b) < 0)
 			break;
 		pthread_mutex_lock(&b->lock);
 		stop = b->stop;
@@ -954,6 +964,7 @@ static void blk_stats(void *dev, struct device_stats *out)
 	out->bytes_written = atomic_load(&b->n.bytes_written);
 	out->errors = atomic_load(&b->n.errors);
 	out->service_ns = atomic_load(&b->n.service_ns);
+	out->notifies = atomic_load(&b->n.notifies);
 	if (b->thread_started && !pthread_getcpuclockid(b->thread, &cid) &&
 	    !clock_gettime(cid, &ts))
 		out->cpu_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;

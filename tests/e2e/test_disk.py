@@ -284,7 +284,7 @@ def test_status(env, hosts):
     assert d0["reads"] >= 512 and d0["bytes_read"] == 512 * d0["reads"], d0
     assert d0["writes"] >= 256 and d0["bytes_written"] == 512 * d0["writes"], d0
     assert d0["flushes"] >= 2 and d0["other_requests"] == 1 and d0["errors"] == 0, d0
-    assert d0["aio"] == "thread", d0
+    assert d0["aio"] == "thread" and d0["notifies"] >= 1, d0
     # the readonly disk holds a shared lock and the guest never touched it
     assert (r["path"], r["size"], r["readonly"], r["locked"]) == (ro, 4096, True, True), r
     assert r["reads"] == r["writes"] == r["flushes"] == r["errors"] == 0, r

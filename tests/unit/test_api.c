@@ -153,7 +153,7 @@ static void test_status_devices(void **state)
 			    .size = 1 << 20 },
 		  .locked = true, .aio = "thread", .reads = 10, .writes = 4, .flushes = 2,
 		  .others = 1, .bytes_read = 5120, .bytes_written = 2048, .errors = 3,
-		  .service_ns = 7000, .cpu_ns = 9000 },
+		  .service_ns = 7000, .cpu_ns = 9000, .notifies = 11 },
 		{ .spec = { .type = "virtio-net", .id = "n0", .path = "tap7",
 			    .mac = { 0x52, 0x54, 0, 0xab, 0xcd, 0xef } } },
 		{ .spec = { .type = "virtio-blk", .id = "ro", .path = "/srv/b.img", .size = 4096,
@@ -186,6 +186,7 @@ static void test_status_devices(void **state)
 	assert_int_equal(json_integer_value(json_object_get(a, "errors")), 3);
 	assert_int_equal(json_integer_value(json_object_get(a, "service_us")), 7);
 	assert_int_equal(json_integer_value(json_object_get(a, "io_cpu_us")), 9);
+	assert_int_equal(json_integer_value(json_object_get(a, "notifies")), 11);
 	assert_string_equal(json_string_value(json_object_get(b, "id")), "ro");
 	assert_true(json_is_true(json_object_get(b, "readonly")));
 	assert_true(json_is_false(json_object_get(b, "locked")));
