@@ -84,6 +84,7 @@ class Driver:
         self.sampler = sampler
         self.params = {}     # what the driver set, recorded with the results
         self.tls_dir = None  # x509 credentials (QEMU's layout) for a TLS migration
+        self.disk_aio = None  # godwit: --disk aio= (None: its default)
 
     DISK_BYTES = 64 << 20
 
@@ -191,9 +192,24 @@ class Godwit(Driver):
                      "--cmdline", sc["workload"]]
             # a restored or incoming guest keeps its disks (CONFIG names the same file)
             if sc.has_disk:
-                argv += ["--disk", f"path={self.disk_path()}"]
+                aio = f",aio={self.disk_aio}" if self.disk_aio else ""
+                argv += ["--disk", f"path={self.disk_path()}{aio}"]
         proc, serial, errp, t = self._spawn(argv, role, ns, logprefix)
         return Instance(self.name, role, proc, serial, sock, ns, errp, t)
+
+    def vcpu_tids(self, inst):
+        return set()   # godwit names its vCPU threads vcpuN
+
+    def disk_counters(self, inst):
+        """The first disk's request counters (godwit status): ops, bytes, service ns."""
+        st = self.status(inst) or {}
+        d = (st.get("disks") or [None])[0]
+        if not d:
+            raise RunFailed(f"godwit status lists no disk: {one_line(json.dumps(st), 200)}")
+        return {"ops": d["reads"] + d["writes"] + d["flushes"],
+                "bytes": d["bytes_read"] + d["bytes_written"],
+                "service_ns": d["service_us"] * 1000, "notifies": d.get("notifies"),
+                "aio": d.get("aio")}
 
     def wait_api(self, inst, timeout=10.0, want_state=None):
         deadline = time.monotonic() + timeout
@@ -385,6 +401,21 @@ class Qemu(Driver):
 
     def wait_listening(self, inst, timeout=10.0):
         return inst.qmp.cmd("query-status")
+
+    def vcpu_tids(self, inst):
+        return {c["thread-id"] for c in inst.qmp.cmd("query-cpus-fast")}
+
+    def disk_counters(self, inst):
+        """The disk's block-layer accounting (query-blockstats): ops, bytes, and the time
+        from a request's submission to its completion, summed."""
+        devs = inst.qmp.cmd("query-blockstats")
+        if not devs:
+            raise RunFailed("qemu query-blockstats lists no disk")
+        s = devs[0]["stats"]
+        return {"ops": s["rd_operations"] + s["wr_operations"] + s["flush_operations"],
+                "bytes": s["rd_bytes"] + s["wr_bytes"],
+                "service_ns": s["rd_total_time_ns"] + s["wr_total_time_ns"]
+                + s["flush_total_time_ns"], "aio": "qemu default (threads)"}
 
     def guest_resident_reported(self, inst):
         return None

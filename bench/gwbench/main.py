@@ -288,6 +288,7 @@ def main(argv=None):
                     logprefix = os.path.join(scdir, f"{vname}-{i}")
                     row["log"] = os.path.relpath(logprefix, resdir)
                     ctx = Ctx(net, tmpdir if sc["op"] != "snapshot-restore" else resdir, logprefix, port)
+                    ctx.run = i
                     if sc["op"] == "snapshot-restore":
                         ctx.workdir = os.path.join(resdir, "snapshots")
                         os.makedirs(ctx.workdir, exist_ok=True)

@@ -3,7 +3,9 @@
 Each function returns a row (dict of schema.COLUMNS fields); it raises
 Unavailable or RunFailed (drivers.py) when the operation cannot be measured,
 and the caller turns that into a failed/unavailable row."""
+import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -26,6 +28,7 @@ class Ctx:
         self.logprefix = logprefix
         self.port = port
         self.samples = []
+        self.run = 1
 
 
 def _first_line(inst, timeout=FIRST_LINE_TIMEOUT):
@@ -257,6 +260,135 @@ def _judge(row, res):
         raise RunFailed(res["reason"])
 
 
+# ---------------------------------------------------------------------------
+DISK_IO_S = 8.0          # measuring window of a disk-io run, after pass 1
+VCPU_THREAD_RE = re.compile(r"^(vcpu\d+|CPU \d+/KVM)$")   # godwit's and QEMU's vCPU threads
+
+
+def _thread_cpu_ns(pid, vcpu_tids):
+    """(CPU ns of the vCPU threads, CPU ns of every other thread) of a process, from
+    /proc/PID/task/*/schedstat (nanoseconds on the CPU); vCPU threads by name (godwit's) or
+    by the thread ids the VMM reports (QEMU names its threads only with debug-threads=on)."""
+    vcpu = other = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if VCPU_THREAD_RE.match(comm) or int(tid) in vcpu_tids:
+            vcpu += ns
+        else:
+            other += ns
+    return vcpu, other
+
+
+def raw_file(path, sc, seconds=2):
+    """fio on the file the guest's disk is, in the guest's pattern (its working set, seq or
+    random, the same share of writes; synchronous pread/pwrite): {raw_iops, raw_mib_s,
+    raw_64k_mib_s}. Leaves the file's contents changed: the caller zeroes it again."""
+    if shutil.which("fio") is None:
+        log("fio is not installed: no raw-file figures (apt-get install fio)")
+        return {}
+    w = sc.disk_write
+    if w:
+        rw = ["--rw=randrw" if sc.disk_random else "--rw=rw",
+              f"--rwmixwrite={round(100 * w / (100 + w))}"]
+    else:
+        rw = ["--rw=randread" if sc.disk_random else "--rw=read"]
+    out = {}
+    for bs, key in ((512, "raw"), (65536, "raw_64k")):
+        size = max(sc.disk_blocks * 512, 16 * bs)
+        argv = ["fio", "--name=raw", f"--filename={path}", f"--bs={bs}", f"--size={size}",
+                "--ioengine=psync", "--time_based", f"--runtime={seconds}",
+                "--output-format=json", *rw]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        try:
+            job = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
+        except (ValueError, KeyError, IndexError):
+            raise RunFailed(f"fio: {r.stderr.strip()[:200] or r.stdout.strip()[:200]}")
+        secs = job["job_runtime"] / 1000
+        ios = job["read"]["total_ios"] + job["write"]["total_ios"]
+        nbytes = job["read"]["io_bytes"] + job["write"]["io_bytes"]
+        if key == "raw":
+            out["raw_iops"] = ios / secs
+        out[f"{key}_mib_s"] = nbytes / secs / (1 << 20)
+    return out
+
+
+def _disk_window(drv, inst, sc, prefix):
+    """The guest's disk workload measured over DISK_IO_S once pass 1 (which learns what
+    the disk holds) is done: rates from the VMM's counters and from the guest's passes,
+    and the VMM's time and CPU per request."""
+    r = inst.serial.wait_for(lambda t, x: DISK_OK_RE.match(x) is not None or
+                             DISK_FAIL_RE.match(x) is not None, 120)
+    if r is None or not DISK_OK_RE.match(r[2]):
+        raise RunFailed(inst.why_dead() if not inst.alive() else
+                        f"no 'disk ok 1' within 120 s: {r[2] if r else inst.serial.tail(3)}")
+    tids = drv.vcpu_tids(inst)
+    c0, cpu0, t0 = drv.disk_counters(inst), _thread_cpu_ns(inst.pid, tids), time.monotonic()
+    time.sleep(DISK_IO_S)
+    c1, cpu1, t1 = drv.disk_counters(inst), _thread_cpu_ns(inst.pid, tids), time.monotonic()
+    lines, _, _ = inst.serial.snapshot()
+    bad = [x for _, x in lines if DISK_FAIL_RE.match(x)]
+    if bad:
+        raise RunFailed(f"disk check failed: {bad[0]}")
+    ops = c1["ops"] - c0["ops"]
+    if ops <= 0:
+        raise RunFailed(f"no disk requests completed in {DISK_IO_S:.0f} s")
+    row = {f"{prefix}_iops": ops / (t1 - t0),
+           f"{prefix}_mib_s": (c1["bytes"] - c0["bytes"]) / (t1 - t0) / (1 << 20),
+           f"{prefix}_service_us": (c1["service_ns"] - c0["service_ns"]) / ops / 1000}
+    if cpu0 and cpu1:
+        row[f"{prefix}_vmm_cpu_us"] = (cpu1[1] - cpu0[1]) / ops / 1000
+        row[f"{prefix}_vcpu_us"] = (cpu1[0] - cpu0[0]) / ops / 1000
+    if c0.get("notifies") is not None:
+        row[f"{prefix}_notifies_per_req"] = (c1["notifies"] - c0["notifies"]) / ops
+    # the guest's own view: whole passes inside the window, each a read of every block, the
+    # write share rewritten, one FLUSH
+    passes = [(t, int(DISK_OK_RE.match(x).group(1))) for t, x in lines
+              if t0 <= t <= t1 and DISK_OK_RE.match(x)]
+    if len(passes) >= 2 and passes[-1][0] > passes[0][0]:
+        per_pass = sc.disk_blocks * (1 + sc.disk_write / 100) + 1
+        row[f"{prefix}_guest_iops"] = ((passes[-1][1] - passes[0][1]) * per_pass /
+                                       (passes[-1][0] - passes[0][0]))
+    return row
+
+
+def disk_io(drv, sc, ctx):
+    """The guest's disk workload at full rate beside the raw file's rate (fio, same run, same
+    file and pattern); godwit twice, with its default I/O thread and with aio=uring, in an
+    order that alternates from run to run."""
+    row = {}
+    drv.disk_reset(sc)
+    row.update(raw_file(drv.disk_path(), sc))
+    variants = [(None, "disk")] + ([("uring", "uring")] if drv.name == "godwit" else [])
+    if ctx.run % 2 == 0:
+        variants.reverse()   # neither backend always runs first, on a host whose load drifts
+    for aio, prefix in variants:
+        drv.disk_reset(sc)
+        drv.disk_aio = aio
+        inst = None
+        try:
+            inst = drv.launch(sc, "vm", None, ctx.logprefix + (f"-{aio}" if aio else ""))
+            _first_hb(inst, FIRST_LINE_TIMEOUT)
+            row.update(_disk_window(drv, inst, sc, prefix))
+            if prefix == "disk":
+                drv.final_memory(inst)
+                _mem_fields(row, "src", inst.mem)
+        finally:
+            drv.disk_aio = None
+            if inst is not None:
+                drv.stop(inst)
+    return row
+
+
 def run_op(drv, sc, ctx):
     op = sc["op"]
     if op == "boot":
@@ -269,4 +401,6 @@ def run_op(drv, sc, ctx):
         return migrate(drv, sc, ctx, "live")
     if op in ("net-live", "net-rate"):
         return netops.run(drv, sc, ctx)
+    if op == "disk-io":
+        return disk_io(drv, sc, ctx)
     raise ValueError(op)

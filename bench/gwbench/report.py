@@ -54,6 +54,24 @@ METRICS = {
                  ("probes_sent", "probes sent", "count")],
     "net-rate": [("packet_rate_pps", "guest replies a second", "count"),
                  ("probes_sent", "probes sent", "count")],
+    "disk-io": [("disk_iops", "requests/s (VMM counters)", "count"),
+                ("disk_mib_s", "MiB/s (VMM counters)", "count"),
+                ("disk_guest_iops", "requests/s (guest passes)", "count"),
+                ("disk_service_us", "VMM time per request, us", "count"),
+                ("disk_vmm_cpu_us", "host CPU per request outside vCPUs, us", "count"),
+                ("disk_vcpu_us", "host CPU per request in vCPUs, us", "count"),
+                ("disk_notifies_per_req", "guest notifications per request", "count"),
+                ("uring_iops", "godwit aio=uring: requests/s", "count"),
+                ("uring_mib_s", "godwit aio=uring: MiB/s", "count"),
+                ("uring_service_us", "godwit aio=uring: time per request, us", "count"),
+                ("uring_vmm_cpu_us", "godwit aio=uring: CPU per request outside vCPUs, us",
+                 "count"),
+                ("uring_vcpu_us", "godwit aio=uring: CPU per request in vCPUs, us", "count"),
+                ("uring_notifies_per_req", "godwit aio=uring: notifications per request",
+                 "count"),
+                ("raw_iops", "raw file (fio, 512 B): requests/s", "count"),
+                ("raw_mib_s", "raw file (fio, 512 B): MiB/s", "count"),
+                ("raw_64k_mib_s", "raw file (fio, 64 KiB): MiB/s", "count")],
 }
 OPS = ("boot", "snapshot-restore", "warm-migrate", "live-migrate")
 NET_OPS = ("net-live", "net-rate")
@@ -204,7 +222,7 @@ def write_markdown(path, rows, scenarios, limits, limit_notes, meta, plots):
         h = how.get(k) or (f"one TCP stream, tc: {limit_notes.get(k, '')}" if k.startswith("link_") else "")
         L.append(f"| {k} | {fmt_limit(k, v)} | {h} |")
     L.append("")
-    for op in OPS + NET_OPS:
+    for op in OPS + NET_OPS + ("disk-io",):
         scs = [s for s in scenarios if s["op"] == op and s["name"] in g]
         if not scs:
             continue

@@ -7,7 +7,8 @@ from .util import parse_link_rate, parse_size
 
 COLUMNS = ["name", "set", "op", "memory", "cpus", "workload", "link", "downtime_ms",
            "bandwidth", "restore", "on_stall", "warmup_s", "tls"]
-OPS = ("boot", "snapshot-restore", "warm-migrate", "live-migrate", "net-live", "net-rate")
+OPS = ("boot", "snapshot-restore", "warm-migrate", "live-migrate", "net-live", "net-rate",
+       "disk-io")
 DEFAULT_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "scenarios.tsv")
 
@@ -49,6 +50,24 @@ class Scenario(dict):
     def has_net(self):
         """The guest kit's UDP echo (alone or beside a memory one), for the net-* ops."""
         return "net" in self.workloads
+
+    def _opt(self, key, default):
+        m = re.search(rf"\b{key}=(\S+)", self["workload"])
+        return m.group(1) if m else default
+
+    @property
+    def disk_blocks(self):
+        """The guest kit's disk working set in 512-byte blocks (its default 1024)."""
+        return int(self._opt("disk_blocks", "1024"))
+
+    @property
+    def disk_write(self):
+        """Percent of visited blocks the guest rewrites (its default 50)."""
+        return int(self._opt("disk_write", "50"))
+
+    @property
+    def disk_random(self):
+        return self._opt("disk_pattern", "seq") == "random"
 
     @property
     def link_bits(self):
@@ -126,6 +145,8 @@ def validate(sc, where):
         raise ValueError(f"{where}: on_stall must be -, throttle, pause or cancel")
     if sc["tls"] not in ("-", "x509"):
         raise ValueError(f"{where}: tls must be - or x509")
+    if sc["op"] == "disk-io" and not sc.has_disk:
+        raise ValueError(f"{where}: disk-io needs the disk workload (workload=disk ...)")
     if sc["tls"] != "-" and sc["op"] not in ("warm-migrate", "live-migrate"):
         raise ValueError(f"{where}: tls applies to migrations only")
 

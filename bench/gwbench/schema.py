@@ -42,6 +42,18 @@ METRIC_COLUMNS = [
     "reply_gap_max_ms",          # longest gap between replies over the whole run
     "probes_sent", "probe_replies",
     "packet_rate_pps",           # net-rate: the guest's replies a second to a flood of probes
+    # disk-io: the guest's disk workload at full rate (docs/benchmarks.md); godwit's own
+    # columns with its default aio, uring_* the same guest again with --disk aio=uring
+    "disk_iops", "disk_mib_s",   # requests and data per second, from the VMM's counters
+    "disk_guest_iops",           # from the guest's `disk ok` passes
+    "disk_service_us",           # VMM per request: taken off the ring -> completed
+    "disk_vmm_cpu_us",           # host CPU per request outside the vCPU threads
+    "disk_vcpu_us",              # host CPU per request in the vCPU threads (the emulated guest)
+    "disk_notifies_per_req",     # godwit: the guest's queue notifications per request
+    "uring_iops", "uring_mib_s", "uring_guest_iops", "uring_service_us", "uring_vmm_cpu_us",
+    "uring_vcpu_us", "uring_notifies_per_req",
+    "raw_iops", "raw_mib_s",     # fio on the same file, the guest's pattern, 512-byte requests
+    "raw_64k_mib_s",             # the same with 64 KiB requests
 ]
 
 COLUMNS = SCENARIO_COLUMNS + METRIC_COLUMNS + ["log"]
@@ -54,4 +66,5 @@ REQUIRED_OK = {
     "live-migrate": ["total_ms"],
     "net-live": ["client_outage_ms"],
     "net-rate": ["packet_rate_pps"],
+    "disk-io": ["disk_iops"],
 }

@@ -10,12 +10,13 @@
  * write never leaves the kernel: the guest kit's disk workload went from 1.8 to 1.1-1.4 s a
  * pass of 1024 blocks with it, on this loaded two-core host), which walks the queue and does the file I/O with preadv/pwritev straight
  * into and out of guest memory, then publishes the used entries and raises the interrupt.
- * Why a thread and not io_uring: quiescing at a pause has to mean "every request taken is
- * complete"; with one blocking thread that is "the thread is idle", a condition variable
- * away, with nothing in a kernel ring to cancel or reap. fdatasync needs nothing special,
- * and no new library is linked. The guest here runs through KVM's instruction emulator
- * (about a million instructions a second), which bounds its request rate far below what
- * a synchronous thread serves; io_uring's batching would matter only for a fast guest.
+ * With aio=uring (optional, liburing) the same thread hands reads, writes and FLUSH to
+ * io_uring instead and walks on, up to BLK_URING_SLOTS in flight. The thread's synchronous
+ * I/O stays the default, by measurement (docs/benchmarks.md, "Disk I/O"): the guest's
+ * request rate was the same within this host's noise with both (the emulated guest spends
+ * 500-1050 us of vCPU time a request, the device 10-35 us of CPU), while the device's time
+ * from taking a request to completing it was 5-26 us with the thread and 29-164 us with
+ * io_uring, whose buffered writes and fdatasync go to its worker threads.
  *
  * Every byte the device writes into guest memory (read data, the status byte, the used
  * ring) is marked in the VMM's dirty bitmap after it is written, so a live migration sends
