@@ -4,6 +4,12 @@
  * TLS channel the record reader and writer use. Nothing the peer sends reaches the stream
  * parser before the handshake has authenticated it; OpenSSL's own record buffers (a few
  * tens of KiB) are all a destination holds for an unauthenticated peer.
+ *
+ * Post-copy reads and writes one channel from two threads (pages one way, page requests
+ * the other). One SSL object must never be entered by two threads at once, so after the
+ * handshake the socket stays non-blocking: every SSL call runs under the channel's lock
+ * and never blocks, and a thread waits for the socket in poll() with the lock released,
+ * so a reader waiting for a request never holds up a writer sending pages.
  */
 #include "migration/tls.h"
 
@@ -13,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +56,7 @@ struct mig_tls {
 struct tls_channel {
 	struct channel ch;
 	struct mig_tls *t;
+	pthread_mutex_t lock; /* held for every call on ssl, never while waiting */
 	SSL *ssl;
 	bool ktls_send;
 	char psk_identity[TLS_PSK_ID_MAX + 1]; /* the identity a PSK handshake used */
@@ -378,18 +386,12 @@ static void tls_channel_error(struct tls_channel *tc, int sslerr)
 	ERR_clear_error();
 }
 
-/* Maps a failed SSL_read/SSL_write to a negative errno, keeping OpenSSL's reason. */
-static ssize_t tls_io_fail(struct tls_channel *tc, int r)
+/* Maps a failed SSL_read/SSL_write (sslerr, errno saved) to a negative errno. */
+static ssize_t tls_io_fail(struct tls_channel *tc, int sslerr, int saved)
 {
-	int sslerr = SSL_get_error(tc->ssl, r), saved = errno;
-
 	switch (sslerr) {
 	case SSL_ERROR_ZERO_RETURN:
 		return 0;
-	case SSL_ERROR_WANT_READ:
-	case SSL_ERROR_WANT_WRITE:
-		/* a blocking socket: only its send/receive timeout gets here */
-		return -EAGAIN;
 	case SSL_ERROR_SYSCALL:
 		ERR_clear_error();
 		return saved ? -saved : 0;
@@ -400,30 +402,96 @@ static ssize_t tls_io_fail(struct tls_channel *tc, int r)
 	}
 }
 
+/*
+ * Waits, without the lock, until the socket can give what OpenSSL asked for (sslerr: WANT_READ
+ * or WANT_WRITE), for at most the socket's own receive or send timeout, as a blocking socket
+ * would: -EAGAIN when it passes. A shut-down socket wakes the wait; the retried call fails.
+ */
+static int tls_wait(struct tls_channel *tc, int sslerr)
+{
+	bool rd = sslerr == SSL_ERROR_WANT_READ;
+	struct pollfd p = { .fd = tc->ch.fd, .events = rd ? POLLIN : POLLOUT };
+	struct timeval tv = { 0 };
+	socklen_t len = sizeof(tv);
+	int ms = -1, r;
+
+	if (getsockopt(tc->ch.fd, SOL_SOCKET, rd ? SO_RCVTIMEO : SO_SNDTIMEO, &tv, &len) == 0 &&
+	    (tv.tv_sec || tv.tv_usec))
+		ms = (int)MIN((int64_t)tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000, INT32_MAX);
+	do
+		r = poll(&p, 1, ms);
+	while (r < 0 && errno == EINTR);
+	if (r == 0)
+		return -EAGAIN;
+	return r < 0 ? -errno : 0;
+}
+
+/*
+ * One SSL_read_ex or SSL_write_ex (write: p is const) under the lock, waiting outside it
+ * until it completes; a write is retried with the same buffer, as OpenSSL requires.
+ */
+static ssize_t tls_io(struct tls_channel *tc, bool write, void *p, size_t len)
+{
+	for (;;) {
+		size_t n = 0;
+		int r, sslerr, saved, ret;
+
+		pthread_mutex_lock(&tc->lock);
+		ERR_clear_error();
+		errno = 0;
+		r = write ? SSL_write_ex(tc->ssl, p, len, &n) : SSL_read_ex(tc->ssl, p, len, &n);
+		if (r == 1) {
+			pthread_mutex_unlock(&tc->lock);
+			return (ssize_t)n;
+		}
+		saved = errno;
+		sslerr = SSL_get_error(tc->ssl, r);
+		if (sslerr != SSL_ERROR_WANT_READ && sslerr != SSL_ERROR_WANT_WRITE) {
+			ssize_t fail = tls_io_fail(tc, sslerr, saved);
+
+			pthread_mutex_unlock(&tc->lock);
+			return write && !fail ? -EPIPE : fail;
+		}
+		pthread_mutex_unlock(&tc->lock);
+		ret = tls_wait(tc, sslerr);
+		if (ret < 0)
+			return ret;
+	}
+}
+
 static ssize_t tls_channel_read(struct channel *c, void *p, size_t len)
 {
-	struct tls_channel *tc = (struct tls_channel *)c;
-	size_t n = 0;
-	int r;
-
-	errno = 0;
-	r = SSL_read_ex(tc->ssl, p, len, &n);
-	if (r == 1)
-		return (ssize_t)n;
-	return tls_io_fail(tc, r);
+	return tls_io((struct tls_channel *)c, false, p, len);
 }
 
 static ssize_t tls_write_all(struct tls_channel *tc, const void *p, size_t len)
 {
-	size_t n = 0;
-	int r;
+	return tls_io(tc, true, (void *)p, len);
+}
 
-	errno = 0;
-	r = SSL_write_ex(tc->ssl, p, len, &n);
-	if (r == 1)
-		return (ssize_t)n;
-	r = (int)tls_io_fail(tc, r);
-	return r ? r : -EPIPE;
+/* Kernel TLS: the socket encrypts; the lock keeps records whole beside OpenSSL's own. */
+static ssize_t tls_ktls_writev(struct tls_channel *tc, const struct iovec *iov, int n)
+{
+	struct msghdr msg = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n };
+
+	for (;;) {
+		ssize_t done;
+		int ret;
+
+		pthread_mutex_lock(&tc->lock);
+		do
+			done = sendmsg(tc->ch.fd, &msg, MSG_NOSIGNAL);
+		while (done < 0 && errno == EINTR);
+		ret = done < 0 ? -errno : 0;
+		pthread_mutex_unlock(&tc->lock);
+		if (done >= 0)
+			return done;
+		if (ret != -EAGAIN)
+			return ret;
+		ret = tls_wait(tc, SSL_ERROR_WANT_WRITE);
+		if (ret < 0)
+			return ret;
+	}
 }
 
 /*
@@ -436,15 +504,8 @@ static ssize_t tls_channel_writev(struct channel *c, const struct iovec *iov, in
 	struct tls_channel *tc = (struct tls_channel *)c;
 	size_t used = 0;
 
-	if (tc->ktls_send) {
-		struct msghdr msg = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n };
-		ssize_t done;
-
-		do
-			done = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
-		while (done < 0 && errno == EINTR);
-		return done < 0 ? -errno : done;
-	}
+	if (tc->ktls_send)
+		return tls_ktls_writev(tc, iov, n);
 	if (n > 0 && iov[0].iov_len >= TLS_DIRECT_MIN)
 		return tls_write_all(tc, iov[0].iov_base, iov[0].iov_len);
 	for (int i = 0; i < n && used < TLS_WBUF; i++) {
@@ -471,6 +532,7 @@ static void tls_channel_free(struct channel *c)
 	struct tls_channel *tc = (struct tls_channel *)c;
 
 	SSL_free(tc->ssl);
+	pthread_mutex_destroy(&tc->lock);
 	free(tc->wbuf);
 	free(tc);
 }
@@ -582,11 +644,12 @@ int mig_tls_handshake(struct mig_tls *t, int fd, const char *host, uint64_t dead
 		      struct channel **ch, struct mig_tls_info *info, struct errbuf *e)
 {
 	struct tls_channel *tc = calloc(1, sizeof(*tc));
-	int flags, ret;
+	int flags = -1, ret;
 
 	*ch = NULL;
 	if (!tc)
 		return err_set(e, -ENOMEM, "out of memory");
+	pthread_mutex_init(&tc->lock, NULL);
 	tc->t = t;
 	tc->ch.ops = &tls_channel_ops;
 	tc->ch.fd = fd;
@@ -667,7 +730,6 @@ int mig_tls_handshake(struct mig_tls *t, int fd, const char *host, uint64_t dead
 		}
 	}
 fail_fl:
-	fcntl(fd, F_SETFL, flags);
 	if (ret < 0)
 		goto fail;
 	/* PSK: the key, not some certificate, must have authenticated the peer */
@@ -679,11 +741,16 @@ fail_fl:
 	tc->ktls_send = BIO_get_ktls_send(SSL_get_wbio(tc->ssl));
 #endif
 	tls_info_fill(tc, info);
+	/* the socket stays non-blocking: the channel waits in poll(), see tls_io() */
 	*ch = &tc->ch;
 	return 0;
 fail:
+	/* a refused peer may still be told why on the plain socket, blocking as before */
+	if (flags >= 0)
+		fcntl(fd, F_SETFL, flags);
 	ERR_clear_error();
 	SSL_free(tc->ssl);
+	pthread_mutex_destroy(&tc->lock);
 	free(tc->wbuf);
 	free(tc);
 	return ret;

@@ -19,6 +19,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -237,6 +239,123 @@ static void test_psk_stream(void **state)
 	unpair(&srv, &cli);
 }
 
+/* ---- one channel, two threads (post-copy: pages one way, requests the other) ---- */
+
+#define DUPLEX_BYTES (4u << 20)
+#define DUPLEX_CHUNK 65536
+
+struct duplex {
+	struct channel *ch;
+	uint8_t seed;     /* what this side's writer sends: byte i is seed + i * 7 */
+	uint8_t peer;     /* what its reader expects */
+	uint64_t got;     /* bytes read and checked */
+	int ret;
+};
+
+static void *duplex_write(void *arg)
+{
+	static _Thread_local uint8_t buf[DUPLEX_CHUNK];
+	struct duplex *d = arg;
+
+	for (uint64_t off = 0; off < DUPLEX_BYTES && !d->ret;) {
+		struct iovec iov;
+		ssize_t n;
+
+		for (unsigned i = 0; i < DUPLEX_CHUNK; i++)
+			buf[i] = (uint8_t)(d->seed + (off + i) * 7);
+		iov = (struct iovec){ buf, DUPLEX_CHUNK };
+		while (iov.iov_len && !d->ret) {
+			n = channel_writev(d->ch, &iov, 1);
+			if (n <= 0)
+				d->ret = n < 0 ? (int)n : -EPIPE;
+			else
+				iov = (struct iovec){ (uint8_t *)iov.iov_base + n, iov.iov_len - (size_t)n };
+		}
+		off += DUPLEX_CHUNK;
+	}
+	return NULL;
+}
+
+static void *duplex_read(void *arg)
+{
+	static _Thread_local uint8_t buf[DUPLEX_CHUNK];
+	struct duplex *d = arg;
+
+	while (d->got < DUPLEX_BYTES) {
+		ssize_t n = channel_read(d->ch, buf, sizeof(buf));
+
+		if (n <= 0) {
+			d->ret = n < 0 ? (int)n : -EPIPE;
+			return NULL;
+		}
+		for (ssize_t i = 0; i < n; i++)
+			if (buf[i] != (uint8_t)(d->peer + (d->got + (uint64_t)i) * 7)) {
+				d->ret = -EBADMSG;
+				return NULL;
+			}
+		d->got += (uint64_t)n;
+	}
+	return NULL;
+}
+
+static void *duplex_read_one(void *arg)
+{
+	struct duplex *d = arg;
+	uint8_t b;
+
+	d->ret = (int)channel_read(d->ch, &b, 1);
+	return NULL;
+}
+
+/*
+ * Both sides write 4 MiB while reading the other's 4 MiB on the same channel from another
+ * thread: every byte arrives in order both ways, and neither thread waits for the other (a
+ * reader waiting for data never holds up the writer). A quiet channel times out like a
+ * blocking socket, and a shutdown wakes a reader waiting on it.
+ */
+static void test_two_threads(void **state)
+{
+	struct side srv, cli;
+	struct duplex sw, sr, cw, cr, one;
+	struct timeval tv = { 0, 100000 };
+	pthread_t th[4];
+	uint8_t b;
+
+	pair(KEY_A, KEY_A, &srv, &cli);
+	assert_int_equal(srv.ret, 0);
+	assert_int_equal(cli.ret, 0);
+	sw = (struct duplex){ .ch = srv.ch, .seed = 3 };
+	sr = (struct duplex){ .ch = srv.ch, .peer = 11 };
+	cw = (struct duplex){ .ch = cli.ch, .seed = 11 };
+	cr = (struct duplex){ .ch = cli.ch, .peer = 3 };
+	assert_int_equal(pthread_create(&th[0], NULL, duplex_read, &sr), 0);
+	assert_int_equal(pthread_create(&th[1], NULL, duplex_read, &cr), 0);
+	assert_int_equal(pthread_create(&th[2], NULL, duplex_write, &sw), 0);
+	assert_int_equal(pthread_create(&th[3], NULL, duplex_write, &cw), 0);
+	for (int i = 0; i < 4; i++)
+		pthread_join(th[i], NULL);
+	assert_int_equal(sw.ret, 0);
+	assert_int_equal(cw.ret, 0);
+	assert_int_equal(sr.ret, 0);
+	assert_int_equal(cr.ret, 0);
+	assert_int_equal(sr.got, DUPLEX_BYTES);
+	assert_int_equal(cr.got, DUPLEX_BYTES);
+
+	/* nothing to read: the socket's receive timeout ends the wait */
+	assert_int_equal(setsockopt(cli.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+	assert_int_equal(channel_read(cli.ch, &b, 1), -EAGAIN);
+	/* a reader waiting without a timeout is woken by a shutdown from another thread */
+	tv = (struct timeval){ 0 };
+	assert_int_equal(setsockopt(cli.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+	one = (struct duplex){ .ch = cli.ch, .ret = 1 };
+	assert_int_equal(pthread_create(&th[0], NULL, duplex_read_one, &one), 0);
+	usleep(50000);
+	channel_shutdown(cli.ch);
+	pthread_join(th[0], NULL);
+	assert_true(one.ret <= 0);
+	unpair(&srv, &cli);
+}
+
 static void test_psk_wrong_key(void **state)
 {
 	struct side srv, cli;
@@ -293,6 +412,7 @@ int main(void)
 		cmocka_unit_test(test_psk_file),
 		cmocka_unit_test(test_x509_missing),
 		cmocka_unit_test(test_psk_stream),
+		cmocka_unit_test(test_two_threads),
 		cmocka_unit_test(test_psk_wrong_key),
 		cmocka_unit_test(test_stalled_peer),
 	};
