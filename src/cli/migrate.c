@@ -46,6 +46,7 @@ static void migrate_usage(FILE *out)
 	      "  rest (lost if the source dies before the end); --postcopy-after N|auto: live\n"
 	      "  rounds, then post-copy after N rounds or when they stall; --resume: reconnect\n"
 	      "  a post-copy whose link broke (state postcopy-paused) to the destination\n"
+	      "  (without TLS options: over TLS with those the migration started with)\n"
 	      "  --compress: zstd (LEVEL 1-19, default 1) each batch of pages that shrinks;\n"
 	      "  auto: only while the link, not the CPU, is the bound; none (default)\n"
 	      "  --json: print the final migration status as JSON; --digest: include a digest\n"

@@ -66,6 +66,17 @@ static int inc_reply(uint32_t type, const char *reason)
 	return 0;
 }
 
+/* A plaintext listener: a TLS ClientHello starts with 0x16; say so rather than "bad magic". */
+static int inc_plain_check(struct errbuf *e)
+{
+	uint8_t b;
+
+	if (!mig.tls && recv(mig.fd, &b, 1, MSG_PEEK) == 1 && b == 0x16)
+		return err_set(e, -EPROTO, "the source started a TLS handshake; this destination "
+					   "listens without TLS (start it with --tls-dir or --tls-psk)");
+	return 0;
+}
+
 static int inc_next(struct state_record *rec, struct errbuf *e)
 {
 	int ret = state_reader_next(mig.r, rec, e);
@@ -102,11 +113,6 @@ static int inc_config(const struct state_record *rec, struct errbuf *e)
 	    cfg->flags != MIG_MODE_POSTCOPY) {
 		ret = err_set(e, -EPROTO, "the source's configuration names unknown mode %llu",
 			      (unsigned long long)cfg->flags);
-		goto out;
-	}
-	if (cfg->flags == MIG_MODE_POSTCOPY && mig.tls) {
-		ret = err_set(e, -EPROTO, "the source asked for post-copy, which is not yet "
-					  "supported over TLS");
 		goto out;
 	}
 	cpuid = vm_state_config_cpuid(cfg);
@@ -340,15 +346,9 @@ static int inc_receive(struct errbuf *e)
 	ret = mig_socket_timeouts(mig.fd, MIG_IO_TIMEOUT_MS, e);
 	if (ret < 0)
 		return ret;
-	if (!mig.tls) {
-		uint8_t b;
-
-		/* a TLS ClientHello starts with 0x16: say so rather than "bad magic" */
-		if (recv(mig.fd, &b, 1, MSG_PEEK) == 1 && b == 0x16)
-			return err_set(e, -EPROTO, "the source started a TLS handshake; this "
-						   "destination listens without TLS (start it with "
-						   "--tls-dir or --tls-psk)");
-	}
+	ret = inc_plain_check(e);
+	if (ret < 0)
+		return ret;
 	ret = state_reader_open_channel(&mig.r, mig.ch, &ro, e);
 	if (ret < 0)
 		return err_prefix(e, ret, "from the source");
@@ -418,13 +418,6 @@ static int inc_receive(struct errbuf *e)
 				continue;
 			}
 			if (m.type == MIG_MSG_MISSING) {
-				/* post-copy's threads and reconnects bypass the TLS session */
-				if (mig.tls) {
-					ret = err_set(e, -EPROTO, "the source asked for post-copy, which "
-						      "is not yet supported over TLS");
-					inc_reply(MIG_MSG_ERROR, e->msg);
-					return ret;
-				}
 				ret = inc_postcopy_missing(vm_memory(mig.vm), &m, e);
 				if (ret < 0) {
 					inc_reply(MIG_MSG_ERROR, e->msg);
@@ -530,6 +523,15 @@ static void inc_refuse_plaintext(int fd, const char *why)
 	if (mig_ctrl_send(w, &m, &e) < 0 || state_writer_flush(w, &e) < 0)
 		log_debug("incoming migration: the plaintext REFUSE was not delivered: %s", e.msg);
 	state_writer_free(w);
+}
+
+int inc_channel_accept(uint64_t deadline_ns, struct errbuf *e)
+{
+	int ret = mig_channel_open(NULL, deadline_ns, e);
+
+	if (ret == -EPROTONOSUPPORT)
+		inc_refuse_plaintext(mig.fd, e->msg);
+	return ret < 0 ? ret : inc_plain_check(e);
 }
 
 /*

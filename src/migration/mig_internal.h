@@ -95,6 +95,12 @@ void mig_incoming_unblock(void);
  * (the handshake must complete by deadline_ns), else plain. host: see mig_tls_handshake.
  */
 int __must_check mig_channel_open(const char *host, uint64_t deadline_ns, struct errbuf *e);
+/*
+ * The destination's channel over the accepted socket mig.fd, as mig_channel_open; a
+ * plaintext source on a TLS listener is told why (REFUSE), a TLS one on a plaintext
+ * listener is named as such.
+ */
+int __must_check inc_channel_accept(uint64_t deadline_ns, struct errbuf *e);
 /* Adds the TLS layer's reason for a failed read or write on the stream, if it has one. */
 int mig_channel_error(struct errbuf *e, int ret);
 /* Frees the stream reader and writer and closes the connection. */

@@ -1258,7 +1258,8 @@ void mig_done_cb(void *opaque)
 		mig.done(mig.done_opaque);
 }
 
-static void mig_send_finish(int ret, struct errbuf *ep);
+static void mig_send_finish(int ret, bool resumable, struct errbuf *ep);
+static bool mig_postcopy_resumable(int ret);
 
 static void *mig_send_thread(void *arg)
 {
@@ -1282,7 +1283,7 @@ static void *mig_send_thread(void *arg)
 		if (mig.paused_by_us && vm_owner_resume(mig.vm, &e2) < 0)
 			log_err("migration: resuming the guest after failure: %s", e2.msg);
 	}
-	mig_send_finish(ret, &e);
+	mig_send_finish(ret, ret < 0 && mig_postcopy_resumable(ret), &e);
 	return NULL;
 }
 
@@ -1296,11 +1297,14 @@ static bool mig_postcopy_resumable(int ret)
 	       ret != -EPROTO && ret != -EBADMSG && ret != -ECANCELED;
 }
 
-/* The end of a source thread: status, stream, and the main loop told. */
-static void mig_send_finish(int ret, struct errbuf *ep)
+/*
+ * The end of a source thread: status, stream, and the main loop told. resumable: a failed
+ * post-copy stays postcopy-paused, keeping its pages for `migrate --resume`.
+ */
+static void mig_send_finish(int ret, bool resumable, struct errbuf *ep)
 {
 	struct errbuf e = *ep;
-	bool paused = ret < 0 && mig_postcopy_resumable(ret);
+	bool paused = ret < 0 && resumable;
 
 	pthread_mutex_lock(&mig.lock);
 	if (ret == 0) {
@@ -1341,7 +1345,7 @@ static void mig_send_finish(int ret, struct errbuf *ep)
  * migrate --resume: a new connection to the destination, which lists the pages it still
  * lacks (MISSING... DONE); they become the pages to send, and post-copy goes on.
  */
-static int mig_resume_run(struct mig_batch *b, struct errbuf *e)
+static int mig_resume_run(struct mig_batch *b, bool *accepted, struct errbuf *e)
 {
 	struct state_record rec;
 	struct mig_ctrl m;
@@ -1351,6 +1355,7 @@ static int mig_resume_run(struct mig_batch *b, struct errbuf *e)
 	ret = mig_handshake(MIG_HELLO_RESUME, e);
 	if (ret < 0)
 		return ret;
+	*accepted = true;
 	/* a new stream: the bandwidth cap counts from here */
 	mig.bw_start_ns = time_mono_ns();
 	mig.bw_start_bytes = state_writer_bytes(mig.w);
@@ -1389,31 +1394,70 @@ static void *mig_resume_thread(void *arg)
 {
 	struct errbuf e = { { 0 } };
 	struct mig_batch *b = calloc(1, sizeof(*b));
+	bool accepted = false;
 	int ret;
 
 	(void)arg;
-	ret = b ? mig_resume_run(b, &e) : err_set(&e, -ENOMEM, "out of memory");
+	ret = b ? mig_resume_run(b, &accepted, &e) : err_set(&e, -ENOMEM, "out of memory");
 	free(b);
-	mig_send_finish(ret, &e);
+	if (ret < 0)
+		mig_channel_error(&e, ret);
+	/* refused before ACCEPT (credentials, a wrong guest): the destination still waits */
+	mig_send_finish(ret, ret < 0 && (!accepted || mig_postcopy_resumable(ret)), &e);
 	return NULL;
 }
 
-/* Called with mig.lock held; the previous thread has ended in postcopy-paused. */
+/* the TLS options a migration started with: a resume without any uses them */
+static struct mig_tls_opts mig_tls_first;
+
+/*
+ * The source's credentials for uri (none without a TLS option), loaded and checked now so
+ * that mistakes are refused synchronously, before anything starts.
+ */
+static int mig_tls_setup(const struct mig_tls_opts *o, const struct mig_uri *uri,
+			 const char *uristr, struct mig_tls **tls, struct errbuf *e)
+{
+	*tls = NULL;
+	if (o->hostname[0] && !mig_tls_wanted(o))
+		return err_set(e, -EINVAL, "tls_hostname (--tls-hostname) needs tls_dir (--tls-dir)");
+	if (uri->kind == MIG_URI_UNIX && o->dir[0] && !o->hostname[0])
+		return err_set(e, -EINVAL, "%s: a unix socket has no host name to check the "
+					   "destination's certificate against: give tls_hostname "
+					   "(--tls-hostname)",
+			       uristr);
+	return mig_tls_wanted(o) ? mig_tls_create(tls, o, false, e) : 0;
+}
+
+/*
+ * Called with mig.lock held; the previous thread has ended in postcopy-paused. The resume
+ * runs over TLS with the credentials given now or else those the migration started with
+ * (a later attempt without any goes back to those): a post-copy that began over TLS never
+ * goes on in plaintext.
+ */
 static int mig_resume_start(const struct mig_params *p, const struct mig_uri *uri,
 			    void (*done)(void *opaque), void *opaque, struct errbuf *e)
 {
+	const struct mig_tls_opts *tls_opts;
+	struct mig_tls *tls;
 	int ret;
 
 	if (mig.st.incoming || mig.st.state != MIG_STATE_POSTCOPY_PAUSED || !mig.dirty)
 		return err_set(e, -EINVAL, "nothing to resume: --resume continues a post-copy "
 					   "migration whose link broke (migrate-status state "
 					   "postcopy-paused)");
+	tls_opts = mig_tls_wanted(&p->tls) || p->tls.hostname[0] ? &p->tls : &mig_tls_first;
+	ret = mig_tls_setup(tls_opts, uri, p->uri, &tls, e);
+	if (ret < 0)
+		return ret;
 	if (mig.running) {
 		pthread_mutex_unlock(&mig.lock);
 		pthread_join(mig.thread, NULL);
 		pthread_mutex_lock(&mig.lock);
 		mig.running = false;
 	}
+	mig.p.tls = *tls_opts; /* this attempt's, for the handshake's host name */
+	mig.tls = tls;
+	memset(&mig.st.tls, 0, sizeof(mig.st.tls));
 	snprintf(mig.p.uri, sizeof(mig.p.uri), "%s", p->uri);
 	snprintf(mig.st.uri, sizeof(mig.st.uri), "%s", p->uri);
 	mig.uri = *uri;
@@ -1424,6 +1468,8 @@ static int mig_resume_start(const struct mig_params *p, const struct mig_uri *ur
 	ret = pthread_create(&mig.thread, NULL, mig_resume_thread, NULL);
 	if (ret) {
 		mig.st.state = MIG_STATE_POSTCOPY_PAUSED;
+		mig.tls = NULL;
+		mig_tls_free(tls);
 		return err_set(e, -ret, "start the migration thread: %s", strerror(ret));
 	}
 	mig.running = true;
@@ -1477,19 +1523,9 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 			       vm_dirty_mode_name(p->dirty_tracking),
 			       vm_dirty_mode_name(vm_dirty_mode_get(vm)),
 			       vm_dirty_mode_name(p->dirty_tracking));
-	if (p->tls.hostname[0] && !mig_tls_wanted(&p->tls))
-		return err_set(e, -EINVAL, "tls_hostname (--tls-hostname) needs tls_dir (--tls-dir)");
-	if (uri.kind == MIG_URI_UNIX && p->tls.dir[0] && !p->tls.hostname[0])
-		return err_set(e, -EINVAL, "%s: a unix socket has no host name to check the "
-					   "destination's certificate against: give tls_hostname "
-					   "(--tls-hostname)",
-			       p->uri);
-	/* credentials are loaded and checked now, so mistakes are refused synchronously */
-	if (mig_tls_wanted(&p->tls)) {
-		ret = mig_tls_create(&tls, &p->tls, false, e);
-		if (ret < 0)
-			return ret;
-	}
+	ret = mig_tls_setup(&p->tls, &uri, p->uri, &tls, e);
+	if (ret < 0)
+		return ret;
 	ret = vm_busy_set(vm, "a migration", &was_paused, e);
 	if (ret < 0) {
 		mig_tls_free(tls);
@@ -1514,6 +1550,7 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 	mig.vm = vm;
 	mig.loop = loop;
 	mig.p = *p;
+	mig_tls_first = p->tls;
 	mig.uri = uri;
 	mig.tls = tls;
 	mig.done = done;

@@ -59,13 +59,6 @@ int mig_params_validate(const struct mig_params *p, struct errbuf *e)
 			       "with LEVEL %d to %d", STATE_ZSTD_LEVEL_MIN, STATE_ZSTD_LEVEL_MAX);
 	if (p->tls.dir[0] && p->tls.psk[0])
 		return err_set(e, -EINVAL, "tls_dir and tls_psk exclude each other");
-	/* post-copy reads and writes one connection from two threads, which one TLS session
-	 * cannot carry, and its reconnects are plaintext: refused rather than weakened */
-	if ((p->tls.dir[0] || p->tls.psk[0] || p->tls.hostname[0]) &&
-	    (p->mode == MIG_MODE_POSTCOPY || p->postcopy_after ||
-	     p->on_stall == MIG_STALL_POSTCOPY || p->resume))
-		return err_set(e, -EINVAL, "post-copy (mode postcopy, postcopy_after, on_stall "
-					   "postcopy, resume) over TLS is not yet supported");
 	return 0;
 }
 

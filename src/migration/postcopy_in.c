@@ -420,7 +420,11 @@ static int pc_resume_config(struct state_reader *r, struct errbuf *e)
 	return ret;
 }
 
-/* The source reconnected: HELLO (resume) and CONFIG, then what this side lacks. */
+/*
+ * The source reconnected: the same channel as the first connection (a TLS listener requires
+ * TLS with the same credentials again, and tells a plaintext source so), HELLO (resume) and
+ * CONFIG, then what this side lacks. On failure the connection is closed.
+ */
 static int pc_resume_handshake(int fd, struct errbuf *e)
 {
 	struct state_reader_opts ro = { .kind = STATE_KIND_MIGRATION, .allow_control = true,
@@ -431,9 +435,15 @@ static int pc_resume_handshake(int fd, struct errbuf *e)
 	struct state_record rec;
 	int ret;
 
+	/* the fault thread writes only once mig.w is set, below: the stream is this thread's */
+	pthread_mutex_lock(&mig.lock);
+	mig.fd = fd;
+	pthread_mutex_unlock(&mig.lock);
 	ret = mig_socket_timeouts(fd, MIG_IO_TIMEOUT_MS, e);
 	if (ret == 0)
-		ret = state_reader_open_fd(&r, fd, &ro, e);
+		ret = inc_channel_accept(time_mono_ns() + (uint64_t)MIG_IO_TIMEOUT_MS * 1000000ull, e);
+	if (ret == 0)
+		ret = state_reader_open_channel(&r, mig.ch, &ro, e);
 	if (ret == 0)
 		ret = state_reader_next(r, &rec, e);
 	if (ret == 0)
@@ -445,7 +455,7 @@ static int pc_resume_handshake(int fd, struct errbuf *e)
 	if (ret == 0)
 		ret = pc_resume_config(r, e);
 	if (ret == 0)
-		ret = state_writer_open(&w, fd, STATE_KIND_MIGRATION, e);
+		ret = state_writer_open_channel(&w, mig.ch, STATE_KIND_MIGRATION, e);
 	m = (struct mig_ctrl){ .type = MIG_MSG_ACCEPT, .u32a = MIG_PROTOCOL_VERSION };
 	if (ret == 0)
 		ret = mig_ctrl_send(w, &m, e);
@@ -458,14 +468,13 @@ static int pc_resume_handshake(int fd, struct errbuf *e)
 			state_writer_free(w);
 		if (r)
 			state_reader_free(r);
+		mig_channel_error(e, ret);
+		mig_stream_close();
 		return ret;
 	}
 	pthread_mutex_lock(&pc.wlock);
 	mig.w = w;
 	mig.r = r;
-	pthread_mutex_lock(&mig.lock);
-	mig.fd = fd;
-	pthread_mutex_unlock(&mig.lock);
 	pthread_mutex_unlock(&pc.wlock);
 	/* requests the broken link swallowed: ask again */
 	for (uint64_t pg = 0; pg < pc.npages; pg++) {
@@ -530,7 +539,6 @@ static int pc_wait_resume(struct errbuf *e)
 		if (ret == 0)
 			break;
 		log_warn("post-copy: a resume attempt failed: %s", e->msg);
-		close(fd);
 	}
 	atomic_store(&pc.listen_fd, -1);
 	close(lfd);

@@ -297,11 +297,6 @@ def test(env):
     refused(src, "tcp:127.0.0.1:47461", ["--tls-psk", psk_file(env, "bad.psk", "ff" + key[2:])],
             "PSK identity or key does not match", "wrong PSK")
     dest_says(dst, "PSK identity or key does not match", "wrong PSK")
-    # post-copy over TLS is not yet supported: refused before anything starts, never plain
-    for pc in (["--mode", "postcopy"], ["--mode", "live", "--postcopy-after", "1"],
-               ["--mode", "live", "--on-stall", "postcopy"]):
-        refused(src, "tcp:127.0.0.1:47461", ["--tls-psk", env.path("good.psk")] + pc,
-                "post-copy .* over TLS is not yet supported", f"post-copy {pc}", started=False)
     moved(src, dst, "tcp:127.0.0.1:47461", ["--tls-psk", env.path("good.psk")], "warm",
           "psk-warm", "psk:godwit", "psk:godwit")
 

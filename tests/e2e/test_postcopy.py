@@ -37,11 +37,13 @@ def wait_state(vm, state, timeout=30):
     return ms
 
 
-def move(env, hosts, name, port, opts, cpus=2, faults=False):
+def move(env, hosts, name, port, opts, cpus=2, faults=False, tls=None):
+    """tls: the destination's TLS options (the source's are in opts). Returns both sides'
+    final migration status."""
     uri = f"tcp:{hosts.dst_ip}:{port}"
     src = gwtest.start_source(env, f"{name}-src", memory="256M", cpus=cpus, cmdline=AB,
                               netns=hosts.src)
-    dst = gwtest.start_dest(env, f"{name}-dst", uri, netns=hosts.dst)
+    dst = gwtest.start_dest(env, f"{name}-dst", uri, netns=hosts.dst, tls=tls)
     src.wait_line(r"^check ok 2$", timeout=120)
     _, res, _ = gwtest.migrate(src, uri, *opts)
     assert src.wait_exit() == 0, "the source must exit 0 once post-copy completed"
@@ -62,7 +64,7 @@ def move(env, hosts, name, port, opts, cpus=2, faults=False):
     gwtest.check_moved(src, dst, name, abcheck=True)
     dst.ctl("stop")
     assert dst.wait_exit() == 0
-    return res
+    return res, ms
 
 
 def link_cut(env, hosts):
@@ -277,15 +279,16 @@ def test(env):
     move(env, hosts, "pure1", 4441, ("--mode", "postcopy"), cpus=1)
     move(env, hosts, "pure2", 4442, ("--mode", "postcopy", "--bandwidth", "16M"), faults=True)
     # a 1 ms target never converges while abcheck writes: the policy decides the switch
-    res = move(env, hosts, "after2", 4443, ("--postcopy-after", "2", "--downtime-ms", "1"))
+    res, _ = move(env, hosts, "after2", 4443, ("--postcopy-after", "2", "--downtime-ms", "1"))
     assert len(res["rounds"]) == 2, res["rounds"]
     # capped below the guest's write rate, the second round finds as much dirty as the first:
     # stalled, it switches instead of throttling
-    res = move(env, hosts, "stall", 4444, ("--on-stall", "postcopy", "--bandwidth", "16M"),
+    res, _ = move(env, hosts, "stall", 4444, ("--on-stall", "postcopy", "--bandwidth", "16M"),
                faults=True)
     assert len(res["rounds"]) >= 2, res["rounds"]
     link_cut(env, hosts)
     peer_death(env, hosts)
 
 
-gwtest.main(test)
+if __name__ == "__main__":  # test_postcopy_tls.py imports the moves
+    gwtest.main(test)
