@@ -783,6 +783,8 @@ static struct {
 	uint64_t queue[MIG_PC_QUEUE]; /* flat page numbers */
 	unsigned head, count;
 	bool finished;          /* the destination sent COMPLETE */
+	uint64_t pinged;        /* stream offset carried by the last PING sent */
+	uint64_t acked;         /* the latest PONG's: the destination read this far */
 	int err;                /* the return path failed */
 	char msg[ERRBUF_LEN];
 } pcs = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
@@ -805,9 +807,21 @@ static void *mig_pc_reader_main(void *arg)
 			ret = mig_ctrl_decode(&rec, &m, &e);
 		if (ret == 0 && (m.type == MIG_MSG_ERROR || m.type == MIG_MSG_ABORT))
 			ret = err_set(&e, -EPROTO, "the destination failed: %s", m.reason);
-		if (ret == 0 && m.type != MIG_MSG_REQUEST && m.type != MIG_MSG_COMPLETE)
+		if (ret == 0 && m.type != MIG_MSG_REQUEST && m.type != MIG_MSG_COMPLETE &&
+		    m.type != MIG_MSG_PONG)
 			ret = err_set(&e, -EPROTO, "unexpected %s from the destination",
 				      mig_msg_name(m.type));
+		if (ret == 0 && m.type == MIG_MSG_PONG) {
+			pthread_mutex_lock(&pcs.lock);
+			if (m.u64a > pcs.pinged || m.u64a < pcs.acked)
+				ret = err_set(&e, -EPROTO, "the destination's PONG answers no PING");
+			else
+				pcs.acked = m.u64a;
+			pthread_cond_broadcast(&pcs.cond);
+			pthread_mutex_unlock(&pcs.lock);
+			if (ret == 0)
+				continue;
+		}
 		if (ret < 0) {
 			pthread_mutex_lock(&pcs.lock);
 			pcs.err = ret;
@@ -844,6 +858,7 @@ static void *mig_pc_reader_main(void *arg)
 		if (pcs.count < MIG_PC_QUEUE)
 			pcs.queue[(pcs.head + pcs.count++) % MIG_PC_QUEUE] =
 				(uint64_t)off / GUEST_PAGE_SIZE;
+		pthread_cond_broadcast(&pcs.cond); /* a sender waiting on the window serves it */
 		pthread_mutex_unlock(&pcs.lock);
 	}
 }
@@ -914,9 +929,47 @@ static bool mig_pc_next(uint64_t *cursor)
 }
 
 /*
+ * The background may go on when the destination has acknowledged all but MIG_PC_WINDOW of
+ * the stream; else waits (pcs.lock held) for a PONG, a request or a failure. 0: go on (or
+ * serve requests first), -ETIMEDOUT: nothing acknowledged within the handover timeout.
+ */
+static int mig_pc_window_wait(uint64_t written, struct errbuf *e)
+{
+	struct timespec ts;
+
+	if (written - pcs.acked <= MIG_PC_WINDOW || pcs.count || pcs.err || pcs.finished)
+		return 0;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += MIG_HANDOVER_TIMEOUT_MS / 1000;
+	while (written - pcs.acked > MIG_PC_WINDOW && !pcs.count && !pcs.err && !pcs.finished)
+		if (pthread_cond_timedwait(&pcs.cond, &pcs.lock, &ts) == ETIMEDOUT)
+			return err_set(e, -ETIMEDOUT, "the destination acknowledged no post-copy page "
+					  "for %d ms", MIG_HANDOVER_TIMEOUT_MS);
+	return 0;
+}
+
+/* A PING after every MIG_PC_PING_EVERY bytes: its PONG opens the window. */
+static int mig_pc_ping(struct errbuf *e)
+{
+	struct mig_ctrl m = { .type = MIG_MSG_PING };
+	uint64_t written = state_writer_bytes(mig.w);
+
+	pthread_mutex_lock(&pcs.lock);
+	if (written - pcs.pinged < MIG_PC_PING_EVERY) {
+		pthread_mutex_unlock(&pcs.lock);
+		return 0;
+	}
+	pcs.pinged = written;
+	pthread_mutex_unlock(&pcs.lock);
+	m.u64a = written;
+	return mig_ctrl_send(mig.w, &m, e);
+}
+
+/*
  * After STARTED: the guest runs on the destination. Requested pages go first, between
  * small background batches that continue just after the last request (a guest touching
- * one page soon touches its neighbours); then COMPLETE, and the destination's COMPLETE.
+ * one page soon touches its neighbours) and stay within MIG_PC_WINDOW of what the
+ * destination acknowledged; then COMPLETE, and the destination's COMPLETE.
  */
 static int mig_postcopy_run(struct mig_batch *b, struct errbuf *e)
 {
@@ -931,6 +984,8 @@ static int mig_postcopy_run(struct mig_batch *b, struct errbuf *e)
 	pcs.head = pcs.count = 0;
 	pcs.finished = false;
 	pcs.err = 0;
+	/* a new stream (the first, or a resume's): the destination read all of it so far */
+	pcs.pinged = pcs.acked = state_writer_bytes(mig.w);
 	pthread_mutex_unlock(&pcs.lock);
 	mig_state_set(MIG_STATE_ACTIVE); /* the guest runs there; its memory is still moving */
 	/* the return path may be quiet for long: a dead link shows on the sending side */
@@ -945,16 +1000,18 @@ static int mig_postcopy_run(struct mig_batch *b, struct errbuf *e)
 	while (left && ret == 0) {
 		uint64_t req[64], ahead;
 		unsigned nreq = 0;
+		bool window_full;
 
 		pthread_mutex_lock(&pcs.lock);
+		ret = mig_pc_window_wait(state_writer_bytes(mig.w), e);
 		while (pcs.count && nreq < 64) {
 			req[nreq++] = pcs.queue[pcs.head];
 			pcs.head = (pcs.head + 1) % MIG_PC_QUEUE;
 			pcs.count--;
 		}
-		ret = pcs.err;
-		if (ret < 0)
-			err_set(e, ret, "%s", pcs.msg);
+		if (ret == 0 && pcs.err < 0)
+			ret = err_set(e, pcs.err, "%s", pcs.msg);
+		window_full = state_writer_bytes(mig.w) - pcs.acked > MIG_PC_WINDOW;
 		pthread_mutex_unlock(&pcs.lock);
 		for (unsigned i = 0; i < nreq && ret == 0; i++) {
 			if (!mig_pc_take(req[i]))
@@ -969,6 +1026,8 @@ static int mig_postcopy_run(struct mig_batch *b, struct errbuf *e)
 			ret = mig_batch_send_now(b, e);
 			mig_pc_remaining_show(left);
 		}
+		if (window_full)
+			continue; /* requests only, until the destination catches up */
 		ahead = mig_bandwidth_ahead_ns();
 		if (ret == 0 && ahead) {
 			usleep((useconds_t)(MIN(ahead, 1000000ull) / 1000));
@@ -981,6 +1040,12 @@ static int mig_postcopy_run(struct mig_batch *b, struct errbuf *e)
 			left--;
 			ret = mig_page_queue(b, cursor, true, e);
 		}
+		if (ret == 0 && b->n) {
+			ret = state_writer_pages(mig.w, b->pages, b->n, b->flags, e);
+			b->n = 0;
+		}
+		if (ret == 0)
+			ret = mig_pc_ping(e);
 		if (ret == 0)
 			ret = mig_batch_send_now(b, e);
 		mig_pc_remaining_show(left);

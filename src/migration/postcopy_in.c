@@ -355,6 +355,15 @@ static int pc_receive(struct errbuf *e)
 			return ret;
 		if (m.type == MIG_MSG_ABORT)
 			return err_set(e, -ECANCELED, "the source aborted: %s", m.reason);
+		if (m.type == MIG_MSG_PING) {
+			/* everything before it is installed: the source's window moves on */
+			struct mig_ctrl pong = { .type = MIG_MSG_PONG, .u64a = m.u64a };
+
+			ret = pc_send(&pong, e);
+			if (ret < 0)
+				return err_prefix(e, ret, "answering PING");
+			continue;
+		}
 		if (m.type != MIG_MSG_COMPLETE)
 			return err_set(e, -EPROTO, "unexpected %s from the source during post-copy",
 				       mig_msg_name(m.type));

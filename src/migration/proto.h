@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MIG_PROTOCOL_VERSION 2u /* 2: PING/PONG */
+#define MIG_PROTOCOL_VERSION 3u /* 2: PING/PONG; 3: PING/PONG in post-copy (its window) */
 /* HELLO capabilities: what the source may send beyond protocol 2's basics */
 #define MIG_CAP_ZSTD 0x1ull /* PAGES batches with the ZSTD flag (docs/state-format.md) */
 #define MIG_MSG_MAX 1024u /* control payloads and reasons are small */
@@ -47,6 +47,15 @@ enum mig_msg {
 
 /* PINGs the destination answers per round (live: one before round 0, one after each) */
 #define MIG_PINGS_PER_ROUND_MAX 4
+
+/*
+ * Post-copy's background pages run at most this far (bytes of stream) ahead of what the
+ * destination has acknowledged reading (PONG): a requested page then waits behind at most
+ * this much, not behind every buffer on the way (socket buffers, a router's queue, a
+ * receiving thread starved of CPU). A PING goes every MIG_PC_PING_EVERY bytes.
+ */
+#define MIG_PC_WINDOW (2ull << 20)
+#define MIG_PC_PING_EVERY (256ull << 10)
 
 /* MISSING: at most 2^20 pages (a 128 KiB bitmap) per message, 8-aligned first page */
 #define MIG_MISSING_CHUNK (1ull << 20)
