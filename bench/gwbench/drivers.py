@@ -252,7 +252,7 @@ class Godwit(Driver):
         return {}
 
     def migrate(self, src, dst, uri, sc, mode, samples):
-        args = ["--mode", "live" if mode == "live" else "warm"]
+        args = ["--mode", mode]
         if mode == "live" and sc.downtime is not None:
             args += ["--downtime-ms", str(sc.downtime)]
         if sc["bandwidth"] != "-":
@@ -317,7 +317,13 @@ class Godwit(Driver):
         if est:
             est_ms = ((_num(est, "dirty_sync_us") or 0) + (_num(est, "transfer_us") or 0)
                       + 2 * (_num(est, "rtt_us") or 0)) / 1000
+        lat = {k: _num(final, f"fault_latency_{k}_us") for k in ("median", "max")}
         return {
+            "pages_requested": _num(final, "pages_requested") if mode == "postcopy" else None,
+            "fault_latency_median_ms": lat["median"] / 1000 if lat["median"] is not None
+            and mode == "postcopy" else None,
+            "fault_latency_max_ms": lat["max"] / 1000 if lat["max"] is not None
+            and mode == "postcopy" else None,
             "downtime_estimate_ms": est_ms,
             "t_done": t_done,
             "vmm_total_ms": _num(final, "elapsed_ms", "total_ms", "total_time_ms"),
@@ -391,6 +397,10 @@ class Qemu(Driver):
             if incoming:
                 if self.tls_dir:
                     inst.qmp.cmd("migrate-set-parameters", **{"tls-creds": "tls0"})
+                if sc["op"] == "postcopy-migrate":
+                    # both sides must have it before the stream starts
+                    inst.qmp.cmd("migrate-set-capabilities", capabilities=[
+                        {"capability": "postcopy-ram", "state": True}])
                 inst.qmp.cmd("migrate-incoming", uri=incoming)
         except (QMPError, OSError) as e:
             if not inst.alive():
@@ -443,7 +453,7 @@ class Qemu(Driver):
         while True:
             r = inst.qmp.cmd("query-migrate")
             st = r.get("status")
-            if samples is not None and st in ("active", "device", "completed"):
+            if samples is not None and st in ("active", "device", "postcopy-active", "completed"):
                 r2 = dict(r)
                 r2["_t"] = time.monotonic() - t0
                 samples.append(r2)
@@ -497,6 +507,23 @@ class Qemu(Driver):
     def restore_started(self, inst, timeout):
         self._resume_when_loaded(inst, timeout)
 
+    def _start_postcopy(self, src, timeout):
+        """migrate-start-postcopy as soon as the first full pass is done (the second dirty
+        bitmap sync), as godwit --mode postcopy switches."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = src.qmp.cmd("query-migrate")
+            st = r.get("status")
+            if st in ("failed", "cancelled"):
+                raise RunFailed(f"qemu migration {st}: {r.get('error-desc', '')}")
+            if st != "active" and st != "setup":
+                return      # finished or switched already
+            if r.get("ram", {}).get("dirty-sync-count", 0) >= 2:
+                src.qmp.cmd("migrate-start-postcopy")
+                return
+            time.sleep(0.002)
+        raise RunFailed(f"qemu: the first pass did not end within {timeout:.0f}s")
+
     def migrate(self, src, dst, uri, sc, mode, samples):
         bw = sc.bandwidth_bytes or ((sc.link_bits // 8) if sc.link_bits else QEMU_UNLIMITED)
         params = {"max-bandwidth": bw}
@@ -507,6 +534,12 @@ class Qemu(Driver):
             params["downtime-limit"] = sc.downtime
             if sc["on_stall"] == "throttle":
                 caps["auto-converge"] = True
+        if mode == "postcopy":
+            caps["postcopy-ram"] = True
+            # never complete in pre-copy: like godwit --mode postcopy, switch after one pass
+            params["downtime-limit"] = 1
+            self.params["postcopy"] = ("migrate-start-postcopy once query-migrate's "
+                                       "dirty-sync-count reaches 2 (the first pass is done)")
         self._set_params(src, params, caps)
         t0 = time.monotonic()
         if mode == "warm":
@@ -517,11 +550,14 @@ class Qemu(Driver):
             # a stopped guest arrives paused: watch the destination and `cont` it as soon
             # as it has loaded (as libvirt does), not after noticing the source completed
             self._resume_when_loaded(dst, migrate_timeout(sc), src)
+        if mode == "postcopy":
+            self._start_postcopy(src, migrate_timeout(sc))
         r = self._wait_migration(src, migrate_timeout(sc), samples, t0)
         t_done = time.monotonic()
         self.final_memory(src)
         ram = r.get("ram", {})
         return {
+            "pages_requested": ram.get("postcopy-requests") if mode == "postcopy" else None,
             "t_done": t_done,
             "vmm_total_ms": r.get("total-time"),
             "downtime_vmm_ms": r.get("downtime"),

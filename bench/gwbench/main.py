@@ -166,7 +166,7 @@ def add_throughput(row, sc, limits):
         return float(v) if v not in (None, "") else None
     if sc["op"] == "snapshot-restore":
         b, ms, lim = f("snapshot_bytes"), f("snapshot_ms"), "disk_write"
-    elif sc["op"] in ("warm-migrate", "live-migrate"):
+    elif sc["op"] in scen_mod.MIGRATE_OPS:
         b = f("vmm_bytes") or f("wire_bytes")
         ms, lim = f("total_ms"), f"link_{sc['link']}"
     else:
@@ -255,7 +255,7 @@ def main(argv=None):
             info["build"] += f"; using the godwit binary built {mtime.strftime('%Y-%m-%d %H:%M:%SZ')}"
 
         # -- network and limits --------------------------------------------
-        need_net = (any(s["op"] in ("warm-migrate", "live-migrate") for s in chosen)
+        need_net = (any(s["op"] in scen_mod.MIGRATE_OPS for s in chosen)
                     or not args.no_limits)
         # loopback always, then every link a chosen scenario uses
         links = sorted({"loopback"} | {s["link"] for s in chosen if s["link"] != "-"},

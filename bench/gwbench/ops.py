@@ -13,7 +13,7 @@ import time
 from . import netops
 from .drivers import RunFailed
 from .serial import (HB_RE, READY_RE, CHECK_OK_RE, DISK_FAIL_RE, DISK_OK_RE, analyse_move,
-                     merge_streams)
+                     gaps_between, merge_streams)
 from .util import log
 
 FIRST_LINE_TIMEOUT = 60.0
@@ -226,16 +226,24 @@ def migrate(drv, sc, ctx, mode):
         # neither VMM's figure depends on how often anyone polls for completion
         row["total_ms"] = (t_hb - t0) * 1000
         row["command_ms"] = (info["t_done"] - t0) * 1000
+        if mode == "postcopy":
+            # the guest runs there from the switch, but the move ends with its last page
+            row["total_ms"] = row["command_ms"]
         tx1 = net.tx_bytes(cns, cdev)
         if tx0 is not None and tx1 is not None:
             row["wire_bytes"] = tx1 - tx0
         for k in ("vmm_total_ms", "downtime_vmm_ms", "downtime_estimate_ms", "vmm_bytes", "rounds",
-                  "throttle_pct"):
+                  "throttle_pct", "pages_requested", "fault_latency_median_ms",
+                  "fault_latency_max_ms"):
             row[k] = info.get(k)
         _mem_fields(row, "src", src.mem)
         _settle(dst, sc, 0)
         lines, boundary = merge_streams(src.serial, dst.serial)
         _judge(row, analyse_move(lines, boundary, t0))
+        if mode == "postcopy":
+            gaps = gaps_between(lines, boundary, info["t_done"])
+            row["postcopy_hb_gap_ms"] = max(gaps) * 1000 if gaps else None
+            row["postcopy_hb_gaps_50ms"] = sum(g > 0.05 for g in gaps)
         drv.final_memory(dst)
         _mem_fields(row, "dst", dst.mem)
     finally:
@@ -403,4 +411,6 @@ def run_op(drv, sc, ctx):
         return netops.run(drv, sc, ctx)
     if op == "disk-io":
         return disk_io(drv, sc, ctx)
+    if op == "postcopy-migrate":
+        return migrate(drv, sc, ctx, "postcopy")
     raise ValueError(op)

@@ -46,6 +46,21 @@ METRICS = {
                      ("throughput_bytes_per_s", "throughput", "rate"),
                      ("src_vmhwm_bytes", "peak RSS source", "bytes"),
                      ("dst_vmhwm_bytes", "peak RSS destination", "bytes")],
+    "postcopy-migrate": [("total_ms", "total time (to the last page)", "ms"),
+                         ("downtime_vmm_ms", "downtime (VMM)", "ms"),
+                         ("downtime_guest_ms", "downtime (guest, longest gap)", "ms"),
+                         ("switchover_gap_ms", "switchover gap (guest)", "ms"),
+                         ("postcopy_hb_gap_ms", "longest heartbeat gap after the switch", "ms"),
+                         ("postcopy_hb_gaps_50ms", "heartbeat gaps > 50 ms after the switch",
+                          "count"),
+                         ("pages_requested", "pages requested", "count"),
+                         ("fault_latency_median_ms", "fault latency median (VMM)", "ms"),
+                         ("fault_latency_max_ms", "fault latency max (VMM)", "ms"),
+                         ("throttle_pct", "throttle reached", "pct"),
+                         ("vmm_bytes", "bytes (VMM)", "bytes"),
+                         ("wire_bytes", "bytes on the wire", "bytes"),
+                         ("throughput_bytes_per_s", "throughput", "rate"),
+                         ("baseline_gap_ms", "longest gap before (noise)", "ms")],
     "net-live": [("client_outage_ms", "client's outage (reply gap at the switch)", "ms"),
                  ("probes_lost", "probes lost in it", "count"),
                  ("downtime_guest_ms", "downtime (guest: last heartbeat to first)", "ms"),
@@ -73,7 +88,7 @@ METRICS = {
                 ("raw_mib_s", "raw file (fio, 512 B): MiB/s", "count"),
                 ("raw_64k_mib_s", "raw file (fio, 64 KiB): MiB/s", "count")],
 }
-OPS = ("boot", "snapshot-restore", "warm-migrate", "live-migrate")
+OPS = ("boot", "snapshot-restore", "warm-migrate", "live-migrate", "postcopy-migrate")
 NET_OPS = ("net-live", "net-rate")
 
 

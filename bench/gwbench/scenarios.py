@@ -7,8 +7,11 @@ from .util import parse_link_rate, parse_size
 
 COLUMNS = ["name", "set", "op", "memory", "cpus", "workload", "link", "downtime_ms",
            "bandwidth", "restore", "on_stall", "warmup_s", "tls"]
-OPS = ("boot", "snapshot-restore", "warm-migrate", "live-migrate", "net-live", "net-rate",
-       "disk-io")
+OPS = ("boot", "snapshot-restore", "warm-migrate", "live-migrate", "postcopy-migrate", "net-live",
+       "net-rate", "disk-io")
+# post-copy: one full pass while the guest runs, then the switch (godwit --mode postcopy;
+# QEMU postcopy-ram on both sides and migrate-start-postcopy once the first pass is done)
+MIGRATE_OPS = ("warm-migrate", "live-migrate", "postcopy-migrate")
 DEFAULT_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "scenarios.tsv")
 
@@ -129,7 +132,7 @@ def validate(sc, where):
     sc.memory_bytes  # noqa: B018 - raises on a bad size
     if not 1 <= int(sc["cpus"]) <= 8:
         raise ValueError(f"{where}: cpus out of range")
-    if sc["op"] in ("warm-migrate", "live-migrate", "net-live", "net-rate"):
+    if sc["op"] in MIGRATE_OPS + ("net-live", "net-rate"):
         if sc["link"] == "-":
             raise ValueError(f"{where}: migration needs a link")
         sc.link_bits  # noqa: B018
@@ -147,7 +150,7 @@ def validate(sc, where):
         raise ValueError(f"{where}: tls must be - or x509")
     if sc["op"] == "disk-io" and not sc.has_disk:
         raise ValueError(f"{where}: disk-io needs the disk workload (workload=disk ...)")
-    if sc["tls"] != "-" and sc["op"] not in ("warm-migrate", "live-migrate"):
+    if sc["tls"] != "-" and sc["op"] not in MIGRATE_OPS:
         raise ValueError(f"{where}: tls applies to migrations only")
 
 

@@ -34,6 +34,11 @@ METRIC_COLUMNS = [
     "guest_rss_source",
     "overhead_bytes",            # VmRSS - guest_rss_bytes
     "hb_last_before", "hb_first_after", "check_ok_after",
+    "pages_requested",           # post-copy: pages the destination asked for (faults)
+    "fault_latency_median_ms", "fault_latency_max_ms",  # post-copy, godwit: request to installed
+    "postcopy_hb_gap_ms",        # post-copy: longest heartbeat gap on the destination after
+                                 # its first heartbeat until the last page arrived
+    "postcopy_hb_gaps_50ms",     # post-copy: how many gaps in that window exceeded 50 ms
     "throughput_bytes_per_s",    # bytes moved / time (snapshot or migration)
     "limit_name", "limit_bytes_per_s", "limit_fraction",
     # network scenarios (netops.py): a client probing the guest's UDP echo
@@ -67,4 +72,5 @@ REQUIRED_OK = {
     "net-live": ["client_outage_ms"],
     "net-rate": ["packet_rate_pps"],
     "disk-io": ["disk_iops"],
+    "postcopy-migrate": ["total_ms"],
 }

@@ -156,6 +156,13 @@ def heartbeats(lines):
     return hb
 
 
+def gaps_between(lines, start, t_until):
+    """Gaps (s) between consecutive heartbeats from line index start on, up to time t_until:
+    after a post-copy switch, what the guest felt of its faults while its pages arrived."""
+    hb = [h for h in heartbeats(lines) if h[2] >= start and h[0] <= t_until]
+    return [b[0] - a[0] for a, b in zip(hb, hb[1:])]
+
+
 def analyse_move(lines, boundary, t_from, settle_hb=20):
     """Check and measure a move (source lines [0, boundary), destination after).
 
