@@ -948,21 +948,29 @@ static int mig_pc_window_wait(uint64_t written, struct errbuf *e)
 	return 0;
 }
 
-/* A PING after every MIG_PC_PING_EVERY bytes: its PONG opens the window. */
-static int mig_pc_ping(struct errbuf *e)
+/*
+ * Sends the queued pages at once, followed by a PING once MIG_PC_PING_EVERY bytes went since
+ * the last: its PONG opens the window (requested pages count too, so it always reopens).
+ */
+static int mig_pc_send(struct mig_batch *b, struct errbuf *e)
 {
 	struct mig_ctrl m = { .type = MIG_MSG_PING };
-	uint64_t written = state_writer_bytes(mig.w);
+	uint64_t written;
+	int ret = 0;
 
+	if (b->n)
+		ret = state_writer_pages(mig.w, b->pages, b->n, b->flags, e);
+	b->n = 0;
+	written = state_writer_bytes(mig.w);
 	pthread_mutex_lock(&pcs.lock);
-	if (written - pcs.pinged < MIG_PC_PING_EVERY) {
-		pthread_mutex_unlock(&pcs.lock);
-		return 0;
+	if (ret == 0 && written - pcs.pinged >= MIG_PC_PING_EVERY) {
+		pcs.pinged = written;
+		m.u64a = written;
 	}
-	pcs.pinged = written;
 	pthread_mutex_unlock(&pcs.lock);
-	m.u64a = written;
-	return mig_ctrl_send(mig.w, &m, e);
+	if (ret == 0 && m.u64a)
+		ret = mig_ctrl_send(mig.w, &m, e);
+	return ret < 0 ? ret : mig_batch_send_now(b, e);
 }
 
 /*
@@ -1023,7 +1031,7 @@ static int mig_postcopy_run(struct mig_batch *b, struct errbuf *e)
 		/* requested pages leave at once; the background waits for the cap, in short
 		 * sleeps so that a request never waits long behind it */
 		if (ret == 0 && nreq) {
-			ret = mig_batch_send_now(b, e);
+			ret = mig_pc_send(b, e);
 			mig_pc_remaining_show(left);
 		}
 		if (window_full)
@@ -1040,14 +1048,8 @@ static int mig_postcopy_run(struct mig_batch *b, struct errbuf *e)
 			left--;
 			ret = mig_page_queue(b, cursor, true, e);
 		}
-		if (ret == 0 && b->n) {
-			ret = state_writer_pages(mig.w, b->pages, b->n, b->flags, e);
-			b->n = 0;
-		}
 		if (ret == 0)
-			ret = mig_pc_ping(e);
-		if (ret == 0)
-			ret = mig_batch_send_now(b, e);
+			ret = mig_pc_send(b, e);
 		mig_pc_remaining_show(left);
 	}
 	mig_pc_remaining_show(left);
