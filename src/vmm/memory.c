@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -50,6 +51,7 @@ int guest_mem_create(struct guest_mem *m, uint64_t size, struct errbuf *e)
 	/* indexed by host page, so only usable when guest pages are host pages */
 	if (sysconf(_SC_PAGESIZE) == GUEST_PAGE_SIZE)
 		m->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	m->pagemap_scan = m->pagemap_fd >= 0;
 	words = (size / GUEST_PAGE_SIZE + 63) / 64;
 	m->vmm_dirty = calloc(words, sizeof(uint64_t));
 	if (!m->vmm_dirty) {
@@ -218,19 +220,107 @@ static bool touched_any(const uint64_t *ent, uint64_t n)
 	return false;
 }
 
+/*
+ * PAGEMAP_SCAN (Linux 6.7): an ioctl on the pagemap file that returns the runs of pages
+ * with given properties instead of one entry per page. The kernel walks only the page
+ * tables that exist, so a scan of an idle 200 GiB guest costs what its few touched MiB
+ * cost, where reading 52 M entries took 0.6 s here. Declared here because Debian 12's
+ * kernel headers predate it; the layout is the kernel's ABI (include/uapi/linux/fs.h).
+ */
+#ifndef PAGEMAP_SCAN
+#define PAGE_IS_PRESENT (1 << 3)
+#define PAGE_IS_SWAPPED (1 << 4)
+
+struct page_region {
+	uint64_t start, end, categories;
+};
+
+struct pm_scan_arg {
+	uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+	uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+
+#define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
+#endif
+
+#define PAGEMAP_SCAN_VEC 128 /* runs per ioctl */
+
+/*
+ * Calls fn for each run of pages in [host, host + npages pages) that has any of the
+ * categories in anyof. Returns 0, or -1 if the kernel cannot scan (older than 6.7):
+ * the caller then reads the entries.
+ */
+static int guest_mem_pagemap_scan(struct guest_mem *m, const void *host, uint64_t npages,
+				  uint64_t anyof, void (*fn)(uint64_t first, uint64_t n, void *arg),
+				  void *arg)
+{
+	uint64_t start = (uintptr_t)host, end = start + npages * GUEST_PAGE_SIZE;
+	struct page_region vec[PAGEMAP_SCAN_VEC];
+
+	if (!m->pagemap_scan)
+		return -1;
+	while (start < end) {
+		struct pm_scan_arg a = {
+			.size = sizeof(a),
+			.start = start,
+			.end = end,
+			.vec = (uintptr_t)vec,
+			.vec_len = PAGEMAP_SCAN_VEC,
+			.category_anyof_mask = anyof,
+			.return_mask = anyof,
+		};
+		int n = ioctl(m->pagemap_fd, PAGEMAP_SCAN, &a);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 || a.walk_end <= start || a.walk_end > end) {
+			/* not this kernel's: stop asking; anything found so far is still true */
+			m->pagemap_scan = false;
+			return -1;
+		}
+		for (int i = 0; i < n; i++)
+			fn((vec[i].start - (uintptr_t)host) / GUEST_PAGE_SIZE,
+			   (vec[i].end - vec[i].start) / GUEST_PAGE_SIZE, arg);
+		start = a.walk_end;
+	}
+	return 0;
+}
+
+struct touched_scan {
+	bool *touched;
+	uint64_t range_pages;
+};
+
+static void touched_scan_run(uint64_t first, uint64_t n, void *arg)
+{
+	struct touched_scan *ts = arg;
+
+	for (uint64_t r = first / ts->range_pages; r <= (first + n - 1) / ts->range_pages; r++)
+		ts->touched[r] = true;
+}
+
 void guest_mem_touched_map(struct guest_mem *m, const void *host, uint64_t npages,
 			   uint64_t range_pages, bool *touched)
 {
 	uint64_t nranges = (npages + range_pages - 1) / range_pages;
+	struct touched_scan ts = { touched, range_pages };
 	struct guest_mem_pagemap pm;
 
 	/* a file-backed region's contents are in the file, not in this process */
-	if (m->file_backed || guest_mem_pagemap_open(m, &pm) < 0) {
+	if (m->file_backed) {
 		for (uint64_t r = 0; r < nranges; r++)
 			touched[r] = true;
 		return;
 	}
 	memset(touched, 0, nranges * sizeof(*touched));
+	if (guest_mem_pagemap_scan(m, host, npages, PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+				   touched_scan_run, &ts) == 0)
+		return;
+	if (guest_mem_pagemap_open(m, &pm) < 0) {
+		for (uint64_t r = 0; r < nranges; r++)
+			touched[r] = true;
+		return;
+	}
 	for (uint64_t first = 0; first < npages; first += PAGEMAP_CHUNK) {
 		uint64_t n = MIN(PAGEMAP_CHUNK, npages - first);
 
@@ -253,11 +343,20 @@ void guest_mem_touched_map(struct guest_mem *m, const void *host, uint64_t npage
 	free(pm.ent);
 }
 
+static void resident_scan_run(uint64_t first, uint64_t n, void *arg)
+{
+	(void)first;
+	*(uint64_t *)arg += n;
+}
+
 uint64_t guest_mem_resident(struct guest_mem *m)
 {
 	uint64_t pages = m->size / GUEST_PAGE_SIZE, n = 0;
 	struct guest_mem_pagemap pm;
 
+	if (guest_mem_pagemap_scan(m, m->base, pages, PAGE_IS_PRESENT, resident_scan_run, &n) == 0)
+		return n * GUEST_PAGE_SIZE;
+	n = 0;
 	if (guest_mem_pagemap_open(m, &pm) < 0)
 		return 0;
 	for (uint64_t first = 0; first < pages; first += PAGEMAP_CHUNK) {

@@ -49,6 +49,7 @@ struct guest_mem {
 	_Atomic uint64_t *vmm_dirty;  /* one bit per page, indexed by flat RAM offset */
 	bool file_backed;             /* some region maps a snapshot file */
 	int pagemap_fd;               /* /proc/self/pagemap, -1 if it cannot be read */
+	_Atomic bool pagemap_scan;    /* it answers PAGEMAP_SCAN (else entries are read) */
 };
 
 /* Reserves size bytes of RAM (page-aligned, GUEST_MEM_MIN..GUEST_MEM_MAX). */
@@ -68,8 +69,9 @@ int __must_check guest_mem_map_region_file(struct guest_mem *m, unsigned idx, in
  */
 bool guest_mem_range_touched(struct guest_mem *m, const void *host, uint64_t len);
 /*
- * The same for many ranges at once (one pagemap read per 32 MiB): touched[i] for the
- * range_pages-page range i of the npages pages at host.
+ * The same for many ranges at once: touched[i] for the range_pages-page range i of the
+ * npages pages at host. With PAGEMAP_SCAN this costs what the touched pages cost; without
+ * it, one pagemap read per 32 MiB.
  */
 void guest_mem_touched_map(struct guest_mem *m, const void *host, uint64_t npages,
 			   uint64_t range_pages, bool *touched);
