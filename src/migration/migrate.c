@@ -304,42 +304,53 @@ static int mig_page_queue(struct mig_batch *b, uint64_t pg, bool send_zero, stru
  * Round 0: every page that may be non-zero. Memory is taken in 64 MiB windows: tracking
  * is re-armed for the window first, then pagemap tells which 2 MiB ranges the guest ever
  * touched, and only those are read. In that order a page the guest first writes while
- * the window is looked at is either read now or reported by the next sync; an idle guest
- * costs a few calls per 64 MiB whatever its size.
+ * the window is looked at is either read now or reported by the next sync. A window in
+ * which one look over the whole memory, taken after logging started, found nothing is
+ * skipped without re-arming it: every write to it since the start is still logged (the
+ * tracker starts with nothing reported), so the next sync reports it. An idle guest thus
+ * costs one scan of its page tables, whatever its size.
  */
 #define MIG_WINDOW_RANGES 32
+#define MIG_WINDOW_PAGES (MIG_WINDOW_RANGES * MIG_RANGE_PAGES)
 
 static int mig_round0(struct mig_batch *b, struct errbuf *e)
 {
 	struct guest_mem *mem = vm_memory(mig.vm);
-	bool touched[MIG_WINDOW_RANGES];
-	int ret;
+	uint64_t nwin = (mig.npages + MIG_WINDOW_PAGES - 1) / MIG_WINDOW_PAGES, gpa;
+	bool touched[MIG_WINDOW_RANGES], *win = calloc(nwin, sizeof(*win));
+	int ret = 0;
 
-	for (uint64_t w0 = 0; w0 < mig.npages; w0 += MIG_WINDOW_RANGES * MIG_RANGE_PAGES) {
-		uint64_t wn = MIN(MIG_WINDOW_RANGES * MIG_RANGE_PAGES, mig.npages - w0), gpa;
+	if (!win)
+		return err_set(e, -ENOMEM, "out of memory");
+	guest_mem_touched_map(mem, vm_page_host(mig.vm, 0, &gpa), mig.npages, MIG_WINDOW_PAGES,
+			      win);
+	for (uint64_t w0 = 0; w0 < mig.npages && ret == 0; w0 += MIG_WINDOW_PAGES) {
+		uint64_t wn = MIN(MIG_WINDOW_PAGES, mig.npages - w0);
 
+		if (!win[w0 / MIG_WINDOW_PAGES]) {
+			b->zero_pages += wn;
+			continue;
+		}
 		if (mig.tracking) {
 			ret = vm_dirty_clear(mig.vm, w0, wn, e);
 			if (ret < 0)
-				return ret;
+				break;
 		}
 		guest_mem_touched_map(mem, vm_page_host(mig.vm, w0, &gpa), wn, MIG_RANGE_PAGES,
 				      touched);
-		for (uint64_t first = w0; first < w0 + wn; first += MIG_RANGE_PAGES) {
+		for (uint64_t first = w0; first < w0 + wn && ret == 0; first += MIG_RANGE_PAGES) {
 			uint64_t n = MIN(MIG_RANGE_PAGES, w0 + wn - first);
 
 			if (!touched[(first - w0) / MIG_RANGE_PAGES]) {
 				b->zero_pages += n;
 				continue;
 			}
-			for (uint64_t pg = first; pg < first + n; pg++) {
+			for (uint64_t pg = first; pg < first + n && ret == 0; pg++)
 				ret = mig_page_queue(b, pg, false, e);
-				if (ret < 0)
-					return ret;
-			}
 		}
 	}
-	return mig_batch_flush(b, e);
+	free(win);
+	return ret < 0 ? ret : mig_batch_flush(b, e);
 }
 
 /* Sends the pages set in mig.dirty, clearing each range's tracking before reading it. */
@@ -1210,24 +1221,23 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 static int mig_ranges_send(struct errbuf *e)
 {
 	struct guest_mem *mem = vm_memory(mig.vm);
-	uint64_t nranges = (mig.npages + MIG_RANGE_PAGES - 1) / MIG_RANGE_PAGES;
+	uint64_t nranges = (mig.npages + MIG_RANGE_PAGES - 1) / MIG_RANGE_PAGES, gpa;
 	struct mig_ctrl m = { .type = MIG_MSG_RANGES, .u64a = nranges };
 	uint8_t *bm = calloc((nranges + 7) / 8 + 1, 1);
+	bool *touched = calloc(nranges, sizeof(*touched));
 	int ret;
 
-	if (!bm)
+	if (!bm || !touched) {
+		free(bm);
+		free(touched);
 		return err_set(e, -ENOMEM, "out of memory");
-	for (uint64_t r0 = 0; r0 < nranges; r0 += MIG_WINDOW_RANGES) {
-		uint64_t first = r0 * MIG_RANGE_PAGES, gpa;
-		uint64_t n = MIN(MIG_WINDOW_RANGES * MIG_RANGE_PAGES, mig.npages - first);
-		bool touched[MIG_WINDOW_RANGES];
-
-		guest_mem_touched_map(mem, vm_page_host(mig.vm, first, &gpa), n, MIG_RANGE_PAGES,
-				      touched);
-		for (uint64_t r = r0; r < MIN(r0 + MIG_WINDOW_RANGES, nranges); r++)
-			if (touched[r - r0])
-				bm[r / 8] |= (uint8_t)(1u << (r % 8));
 	}
+	guest_mem_touched_map(mem, vm_page_host(mig.vm, 0, &gpa), mig.npages, MIG_RANGE_PAGES,
+			      touched);
+	for (uint64_t r = 0; r < nranges; r++)
+		if (touched[r])
+			bm[r / 8] |= (uint8_t)(1u << (r % 8));
+	free(touched);
 	m.bitmap = bm;
 	ret = mig_ctrl_send(mig.w, &m, e);
 	if (ret == 0)

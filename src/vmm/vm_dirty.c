@@ -95,13 +95,12 @@ int vm_dirty_start(struct vm *vm, struct errbuf *e)
 
 int vm_dirty_sync(struct vm *vm, uint64_t *bitmap, struct errbuf *e)
 {
-	uint64_t words = (guest_mem_pages(&vm->mem) + 63) / 64;
 	int ret = dirty_tracker_sync(vm->dirty, bitmap, e);
 
 	if (ret < 0)
 		return ret;
-	for (uint64_t w = 0; w < words; w++)
-		bitmap[w] |= atomic_exchange(&vm->mem.vmm_dirty[w], 0);
+	/* looks before it exchanges: the final sync runs in the downtime, over every word */
+	dirty_bitmap_take(bitmap, vm->mem.vmm_dirty, guest_mem_pages(&vm->mem));
 	return 0;
 }
 
