@@ -98,7 +98,8 @@ int cli_run_main(int argc, char **argv)
 		log_info("restored %s (%s) in %.1f ms", o.restore, o.restore_eager ? "eager" : "lazy",
 			 (double)(time_mono_ns() - t0) / 1e6);
 	} else if (o.incoming) {
-		ret = vm_incoming_create(&vm, loop, cfg.name, &e);
+		ret = vm_incoming_create(&vm, loop, cfg.name, o.memory_set ? o.memory : 0,
+					 cfg.kvm_path, &e);
 		if (ret < 0)
 			goto err;
 	} else {

@@ -56,8 +56,9 @@ void run_opts_usage(FILE *out)
 	      "                  --api-socket PATH [--serial ...] [--name NAME]\n"
 	      "                  [--disk-override id=NAME[,path=FILE][,aio=thread|uring]]...\n"
 	      "                  [--net-override id=NAME,tap=NAME]... [--announce ...]\n"
-	      "       godwit run --incoming URI [--paused] --api-socket PATH [--serial ...]\n"
-	      "                  [--name NAME] [--disk-override id=NAME[,path=FILE][,aio=...]]...\n"
+	      "       godwit run --incoming URI [--memory SIZE] [--paused] --api-socket PATH\n"
+	      "                  [--serial ...] [--name NAME]\n"
+	      "                  [--disk-override id=NAME[,path=FILE][,aio=...]]...\n"
 	      "                  [--net-override id=NAME,tap=NAME]... [--announce ...]\n"
 	      "                  [--tls-dir DIR | --tls-psk FILE | --insecure]\n"
 	      "  --tls-dir DIR: mutual TLS 1.3 (DIR holds ca-cert.pem, server-cert.pem,\n"
@@ -68,6 +69,8 @@ void run_opts_usage(FILE *out)
 	      "  migration of this VM finds written pages; the ring must be chosen at start\n"
 	      "  SIZE: 64M, 1G, 8G ... (16M to 256G, a multiple of 2M); N: 1 to 64 vCPUs\n"
 	      "  URI: tcp:HOST:PORT or unix:PATH\n"
+	      "  --incoming with --memory: RAM of that size is reserved and registered with KVM\n"
+	      "    at start, so a move does not wait for it; a guest of another size is refused\n"
 	      "  --disk: a raw file as a virtio-blk disk (up to 8; ids default to disk0,\n"
 	      "    disk1...); aio: its file I/O on an I/O thread (default) or through io_uring\n"
 	      "  --net: an existing tap as a virtio-net NIC (up to 4, at most 8 devices in all;\n"
@@ -98,10 +101,9 @@ static int run_opts_check(struct run_opts *o, struct errbuf *e)
 	if (o->restore || o->incoming) {
 		const char *what = o->restore ? "--restore" : "--incoming";
 
-		if (o->memory_set)
-			return err_set(e, -EINVAL, "--memory conflicts with %s (memory size "
-						   "comes from the %s)", what,
-				       o->restore ? "snapshot" : "migration source");
+		if (o->memory_set && o->restore)
+			return err_set(e, -EINVAL, "--memory conflicts with --restore (memory size "
+						   "comes from the snapshot)");
 		if (o->cpus_set)
 			return err_set(e, -EINVAL, "--cpus conflicts with %s", what);
 		if (o->cmdline)

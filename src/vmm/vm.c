@@ -346,9 +346,12 @@ static int vm_build_into(struct vm *vm, const struct vm_build_args *a, struct er
 	ret = vcpu_signal_setup();
 	if (ret < 0)
 		return err_set(e, ret, "install the vCPU kick signal: %s", strerror(-ret));
-	ret = vm_kvm_setup(vm, a->kvm_path, e);
-	if (ret < 0)
-		return ret;
+	/* an incoming VM may have its KVM VM and RAM already (vm_incoming_create) */
+	if (vm->fd < 0) {
+		ret = vm_kvm_setup(vm, a->kvm_path, e);
+		if (ret < 0)
+			return ret;
+	}
 	if (a->cpuid) {
 		ret = vm_cpuid_check(vm, a->cpuid, e);
 		if (ret < 0)
@@ -364,9 +367,16 @@ static int vm_build_into(struct vm *vm, const struct vm_build_args *a, struct er
 	if (ret < 0)
 		return ret;
 	vm->xsave_size = vcpu_state_xsave_size(vm->fd);
-	ret = vm_memory_setup(vm, a->memory, e);
-	if (ret < 0)
-		return ret;
+	if (!vm->mem.base) {
+		ret = vm_memory_setup(vm, a->memory, e);
+		if (ret < 0)
+			return ret;
+	} else if (vm->mem.size != a->memory) {
+		return err_set(e, -EINVAL, "the guest has %llu MiB of memory; this destination "
+					   "was started with --memory %llu MiB",
+			       (unsigned long long)(a->memory / MiB),
+			       (unsigned long long)(vm->mem.size / MiB));
+	}
 	ret = vm_serial_setup(vm, &serial_cfg, e);
 	if (ret < 0)
 		return ret;
@@ -742,13 +752,24 @@ void vm_status_get(struct vm *vm, struct vm_status *st)
 	pthread_mutex_unlock(&vm->lock);
 }
 
-int vm_incoming_create(struct vm **out, struct evloop *loop, const char *name, struct errbuf *e)
+int vm_incoming_create(struct vm **out, struct evloop *loop, const char *name,
+		       uint64_t memory, const char *kvm_path, struct errbuf *e)
 {
 	struct vm *vm = vm_alloc(loop, name);
+	int ret = 0;
 
 	if (!vm)
 		return err_set(e, -ENOMEM, "out of memory");
 	vm->state = VM_STATE_INCOMING;
+	if (memory) {
+		ret = vm_kvm_setup(vm, kvm_path, e);
+		if (ret == 0)
+			ret = vm_memory_setup(vm, memory, e);
+		if (ret < 0) {
+			vm_destroy(vm);
+			return ret;
+		}
+	}
 	*out = vm;
 	return 0;
 }
@@ -757,7 +778,7 @@ int vm_incoming_build(struct vm *vm, const struct vm_restore_config *cfg, struct
 {
 	struct vm_build_args a = vm_restore_args(cfg, vm->name);
 
-	if (vm->nvcpus || vm->fd >= 0)
+	if (vm->nvcpus)
 		return err_set(e, -EBUSY, "the VM was already built");
 	return vm_build_into(vm, &a, e);
 }

@@ -67,6 +67,12 @@ static void test_restore_incoming_ok(void **state)
 	assert_int_equal(PARSE(&o, &e, "--incoming", "tcp:10.0.0.1:4444", "--api-socket", "s"), 0);
 	assert_string_equal(o.incoming, "tcp:10.0.0.1:4444");
 	assert_int_equal(PARSE(&o, &e, "--incoming", "unix:/x", "--api-socket", "s", "--paused"), 0);
+	assert_false(o.memory_set);
+	/* a destination may reserve its RAM ahead of the move */
+	assert_int_equal(PARSE(&o, &e, "--incoming", "unix:/x", "--memory", "200G",
+			       "--api-socket", "s"), 0);
+	assert_true(o.memory_set);
+	assert_int_equal(o.memory, 200 * GiB);
 }
 
 static void test_errors(void **state)
