@@ -178,7 +178,8 @@ class Godwit(Driver):
         argv = ns_prefix(ns) + [self.binary, "run", "--api-socket", sock, "--serial", "stdio",
                                 "--name", f"bench-{role}"]
         if incoming:
-            argv += ["--incoming", incoming]
+            # the guest's size up front, as QEMU's destination gets -m: RAM registered early
+            argv += ["--incoming", incoming, "--memory", sc["memory"]]
             if self.tls_dir:
                 argv += ["--tls-dir", self.tls_dir]
             elif incoming.startswith("tcp:"):
