@@ -190,6 +190,10 @@ int vm_snapshot_save(struct vm *vm, const char *dir, struct vm_snapshot_stats *s
 		if (ret < 0)
 			goto err;
 	}
+	/* the memory writes read guest memory until they are done */
+	ret = snapshot_writer_memory_done(w, e);
+	if (ret < 0)
+		goto err;
 	/* the disks as the snapshot's guest left them, durable before the guest may go on */
 	ret = vm_devices_flush(vm, e);
 	if (ret < 0)

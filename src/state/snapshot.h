@@ -87,11 +87,14 @@ int __must_check snapshot_writer_section(struct snapshot_writer *w, const char *
 /*
  * Guest memory [gpa, gpa + len) inside one region, read from host. Zero pages become holes;
  * the others are written at their offset and CRC'd. Within one 2 MiB chunk, pages must be
- * given in increasing gpa order, each at most once; pages never given are zero. The memory
- * must not change during the call (the guest is paused).
+ * given in increasing gpa order, each at most once; pages never given are zero. Writes
+ * may still be in flight when it returns: the memory must not change (the guest stays
+ * paused) until snapshot_writer_memory_done() or the commit has returned.
  */
 int __must_check snapshot_writer_memory(struct snapshot_writer *w, uint64_t gpa,
 					const void *host, uint64_t len, struct errbuf *e);
+/* Waits for every memory write in flight; after it the guest's memory may change. */
+int __must_check snapshot_writer_memory_done(struct snapshot_writer *w, struct errbuf *e);
 void snapshot_writer_stats(const struct snapshot_writer *w, struct snapshot_stats *st);
 /*
  * Writes the memory index and END, fsyncs both files and the directory, renames the
