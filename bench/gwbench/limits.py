@@ -58,12 +58,13 @@ def tcp_bw(tool, src_ns, dst_ns, addr, seconds, port=47001):
         kill_proc(recv)
 
 
-def disk_write_bw(directory, quick):
-    """Sequential write with an fsync at the end (dd conv=fsync), bytes/s."""
+def disk_write_bw(directory, quick, flag="conv=fsync"):
+    """Sequential write with an fsync at the end (dd conv=fsync), or with flag instead
+    (oflag=direct: what godwit's O_DIRECT snapshot writes compare with), bytes/s."""
     path = os.path.join(directory, "dd-limit.tmp")
     count = 256 if quick else 1024
     t0 = time.monotonic()
-    r = run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={count}", "conv=fsync"],
+    r = run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={count}", flag],
             timeout=600)
     t = time.monotonic() - t0
     try:
@@ -96,6 +97,8 @@ def measure(net, links, resdir, tooldir, quick):
         notes["tool"] = "no C compiler: memory and network limits not measured"
     lim["disk_write"] = disk_write_bw(resdir, quick)
     notes["disk_write"] = f"dd bs=1M conv=fsync into {resdir}"
+    lim["disk_write_direct"] = disk_write_bw(resdir, quick, "oflag=direct")
+    notes["disk_write_direct"] = f"dd bs=1M oflag=direct into {resdir}"
     for k, v in lim.items():
         if v:
             log(f"limit {k}: {v / (1 << 20):.0f} MiB/s ({v * 8 / 1e9:.2f} Gbit/s)")

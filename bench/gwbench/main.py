@@ -165,7 +165,9 @@ def add_throughput(row, sc, limits):
         v = row.get(k)
         return float(v) if v not in (None, "") else None
     if sc["op"] == "snapshot-restore":
-        b, ms, lim = f("snapshot_bytes"), f("snapshot_ms"), "disk_write"
+        # the disk's own direct rate: the yardstick for snapshot writes
+        b, ms = f("snapshot_bytes"), f("snapshot_ms")
+        lim = "disk_write_direct" if limits.get("disk_write_direct") else "disk_write"
     elif sc["op"] in scen_mod.MIGRATE_OPS:
         b = f("vmm_bytes") or f("wire_bytes")
         ms, lim = f("total_ms"), f"link_{sc['link']}"

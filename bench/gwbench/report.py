@@ -232,7 +232,8 @@ def write_markdown(path, rows, scenarios, limits, limit_notes, meta, plots):
            "populate_anon": "fault in fresh anonymous memory, 4 KiB pages",
            "populate_memfd": "fault in fresh memfd pages",
            "populate_thp": "fault in anonymous memory with MADV_HUGEPAGE",
-           "disk_write": "dd bs=1M conv=fsync in the results folder"}
+           "disk_write": "dd bs=1M conv=fsync in the results folder",
+           "disk_write_direct": "dd bs=1M oflag=direct in the results folder (snapshots' limit)"}
     for k, v in limits.items():
         h = how.get(k) or (f"one TCP stream, tc: {limit_notes.get(k, '')}" if k.startswith("link_") else "")
         L.append(f"| {k} | {fmt_limit(k, v)} | {h} |")
