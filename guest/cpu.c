@@ -6,6 +6,7 @@
  * that needs time (heartbeats, rate limits, SMP start-up waits) reads that counter.
  */
 #include "guest.h"
+#include "smpwait.h"
 
 volatile u64 ticks;
 u64 lapic;			/* LAPIC base, read from the MSR; used through a register */
@@ -113,10 +114,12 @@ void wait_tick(u64 seen)
 
 /*
  * Nanoseconds since the timer started, from the tick count and the LAPIC timer's current
- * count (1 GHz bus, divide by 1: one count per ns). Interrupts must be enabled.
+ * count (1 GHz bus, divide by 1: one count per ns), never less than the previous answer
+ * (see smpwait_clock). Interrupts must be enabled. BSP only: the APs count no ticks.
  */
 static u64 time_ns(void)
 {
+	static u64 last;
 	u64 period = 1000000000ull / cfg.hz;
 
 	for (;;) {
@@ -124,7 +127,7 @@ static u64 time_ns(void)
 		u32 cc = lapic_read(LAPIC_TMCCT);
 
 		if (ticks == t)
-			return t * period + (period - cc);
+			return smpwait_clock(&last, t, cc, period);
 	}
 }
 
@@ -167,7 +170,7 @@ static void lapic_send_ipi(u32 icr)
  */
 u32 smp_start(void)
 {
-	u64 start, changed, quiet, cap;
+	struct smpwait w;
 	u32 seen, hint;
 
 	memcpy((void *)AP_TRAMPOLINE, ap_trampoline, (size_t)(ap_trampoline_end - ap_trampoline));
@@ -190,26 +193,15 @@ u32 smp_start(void)
 	 * a loaded 2-core host can all be descheduled for more than 10 ms, and stopping then
 	 * started the guest with fewer vCPUs than it was given.
 	 */
-	quiet = hint > 1 ? 100000000ull : 10000000ull;
-	cap = hint > 1 ? 1000000000ull : 200000000ull;
-	start = changed = time_ns();
-	seen = ap_arrivals;
-	for (;;) {
-		u64 now;
-		u32 n;
-
+	w.hint = hint;
+	w.quiet = hint > 1 ? 100000000ull : 10000000ull;
+	w.cap = hint > 1 ? 1000000000ull : 200000000ull;
+	w.start = w.changed = time_ns();
+	w.seen = READ_ONCE(ap_arrivals);
+	do
 		delay_us(100);
-		now = time_ns();
-		n = ap_arrivals;
-		if (n != seen) {
-			seen = n;
-			changed = now;
-		}
-		if (hint > 1 && seen + 1 >= hint)
-			break;
-		if (now - changed >= quiet || now - start >= cap)
-			break;
-	}
+	while (!smpwait_done(&w, time_ns(), READ_ONCE(ap_arrivals)));
+	seen = w.seen;
 	if (seen + 1 > MAX_CPUS) {
 		con_printf("warning: %u vCPUs, using %u\n", seen + 1, MAX_CPUS);
 		return MAX_CPUS;
