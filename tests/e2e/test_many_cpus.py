@@ -5,7 +5,6 @@ live-migrated between the two namespace hosts: heartbeats go on with the next se
 reach, so `check ok` going on at the destination shows that each vCPU kept running (and
 that no page was lost). The digest of the paused source equals the destination's."""
 import os
-import sys
 
 import gwtest
 
@@ -59,21 +58,15 @@ def test(env):
 
     src = gwtest.start_source(env, "idle-src", cpus=CPUS, cmdline="workload=idle",
                               netns=hosts.src)
+    src.wait_line(rf"^godwit-guest ready cpus={CPUS}$")
     src.wait_line(r"^hb 100$")
     live(env, hosts, src, "idle 16 vCPUs live", abcheck=False)
 
     src = gwtest.start_source(env, "ab-src", cpus=CPUS, cmdline="workload=abcheck wss=4M",
                               netns=hosts.src)
+    src.wait_line(rf"^godwit-guest ready cpus={CPUS}$")
     src.wait_line(r"^check ok 3$", timeout=120)
     live(env, hosts, src, "abcheck 16 vCPUs live", abcheck=True)
 
 
-# KNOWN BUG, open in issue 14: the guest kit's SMP start-up loses APs at 4 or more vCPUs in
-# about one boot in three (`ready cpus=3` of 4, `cpus=5` of 16), on godwit and in this
-# session's measurements independent of load. Until that is fixed this test is reported as
-# skipped, saying why, rather than failing at random; GODWIT_TEST_MANY_CPUS=1 runs it.
-if os.environ.get("GODWIT_TEST_MANY_CPUS") != "1":
-    print("SKIP: SMP start-up loses APs at >= 4 vCPUs (known bug, issue 14); "
-          "GODWIT_TEST_MANY_CPUS=1 runs this test anyway", file=sys.stderr)
-    sys.exit(77)
 gwtest.main(test)
