@@ -374,6 +374,8 @@ static int inc_receive(struct errbuf *e)
 	ret = inc_next(&rec, e);
 	if (ret < 0)
 		return ret;
+	/* the source is done with its part of the setup; building the VM is this host's */
+	mig_deadline_set(&inc.dl, UINT64_MAX, "building the VM");
 	ret = inc_config(&rec, e);
 	if (ret < 0) {
 		inc_reply(MIG_MSG_REFUSE, e->msg);
@@ -561,12 +563,12 @@ static int inc_accept(struct errbuf *e)
 		ret = mig_socket_timeouts(fd, MIG_IO_TIMEOUT_MS, e);
 		if (ret < 0)
 			return ret;
-		/* one deadline for the whole setup, from here (the TLS handshake included) to ACCEPT */
+		/* one deadline for the source's part: from here (TLS handshake too) to CONFIG */
 		ret = mig_deadline_start(&inc.dl, fd, e);
 		if (ret < 0)
 			return ret;
 		mig_deadline_set(&inc.dl, MIG_SETUP_DEADLINE_MS, "the migration setup (TLS handshake, "
-				 "stream header, HELLO, CONFIG, ACCEPT)");
+				 "stream header, HELLO, CONFIG)");
 		ret = mig_deadline_check(&inc.dl, mig_channel_open(NULL, 0, e), e);
 		if (ret == 0 || !mig.tls)
 			return ret; /* inc_receive goes on under the same deadline */

@@ -15,7 +15,13 @@
 int mig_io_timeout_ms(void);
 #define MIG_IO_TIMEOUT_MS mig_io_timeout_ms()
 #define MIG_HANDOVER_TIMEOUT_MS (2 * mig_io_timeout_ms())
-/* the destination's whole setup (accept to ACCEPT), and each later record, as a whole */
+/*
+ * The destination builds the VM between CONFIG and ACCEPT: its own work, not a stalled
+ * link (registering 200 GiB took 1.3 s on the nested host, a loaded host takes longer), so
+ * the source waits for ACCEPT this long, and the destination's setup deadline stops at CONFIG.
+ */
+#define MIG_BUILD_TIMEOUT_MS (mig_io_timeout_ms() + 60000)
+/* the destination's whole setup (accept to CONFIG), and each later record, as a whole */
 #define MIG_SETUP_DEADLINE_MS ((uint64_t)mig_io_timeout_ms())
 #define MIG_RECORD_DEADLINE_MS ((uint64_t)MIG_HANDOVER_TIMEOUT_MS)
 

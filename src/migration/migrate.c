@@ -547,10 +547,17 @@ static int mig_handshake(uint32_t mode, struct errbuf *e)
 	ret = state_writer_flush(mig.w, e);
 	if (ret < 0)
 		return mig_setup_error(e, ret);
+	/* the destination answers once it has built the VM: allow for that, not one read */
+	ret = mig_socket_timeouts(fd, MIG_BUILD_TIMEOUT_MS, e);
+	if (ret < 0)
+		return ret;
 	ret = state_reader_open_channel(&mig.r, mig.ch, &ro, e);
 	if (ret < 0)
 		return mig_setup_error(e, err_prefix(e, ret, "reading from the destination"));
-	return mig_setup_error(e, mig_expect(MIG_MSG_ACCEPT, &m, e));
+	ret = mig_expect(MIG_MSG_ACCEPT, &m, e);
+	if (ret < 0)
+		return mig_setup_error(e, ret);
+	return mig_socket_timeouts(fd, MIG_IO_TIMEOUT_MS, e);
 }
 
 static int mig_pause_guest(struct errbuf *e)
