@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* `godwit run` option parsing and the migration URI parser: accepted forms and one-line errors. */
+#include "base/util.h"
 #include "cli/run_opts.h"
 #include "migration/proto.h"
 
@@ -15,12 +16,124 @@
 #define ARGC(...) ((int)(sizeof((char *[]){ "run", __VA_ARGS__ }) / sizeof(char *)))
 #define PARSE(o, e, ...) run_opts_parse(ARGC(__VA_ARGS__), ARGV(__VA_ARGS__), o, e)
 
-static void expect_error(int ret, const struct errbuf *e, const char *want)
+/* The options every boot needs, before the ones a case is about */
+#define BOOT "--memory", "64M", "--kernel", "k", "--api-socket", "s"
+#define DISK "--disk", "path=/a"
+
+/* Arguments after "run" that must be refused, and a part of the one-line error. */
+struct bad_args {
+	const char *args[28];
+	const char *want;
+};
+
+/* `run` as a whole: sizes, counts, required and conflicting options, names */
+static const struct bad_args run_errors[] = {
+	{ { "--memory", "lots", "--kernel", "k", "--api-socket", "s" }, "--memory lots" },
+	{ { "--memory", "1000", "--kernel", "k", "--api-socket", "s" }, "--memory 1000" },
+	{ { "--memory", "3M", "--kernel", "k", "--api-socket", "s" }, "16M to 256G" },
+	{ { "--memory", "65M", "--kernel", "k", "--api-socket", "s" }, "multiple of 2M" },
+	{ { "--memory", "1T", "--kernel", "k", "--api-socket", "s" }, "--memory 1T" },
+	{ { "--memory", "64M", "--cpus", "65", "--kernel", "k", "--api-socket", "s" },
+	  "--cpus 65: must be a number from 1 to 64" },
+	{ { "--memory", "64M", "--cpus", "-1", "--kernel", "k", "--api-socket", "s" },
+	  "--cpus -1" },
+	{ { BOOT, "--serial", "tcp" }, "--serial tcp" },
+	{ { BOOT, "--serial", "file:" }, "--serial file:" },
+	{ { "--memory", "64M", "--kernel", "k" }, "--api-socket" },
+	{ { "--memory", "64M", "--api-socket", "s" }, "--kernel" },
+	{ { "--kernel", "k", "--api-socket", "s" }, "--memory SIZE" },
+	{ { BOOT, "--bogus" }, "unknown option --bogus" },
+	{ { BOOT, "extra" }, "unexpected argument 'extra'" },
+	{ { "--memory", "64M", "--kernel", "k", "--api-socket" }, "needs a value" },
+	{ { "--restore", "d", "--kernel", "k", "--api-socket", "s" }, "conflicts" },
+	{ { "--restore", "d", "--memory", "64M", "--api-socket", "s" }, "--memory conflicts" },
+	{ { "--restore", "d", "--cpus", "2", "--api-socket", "s" }, "--cpus conflicts" },
+	{ { "--restore", "d", "--initrd", "rd", "--api-socket", "s" },
+	  "--initrd conflicts with --restore" },
+	{ { "--incoming", "unix:x", "--initrd", "rd", "--api-socket", "s" },
+	  "--initrd conflicts with --incoming" },
+	{ { BOOT, "--initrd", "" }, "--initrd: empty path" },
+	{ { "--incoming", "tcp:h:1", "--kernel", "k", "--api-socket", "s" }, "conflicts" },
+	{ { "--incoming", "http://x", "--api-socket", "s" }, "tcp:HOST:PORT or unix:PATH" },
+	{ { BOOT, "--restore-mode", "eager" }, "--restore-mode needs --restore" },
+	{ { "--restore", "d", "--api-socket", "s", "--restore-mode", "fast" },
+	  "--restore-mode fast" },
+	{ { BOOT, "--paused" }, "--paused" },
+	{ { BOOT, "--dirty-tracking", "log" }, "--dirty-tracking log" },
+	{ { BOOT, "--name", "" }, "--name" },
+	/* the state format's rule: a name it would refuse at snapshot or migration time */
+	{ { BOOT, "--name", "caf\xc3\xa9" }, "--name: machine name has a byte 0xc3" },
+	{ { BOOT, "--name", "tab\there" }, "byte 0x09" },
+	{ { BOOT, "--name", "x234567890123456789012345678901234567890123456789012345678901234" },
+	  "--name" },
+};
+
+/* --disk and --disk-override */
+static const struct bad_args disk_errors[] = {
+	{ { BOOT, "--disk", "readonly=on" }, "path=FILE is required" },
+	{ { BOOT, "--disk", "path=/a,readonly=yes" }, "readonly=yes" },
+	{ { BOOT, "--disk", "path=/a,format=qcow2" }, "unknown key 'format'" },
+	{ { BOOT, "--disk", "path=/a,id=a b" }, "id 'a b'" },
+	{ { BOOT, "--disk", "/a.img" }, "not KEY=VALUE" },
+	{ { BOOT, "--disk", "path=/a,aio=posix" }, "aio=posix: use thread or uring" },
+	{ { BOOT, "--disk", "path=/a", "--disk", "path=/b,id=disk0" },
+	  "two disks are called disk0" },
+	{ { BOOT, DISK, DISK, DISK, DISK, DISK, DISK, DISK, DISK, DISK }, "at most 8" },
+	{ { "--restore", "d", "--api-socket", "s", "--disk", "path=/a" }, "--disk needs --kernel" },
+	{ { BOOT, "--disk-override", "id=disk0,path=/a" }, "needs --restore" },
+	{ { "--incoming", "unix:/x", "--api-socket", "s", "--disk-override", "id=disk0" },
+	  "id=NAME,path=FILE" },
+	{ { "--incoming", "unix:/x", "--api-socket", "s", "--disk-override", "id=d,path=/a",
+	    "--disk-override", "id=d,path=/b" }, "given twice" },
+};
+
+/* --net, --net-override and --announce */
+static const struct bad_args net_errors[] = {
+	{ { BOOT, "--net", "id=x" }, "tap=NAME is required" },
+	{ { BOOT, "--net", "tap=a,mac=ff:ff:ff:ff:ff:ff" }, "unicast" },
+	{ { BOOT, "--net", "tap=a-very-long-tap-name" }, "at most 15" },
+	{ { BOOT, "--net", "tap=a", "--net", "tap=a" }, "tap a is given twice" },
+	{ { BOOT, "--net", "tap=a", "--net", "tap=b", "--net", "tap=c", "--net", "tap=d", "--net",
+	    "tap=e" }, "at most 4 NICs" },
+	{ { BOOT, "--net", "tap=a,id=x", "--disk", "path=/a,id=x" },
+	  "a disk and a NIC are both called x" },
+	{ { BOOT, DISK, DISK, DISK, DISK, DISK, DISK, DISK, "--net", "tap=a", "--net", "tap=b" },
+	  "at most 8 devices in all" },
+	{ { "--restore", "d", "--api-socket", "s", "--net", "tap=a" }, "--net needs --kernel" },
+	{ { BOOT, "--net-override", "id=n,tap=a" }, "--net-override needs --restore" },
+	{ { "--restore", "d", "--api-socket", "s", "--net-override", "id=n,path=/a" },
+	  "unknown key 'path' (id, tap)" },
+	{ { "--restore", "d", "--api-socket", "s", "--announce", "rounds=x" }, "rounds=x" },
+};
+
+/* TLS options */
+static const struct bad_args tls_errors[] = {
+	{ { BOOT, "--tls-dir", "d" }, "--tls-dir needs --incoming" },
+	{ { "--incoming", "tcp:h:1", "--api-socket", "s", "--tls-dir", "d", "--tls-psk", "p" },
+	  "--tls-dir conflicts with --tls-psk" },
+	{ { "--incoming", "tcp:h:1", "--api-socket", "s", "--tls-psk", "p", "--insecure" },
+	  "--insecure conflicts with --tls-psk" },
+	{ { "--incoming", "tcp:h:1", "--api-socket", "s", "--tls-dir", "" }, "--tls-dir" },
+};
+
+/* Each case is refused with -EINVAL and one line naming what was wrong. */
+static void expect_errors(const struct bad_args *cases, size_t n)
 {
-	assert_int_equal(ret, -EINVAL);
-	if (!strstr(e->msg, want))
-		fail_msg("error \"%s\" lacks \"%s\"", e->msg, want);
-	assert_null(strchr(e->msg, '\n'));
+	for (size_t i = 0; i < n; i++) {
+		char *argv[ARRAY_SIZE(cases[i].args) + 2] = { "run" };
+		struct run_opts o;
+		struct errbuf e;
+		int argc = 1, ret;
+
+		/* getopt may permute argv: each case gets its own copy */
+		for (size_t k = 0; k < ARRAY_SIZE(cases[i].args) && cases[i].args[k]; k++)
+			argv[argc++] = (char *)cases[i].args[k];
+		ret = run_opts_parse(argc, argv, &o, &e);
+		if (ret != -EINVAL || !strstr(e.msg, cases[i].want) || strchr(e.msg, '\n'))
+			fail_msg("case %zu (run %s %s ...): %d \"%s\", expected -EINVAL and \"%s\"",
+				 i, cases[i].args[0], cases[i].args[1] ? cases[i].args[1] : "", ret,
+				 e.msg, cases[i].want);
+	}
 }
 
 static void test_boot_ok(void **state)
@@ -80,67 +193,7 @@ static void test_errors(void **state)
 	struct run_opts o;
 	struct errbuf e;
 
-	expect_error(PARSE(&o, &e, "--memory", "lots", "--kernel", "k", "--api-socket", "s"), &e,
-		     "--memory lots");
-	expect_error(PARSE(&o, &e, "--memory", "1000", "--kernel", "k", "--api-socket", "s"), &e,
-		     "--memory 1000");
-	expect_error(PARSE(&o, &e, "--memory", "3M", "--kernel", "k", "--api-socket", "s"), &e,
-		     "16M to 256G");
-	expect_error(PARSE(&o, &e, "--memory", "65M", "--kernel", "k", "--api-socket", "s"), &e,
-		     "multiple of 2M");
-	expect_error(PARSE(&o, &e, "--memory", "1T", "--kernel", "k", "--api-socket", "s"), &e,
-		     "--memory 1T");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--cpus", "65", "--kernel", "k",
-			   "--api-socket", "s"), &e, "--cpus 65: must be a number from 1 to 64");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--cpus", "-1", "--kernel", "k",
-			   "--api-socket", "s"), &e, "--cpus -1");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--serial", "tcp"), &e, "--serial tcp");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--serial", "file:"), &e, "--serial file:");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k"), &e, "--api-socket");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--api-socket", "s"), &e, "--kernel");
-	expect_error(PARSE(&o, &e, "--kernel", "k", "--api-socket", "s"), &e, "--memory SIZE");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--bogus"), &e, "unknown option --bogus");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "extra"), &e, "unexpected argument 'extra'");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket"), &e,
-		     "needs a value");
-	expect_error(PARSE(&o, &e, "--restore", "d", "--kernel", "k", "--api-socket", "s"), &e,
-		     "conflicts");
-	expect_error(PARSE(&o, &e, "--restore", "d", "--memory", "64M", "--api-socket", "s"), &e,
-		     "--memory conflicts");
-	expect_error(PARSE(&o, &e, "--restore", "d", "--cpus", "2", "--api-socket", "s"), &e,
-		     "--cpus conflicts");
-	expect_error(PARSE(&o, &e, "--restore", "d", "--initrd", "rd", "--api-socket", "s"), &e,
-		     "--initrd conflicts with --restore");
-	expect_error(PARSE(&o, &e, "--incoming", "unix:x", "--initrd", "rd", "--api-socket", "s"),
-		     &e, "--initrd conflicts with --incoming");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--initrd", ""), &e, "--initrd: empty path");
-	expect_error(PARSE(&o, &e, "--incoming", "tcp:h:1", "--kernel", "k", "--api-socket", "s"),
-		     &e, "conflicts");
-	expect_error(PARSE(&o, &e, "--incoming", "http://x", "--api-socket", "s"), &e,
-		     "tcp:HOST:PORT or unix:PATH");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--restore-mode", "eager"), &e, "--restore-mode needs --restore");
-	expect_error(PARSE(&o, &e, "--restore", "d", "--api-socket", "s", "--restore-mode",
-			   "fast"), &e, "--restore-mode fast");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--paused"), &e, "--paused");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--dirty-tracking", "log"), &e, "--dirty-tracking log");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--name", ""), &e, "--name");
-	/* the state format's rule: a name it would refuse at snapshot or migration time */
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--name", "caf\xc3\xa9"), &e, "--name: machine name has a byte 0xc3");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--name", "tab\there"), &e, "byte 0x09");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--name", "x234567890123456789012345678901234567890123456789012345678901234"),
-		     &e, "--name");
+	expect_errors(run_errors, ARRAY_SIZE(run_errors));
 	assert_int_equal(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
 			       "--name", "web 1 (blue)"), 0);
 }
@@ -177,36 +230,8 @@ static void test_disks(void **state)
 	assert_int_equal(PARSE(&o, &e, "--incoming", "unix:/x", "--api-socket", "s",
 			       "--disk-override", "id=disk0,aio=thread"), 0);
 	assert_true(o.overrides[0].aio == DEV_AIO_THREAD && !o.overrides[0].path);
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--disk", "path=/a,aio=posix"), &e, "aio=posix: use thread or uring");
 
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--disk", "readonly=on"), &e, "path=FILE is required");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--disk", "path=/a,readonly=yes"), &e, "readonly=yes");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--disk", "path=/a,format=qcow2"), &e, "unknown key 'format'");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--disk", "path=/a,id=a b"), &e, "id 'a b'");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--disk", "/a.img"), &e, "not KEY=VALUE");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--disk", "path=/a", "--disk", "path=/b,id=disk0"), &e,
-		     "two disks are called disk0");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--disk", "path=/a", "--disk", "path=/a", "--disk", "path=/a",
-			   "--disk", "path=/a", "--disk", "path=/a", "--disk", "path=/a",
-			   "--disk", "path=/a", "--disk", "path=/a", "--disk", "path=/a"), &e,
-		     "at most 8");
-	expect_error(PARSE(&o, &e, "--restore", "d", "--api-socket", "s", "--disk", "path=/a"), &e,
-		     "--disk needs --kernel");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--disk-override", "id=disk0,path=/a"), &e, "needs --restore");
-	expect_error(PARSE(&o, &e, "--incoming", "unix:/x", "--api-socket", "s",
-			   "--disk-override", "id=disk0"), &e, "id=NAME,path=FILE");
-	expect_error(PARSE(&o, &e, "--incoming", "unix:/x", "--api-socket", "s",
-			   "--disk-override", "id=d,path=/a", "--disk-override", "id=d,path=/b"), &e,
-		     "given twice");
+	expect_errors(disk_errors, ARRAY_SIZE(disk_errors));
 }
 
 static void test_nets(void **state)
@@ -241,33 +266,7 @@ static void test_nets(void **state)
 	assert_int_equal(o.announce.rounds, 2);
 	assert_int_equal(o.announce.initial_ms, 10);
 
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--net", "id=x"), &e, "tap=NAME is required");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--net", "tap=a,mac=ff:ff:ff:ff:ff:ff"), &e, "unicast");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--net", "tap=a-very-long-tap-name"), &e, "at most 15");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--net", "tap=a", "--net", "tap=a"), &e, "tap a is given twice");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--net", "tap=a", "--net", "tap=b", "--net", "tap=c", "--net", "tap=d",
-			   "--net", "tap=e"), &e, "at most 4 NICs");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--net", "tap=a,id=x", "--disk", "path=/a,id=x"), &e,
-		     "a disk and a NIC are both called x");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--disk", "path=/a", "--disk", "path=/a", "--disk", "path=/a",
-			   "--disk", "path=/a", "--disk", "path=/a", "--disk", "path=/a",
-			   "--disk", "path=/a", "--net", "tap=a", "--net", "tap=b"), &e,
-		     "at most 8 devices in all");
-	expect_error(PARSE(&o, &e, "--restore", "d", "--api-socket", "s", "--net", "tap=a"), &e,
-		     "--net needs --kernel");
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--net-override", "id=n,tap=a"), &e, "--net-override needs --restore");
-	expect_error(PARSE(&o, &e, "--restore", "d", "--api-socket", "s", "--net-override",
-			   "id=n,path=/a"), &e, "unknown key 'path' (id, tap)");
-	expect_error(PARSE(&o, &e, "--restore", "d", "--api-socket", "s", "--announce",
-			   "rounds=x"), &e, "rounds=x");
+	expect_errors(net_errors, ARRAY_SIZE(net_errors));
 }
 
 static void test_uri(void **state)
@@ -309,14 +308,7 @@ static void test_tls_opts(void **state)
 	assert_int_equal(PARSE(&o, &e, "--incoming", "tcp:10.0.0.1:1", "--api-socket", "s",
 			       "--insecure"), 0);
 	assert_true(o.insecure);
-	expect_error(PARSE(&o, &e, "--memory", "64M", "--kernel", "k", "--api-socket", "s",
-			   "--tls-dir", "d"), &e, "--tls-dir needs --incoming");
-	expect_error(PARSE(&o, &e, "--incoming", "tcp:h:1", "--api-socket", "s", "--tls-dir", "d",
-			   "--tls-psk", "p"), &e, "--tls-dir conflicts with --tls-psk");
-	expect_error(PARSE(&o, &e, "--incoming", "tcp:h:1", "--api-socket", "s", "--tls-psk", "p",
-			   "--insecure"), &e, "--insecure conflicts with --tls-psk");
-	expect_error(PARSE(&o, &e, "--incoming", "tcp:h:1", "--api-socket", "s", "--tls-dir", ""),
-		     &e, "--tls-dir");
+	expect_errors(tls_errors, ARRAY_SIZE(tls_errors));
 }
 
 /* Only addresses that are all loopback count as loopback. */
