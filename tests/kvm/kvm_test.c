@@ -1,7 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-/* Shared helpers for the KVM test programs: assertions, a tiny 32-bit guest VM, a run loop. */
+/*
+ * Shared helpers for the KVM test programs: assertions, a tiny 32-bit guest VM, a run loop,
+ * and the VMM's own VM with the guest kit.
+ */
 #include "kvm_test.h"
 #include "arch/x86/cpuid.h"
+#include "base/evloop.h"
+#include "vmm/vm.h"
 
 #include <fcntl.h>
 #include <stdarg.h>
@@ -216,4 +221,55 @@ bool test_file_wait(const char *path, const char *text, unsigned timeout_ms)
 		test_msleep(20);
 	}
 	return false;
+}
+
+/* the guest kit reports its vCPUs once SMP start-up is done; bounded far above that */
+#define TEST_GUEST_START_MS 60000
+
+void test_guest_create(struct test_guest *g, int argc, char **argv, const char *name,
+		       unsigned vcpus, const char *cmdline)
+{
+	struct vm_config cfg = {
+		.memory = 64 * MiB,
+		.vcpus = vcpus,
+		.cmdline = cmdline,
+		.serial = VM_SERIAL_FILE,
+		.serial_path = g->serial,
+	};
+	struct errbuf e = { { 0 } };
+	int fd;
+
+	if (access("/dev/kvm", R_OK | W_OK)) {
+		printf("SKIP: no /dev/kvm\n");
+		exit(KSFT_SKIP);
+	}
+	TEST_ASSERT(argc == 2, "usage: %s GUEST_ELF", argv[0]);
+	cfg.kernel = argv[1];
+	snprintf(cfg.name, sizeof(cfg.name), "%s", name);
+	snprintf(g->serial, sizeof(g->serial), "/tmp/gw-kvmtest-XXXXXX");
+	fd = mkstemp(g->serial);
+	TEST_ASSERT(fd >= 0, "mkstemp");
+	close(fd);
+	g->vcpus = vcpus;
+	TEST_OK(evloop_create(&g->loop));
+	TEST_OK(vm_create(&g->vm, g->loop, &cfg, &e));
+}
+
+void test_guest_start(struct test_guest *g)
+{
+	struct errbuf e = { { 0 } };
+	char ready[48];
+
+	snprintf(ready, sizeof(ready), "godwit-guest ready cpus=%u", g->vcpus);
+	TEST_OK(vm_start(g->vm, &e));
+	TEST_ASSERT(test_file_wait(g->serial, ready, TEST_GUEST_START_MS),
+		    "the guest did not report %u CPUs within %u ms", g->vcpus, TEST_GUEST_START_MS);
+}
+
+void test_guest_destroy(struct test_guest *g)
+{
+	vm_destroy(g->vm);
+	evloop_destroy(g->loop);
+	unlink(g->serial);
+	memset(g, 0, sizeof(*g));
 }

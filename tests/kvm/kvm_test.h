@@ -5,6 +5,7 @@
  * low guest memory and a 32-bit flat protected-mode guest; a run loop that stops at
  * the guest's port writes. Each program is single-threaded, so every vCPU ioctl is
  * made from the thread that runs the vCPU. A host without /dev/kvm skips (exit 77).
+ * Also: the VMM's own VM with the guest kit (test_guest_*).
  */
 #ifndef GODWIT_TESTS_KVM_TEST_H
 #define GODWIT_TESTS_KVM_TEST_H
@@ -77,6 +78,31 @@ void tvm_load_flat32(struct tvm *t, const uint8_t *code, size_t len, uint64_t cr
 uint32_t tvm_run_to_port(struct tvm *t);
 /* Completes a pending I/O exit (KVM_RUN with immediate_exit) so the vCPU state is final. */
 void tvm_pause(struct tvm *t);
+
+/*
+ * The VMM's own VM (vmm/vm.h) booting the guest kit, for the tests of run control and
+ * state: 64 MiB, the guest's serial output in a temporary file. Those tests run vCPUs on
+ * the VMM's threads, so they make vCPU ioctls through vcpu_call().
+ */
+struct evloop;
+struct vm;
+
+struct test_guest {
+	struct evloop *loop;
+	struct vm *vm;
+	char serial[32];
+	unsigned vcpus;
+};
+
+/*
+ * Exits 77 without /dev/kvm; takes the guest kit's ELF from argv[1] (usage otherwise) and
+ * creates the VM, which is not started yet.
+ */
+void test_guest_create(struct test_guest *g, int argc, char **argv, const char *name,
+		       unsigned vcpus, const char *cmdline);
+/* Starts the VM and waits for the guest kit to report all its vCPUs. */
+void test_guest_start(struct test_guest *g);
+void test_guest_destroy(struct test_guest *g);
 
 /* Prints where two byte strings differ (at most a few spans) to stderr. */
 void test_diff(const char *what, const struct buf *a, const struct buf *b);

@@ -77,40 +77,18 @@ static void vcpus_wait_run(struct vm *vm, const struct kvm_regs *before, uint64_
 
 int main(int argc, char **argv)
 {
-	char serial[] = "/tmp/gw-pause-XXXXXX";
-	struct vm_config cfg = {
-		.name = "pause-test",
-		.memory = 64 * MiB,
-		.vcpus = 2,
-		.cmdline = "workload=dirty wss=8M rate=0",
-		.serial = VM_SERIAL_FILE,
-		.serial_path = serial,
-	};
 	struct kvm_mp_state mp;
 	struct kvm_regs r1[2], r2[2];
-	struct evloop *loop;
 	struct errbuf e = { { 0 } };
+	struct test_guest g;
 	struct vm *vm;
-	int fd;
 
-	if (access("/dev/kvm", R_OK | W_OK)) {
-		printf("SKIP: no /dev/kvm\n");
-		return KSFT_SKIP;
-	}
-	TEST_ASSERT(argc == 2, "usage: %s GUEST_ELF", argv[0]);
-	cfg.kernel = argv[1];
-	fd = mkstemp(serial);
-	TEST_ASSERT(fd >= 0, "mkstemp");
-	close(fd);
-	TEST_OK(evloop_create(&loop));
-	TEST_OK(vm_create(&vm, loop, &cfg, &e));
-
+	test_guest_create(&g, argc, argv, "pause-test", 2, "workload=dirty wss=8M rate=0");
+	vm = g.vm;
 	/* before start: the AP waits for INIT/SIPI */
 	TEST_OK(vcpu_call(&vm->vcpus[1], mp_get, &mp));
 	TEST_ASSERT_EQ(mp.mp_state, KVM_MP_STATE_UNINITIALIZED);
-	TEST_OK(vm_start(vm, &e));
-	TEST_ASSERT(test_file_wait(serial, "godwit-guest ready cpus=2", 20000),
-		    "the guest did not report 2 CPUs");
+	test_guest_start(&g);
 	TEST_OK(vm_pause(vm, &e));
 	TEST_OK(vcpu_call(&vm->vcpus[1], mp_get, &mp));
 	TEST_ASSERT(mp.mp_state == KVM_MP_STATE_RUNNABLE || mp.mp_state == KVM_MP_STATE_HALTED,
@@ -139,10 +117,8 @@ int main(int argc, char **argv)
 		vcpus_wait_run(vm, r1, before[0], round);
 		TEST_OK(vm_resume(vm, &e));
 	}
-	TEST_ASSERT(test_file_wait(serial, "hb 20", RUN_WAIT_MS), "no heartbeats");
-	vm_destroy(vm);
-	evloop_destroy(loop);
-	unlink(serial);
+	TEST_ASSERT(test_file_wait(g.serial, "hb 20", RUN_WAIT_MS), "no heartbeats");
+	test_guest_destroy(&g);
 	printf("PASS\n");
 	return 0;
 }

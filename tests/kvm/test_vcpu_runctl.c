@@ -198,45 +198,17 @@ static void test_exit_request_stands(struct vm *vm)
 
 int main(int argc, char **argv)
 {
-	char serial[] = "/tmp/gw-runctl-XXXXXX";
-	struct vm_config cfg = {
-		.name = "runctl-test",
-		.memory = 64 * MiB,
-		.vcpus = 2,
-		.cmdline = "workload=dirty wss=8M rate=0",
-		.serial = VM_SERIAL_FILE,
-		.serial_path = serial,
-	};
-	struct evloop *loop;
-	struct errbuf e = { { 0 } };
-	struct vm *vm;
-	int fd;
+	struct test_guest g;
 
-	if (access("/dev/kvm", R_OK | W_OK)) {
-		printf("SKIP: no /dev/kvm\n");
-		return KSFT_SKIP;
-	}
-	TEST_ASSERT(argc == 2, "usage: %s GUEST_ELF", argv[0]);
-	cfg.kernel = argv[1];
-	fd = mkstemp(serial);
-	TEST_ASSERT(fd >= 0, "mkstemp");
-	close(fd);
-	TEST_OK(evloop_create(&loop));
-	TEST_OK(vm_create(&vm, loop, &cfg, &e));
-
-	test_calls_do_not_overwrite(vm);
+	test_guest_create(&g, argc, argv, "runctl-test", 2, "workload=dirty wss=8M rate=0");
+	test_calls_do_not_overwrite(g.vm);
 	printf("ok: concurrent vcpu_call\n");
-	TEST_OK(vm_start(vm, &e));
-	TEST_ASSERT(test_file_wait(serial, "godwit-guest ready cpus=2", 20000),
-		    "the guest did not report 2 CPUs");
-	test_pause_all_or_nothing(vm);
+	test_guest_start(&g);
+	test_pause_all_or_nothing(g.vm);
 	printf("ok: a timed-out pause is undone\n");
-	test_exit_request_stands(vm);
+	test_exit_request_stands(g.vm);
 	printf("ok: EXITING survives a failed KVM_RUN\n");
-
-	vm_destroy(vm);
-	evloop_destroy(loop);
-	unlink(serial);
+	test_guest_destroy(&g);
 	printf("PASS\n");
 	return 0;
 }

@@ -96,36 +96,19 @@ static int restore_vm(struct vm *src, struct evloop *loop, uint32_t tsc_khz, uin
 
 int main(int argc, char **argv)
 {
-	char serial[] = "/tmp/gw-restore-XXXXXX";
-	struct vm_config cfg = {
-		.name = "restore-test",
-		.memory = 64 * MiB,
-		.vcpus = 2,
-		.cmdline = "workload=idle",
-		.serial = VM_SERIAL_FILE,
-		.serial_path = serial,
-	};
 	char dm1[17], ds1[17], dm2[17], ds2[17];
 	struct saved sv = { .n = 0 };
 	struct vm_machine m1, m2;
+	struct test_guest g;
 	struct evloop *loop;
 	struct errbuf e = { { 0 } };
 	struct vm *vm, *copy, *bad;
-	int fd, ret;
+	int ret;
 
-	if (access("/dev/kvm", R_OK | W_OK)) {
-		printf("SKIP: no /dev/kvm\n");
-		return KSFT_SKIP;
-	}
-	TEST_ASSERT(argc == 2, "usage: %s GUEST_ELF", argv[0]);
-	cfg.kernel = argv[1];
-	fd = mkstemp(serial);
-	TEST_ASSERT(fd >= 0, "mkstemp");
-	close(fd);
-	TEST_OK(evloop_create(&loop));
-	TEST_OK(vm_create(&vm, loop, &cfg, &e));
-	TEST_OK(vm_start(vm, &e));
-	TEST_ASSERT(test_file_wait(serial, "godwit-guest ready cpus=2", 60000), "the guest did not start");
+	test_guest_create(&g, argc, argv, "restore-test", 2, "workload=idle");
+	test_guest_start(&g);
+	vm = g.vm;
+	loop = g.loop;
 	TEST_OK(vm_pause(vm, &e));
 	TEST_OK(vm_sections_save(vm, false, save_cb, &sv, &e));
 	TEST_OK(vm_digest(vm, dm1, ds1, &e));
@@ -215,9 +198,7 @@ int main(int argc, char **argv)
 		free((void *)sv.secs[i].instance);
 		free((void *)sv.secs[i].data);
 	}
-	vm_destroy(vm);
-	evloop_destroy(loop);
-	unlink(serial);
+	test_guest_destroy(&g);
 	printf("PASS\n");
 	return 0;
 }
