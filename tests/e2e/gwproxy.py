@@ -29,16 +29,6 @@ COMMIT = 0x107
 back_stop = threading.Event()
 
 
-def recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
-
-
 def pump_back(dst, src):
     try:
         while True:
@@ -100,32 +90,27 @@ def main():
     if action.startswith("raw"):
         raw(src, dst, action, int(where))
         return
-    dst.sendall(recv_exact(src, 32))
+    dst.sendall(gwstate.recv_exact(src, 32))
     rounds_seen = -1
     armed = True
     try:
         while True:
-            hdr = recv_exact(src, 16)
-            typ, length = struct.unpack_from("<IQ", hdr)
-            body = recv_exact(src, length + 4)
+            typ, payload, rec = gwstate.record_recv(src)
             if typ == ROUND:
-                rounds_seen = struct.unpack_from("<I", body)[0]
+                rounds_seen = struct.unpack_from("<I", payload)[0]
             hit = armed and (
                 (where == "round0" and typ == gwstate.PAGES) or
                 (where == "round2" and typ == gwstate.PAGES and rounds_seen >= 2) or
                 (where == "sections" and typ == gwstate.SECTION))
             if action in ("cpuid", "tsc") and typ == gwstate.CONFIG:
-                payload = (gwstate.config_cpuid_patch(body[:-4], 7, 0, 2, 0xFFFFFFFF)
-                           if action == "cpuid" else
-                           gwstate.config_machine_patch(body[:-4], tsc_khz=1))
-                h = struct.pack("<IQ", typ, len(payload))
-                hdr = h + struct.pack("<I", gwstate.crc32c(h))
-                body = payload + struct.pack("<I", gwstate.crc32c(payload, gwstate.crc32c(hdr)))
+                rec = gwstate.record(typ, gwstate.config_cpuid_patch(payload, 7, 0, 2, 0xFFFFFFFF)
+                                     if action == "cpuid" else
+                                     gwstate.config_machine_patch(payload, tsc_khz=1))
                 print("injected", flush=True)
             elif hit and action == "flip":
-                body = bytearray(body)
-                body[len(body) // 2] ^= 0x20
-                body = bytes(body)
+                rec = bytearray(rec)
+                rec[16 + (len(rec) - 16) // 2] ^= 0x20   # in the payload (or its CRC)
+                rec = bytes(rec)
                 armed = False
                 print("injected", flush=True)
             elif hit and action == "cut":
@@ -133,16 +118,16 @@ def main():
                 break
             elif action == "cutafter" and where == "commit" and typ == COMMIT:
                 back_stop.set()
-                dst.sendall(hdr + body)
+                dst.sendall(rec)
                 print("injected", flush=True)
                 break
             elif hit and action == "trickle":
                 print("injected", flush=True)
-                for b in hdr + body:
+                for b in rec:
                     dst.sendall(bytes([b]))
                     time.sleep(0.25)
                 break
-            dst.sendall(hdr + body)
+            dst.sendall(rec)
     except (EOFError, OSError):
         pass
     for s in (src, dst):

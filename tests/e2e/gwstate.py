@@ -1,5 +1,6 @@
 """Reads and rewrites godwit state files (docs/state-format.md) so tests can build
-snapshots that are wrong in one precise way, with every CRC still correct."""
+snapshots that are wrong in one precise way, with every CRC still correct; frames and
+receives the same records on migration sockets (gwproxy.py, fake peers)."""
 import struct
 
 MAGIC = b"GODWIT\r\n"
@@ -26,6 +27,33 @@ def crc32c(data, crc=0):
     return crc ^ 0xFFFFFFFF
 
 
+def record(typ, payload=b""):
+    """One record as docs/state-format.md frames it: type, length, header CRC, payload and
+    a CRC over header and payload."""
+    h = struct.pack("<IQ", typ, len(payload))
+    h += struct.pack("<I", crc32c(h))
+    return h + payload + struct.pack("<I", crc32c(payload, crc32c(h)))
+
+
+def recv_exact(sock, n):
+    """n bytes from a socket; EOFError if it closes first."""
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return buf
+
+
+def record_recv(sock):
+    """The next record on a socket: (type, payload, the record's bytes as received)."""
+    hdr = recv_exact(sock, 16)
+    typ, length = struct.unpack_from("<IQ", hdr)
+    rest = recv_exact(sock, length + 4)
+    return typ, rest[:-4], hdr + rest
+
+
 def read(path):
     """Returns (header bytes, [(type, payload)])."""
     with open(path, "rb") as f:
@@ -43,14 +71,10 @@ def read(path):
 
 def write(path, hdr, recs, fix_end=True):
     out = bytearray(hdr)
-    n = 0
-    for typ, payload in recs:
+    for n, (typ, payload) in enumerate(recs):
         if typ == END and fix_end:
             payload = struct.pack("<Q", n)
-        h = struct.pack("<IQ", typ, len(payload))
-        h += struct.pack("<I", crc32c(h))
-        out += h + payload + struct.pack("<I", crc32c(payload, crc32c(h)))
-        n += 1
+        out += record(typ, payload)
     with open(path, "wb") as f:
         f.write(out)
 

@@ -17,6 +17,7 @@ import gwtest
 IO_TIMEOUT_MS = "1000"
 TRICKLE_S = 0.25           # a byte every 0.25 s: no single read ever waits 1 s
 TRICKLE_BOUND_S = 60       # old code would wait for ever; give up on it after this
+record = gwstate.record
 
 
 def feed(env, name, data, expect, close=True):
@@ -34,12 +35,6 @@ def feed(env, name, data, expect, close=True):
     assert expect.lower() in err.lower(), f"{name}: expected {expect!r} in {err!r}"
     assert "nothing was started" in err, f"{name}: {err!r}"
     assert not dst.heartbeats()
-
-
-def record(typ, payload):
-    h = struct.pack("<IQ", typ, len(payload))
-    h += struct.pack("<I", gwstate.crc32c(h))
-    return h + payload + struct.pack("<I", gwstate.crc32c(payload, gwstate.crc32c(h)))
 
 
 def trickle_setup(env, hdr, hello):

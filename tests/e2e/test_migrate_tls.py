@@ -87,10 +87,7 @@ def vm_rss_kib(vm):
     raise AssertionError("no VmRSS")
 
 
-def record(typ, payload):
-    h = struct.pack("<IQ", typ, len(payload))
-    h += struct.pack("<I", gwstate.crc32c(h))
-    return h + payload + struct.pack("<I", gwstate.crc32c(payload, gwstate.crc32c(h)))
+record = gwstate.record
 
 
 SEND = """

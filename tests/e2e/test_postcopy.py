@@ -193,20 +193,8 @@ def bad_options(env):
     assert src.wait_exit() == 0
 
 
-def rec(typ, payload=b""):
-    h = struct.pack("<IQ", typ, len(payload))
-    h += struct.pack("<I", gwstate.crc32c(h))
-    return h + payload + struct.pack("<I", gwstate.crc32c(payload, gwstate.crc32c(h)))
-
-
-def recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
+rec = gwstate.record
+recv_exact = gwstate.recv_exact
 
 
 def fake_destination(ls, requests, result):
@@ -220,8 +208,7 @@ def fake_destination(ls, requests, result):
     seen = []
     try:
         while True:
-            typ, length = struct.unpack_from("<IQ", recv_exact(c, 16))
-            body = recv_exact(c, length + 4)[:-4]
+            typ, body, _ = gwstate.record_recv(c)
             seen.append(typ)
             if typ == gwstate.CONFIG:
                 c.sendall(rec(ACCEPT, struct.pack("<I", 1)))
