@@ -29,6 +29,14 @@ COMMIT = 0x107
 back_stop = threading.Event()
 
 
+def shutdown_both(*socks):
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 def pump_back(dst, src):
     try:
         while True:
@@ -39,11 +47,7 @@ def pump_back(dst, src):
                 src.sendall(data)
     except OSError:
         pass
-    for s in (src, dst):
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    shutdown_both(src, dst)
 
 
 def raw(src, dst, action, at):
@@ -67,11 +71,7 @@ def raw(src, dst, action, at):
             dst.sendall(data)
     except OSError:
         pass
-    for s in (src, dst):
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    shutdown_both(src, dst)
 
 
 def main():
@@ -130,11 +130,7 @@ def main():
             dst.sendall(rec)
     except (EOFError, OSError):
         pass
-    for s in (src, dst):
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    shutdown_both(src, dst)
 
 
 main()
