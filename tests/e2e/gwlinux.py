@@ -12,6 +12,7 @@ EMULATOR_OPTS = ("noxsave nopku nofsgsbase noinvpcid nopcid mitigations=off "
                  "clearcpuid=141,308,295,288,298,145,515,158,306,154,534,151")
 CMDLINE = f"console=ttyS0 earlyprintk=serial reboot=k panic=1 {EMULATOR_OPTS}"
 MEMORY = 256 << 20
+FETCH_S = 600               # scripts/get-linux-kernel, when the build has no kernel yet
 TS_LINE = re.compile(r"^\[\s*(\d+\.\d+)\] (.*)$")
 
 
@@ -23,7 +24,12 @@ def kernel_dir():
         sys.exit(77)
     if not all(os.path.isfile(os.path.join(d, f)) for f in ("vmlinuz", "vmlinux", "vmlinux-nopvh")):
         script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "get-linux-kernel")
-        p = subprocess.run([script, d], capture_output=True, text=True)
+        try:
+            # the script bounds itself (5 min for a lock, 4 for the download); so does this
+            p = subprocess.run([script, d], capture_output=True, text=True, timeout=FETCH_S)
+        except subprocess.TimeoutExpired:
+            print(f"SKIP: fetching Debian's cloud kernel took over {FETCH_S} s")
+            sys.exit(77)
         if p.returncode != 0:
             print(f"SKIP: Debian's cloud kernel could not be fetched: {p.stderr.strip()}")
             sys.exit(77)

@@ -97,8 +97,10 @@ class Vm:
         with open(self.stderr_path) as f:
             return f.read()
 
-    def wait_line(self, pattern, timeout=30, start=0):
-        """Waits for a serial line matching pattern at index >= start; returns (index, match)."""
+    def wait_line(self, pattern, timeout=30, start=0, cpu_limit=None):
+        """Waits for a serial line matching pattern at index >= start; returns (index, match).
+        cpu_limit: also gives up once the VM's process has used that many CPU seconds, a
+        bound on the guest's work that a loaded host stretches in wall time only."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         i = start
@@ -110,13 +112,25 @@ class Vm:
                         return i, m
                     i += 1
                 left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and i >= len(self.lines)):
+                cpu = self.cpu_seconds() if cpu_limit is not None else 0
+                if left <= 0 or (self.proc.poll() is not None and i >= len(self.lines)) or \
+                        (cpu_limit is not None and cpu > cpu_limit):
                     tail = "\n".join(t for _, t in self.lines[-5:])
+                    used = f", {cpu:.0f} of {cpu_limit} CPU s" if cpu_limit is not None else ""
                     raise AssertionError(
-                        f"{self.name}: no line matching {pattern!r} within {timeout}s "
+                        f"{self.name}: no line matching {pattern!r} within {timeout}s{used} "
                         f"(exit={self.proc.poll()}); last lines:\n{tail}\n"
                         f"stderr:\n{self.stderr()[-2000:]}")
                 self.cond.wait(min(left, 0.2))
+
+    def cpu_seconds(self):
+        """CPU time (user and system) the VM's process has used so far; 0 once it is gone."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def wait_socket(self, timeout=10):
         deadline = time.monotonic() + timeout
