@@ -21,7 +21,7 @@ KERNELS = [("bzImage", "vmlinuz", 300), ("vmlinux", "vmlinux-nopvh", 100),
 # wall seconds for the three boots together, against a hang only. The fetch
 # (gwlinux.FETCH_S), this and the stops fit in meson's timeout (tests/e2e/meson.build), so
 # the test's own bounds, with their messages, pass first.
-WALL_BOUND = 2400
+WALL_BOUND = 1500
 
 
 def boot(env, kdir, kind, fname, cpu_bound, deadline, initrd, initrd_len):
