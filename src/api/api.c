@@ -368,6 +368,17 @@ static json_t *api_mig_status_json(void)
 			"page_bytes_sent", (json_int_t)st->page_bytes_sent,
 			"ratio", st->page_bytes_sent ? (double)st->page_bytes /
 					(double)st->page_bytes_sent : 1.0));
+	if (j) { /* each connection's bytes and its throughput over the whole move */
+		json_t *conns = json_array();
+
+		for (uint32_t i = 0; conns && i < st->connections && i < 16; i++)
+			json_array_append_new(conns, json_pack("{s:I, s:I}",
+				"bytes", (json_int_t)st->stream_bytes[i],
+				"throughput", (json_int_t)(st->elapsed_ns ?
+					(double)st->stream_bytes[i] * 1e9 / (double)st->elapsed_ns : 0)));
+		if (conns)
+			json_object_set_new(j, "connections", conns);
+	}
 	if (j && st->incoming)
 		json_object_set_new(j, "announcements", json_integer((json_int_t)st->announced));
 	if (j && st->error[0])
@@ -445,7 +456,7 @@ static int api_cmd_migrate(struct api_ctx *ctx, struct errbuf *e)
 	} nums[] = {
 		{ "downtime_ms", &p.downtime_ms }, { "bandwidth", &p.bandwidth },
 		{ "max_rounds", &p.max_rounds }, { "timeout_ms", &p.timeout_ms },
-		{ "postcopy_after", &p.postcopy_after },
+		{ "postcopy_after", &p.postcopy_after }, { "connections", &p.connections },
 	};
 	int ret;
 
@@ -493,6 +504,7 @@ static const struct api_arg api_migrate_args[] = {
 	{ "postcopy_after", API_ARG_INT, false },
 	{ "resume", API_ARG_BOOL, false },
 	{ "compress", API_ARG_STRING, false },
+	{ "connections", API_ARG_INT, false },
 	{ "digest", API_ARG_BOOL, false },
 	{ "tls_dir", API_ARG_STRING, false },
 	{ "tls_psk", API_ARG_STRING, false },

@@ -52,6 +52,14 @@ struct mig_incoming {
 
 static struct mig_incoming inc = { .listen_fd = -1 };
 
+/* The listener stays open until the extra connections, if any, have joined. */
+static void inc_listen_close(void)
+{
+	if (inc.listen_fd >= 0)
+		close(inc.listen_fd);
+	inc.listen_fd = -1;
+}
+
 static int inc_reply(uint32_t type, const char *reason)
 {
 	struct mig_ctrl m = { .type = type };
@@ -86,6 +94,7 @@ static int inc_next(struct state_record *rec, struct errbuf *e)
 	pthread_mutex_lock(&mig.lock);
 	mig.st.bytes_sent = state_reader_offset(mig.r);
 	mig.st.bytes_total = mig.st.bytes_sent;
+	mig.st.stream_bytes[0] = mig.st.bytes_sent;
 	pthread_mutex_unlock(&mig.lock);
 	return 0;
 }
@@ -149,27 +158,35 @@ out:
 	return ret;
 }
 
-int inc_pages_decode(const struct state_record *rec, struct state_pages_iter *it,
-		     struct errbuf *e)
+/* Decodes and inflates with *z, made at the first compressed batch. */
+static int inc_pages_decode_z(const struct state_record *rec, struct state_pages_iter *it,
+			      struct state_inflater **z, struct errbuf *e)
 {
 	int ret = state_pages_decode(rec->payload, rec->len, it, e);
 
-	if (ret == 0 && it->zdata && !inc.inflater)
-		ret = state_inflater_new(&inc.inflater, e);
+	if (ret == 0 && it->zdata && !*z)
+		ret = state_inflater_new(z, e);
 	if (ret == 0)
-		ret = state_pages_inflate(it, inc.inflater, e);
+		ret = state_pages_inflate(it, *z, e);
 	if (ret < 0)
 		return err_prefix(e, ret, "record %llu", (unsigned long long)rec->index);
 	return 0;
 }
 
-static int inc_pages(const struct state_record *rec, struct errbuf *e)
+int inc_pages_decode(const struct state_record *rec, struct state_pages_iter *it,
+		     struct errbuf *e)
+{
+	return inc_pages_decode_z(rec, it, &inc.inflater, e);
+}
+
+int inc_pages_install(const struct state_record *rec, struct state_inflater **z, uint64_t *n,
+		      struct errbuf *e)
 {
 	struct guest_mem *mem = vm_memory(mig.vm);
 	struct state_pages_iter it;
 	struct state_page pg;
 	uint64_t normal = 0, zero = 0;
-	int ret = inc_pages_decode(rec, &it, e);
+	int ret = inc_pages_decode_z(rec, &it, z, e);
 
 	if (ret < 0)
 		return ret;
@@ -197,8 +214,20 @@ static int inc_pages(const struct state_record *rec, struct errbuf *e)
 	mig.st.pages_normal += normal;
 	mig.st.pages_zero += zero;
 	pthread_mutex_unlock(&mig.lock);
-	/* a round sends each page at most once */
-	inc.round_pages += normal + zero;
+	*n = normal + zero;
+	return 0;
+}
+
+static int inc_pages(const struct state_record *rec, struct errbuf *e)
+{
+	struct guest_mem *mem = vm_memory(mig.vm);
+	uint64_t n;
+	int ret = inc_pages_install(rec, &inc.inflater, &n, e);
+
+	if (ret < 0)
+		return ret;
+	/* a round sends each page at most once (on this connection: see streams.c) */
+	inc.round_pages += n;
 	if (inc.round_pages > mem->size / GUEST_PAGE_SIZE)
 		return err_set(e, -EPROTO, "round %u carries more pages than guest memory holds",
 			       inc.next_round ? inc.next_round - 1 : 0);
@@ -371,6 +400,11 @@ static int inc_receive(struct errbuf *e)
 	pthread_mutex_lock(&mig.lock);
 	mig.st.mode = m.u32b;
 	pthread_mutex_unlock(&mig.lock);
+	ret = mig_streams_expect(&m, mig.r, e);
+	if (ret < 0) {
+		inc_reply(MIG_MSG_REFUSE, e->msg);
+		return ret;
+	}
 	ret = inc_next(&rec, e);
 	if (ret < 0)
 		return ret;
@@ -387,6 +421,15 @@ static int inc_receive(struct errbuf *e)
 		ret = state_writer_flush(mig.w, e);
 	if (ret < 0)
 		return ret;
+	/* the extra connections, if any, under a setup deadline of their own (this one's
+	 * watchdog, armed at accept, must not cut the first connection meanwhile) */
+	if (mig_streams_count() > 1)
+		mig_deadline_set(&inc.dl, MIG_SETUP_DEADLINE_MS + 1000,
+				 "the extra connections' setup");
+	ret = mig_streams_accept(inc.listen_fd, MIG_RECV_RECORD_MAX, e);
+	inc_listen_close();
+	if (ret < 0)
+		return ret;
 	mig_state_set_incoming(MIG_STATE_ACTIVE);
 
 	/*
@@ -398,6 +441,8 @@ static int inc_receive(struct errbuf *e)
 		mig_deadline_set(&inc.dl, MIG_RECORD_DEADLINE_MS, "receiving one record");
 		ret = inc_next(&rec, e);
 		if (ret < 0) {
+			/* an extra connection's failure cut this one: that is the cause */
+			ret = mig_streams_error(e, ret);
 			inc_reply(MIG_MSG_ERROR, e->msg); /* best effort: the link may be gone */
 			return ret;
 		}
@@ -409,8 +454,24 @@ static int inc_receive(struct errbuf *e)
 			ret = mig_ctrl_decode(&rec, &m, e);
 			if (ret < 0)
 				return ret;
-			if (m.type == MIG_MSG_DONE)
+			if (m.type == MIG_MSG_DONE) {
+				ret = mig_streams_finish(e);
+				if (ret < 0) {
+					inc_reply(MIG_MSG_ERROR, e->msg);
+					return ret;
+				}
 				break;
+			}
+			if (m.type == MIG_MSG_FENCE) {
+				mig_deadline_set(&inc.dl, MIG_RECORD_DEADLINE_MS + 1000,
+						 "waiting for FENCE on every connection");
+				ret = mig_streams_fence_wait(m.u64a, e);
+				if (ret < 0) {
+					inc_reply(MIG_MSG_ERROR, e->msg);
+					return ret;
+				}
+				continue;
+			}
 			if (m.type == MIG_MSG_ABORT)
 				return err_set(e, -ECANCELED, "the source aborted: %s", m.reason);
 			if (m.type == MIG_MSG_PING) {
@@ -595,19 +656,18 @@ static void *inc_thread(void *arg)
 
 	(void)arg;
 	ret = inc_accept(&e);
-	close(inc.listen_fd);
-	inc.listen_fd = -1;
 	if (ret == 0) {
 		pthread_mutex_lock(&mig.lock);
 		mig.st.error[0] = '\0';
 		pthread_mutex_unlock(&mig.lock);
 		ret = mig_deadline_check(&inc.dl, inc_receive(&e), &e);
-		if (ret < 0)
+		if (ret < 0 && mig_streams_error(&e, ret) == ret)
 			mig_channel_error(&e, ret);
 		inc_populate_stop();
 		committed = inc.t_commit != 0 && inc_postcopy_active();
 		inc_postcopy_cleanup();
 	}
+	inc_listen_close();
 	mig_deadline_stop(&inc.dl); /* started for the connection inc_accept returned, if any */
 	for (size_t i = 0; i < inc.nsecs; i++)
 		free(inc.sec_data[i]);

@@ -91,6 +91,46 @@ struct migration {
 
 extern struct migration mig;
 
+/*
+ * Several connections (streams.c). Source: mig_streams_hello() before HELLO goes out,
+ * mig_streams_announce() right after it, mig_streams_connect() after ACCEPT; then
+ * mig_streams_give() hands a batch to a sender (1), or leaves it to the caller (0), and
+ * mig_streams_fence() ends a round on every connection (FENCE on the first is the caller's
+ * to flush). Destination: mig_streams_expect() after HELLO, mig_streams_accept() after
+ * ACCEPT, mig_streams_fence_wait() at the first connection's FENCE, mig_streams_finish()
+ * at DONE. With one connection each is a no-op.
+ */
+unsigned mig_streams_count(void);
+int __must_check mig_streams_hello(struct mig_ctrl *hello, unsigned n, struct errbuf *e);
+int __must_check mig_streams_announce(struct state_writer *w, struct errbuf *e);
+int __must_check mig_streams_connect(const char *host, struct errbuf *e);
+int __must_check mig_streams_give(const struct state_page *pages, uint32_t n, unsigned flags,
+				  struct errbuf *e);
+int __must_check mig_streams_fence(struct errbuf *e);
+int __must_check mig_streams_expect(const struct mig_ctrl *hello, struct state_reader *r,
+				    struct errbuf *e);
+int __must_check mig_streams_accept(int listen_fd, uint64_t max_record, struct errbuf *e);
+int __must_check mig_streams_fence_wait(uint64_t seq, struct errbuf *e);
+int __must_check mig_streams_finish(struct errbuf *e);
+/* ret, or the first extra connection's failure (the cause) if there was one */
+int mig_streams_error(struct errbuf *e, int ret);
+/* Unblocks every extra connection (cancel); close ends their threads and frees them. */
+void mig_streams_shutdown(void);
+void mig_streams_close(void);
+/* Bytes on the extra connections; the status's per-connection figures (under mig.lock). */
+uint64_t mig_streams_bytes(void);
+void mig_streams_status_fill(struct mig_status *st);
+
+/* Writes one batch on w, compressed as --compress says, and counts it in the status. */
+int __must_check mig_pages_write(struct state_writer *w, const struct state_page *pages,
+				 uint32_t n, unsigned flags, struct errbuf *e);
+/*
+ * Installs a PAGES record's pages into guest memory (inflater *z made at the first
+ * compressed batch) and counts them in the status; *n: the pages it held.
+ */
+int __must_check inc_pages_install(const struct state_record *rec, struct state_inflater **z,
+				   uint64_t *n, struct errbuf *e);
+
 /* Decodes a PAGES record and inflates it if compressed (one inflater per destination). */
 int __must_check inc_pages_decode(const struct state_record *rec, struct state_pages_iter *it,
 				  struct errbuf *e);

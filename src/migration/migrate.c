@@ -79,6 +79,7 @@ void migration_status_get(struct mig_status *st)
 	if (st->elapsed_ns)
 		st->throughput = (uint64_t)((double)st->bytes_sent * 1e9 / (double)st->elapsed_ns);
 	mig_postcopy_status_fill(st);
+	mig_streams_status_fill(st);
 	if (st->incoming && st->state == MIG_STATE_COMPLETED && mig.vm)
 		st->announced = vm_devices_announced(mig.vm);
 	pthread_mutex_unlock(&mig.lock);
@@ -91,12 +92,19 @@ static void mig_state_set(enum mig_state s)
 	pthread_mutex_unlock(&mig.lock);
 }
 
+/* Bytes handed to every connection of this migration. */
+static uint64_t mig_wire_bytes(void)
+{
+	return (mig.w ? state_writer_bytes(mig.w) : 0) + mig_streams_bytes();
+}
+
 static void mig_bytes_update(void)
 {
-	uint64_t b = mig.w ? state_writer_bytes(mig.w) : 0;
+	uint64_t b = mig_wire_bytes();
 
 	pthread_mutex_lock(&mig.lock);
 	mig.st.bytes_sent = b;
+	mig.st.stream_bytes[0] = mig.w ? state_writer_bytes(mig.w) : 0;
 	if (mig.st.bytes_total < b)
 		mig.st.bytes_total = b;
 	pthread_mutex_unlock(&mig.lock);
@@ -143,7 +151,7 @@ static void mig_bandwidth_wait(void)
 
 	if (!mig.p.bandwidth)
 		return;
-	sent = state_writer_bytes(mig.w) - mig.bw_start_bytes;
+	sent = mig_wire_bytes() - mig.bw_start_bytes;
 	due_ns = (uint64_t)((double)sent * 1e9 / (double)mig.p.bandwidth);
 	now = time_mono_ns() - mig.bw_start_ns;
 	while (now < due_ns && !atomic_load(&mig.cancel)) {
@@ -200,15 +208,22 @@ struct mig_auto {
 };
 
 static struct mig_auto mig_auto;
+/* the senders of several connections share one measurement and one choice */
+static pthread_mutex_t mig_auto_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static bool mig_compress_now(void)
 {
+	bool on;
+
 	/* post-copy sends what the destination waits for: latency, not bytes, counts there */
 	if (mig.p.compress == MIG_COMPRESS_NONE || mig.postcopy)
 		return false;
-	if (mig.p.compress == MIG_COMPRESS_ZSTD || mig.st.compressing)
+	if (mig.p.compress == MIG_COMPRESS_ZSTD)
 		return true;
-	return mig_auto.batches % MIG_AUTO_PROBE == 0;
+	pthread_mutex_lock(&mig_auto_lock);
+	on = mig.st.compressing || mig_auto.batches % MIG_AUTO_PROBE == 0;
+	pthread_mutex_unlock(&mig_auto_lock);
+	return on;
 }
 
 static void mig_auto_account(uint64_t ns, uint64_t bytes, uint64_t zns, uint64_t zsaved)
@@ -217,12 +232,15 @@ static void mig_auto_account(uint64_t ns, uint64_t bytes, uint64_t zns, uint64_t
 	double link_ns_per_byte;
 	bool on;
 
+	pthread_mutex_lock(&mig_auto_lock);
 	a->link_ns += ns > zns ? ns - zns : 0;
 	a->link_bytes += bytes;
 	a->zns += zns;
 	a->zsaved += zsaved;
-	if (mig.p.compress != MIG_COMPRESS_AUTO || ++a->batches < MIG_AUTO_WINDOW)
+	if (mig.p.compress != MIG_COMPRESS_AUTO || ++a->batches < MIG_AUTO_WINDOW) {
+		pthread_mutex_unlock(&mig_auto_lock);
 		return;
+	}
 	if (a->zns) {
 		a->last_zns = a->zns;
 		a->last_zsaved = a->zsaved;
@@ -239,41 +257,75 @@ static void mig_auto_account(uint64_t ns, uint64_t bytes, uint64_t zns, uint64_t
 	mig.st.compressing = on;
 	pthread_mutex_unlock(&mig.lock);
 	*a = (struct mig_auto){ .last_zns = a->last_zns, .last_zsaved = a->last_zsaved };
+	pthread_mutex_unlock(&mig_auto_lock);
 }
 
-static int mig_batch_flush(struct mig_batch *b, struct errbuf *e)
+/*
+ * Writes a batch on w and counts its data. With --compress auto the time it took to hand
+ * the bytes over counts as the link's (on the first connection the caller adds the
+ * bandwidth cap's wait; an extra connection's sender measures its own writes).
+ */
+static int mig_pages_write_timed(struct state_writer *w, const struct state_page *pages,
+				 uint32_t n, unsigned flags, void (*wait)(void), struct errbuf *e)
 {
 	struct state_zstats z0, z1;
 	uint64_t t0, bytes0, data = 0;
 	int ret;
 
-	if (!b->n)
-		return 0;
-	for (uint32_t i = 0; i < b->n; i++)
-		data += b->pages[i].data ? STATE_PAGE_SIZE : 0;
-	state_writer_zstats(mig.w, &z0);
+	for (uint32_t i = 0; i < n; i++)
+		data += pages[i].data ? STATE_PAGE_SIZE : 0;
+	state_writer_zstats(w, &z0);
 	t0 = time_mono_ns();
-	bytes0 = state_writer_bytes_flushed(mig.w);
-	ret = state_writer_pages(mig.w, b->pages, b->n,
-				 b->flags | (mig_compress_now() ? STATE_PAGES_COMPRESS : 0), e);
-	b->n = 0;
+	bytes0 = state_writer_bytes_flushed(w);
+	ret = state_writer_pages(w, pages, n, flags | (mig_compress_now() ? STATE_PAGES_COMPRESS : 0),
+				 e);
 	if (ret < 0)
 		return ret;
-	state_writer_zstats(mig.w, &z1);
+	state_writer_zstats(w, &z1);
 	pthread_mutex_lock(&mig.lock);
 	mig.st.page_bytes += data;
 	mig.st.page_bytes_sent += data - ((z1.raw_bytes - z1.out_bytes) -
 					  (z0.raw_bytes - z0.out_bytes));
 	pthread_mutex_unlock(&mig.lock);
+	if (wait)
+		wait();
+	mig_auto_account(time_mono_ns() - t0, state_writer_bytes_flushed(w) - bytes0,
+			 z1.ns - z0.ns,
+			 (z1.raw_bytes - z1.out_bytes) - (z0.raw_bytes - z0.out_bytes));
+	return 0;
+}
+
+int mig_pages_write(struct state_writer *w, const struct state_page *pages, uint32_t n,
+		    unsigned flags, struct errbuf *e)
+{
+	return mig_pages_write_timed(w, pages, n, flags, NULL, e);
+}
+
+/* The first connection's share: the batch an extra connection's sender could not take. */
+static void mig_batch_wait(void)
+{
+	mig_bytes_update();
+	mig_bandwidth_wait();
+}
+
+static int mig_batch_flush(struct mig_batch *b, struct errbuf *e)
+{
+	int ret;
+
+	if (!b->n)
+		return 0;
+	ret = mig_streams_give(b->pages, b->n, b->flags, e);
+	if (ret == 0)
+		ret = mig_pages_write_timed(mig.w, b->pages, b->n, b->flags, mig_batch_wait, e);
+	else if (ret > 0)
+		mig_batch_wait();
+	b->n = 0;
+	if (ret < 0)
+		return ret;
 	mig_batch_show(b);
 	ret = mig_harvest_maybe(e);
 	if (ret < 0)
 		return ret;
-	mig_bytes_update();
-	mig_bandwidth_wait();
-	mig_auto_account(time_mono_ns() - t0, state_writer_bytes_flushed(mig.w) - bytes0,
-			 z1.ns - z0.ns,
-			 (z1.raw_bytes - z1.out_bytes) - (z0.raw_bytes - z0.out_bytes));
 	return mig_check_cancel(e);
 }
 
@@ -538,7 +590,12 @@ static int mig_handshake(uint32_t mode, struct errbuf *e)
 			return ret;
 		m.u64b |= MIG_CAP_ZSTD;
 	}
+	ret = mig_streams_hello(&m, mode == MIG_HELLO_RESUME ? 1 : (unsigned)mig.p.connections, e);
+	if (ret < 0)
+		return ret;
 	ret = mig_ctrl_send(mig.w, &m, e);
+	if (ret == 0)
+		ret = mig_streams_announce(mig.w, e);
 	if (ret < 0)
 		return mig_setup_error(e, ret);
 	ret = mig_config_send(e);
@@ -557,7 +614,10 @@ static int mig_handshake(uint32_t mode, struct errbuf *e)
 	ret = mig_expect(MIG_MSG_ACCEPT, &m, e);
 	if (ret < 0)
 		return mig_setup_error(e, ret);
-	return mig_socket_timeouts(fd, MIG_IO_TIMEOUT_MS, e);
+	ret = mig_socket_timeouts(fd, MIG_IO_TIMEOUT_MS, e);
+	if (ret < 0)
+		return ret;
+	return mig_streams_connect(mig.p.tls.hostname[0] ? mig.p.tls.hostname : mig.uri.host, e);
 }
 
 static int mig_pause_guest(struct errbuf *e)
@@ -601,6 +661,10 @@ static int mig_ping(uint64_t *ns, struct errbuf *e)
 		ret = state_writer_flush(mig.w, e);
 	if (ret == 0)
 		ret = mig_expect(MIG_MSG_PONG, &m, e);
+	if (ret < 0 && ret != -EPROTO && mig_streams_count() > 1)
+		return mig_err_append(e, ret, "over %u connections PONG comes once every one of "
+				      "them has delivered its pages: one may have stalled",
+				      mig_streams_count());
 	if (ret < 0)
 		return ret;
 	if (m.u64a != t0)
@@ -665,7 +729,7 @@ static int mig_iterate(struct mig_batch *b, struct errbuf *e)
 		return ret;
 	mig.tracking = true;
 	for (;;) {
-		uint64_t t0 = time_mono_ns(), bytes0 = state_writer_bytes(mig.w);
+		uint64_t t0 = time_mono_ns(), bytes0 = mig_wire_bytes();
 		uint64_t ns, bytes, dirty, sync_ns, expected_ns, expected_ms;
 		struct mig_estimate est;
 		bool stalled, limit;
@@ -677,6 +741,8 @@ static int mig_iterate(struct mig_batch *b, struct errbuf *e)
 		if (ret == 0)
 			ret = round == 0 ? mig_round0(b, e) : mig_round_dirty(b, e);
 		if (ret == 0)
+			ret = mig_streams_fence(e);
+		if (ret == 0)
 			ret = state_writer_flush(mig.w, e);
 		/* the round ends when its data has arrived, not when it was queued to send */
 		if (ret == 0)
@@ -685,7 +751,7 @@ static int mig_iterate(struct mig_batch *b, struct errbuf *e)
 			return ret;
 		mig_bytes_update();
 		ns = time_mono_ns() - t0;
-		bytes = state_writer_bytes(mig.w) - bytes0;
+		bytes = mig_wire_bytes() - bytes0;
 		sync_ns = time_mono_ns();
 		ret = vm_dirty_sync(mig.vm, mig.dirty, e);
 		if (ret < 0)
@@ -905,7 +971,7 @@ static uint64_t mig_bandwidth_ahead_ns(void)
 
 	if (!mig.p.bandwidth)
 		return 0;
-	sent = state_writer_bytes(mig.w) - mig.bw_start_bytes;
+	sent = mig_wire_bytes() - mig.bw_start_bytes;
 	due = (uint64_t)((double)sent * 1e9 / (double)mig.p.bandwidth);
 	now = time_mono_ns() - mig.bw_start_ns;
 	return due > now ? due - now : 0;
@@ -1115,7 +1181,7 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 			return ret;
 	}
 	mig_throttle_stop();
-	bytes0 = state_writer_bytes(mig.w);
+	bytes0 = mig_wire_bytes();
 	memset(b, 0, sizeof(*b));
 	b->flags = STATE_PAGES_STABLE; /* paused: straight from guest memory */
 	if (mig.tracking && mig.postcopy) {
@@ -1137,11 +1203,14 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 		if (ret == 0)
 			ret = mig_round0(b, e);
 	}
+	/* every page of the stop-and-copy before any state, on every connection */
+	if (ret == 0 && !mig.postcopy)
+		ret = mig_streams_fence(e);
 	if (ret < 0)
 		return ret;
 	if (!mig.postcopy) /* post-copy's remainder is not a round: it follows the switch */
 		mig_round_record(mig.tracking ? mig.st.round + 1 : 0, b,
-				 state_writer_bytes(mig.w) - bytes0, time_mono_ns() - t0, 0, 0);
+				 mig_wire_bytes() - bytes0, time_mono_ns() - t0, 0, 0);
 	bytes0 = state_writer_bytes(mig.w);
 	ret = vm_sections_save(mig.vm, false, mig_section_send, NULL, e);
 	if (ret < 0)
@@ -1152,7 +1221,7 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 	mig.st.state_bytes = mig.state_bytes_last;
 	pthread_mutex_unlock(&mig.lock);
 	m.u64a = mig.st.pages_normal;
-	m.u64b = state_writer_bytes(mig.w);
+	m.u64b = mig_wire_bytes();
 	ret = mig_ctrl_send(mig.w, &m, e);
 	if (ret == 0)
 		ret = state_writer_flush(mig.w, e);
@@ -1274,7 +1343,7 @@ static int mig_send_run(struct errbuf *e)
 	if (ret < 0)
 		goto out;
 	mig.bw_start_ns = time_mono_ns();
-	mig.bw_start_bytes = state_writer_bytes(mig.w);
+	mig.bw_start_bytes = mig_wire_bytes();
 	if (mig.p.mode == MIG_MODE_WARM) {
 		ret = mig_pause_guest(e);
 	} else {
@@ -1320,6 +1389,7 @@ int mig_channel_error(struct errbuf *e, int ret)
 
 void mig_stream_close(void)
 {
+	mig_streams_close();
 	if (mig.w)
 		state_writer_free(mig.w);
 	if (mig.r)
@@ -1353,7 +1423,7 @@ static void *mig_send_thread(void *arg)
 
 	(void)arg;
 	ret = mig_send_run(&e);
-	if (ret < 0)
+	if (ret < 0 && mig_streams_error(&e, ret) == ret)
 		mig_channel_error(&e, ret);
 	mig_throttle_stop();
 	if (mig.tracking) {
@@ -1442,7 +1512,7 @@ static int mig_resume_run(struct mig_batch *b, bool *accepted, struct errbuf *e)
 	*accepted = true;
 	/* a new stream: the bandwidth cap counts from here */
 	mig.bw_start_ns = time_mono_ns();
-	mig.bw_start_bytes = state_writer_bytes(mig.w);
+	mig.bw_start_bytes = mig_wire_bytes();
 	memset(mig.dirty, 0, (mig.npages + 63) / 64 * sizeof(uint64_t));
 	for (;;) {
 		ret = state_reader_next(mig.r, &rec, e);
@@ -1630,6 +1700,7 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 			 p->compress == MIG_COMPRESS_ZSTD ? "zstd" : "auto", p->compress_level);
 	/* auto starts compressing: its first window measures what compression gives */
 	mig.st.compressing = p->compress != MIG_COMPRESS_NONE;
+	mig.st.connections = (uint32_t)p->connections;
 	mig_auto = (struct mig_auto){ 0 };
 	mig.vm = vm;
 	mig.loop = loop;
@@ -1680,6 +1751,7 @@ int migration_cancel(struct errbuf *e)
 		/* unblock any send or receive; the engine then resumes the guest */
 		if (mig.fd >= 0)
 			shutdown(mig.fd, SHUT_RDWR);
+		mig_streams_shutdown();
 	}
 	pthread_mutex_unlock(&mig.lock);
 	return ret;
@@ -1697,6 +1769,7 @@ void migration_shutdown(void)
 		atomic_store(&mig.cancel, true);
 	if (mig.fd >= 0)
 		shutdown(mig.fd, SHUT_RDWR);
+	mig_streams_shutdown();
 	pthread_mutex_unlock(&mig.lock);
 	mig_incoming_unblock();
 	pthread_join(mig.thread, NULL);

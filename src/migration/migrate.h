@@ -63,6 +63,7 @@ struct mig_params {
 	bool resume;            /* reconnect a post-copy migration whose link broke */
 	enum mig_compress compress;
 	int compress_level;     /* zstd level, STATE_ZSTD_LEVEL_MIN..MAX */
+	uint64_t connections;   /* 1..MIG_CONNECTIONS_MAX (params.h): pages spread over them */
 	char uri[512];
 	struct mig_tls_opts tls;
 };
@@ -92,6 +93,8 @@ struct mig_status {
 	uint64_t page_bytes;
 	uint64_t page_bytes_sent;
 	char compress[16];       /* "none", "zstd:LEVEL", "auto:LEVEL" */
+	uint32_t connections;    /* in use (1: the first only) */
+	uint64_t stream_bytes[16]; /* per connection, the first (state and control) included */
 	bool compressing;        /* batches are compressed now (auto switches it) */
 	uint64_t elapsed_ns;
 	uint64_t throughput;     /* bytes/s over the whole migration */

@@ -22,6 +22,7 @@ void mig_params_init(struct mig_params *p)
 	p->on_stall = MIG_STALL_THROTTLE;
 	p->compress = MIG_COMPRESS_NONE;
 	p->compress_level = MIG_COMPRESS_LEVEL_DEFAULT;
+	p->connections = 1;
 }
 
 int mig_params_validate(const struct mig_params *p, struct errbuf *e)
@@ -57,6 +58,15 @@ int mig_params_validate(const struct mig_params *p, struct errbuf *e)
 	    p->compress_level < STATE_ZSTD_LEVEL_MIN || p->compress_level > STATE_ZSTD_LEVEL_MAX)
 		return err_set(e, -EINVAL, "compress must be none, zstd[:LEVEL] or auto[:LEVEL] "
 			       "with LEVEL %d to %d", STATE_ZSTD_LEVEL_MIN, STATE_ZSTD_LEVEL_MAX);
+	if (p->connections < 1 || p->connections > MIG_CONNECTIONS_MAX)
+		return err_set(e, -EINVAL, "connections must be 1 to %llu",
+			       (unsigned long long)MIG_CONNECTIONS_MAX);
+	/* post-copy's request path and its reconnects are written for one connection */
+	if (p->connections > 1 && (p->mode == MIG_MODE_POSTCOPY || p->postcopy_after ||
+				   p->on_stall == MIG_STALL_POSTCOPY || p->resume))
+		return err_set(e, -EINVAL, "connections above 1 are for warm and live moves; "
+					   "post-copy (mode postcopy, postcopy_after, on_stall "
+					   "postcopy, resume) uses one connection");
 	if (p->tls.dir[0] && p->tls.psk[0])
 		return err_set(e, -EINVAL, "tls_dir and tls_psk exclude each other");
 	return 0;

@@ -18,6 +18,7 @@
 #define MIG_BANDWIDTH_MAX (1ull << 50)       /* bytes/s; 0 = no cap */
 #define MIG_ROUNDS_LIMIT 100000ull           /* max_rounds bound; also the engine's own cap */
 #define MIG_TIMEOUT_MS_MAX (86400ull * 1000) /* 24 h; 0 = no limit */
+#define MIG_CONNECTIONS_MAX 16ull            /* the protocol's MIG_STREAMS_MAX */
 #define MIG_COMPRESS_LEVEL_DEFAULT 1         /* zstd's fastest: the aim is the link's pace */
 
 /*

@@ -36,6 +36,9 @@ const char *mig_msg_name(uint32_t type)
 	case MIG_MSG_MISSING: return "MISSING";
 	case MIG_MSG_REQUEST: return "REQUEST";
 	case MIG_MSG_COMPLETE: return "COMPLETE";
+	case MIG_MSG_STREAMS: return "STREAMS";
+	case MIG_MSG_JOIN: return "JOIN";
+	case MIG_MSG_FENCE: return "FENCE";
 	}
 	return state_record_type_name(type);
 }
@@ -85,7 +88,13 @@ int mig_ctrl_send(struct state_writer *w, const struct mig_ctrl *m, struct errbu
 	case MIG_MSG_PING:
 	case MIG_MSG_PONG:
 	case MIG_MSG_REQUEST:
+	case MIG_MSG_FENCE:
 		buf_put_u64(&b, m->u64a);
+		break;
+	case MIG_MSG_STREAMS:
+	case MIG_MSG_JOIN:
+		buf_put_u32(&b, m->u32a);
+		buf_put_bytes(&b, m->token, MIG_TOKEN_LEN);
 		break;
 	case MIG_MSG_REFUSE:
 	case MIG_MSG_ERROR:
@@ -160,7 +169,22 @@ int mig_ctrl_decode(const struct state_record *rec, struct mig_ctrl *m, struct e
 	case MIG_MSG_PING:
 	case MIG_MSG_PONG:
 	case MIG_MSG_REQUEST:
+	case MIG_MSG_FENCE:
 		m->u64a = buf_get_u64(&r);
+		break;
+	case MIG_MSG_STREAMS:
+	case MIG_MSG_JOIN:
+		m->u32a = buf_get_u32(&r);
+		buf_get_bytes(&r, m->token, MIG_TOKEN_LEN);
+		if (!buf_reader_done(&r))
+			break; /* malformed: said below */
+		/* STREAMS counts every connection; JOIN names an extra one, 1 to count - 1 */
+		if (rec->type == MIG_MSG_STREAMS && (m->u32a < 2 || m->u32a > MIG_STREAMS_MAX))
+			return err_set(e, -EBADMSG, "STREAMS announces %u connections (2 to %u)",
+				       m->u32a, MIG_STREAMS_MAX);
+		if (rec->type == MIG_MSG_JOIN && (m->u32a < 1 || m->u32a >= MIG_STREAMS_MAX))
+			return err_set(e, -EBADMSG, "JOIN names connection %u (1 to %u)", m->u32a,
+				       MIG_STREAMS_MAX - 1);
 		break;
 	case MIG_MSG_REFUSE:
 	case MIG_MSG_ERROR:
@@ -406,7 +430,7 @@ int mig_listen(const struct mig_uri *u, int *out, struct errbuf *e)
 		old = umask(0177);
 		ret = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
 		umask(old);
-		if (ret < 0 || listen(fd, 1) < 0) {
+		if (ret < 0 || listen(fd, MIG_STREAMS_MAX) < 0) {
 			ret = -errno;
 			close(fd);
 			return err_set(e, ret, "listen unix:%s: %s", u->path, strerror(-ret));
@@ -434,7 +458,7 @@ int mig_listen(const struct mig_uri *u, int *out, struct errbuf *e)
 		}
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 		mig_socket_tune(fd, res->ai_family);
-		if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1) < 0) {
+		if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, MIG_STREAMS_MAX) < 0) {
 			ret = -errno;
 			close(fd);
 			freeaddrinfo(res);

@@ -5,8 +5,11 @@
  * control records (types 0x100..0x1ff) with small explicit little-endian payloads.
  * docs/migration-protocol.md describes both sides' state machines.
  *
- *   source -> destination: HELLO CONFIG [PING] [ROUND PAGES... PING]... SECTION... DONE COMMIT
+ *   source -> destination: HELLO [STREAMS] CONFIG [PING] [ROUND PAGES... [FENCE] PING]...
+ *                          [FENCE] SECTION... DONE COMMIT
  *   destination -> source: ACCEPT|REFUSE [PONG]... READY|ERROR STARTED
+ * With STREAMS, each extra connection carries JOIN (answered ACCEPT|REFUSE), then only
+ * PAGES and FENCE: the barrier that closes every round on all connections.
  * Post-copy adds MISSING before DONE, and after STARTED: PAGES... COMPLETE one way and
  * REQUEST... COMPLETE the other (docs/migration-protocol.md).
  * Either side may send ABORT (with a reason) instead of its next message.
@@ -24,6 +27,7 @@
 #define MIG_PROTOCOL_VERSION 3u /* 2: PING/PONG; 3: PING/PONG in post-copy (its window) */
 /* HELLO capabilities: what the source may send beyond protocol 2's basics */
 #define MIG_CAP_ZSTD 0x1ull /* PAGES batches with the ZSTD flag (docs/state-format.md) */
+#define MIG_CAP_STREAMS 0x2ull /* STREAMS follows HELLO: pages also come on extra connections */
 #define MIG_MSG_MAX 1024u /* control payloads and reasons are small */
 
 enum mig_msg {
@@ -43,7 +47,14 @@ enum mig_msg {
 	MIG_MSG_MISSING = 0x10d, /* u64 first page, u64 nr pages, bitmap: pages to fetch later */
 	MIG_MSG_REQUEST = 0x10e, /* u64 gpa: the destination faulted on this page, send it now */
 	MIG_MSG_COMPLETE = 0x10f, /* post-copy end: u64 pages, u64 max fault latency ns */
+	MIG_MSG_STREAMS = 0x110, /* u32 connections in all, 16-byte token the extra ones show */
+	MIG_MSG_JOIN = 0x111,    /* first on an extra connection: u32 index, 16-byte token */
+	MIG_MSG_FENCE = 0x112,   /* u64 seq: every stream's pages before it come before all after */
 };
+
+/* connections of one migration, the first (state and control) included */
+#define MIG_STREAMS_MAX 16u
+#define MIG_TOKEN_LEN 16u
 
 /* PINGs the destination answers per round (live: one before round 0, one after each) */
 #define MIG_PINGS_PER_ROUND_MAX 4
@@ -78,6 +89,7 @@ struct mig_ctrl {
 	uint32_t u32a, u32b;
 	uint64_t u64a, u64b;
 	char reason[MIG_MSG_MAX + 1];
+	uint8_t token[MIG_TOKEN_LEN]; /* STREAMS, JOIN */
 	/* RANGES, MISSING: points into the record (decode) or the caller's (send) */
 	const uint8_t *bitmap;
 };
@@ -99,7 +111,10 @@ struct mig_uri {
 int __must_check mig_uri_parse(const char *s, struct mig_uri *u, struct errbuf *e);
 /* Connects with a timeout; the socket is blocking, with send/receive timeouts of timeout_ms. */
 int __must_check mig_connect(const struct mig_uri *u, int timeout_ms, int *fd, struct errbuf *e);
-/* Binds and listens (backlog 1). Listens only where told: no wildcard unless given one. */
+/*
+ * Binds and listens (backlog MIG_STREAMS_MAX: a move's extra connections arrive together).
+ * Listens only where told: no wildcard unless given one.
+ */
 int __must_check mig_listen(const struct mig_uri *u, int *fd, struct errbuf *e);
 /* True if every address a tcp: URI's host resolves to is a loopback address. */
 bool mig_uri_is_loopback(const struct mig_uri *u);

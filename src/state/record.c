@@ -108,6 +108,7 @@ static void reader_opts_apply(struct state_reader *r, const struct state_reader_
 		r->max_record = o->max_record;
 	r->kind = o->kind;
 	r->allow_control = o->allow_control;
+	r->seen_config = o->config_elsewhere;
 	r->keep_going = o->keep_going;
 }
 
@@ -705,6 +706,11 @@ static int writer_emit(struct state_writer *w, uint32_t type, struct iovec *part
 	if (w->out.len >= WRITER_FLUSH_AT)
 		return state_writer_flush(w, e);
 	return 0;
+}
+
+void state_writer_config_elsewhere(struct state_writer *w)
+{
+	w->seen_config = true;
 }
 
 int state_writer_record(struct state_writer *w, uint32_t type, const void *payload, size_t len,

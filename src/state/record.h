@@ -230,6 +230,8 @@ struct state_reader_opts {
 	uint64_t max_record; /* payload limit; 0 or more than STATE_RECORD_MAX: the format's */
 	uint32_t kind;	     /* required enum state_kind, 0 for any */
 	bool allow_control;  /* accept STATE_REC_CTRL_* records */
+	/* a migration's extra connection: its CONFIG came on the first one, none comes here */
+	bool config_elsewhere;
 	/*
 	 * For inspection only: a payload whose CRC does not match is still returned, with
 	 * crc_ok false, and reading continues (the record header has its own CRC, so framing
@@ -325,6 +327,8 @@ int __must_check state_writer_config(struct state_writer *w, const struct state_
 int __must_check state_writer_section(struct state_writer *w, const char *name,
 				      const char *instance, uint32_t version, const void *data,
 				      size_t len, struct errbuf *e);
+/* A migration's extra connection: CONFIG went on the first; PAGES may follow at once. */
+void state_writer_config_elsewhere(struct state_writer *w);
 /* Sets the zstd level (STATE_ZSTD_LEVEL_MIN..MAX) for batches sent with STATE_PAGES_COMPRESS. */
 int __must_check state_writer_compress(struct state_writer *w, int level, struct errbuf *e);
 void state_writer_zstats(const struct state_writer *w, struct state_zstats *zs);
