@@ -1105,6 +1105,10 @@ static void test_migrate_params_reach_engine(void **state)
 			 "fake VM: no migration");
 	assert_int_equal(fake_mig_params.compress, MIG_COMPRESS_ZSTD);
 	assert_int_equal(fake_mig_params.compress_level, 1);
+	assert_int_equal(fake_mig_params.connections, 1);
+	req_expect_error(d, "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\", \"connections\": 16}",
+			 "fake VM: no migration");
+	assert_int_equal(fake_mig_params.connections, 16);
 }
 
 /* The TLS options reach the engine as given; a directory and a PSK together never do. */
@@ -1163,6 +1167,10 @@ static void test_migrate_tls_postcopy(void **state)
 #define COMPRESS_BAD \
 	"migrate: compress must be none, zstd[:LEVEL] or auto[:LEVEL] with LEVEL 1 to 19"
 
+#define CONNECTIONS_PC \
+	"migrate: connections above 1 are for warm and live moves; post-copy (mode postcopy, " \
+	"postcopy_after, on_stall postcopy, resume) uses one connection"
+
 static void test_migrate_params_bounds(void **state)
 {
 	static const struct {
@@ -1200,6 +1208,14 @@ static void test_migrate_params_bounds(void **state)
 		{ "\"compress\": \"zstd:99999999999999999999\"", COMPRESS_BAD },
 		{ "\"compress\": \"none:1\"", COMPRESS_BAD },
 		{ "\"compress\": \"\"", COMPRESS_BAD },
+		{ "\"connections\": 0", "migrate: connections must be 1 to 16" },
+		{ "\"connections\": 17", "migrate: connections must be 1 to 16" },
+		{ "\"connections\": -1", "migrate: connections must be 1 to 16" },
+		{ "\"connections\": 4294967298", "migrate: connections must be 1 to 16" },
+		{ "\"mode\": \"postcopy\", \"connections\": 2", CONNECTIONS_PC },
+		{ "\"postcopy_after\": 1, \"connections\": 2", CONNECTIONS_PC },
+		{ "\"on_stall\": \"postcopy\", \"connections\": 16", CONNECTIONS_PC },
+		{ "\"resume\": true, \"connections\": 2", CONNECTIONS_PC },
 	};
 	struct direct *d = *state;
 	unsigned starts = fake_mig_starts;
@@ -1241,6 +1257,10 @@ static void test_migrate_cli_api_agree(void **state)
 		{ "--max-rounds", "100001", "max_rounds", 100001, false },
 		{ "--bandwidth", "1024T", "bandwidth", 1ll << 50, true },
 		{ "--bandwidth", "1025T", "bandwidth", 1025ll << 40, false },
+		{ "--connections", "0", "connections", 0, false },
+		{ "--connections", "1", "connections", 1, true },
+		{ "--connections", "16", "connections", 16, true },
+		{ "--connections", "17", "connections", 17, false },
 	};
 	struct sock *k = *state;
 	struct direct d = { .s = k->s };
