@@ -262,6 +262,10 @@ class Godwit(Driver):
             args += ["--on-stall", sc["on_stall"]]
         if self.tls_dir:
             args += ["--tls-dir", self.tls_dir]
+        if sc["compress"] != "-":
+            args += ["--compress", sc["compress"]]
+        if sc["connections"] != "-":
+            args += ["--connections", sc["connections"]]
         self.params = {"godwit migrate": " ".join(args + [uri])}
         argv = [self.binary, "migrate", "--api-socket", src.sock, "--json", *args, uri]
         t0 = time.monotonic()
@@ -383,6 +387,7 @@ class Qemu(Driver):
             m = argv.index("-M") + 1
             if "acpi=" not in argv[m]:
                 argv[m] += ",acpi=off"
+        multifd = self._multifd(sc)
         if self.tls_dir and (incoming or role == "src"):
             # the same files as godwit's: QEMU's x509 layout, mutual on the destination
             end = "server,verify-peer=on" if incoming else "client"
@@ -402,6 +407,8 @@ class Qemu(Driver):
                     # both sides must have it before the stream starts
                     inst.qmp.cmd("migrate-set-capabilities", capabilities=[
                         {"capability": "postcopy-ram", "state": True}])
+                if multifd:  # both sides: the destination must expect the same channels
+                    self._set_params(inst, *multifd)
                 inst.qmp.cmd("migrate-incoming", uri=incoming)
         except (QMPError, OSError) as e:
             if not inst.alive():
@@ -441,6 +448,22 @@ class Qemu(Driver):
         if inst.qmp:
             inst.qmp.close()
         self.reap(inst, timeout)
+
+    @staticmethod
+    def _multifd(sc):
+        """QEMU's peer of godwit's --compress/--connections: multifd with as many channels,
+        zstd at the same level; (params, caps), or None for the plain stream."""
+        comp = sc["compress"]
+        if comp.startswith("auto"):
+            raise Unavailable("QEMU has no automatic choice of compression (compress auto)")
+        zstd = comp.startswith("zstd")
+        if not zstd and sc.nconnections == 1:
+            return None
+        params = {"multifd-channels": sc.nconnections,
+                  "multifd-compression": "zstd" if zstd else "none"}
+        if zstd:
+            params["multifd-zstd-level"] = int(comp.partition(":")[2] or 1)
+        return params, {"multifd": True}
 
     def _set_params(self, inst, params, caps):
         if caps:
@@ -531,6 +554,10 @@ class Qemu(Driver):
         if self.tls_dir:
             params["tls-creds"] = "tls0"  # tls-hostname defaults to the URI's host
         caps = {}
+        multifd = self._multifd(sc)
+        if multifd:
+            params.update(multifd[0])
+            caps.update(multifd[1])
         if mode == "live":
             params["downtime-limit"] = sc.downtime
             if sc["on_stall"] == "throttle":

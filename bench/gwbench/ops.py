@@ -16,6 +16,8 @@ from .serial import (HB_RE, READY_RE, CHECK_OK_RE, DISK_FAIL_RE, DISK_OK_RE, ana
                      gaps_between, merge_streams)
 from .util import log
 
+STATS_RE = re.compile(r"^stats ticks=\d+ pages=(\d+)$")
+
 FIRST_LINE_TIMEOUT = 60.0
 
 
@@ -62,6 +64,17 @@ def _warmup(inst, sc):
                             else f"abcheck printed no 'check ok' within {timeout:.0f}s "
                                  f"(last lines {inst.serial.tail(3)})")
         time.sleep(0.2)
+    elif sc.kind == "dirty" and sc["warmup_s"] == "auto" and "stats=" in sc["workload"]:
+        # the guest counts the pages it wrote: both VMMs' guests hold the whole working set
+        # when the move starts, however fast each one's vCPUs write (content= pages are slow)
+        pages = max(sc.wss_bytes // 4096, 1)
+        timeout = 30 + pages / 250
+        r = inst.serial.wait_for(lambda t, x: (m := STATS_RE.match(x)) is not None and
+                                 int(m.group(1)) >= pages, timeout)
+        if r is None:
+            raise RunFailed(inst.why_dead() if not inst.alive()
+                            else f"the guest wrote fewer than {pages} pages within "
+                                 f"{timeout:.0f}s (last lines {inst.serial.tail(3)})")
     else:
         time.sleep(sc.warmup())
     if not inst.alive():

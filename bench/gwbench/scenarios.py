@@ -7,6 +7,8 @@ from .util import parse_link_rate, parse_size
 
 COLUMNS = ["name", "set", "op", "memory", "cpus", "workload", "link", "downtime_ms",
            "bandwidth", "restore", "on_stall", "warmup_s", "tls"]
+# trailing columns a row may leave out ('-'), so rows written before them stay valid
+OPTIONAL = ["compress", "connections"]
 OPS = ("boot", "snapshot-restore", "warm-migrate", "live-migrate", "postcopy-migrate", "net-live",
        "net-rate", "disk-io")
 # post-copy: one full pass while the guest runs, then the switch (godwit --mode postcopy;
@@ -84,6 +86,10 @@ class Scenario(dict):
         return None if self["bandwidth"] == "-" else parse_size(self["bandwidth"])
 
     @property
+    def nconnections(self):
+        return 1 if self["connections"] == "-" else int(self["connections"])
+
+    @property
     def downtime(self):
         return None if self["downtime_ms"] == "-" else int(self["downtime_ms"])
 
@@ -114,9 +120,14 @@ def load(path=DEFAULT_FILE):
                 if missing:
                     raise ValueError(f"{path}: header lacks columns {missing}")
                 continue
+            short = len(header) - len(cells)
+            if short > 0 and all(c in OPTIONAL for c in header[len(cells):]):
+                cells += ["-"] * short
             if len(cells) != len(header):
                 raise ValueError(f"{path}:{lineno}: {len(cells)} cells, header has {len(header)}")
             sc = Scenario(zip(header, cells))
+            for c in OPTIONAL:
+                sc.setdefault(c, "-")
             validate(sc, f"{path}:{lineno}")
             rows.append(sc)
     names = [s["name"] for s in rows]
@@ -152,6 +163,14 @@ def validate(sc, where):
         raise ValueError(f"{where}: disk-io needs the disk workload (workload=disk ...)")
     if sc["tls"] != "-" and sc["op"] not in MIGRATE_OPS:
         raise ValueError(f"{where}: tls applies to migrations only")
+    if not re.fullmatch(r"-|none|(zstd|auto)(:\d+)?", sc["compress"]):
+        raise ValueError(f"{where}: compress must be -, none, zstd[:LEVEL] or auto[:LEVEL]")
+    if sc["connections"] != "-" and not (sc["connections"].isdigit() and
+                                         1 <= int(sc["connections"]) <= 16):
+        raise ValueError(f"{where}: connections must be - or 1 to 16")
+    if (sc["compress"], sc["connections"]) != ("-", "-") and \
+            sc["op"] not in ("warm-migrate", "live-migrate"):
+        raise ValueError(f"{where}: compress and connections apply to migrations only")
 
 
 def select(rows, names, quick):
