@@ -1,0 +1,1 @@
+ip netns exec gwb-dst-6574 /usr/bin/qemu-system-x86_64 -accel kvm -cpu host,-arch-capabilities -M microvm -m 1G -smp 2 -display none -nodefaults -serial stdio -kernel /tmp/godwit-fresh/build-bench/guest/godwit-guest.elf -append 'workload=dirty wss=256M rate=0 pattern=seq content=mixed stats=1' -qmp unix:/tmp/gwb-a1r4gdqy/qm-dst.qmp,server=on,wait=off -incoming defer
