@@ -1,0 +1,1 @@
+/tmp/godwit-fresh/build-bench/src/cli/godwit run --api-socket /tmp/gwb-wjgq_rp0/gw-vm.sock --serial stdio --name bench-vm --memory 256M --cpus 1 --kernel /tmp/godwit-fresh/build-bench/guest/godwit-guest.elf --cmdline 'workload=disk disk_blocks=256 disk_write=50 disk_pattern=seq' --disk path=/tmp/gwb-wjgq_rp0/godwit-disk.img
