@@ -745,6 +745,19 @@ int state_writer_section(struct state_writer *w, const char *name, const char *i
 	return state_writer_record(w, STATE_REC_SECTION, w->scratch.data, w->scratch.len, e);
 }
 
+/* The PAGES iovec array (pending output, header, descriptors, pages, trailer), allocated once. */
+static __must_check int writer_iov_get(struct state_writer *w, struct iovec **iov,
+					  struct errbuf *e)
+{
+	if (!w->iov) {
+		w->iov = calloc(STATE_PAGES_MAX + 4, sizeof(*w->iov));
+		if (!w->iov)
+			return err_set(e, -ENOMEM, "state writer: out of memory");
+	}
+	*iov = w->iov;
+	return 0;
+}
+
 int state_writer_pages(struct state_writer *w, const struct state_page *pages, uint32_t count,
 		       unsigned flags, struct errbuf *e)
 {
@@ -752,7 +765,8 @@ int state_writer_pages(struct state_writer *w, const struct state_page *pages, u
 	bool compress = (flags & STATE_PAGES_COMPRESS) && w->cctx;
 	uint32_t nr_data = 0;
 	size_t n = 1, desc_end, zlen = 0;
-	struct iovec *iov;
+	struct iovec *iov = NULL;
+	int ret;
 
 	if (count < 1 || count > STATE_PAGES_MAX)
 		return err_set(e, -EINVAL, "state writer: batch of %" PRIu32 " pages (allowed 1..%u)",
@@ -783,12 +797,9 @@ int state_writer_pages(struct state_writer *w, const struct state_page *pages, u
 	}
 	if (zlen) {
 		le_put32(w->scratch.data + 4, STATE_PAGES_F_ZSTD);
-		if (!w->iov) {
-			w->iov = calloc(STATE_PAGES_MAX + 4, sizeof(*w->iov));
-			if (!w->iov)
-				return err_set(e, -ENOMEM, "state writer: out of memory");
-		}
-		iov = w->iov;
+		ret = writer_iov_get(w, &iov, e);
+		if (ret < 0)
+			return ret;
 		iov[2].iov_base = w->scratch.data;
 		iov[2].iov_len = desc_end;
 		iov[3].iov_base = w->zout;
@@ -804,12 +815,9 @@ int state_writer_pages(struct state_writer *w, const struct state_page *pages, u
 	if (buf_status(&w->scratch))
 		return err_set(e, -ENOMEM, "state writer: out of memory");
 	/* [pending output][record header][descriptors][pages...][trailer] */
-	if (!w->iov) {
-		w->iov = calloc(STATE_PAGES_MAX + 4, sizeof(*w->iov));
-		if (!w->iov)
-			return err_set(e, -ENOMEM, "state writer: out of memory");
-	}
-	iov = w->iov;
+	ret = writer_iov_get(w, &iov, e);
+	if (ret < 0)
+		return ret;
 	iov[2].iov_base = w->scratch.data;
 	iov[2].iov_len = w->scratch.len;
 	if (stable) {
