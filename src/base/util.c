@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 int err_set(struct errbuf *e, int ret, const char *fmt, ...)
@@ -203,25 +204,37 @@ int io_write_full(int fd, const void *buf, size_t len)
 	return 0;
 }
 
-int io_pread_full(int fd, void *buf, size_t len, off_t off)
+int io_preadv_full(int fd, struct iovec *iov, int n, off_t off)
 {
-	char *p = buf;
+	while (n > 0) {
+		ssize_t got = preadv(fd, iov, n, off);
 
-	while (len) {
-		ssize_t n = pread(fd, p, len, off);
-
-		if (n < 0) {
+		if (got < 0) {
 			if (errno == EINTR)
 				continue;
 			return -errno;
 		}
-		if (n == 0)
+		if (got == 0)
 			return -EPIPE;
-		p += n;
-		off += n;
-		len -= (size_t)n;
+		off += got;
+		while (n > 0 && (size_t)got >= iov->iov_len) {
+			got -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (char *)iov->iov_base + got;
+			iov->iov_len -= (size_t)got;
+		}
 	}
 	return 0;
+}
+
+int io_pread_full(int fd, void *buf, size_t len, off_t off)
+{
+	struct iovec v = { buf, len };
+
+	return io_preadv_full(fd, &v, 1, off);
 }
 
 int io_pwrite_full(int fd, const void *buf, size_t len, off_t off)

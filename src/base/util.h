@@ -58,6 +58,9 @@ int __must_check io_read_full(int fd, void *buf, size_t len);
 int __must_check io_write_full(int fd, const void *buf, size_t len);
 int __must_check io_pread_full(int fd, void *buf, size_t len, off_t off);
 int __must_check io_pwrite_full(int fd, const void *buf, size_t len, off_t off);
+struct iovec;
+/* preadv() until every iovec is filled; advances iov in place. 0, -errno, -EPIPE at EOF. */
+int __must_check io_preadv_full(int fd, struct iovec *iov, int n, off_t off);
 /*
  * Opens path for reading if it is a regular file of at most max bytes (a FIFO cannot
  * hang the open); what names the file in errors ("kernel", "initrd").

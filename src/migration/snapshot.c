@@ -224,6 +224,7 @@ static int vm_restore_memory(struct vm *vm, struct snapshot_reader *r, bool eage
 {
 	const struct snapshot_memory *sm = snapshot_memory(r);
 	struct guest_mem *mem = vm_memory(vm);
+	uint64_t t0 = time_mono_ns();
 	int ret;
 
 	for (uint32_t i = 0; i < sm->nr_regions; i++) {
@@ -238,6 +239,10 @@ static int vm_restore_memory(struct vm *vm, struct snapshot_reader *r, bool eage
 		if (ret < 0)
 			return ret;
 	}
+	if (eager)
+		log_info("restore: %llu MiB of memory read and checked in %.1f ms",
+			 (unsigned long long)(sm->pages_present * GUEST_PAGE_SIZE / MiB),
+			 (double)(time_mono_ns() - t0) / 1e6);
 	return 0;
 }
 

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 /* Non-zero pages are written in runs of at most this much, while they are still cached. */
@@ -1164,37 +1165,103 @@ int snapshot_memory_fd(const struct snapshot_reader *r)
 }
 
 /*
- * Reads the present pages of chunk ci of region rg, in runs, to dst (which stands for the
- * chunk's first byte) and returns their CRC in *crc.
+ * Eager load reads the memory file around the page cache. A snapshot written with O_DIRECT
+ * is not in the cache when it is restored, and filling the cache on the way costs here about
+ * as much as filling guest memory (docs/benchmarks.md), so LOAD_THREADS threads take a
+ * region's chunks in turn and read each chunk's present pages with O_DIRECT straight into
+ * guest memory, several reads in flight. A filesystem or a buffer that refuses O_DIRECT
+ * (EINVAL) gets that read and every later one through the page cache.
+ *
+ * A read covers a span of present pages; a gap of at most LOAD_GAP_PAGES absent pages inside
+ * it is read into a scratch buffer, never into guest memory, so a page the index calls zero
+ * stays zero whatever the file holds there, and a fragmented chunk is still a few large reads.
  */
-static int chunk_read(int fd, const struct snapshot_memory *m, const struct snapshot_mem_region *rg,
-		      uint64_t ci, uint8_t *dst, uint32_t *crc, struct errbuf *e)
+#define LOAD_THREADS 4
+#define LOAD_GAP_PAGES 16u
+#define LOAD_GAP_BYTES (LOAD_GAP_PAGES * STATE_PAGE_SIZE)
+#define LOAD_IOV_MAX 128
+#define LOAD_READ_MAX (4u * 1024 * 1024)
+
+/* Where chunk_read() reads from: the O_DIRECT fd (or -1) with its page-cache twin. */
+struct chunk_src {
+	int direct_fd, fd;
+	atomic_bool *refused; /* set once O_DIRECT was refused: buffered from then on */
+	uint8_t *gap;         /* LOAD_GAP_BYTES, page-aligned: where gaps are read to */
+};
+
+static int chunk_preadv(const struct chunk_src *s, const struct iovec *iov, int n, uint64_t off)
+{
+	struct iovec cur[LOAD_IOV_MAX];
+	int ret;
+
+	if (s->direct_fd >= 0 && !atomic_load(s->refused)) {
+		memcpy(cur, iov, (size_t)n * sizeof(*iov));
+		ret = io_preadv_full(s->direct_fd, cur, n, (off_t)off);
+		if (ret != -EINVAL)
+			return ret;
+		atomic_store(s->refused, true);
+	}
+	memcpy(cur, iov, (size_t)n * sizeof(*iov));
+	return io_preadv_full(s->fd, cur, n, (off_t)off);
+}
+
+static bool region_page_present(const struct snapshot_memory *m,
+				const struct snapshot_mem_region *rg, uint64_t off)
+{
+	return snapshot_memory_page_present(m, rg->first_page + off / STATE_PAGE_SIZE);
+}
+
+/*
+ * Reads the present pages of chunk ci of region rg to dst (which stands for the chunk's first
+ * byte), each at its place, and returns their CRC in *crc. Nothing else of dst is written.
+ */
+
+static int chunk_read(const struct chunk_src *s, const struct snapshot_memory *m,
+		      const struct snapshot_mem_region *rg, uint64_t ci, uint8_t *dst,
+		      uint32_t *crc, struct errbuf *e)
 {
 	uint64_t start = ci * m->chunk_size, end = MIN(start + m->chunk_size, rg->size);
 	uint64_t pos = start;
 	uint32_t c = 0;
 
 	while (pos < end) {
-		uint64_t run;
-		int ret;
+		struct iovec iov[LOAD_IOV_MAX];
+		uint64_t req;
+		int n = 0, ret;
 
-		while (pos < end &&
-		       !snapshot_memory_page_present(m, rg->first_page + pos / STATE_PAGE_SIZE))
+		while (pos < end && !region_page_present(m, rg, pos))
 			pos += STATE_PAGE_SIZE;
-		run = pos;
-		while (run < end &&
-		       snapshot_memory_page_present(m, rg->first_page + run / STATE_PAGE_SIZE))
-			run += STATE_PAGE_SIZE;
-		if (run == pos)
+		if (pos >= end)
 			break;
-		ret = io_pread_full(fd, dst + (pos - start), (size_t)(run - pos),
-				    (off_t)(rg->file_offset + pos));
+		req = pos;
+		/* present runs into dst, short gaps between them into s->gap */
+		for (;;) {
+			uint64_t run = pos, gap;
+
+			while (run < end && run - req < LOAD_READ_MAX &&
+			       region_page_present(m, rg, run))
+				run += STATE_PAGE_SIZE;
+			iov[n++] = (struct iovec){ dst + (pos - start), (size_t)(run - pos) };
+			pos = run;
+			gap = pos;
+			while (gap < end && gap - pos < LOAD_GAP_BYTES &&
+			       !region_page_present(m, rg, gap))
+				gap += STATE_PAGE_SIZE;
+			/* stop at the chunk's end, at a gap too long to read through, or when full */
+			if (gap >= end || gap == pos || !region_page_present(m, rg, gap) ||
+			    n + 2 > LOAD_IOV_MAX || gap - req >= LOAD_READ_MAX)
+				break;
+			iov[n++] = (struct iovec){ s->gap, (size_t)(gap - pos) };
+			pos = gap;
+		}
+		ret = chunk_preadv(s, iov, n, rg->file_offset + req);
 		if (ret)
 			return err_set(e, ret, "memory file: read at offset 0x%" PRIx64 ": %s",
-				       rg->file_offset + pos,
+				       rg->file_offset + req,
 				       ret == -EPIPE ? "truncated" : strerror(-ret));
-		c = crc32c(c, dst + (pos - start), (size_t)(run - pos));
-		pos = run;
+		for (int i = 0; i < n; i++)
+			if (iov[i].iov_base != s->gap)
+				c = crc32c(c, iov[i].iov_base, iov[i].iov_len);
 	}
 	*crc = c;
 	return 0;
@@ -1214,26 +1281,115 @@ static int chunk_mismatch(const struct snapshot_memory *m, const struct snapshot
 		       computed);
 }
 
+/* One eager load of a region: the chunks still to read and the first failure. */
+struct load_ctx {
+	struct chunk_src src;
+	const struct snapshot_memory *m;
+	const struct snapshot_mem_region *rg;
+	uint8_t *host;
+	uint64_t nr_chunks;
+	atomic_uint_fast64_t next; /* the next chunk to take */
+	atomic_uint slots;         /* the next gap buffer to take */
+	atomic_bool failed;        /* stop taking chunks */
+	pthread_mutex_t lock;      /* guards the failure below */
+	uint64_t err_chunk;        /* the lowest failing chunk: its error is the one reported */
+	int err;
+	struct errbuf e;
+};
+
+static void *load_main(void *arg)
+{
+	struct load_ctx *l = arg;
+	struct chunk_src src = l->src;
+	uint64_t ci;
+
+	src.gap += (size_t)atomic_fetch_add(&l->slots, 1) * LOAD_GAP_BYTES;
+	while (!atomic_load(&l->failed) && (ci = atomic_fetch_add(&l->next, 1)) < l->nr_chunks) {
+		struct errbuf e;
+		uint32_t crc;
+		int ret = chunk_read(&src, l->m, l->rg, ci, l->host + ci * l->m->chunk_size, &crc,
+				     &e);
+
+		if (!ret && crc != snapshot_memory_chunk_crc(l->m, l->rg->first_chunk + ci))
+			ret = chunk_mismatch(l->m, l->rg, ci, crc, &e);
+		if (!ret)
+			continue;
+		atomic_store(&l->failed, true);
+		pthread_mutex_lock(&l->lock);
+		if (!l->err || ci < l->err_chunk) {
+			l->err = ret;
+			l->err_chunk = ci;
+			l->e = e;
+		}
+		pthread_mutex_unlock(&l->lock);
+	}
+	return NULL;
+}
+
+/* A second, O_DIRECT open of the same memory file, or -1 where there is none. */
+static int memory_fd_direct(int fd)
+{
+	struct stat a, b;
+	char path[64];
+	int dfd;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (dfd < 0)
+		return -1;
+	if (fstat(fd, &a) < 0 || fstat(dfd, &b) < 0 || a.st_dev != b.st_dev ||
+	    a.st_ino != b.st_ino) {
+		close(dfd);
+		return -1;
+	}
+	return dfd;
+}
+
 int snapshot_memory_load(struct snapshot_reader *r, uint32_t idx, void *host, struct errbuf *e)
 {
 	const struct snapshot_memory *m = &r->mem;
-	const struct snapshot_mem_region *rg;
+	pthread_t thr[LOAD_THREADS - 1];
+	unsigned nthr = 0, want;
+	atomic_bool refused = false;
+	struct load_ctx *l;
 	int ret;
 
 	if (idx >= m->nr_regions)
 		return err_set(e, -EINVAL, "snapshot %s: no memory region %" PRIu32, r->dir, idx);
-	rg = &m->regions[idx];
-	for (uint64_t ci = 0; ci * m->chunk_size < rg->size; ci++) {
-		uint32_t crc;
-
-		ret = chunk_read(r->mem_fd, m, rg, ci, (uint8_t *)host + ci * m->chunk_size, &crc,
-				 e);
-		if (!ret && crc != snapshot_memory_chunk_crc(m, rg->first_chunk + ci))
-			ret = chunk_mismatch(m, rg, ci, crc, e);
-		if (ret)
-			return err_prefix(e, ret, "snapshot %s", r->dir);
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return err_set(e, -ENOMEM, "snapshot %s: out of memory", r->dir);
+	l->m = m;
+	l->rg = &m->regions[idx];
+	l->host = host;
+	l->nr_chunks = div_up(l->rg->size, m->chunk_size);
+	l->src = (struct chunk_src){ .direct_fd = memory_fd_direct(r->mem_fd), .fd = r->mem_fd,
+				     .refused = &refused };
+	l->src.gap = aligned_alloc(STATE_PAGE_SIZE, LOAD_THREADS * LOAD_GAP_BYTES);
+	if (!l->src.gap || pthread_mutex_init(&l->lock, NULL)) {
+		ret = err_set(e, -ENOMEM, "snapshot %s: out of memory", r->dir);
+		goto out;
 	}
-	return 0;
+	/* the caller reads too; a thread that cannot start leaves its share to the others */
+	want = (unsigned)MIN(l->nr_chunks, (uint64_t)LOAD_THREADS) - 1;
+	for (; nthr < want; nthr++)
+		if (pthread_create(&thr[nthr], NULL, load_main, l))
+			break;
+	load_main(l);
+	for (unsigned i = 0; i < nthr; i++)
+		pthread_join(thr[i], NULL);
+	pthread_mutex_destroy(&l->lock);
+	ret = l->err;
+	if (ret && e)
+		*e = l->e;
+	if (ret)
+		err_prefix(e, ret, "snapshot %s", r->dir);
+out:
+	if (l->src.direct_fd >= 0)
+		close(l->src.direct_fd);
+	free(l->src.gap);
+	free(l);
+	return ret;
 }
 
 /* The index page a memory file offset holds, or UINT64_MAX for space between regions. */
@@ -1317,18 +1473,24 @@ int snapshot_memory_verify_fd(int fd, const struct snapshot_memory *m, FILE *rep
 {
 	struct verify_state v = { .report = report, .e = e };
 	uint8_t *scratch = malloc(m->chunk_size);
+	atomic_bool refused = true;
+	struct chunk_src src = { .direct_fd = -1, .fd = fd, .refused = &refused,
+				 .gap = aligned_alloc(STATE_PAGE_SIZE, LOAD_GAP_BYTES) };
 	struct errbuf tmp;
 	int ret = 0;
 
-	if (!scratch)
+	if (!scratch || !src.gap) {
+		free(scratch);
+		free(src.gap);
 		return err_set(e, -ENOMEM, "memory verify: out of memory");
+	}
 	for (uint32_t i = 0; i < m->nr_regions; i++) {
 		const struct snapshot_mem_region *rg = &m->regions[i];
 
 		for (uint64_t ci = 0; ci * m->chunk_size < rg->size; ci++) {
 			uint32_t crc;
 
-			ret = chunk_read(fd, m, rg, ci, scratch, &crc, e);
+			ret = chunk_read(&src, m, rg, ci, scratch, &crc, e);
 			if (ret)
 				goto out;
 			if (crc != snapshot_memory_chunk_crc(m, rg->first_chunk + ci)) {
@@ -1349,6 +1511,7 @@ int snapshot_memory_verify_fd(int fd, const struct snapshot_memory *m, FILE *rep
 out:
 	*problems = v.problems;
 	free(scratch);
+	free(src.gap);
 	return ret;
 }
 

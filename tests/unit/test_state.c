@@ -1165,13 +1165,19 @@ struct guest {
 	size_t s0, s1;
 };
 
-static void guest_make(struct guest *g, const struct state_config *c)
+/* Zeroed memory for both regions of c. */
+static void guest_alloc(struct guest *g, const struct state_config *c)
 {
 	g->s0 = c->regions[0].size;
 	g->s1 = c->regions[1].size;
 	g->r0 = mmap(NULL, g->s0, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	g->r1 = mmap(NULL, g->s1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	assert_true(g->r0 != MAP_FAILED && g->r1 != MAP_FAILED);
+}
+
+static void guest_make(struct guest *g, const struct state_config *c)
+{
+	guest_alloc(g, c);
 	/* every third page of region 0 and every other page of region 1 hold data */
 	for (size_t off = 0; off < g->s0; off += 3 * PS)
 		fill_page(g->r0 + off, c->regions[0].gpa + off);
@@ -1541,20 +1547,29 @@ static void flip_file_byte(const char *path, off_t off)
 	close(fd);
 }
 
+/* A snapshot of g in a fresh test directory called name; snap and mem get its paths. */
+static void snapshot_write_new(const char *name, const struct guest *g, char snap[160],
+			       char mem[200])
+{
+	char dir[128];
+
+	test_dir(dir, sizeof(dir), name);
+	snprintf(snap, 160, "%s/snap", dir);
+	snprintf(mem, 200, "%s/memory", snap);
+	snapshot_write(snap, g);
+}
+
 static void test_snapshot_memory_corruption(void **state)
 {
 	struct snapshot_reader *r;
 	struct state_config c;
 	struct guest g, back;
 	struct errbuf e;
-	char dir[128], snap[160], mem[200];
+	char snap[160], mem[200];
 
 	make_config(&c);
 	guest_make(&g, &c);
-	test_dir(dir, sizeof(dir), "memflip");
-	snprintf(snap, sizeof(snap), "%s/snap", dir);
-	snprintf(mem, sizeof(mem), "%s/memory", snap);
-	snapshot_write(snap, &g);
+	snapshot_write_new("memflip", &g, snap, mem);
 
 	/* a flipped byte in a present page: verify and load both catch it */
 	flip_file_byte(mem, 3 * PS + 100);
@@ -1592,6 +1607,151 @@ static void test_snapshot_memory_corruption(void **state)
 	assert_int_equal(truncate(mem, 6 * 1024 * 1024), 0);
 	assert_fails_with(snapshot_open(snap, &r, &e), -EBADMSG, &e,
 			  "memory file is 6291456 bytes, the index says");
+	guest_free(&g);
+}
+
+/*
+ * Guest memory whose present pages in region 0 make every kind of read the eager load
+ * issues: single pages, a gap of 16 absent pages (read through) and of 17 (split), a long
+ * run, a chunk of alternating pages (more pieces than one read takes), and a partial last
+ * chunk; region 1 is one run.
+ */
+static void guest_make_pattern(struct guest *g, const struct state_config *c)
+{
+	static const uint64_t single[] = { 0, 2, 19, 37, 1282 };
+
+	guest_alloc(g, c);
+	for (size_t i = 0; i < ARRAY_SIZE(single); i++)
+		fill_page(g->r0 + single[i] * PS, single[i] * PS);
+	for (uint64_t pg = 40; pg < 300; pg++)
+		fill_page(g->r0 + pg * PS, pg * PS);
+	for (uint64_t pg = 512; pg < 1024; pg += 2)
+		fill_page(g->r0 + pg * PS, pg * PS);
+	for (uint64_t pg = 1100; pg < 1200; pg++)
+		fill_page(g->r0 + pg * PS, pg * PS);
+	for (size_t off = 0; off < g->s1; off += PS)
+		fill_page(g->r1 + off, c->regions[1].gpa + off);
+}
+
+/* The memory file's pages in the page cache (the file mapped, nothing faulted). */
+static uint64_t file_pages_cached(const char *path)
+{
+	int fd = open(path, O_RDONLY);
+	struct stat st;
+	unsigned char *vec;
+	uint64_t n = 0;
+	void *map;
+
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(map != MAP_FAILED);
+	vec = calloc((size_t)st.st_size / PS, 1);
+	assert_non_null(vec);
+	assert_int_equal(mincore(map, (size_t)st.st_size, vec), 0);
+	for (size_t i = 0; i < (size_t)st.st_size / PS; i++)
+		n += vec[i] & 1;
+	free(vec);
+	munmap(map, (size_t)st.st_size);
+	close(fd);
+	return n;
+}
+
+static void file_evict(const char *path)
+{
+	int fd = open(path, O_RDONLY);
+
+	assert_true(fd >= 0);
+	assert_int_equal(fsync(fd), 0);
+	assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	close(fd);
+}
+
+/*
+ * Eager load gives back exactly the present pages however they lie; data hidden in holes
+ * that a read spans never reaches guest memory; and a buffer O_DIRECT refuses (misaligned)
+ * still loads, through the page cache.
+ */
+static void test_snapshot_load_pattern(void **state)
+{
+	struct snapshot_reader *r;
+	struct state_config c;
+	struct guest g, back;
+	struct errbuf e;
+	char snap[160], mem[200];
+	uint8_t *odd;
+
+	make_config(&c);
+	guest_make_pattern(&g, &c);
+	snapshot_write_new("loadpattern", &g, snap, mem);
+	/* pages 1 and 10 are absent but inside reads: one gap of 1, one of 16 */
+	flip_file_byte(mem, 1 * PS + 7);
+	flip_file_byte(mem, 10 * PS + 9);
+
+	assert_int_equal(snapshot_open(snap, &r, &e), 0);
+	guest_alloc(&back, &c);
+	assert_int_equal(snapshot_memory_load(r, 0, back.r0, &e), 0);
+	assert_int_equal(snapshot_memory_load(r, 1, back.r1, &e), 0);
+	assert_memory_equal(back.r0, g.r0, g.s0);
+	assert_memory_equal(back.r1, g.r1, g.s1);
+
+	/* an odd address: O_DIRECT refuses it, the page-cache read does not */
+	odd = mmap(NULL, g.s0 + PS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(odd != MAP_FAILED);
+	assert_int_equal(snapshot_memory_load(r, 0, odd + 1, &e), 0);
+	assert_memory_equal(odd + 1, g.r0, g.s0);
+	snapshot_close(r);
+
+	/* a flipped byte in the alternating chunk (not the first read of it) is still caught */
+	flip_file_byte(mem, 1020 * PS + 3);
+	assert_int_equal(snapshot_open(snap, &r, &e), 0);
+	memset(odd, 0, g.s0 + PS);
+	assert_fails_with(snapshot_memory_load(r, 0, odd, &e), -EBADMSG, &e,
+			  "memory chunk 1 (gpa 0x200000-0x3fffff, file offset 0x200000): CRC");
+	snapshot_close(r);
+	munmap(odd, g.s0 + PS);
+	guest_free(&back);
+	guest_free(&g);
+}
+
+/*
+ * Eager load reads around the page cache where the filesystem allows O_DIRECT: restoring a
+ * snapshot neither pays for filling the cache nor leaves the guest's memory in it twice.
+ */
+static void test_snapshot_load_uncached(void **state)
+{
+	struct snapshot_reader *r;
+	struct state_config c;
+	struct guest g, back;
+	struct errbuf e;
+	char snap[160], mem[200];
+	int fd;
+
+	make_config(&c);
+	guest_make_pattern(&g, &c);
+	snapshot_write_new("loaduncached", &g, snap, mem);
+	fd = open(mem, O_RDONLY | O_DIRECT);
+	if (fd < 0) {
+		print_message("no O_DIRECT for %s: %s\n", mem, strerror(errno));
+		guest_free(&g);
+		skip();
+	}
+	close(fd);
+	file_evict(mem);
+	if (file_pages_cached(mem) != 0) {
+		print_message("the page cache kept %s after POSIX_FADV_DONTNEED\n", mem);
+		guest_free(&g);
+		skip();
+	}
+	assert_int_equal(snapshot_open(snap, &r, &e), 0);
+	guest_alloc(&back, &c);
+	assert_int_equal(snapshot_memory_load(r, 0, back.r0, &e), 0);
+	assert_int_equal(snapshot_memory_load(r, 1, back.r1, &e), 0);
+	assert_memory_equal(back.r0, g.r0, g.s0);
+	assert_memory_equal(back.r1, g.r1, g.s1);
+	assert_int_equal(file_pages_cached(mem), 0);
+	snapshot_close(r);
+	guest_free(&back);
 	guest_free(&g);
 }
 
@@ -1796,6 +1956,8 @@ int main(void)
 		cmocka_unit_test(test_snapshot_write_failure),
 		cmocka_unit_test(test_snapshot_full_filesystem),
 		cmocka_unit_test(test_snapshot_memory_corruption),
+		cmocka_unit_test(test_snapshot_load_pattern),
+		cmocka_unit_test(test_snapshot_load_uncached),
 		cmocka_unit_test(test_snapshot_state_corruption),
 		cmocka_unit_test(test_not_a_snapshot),
 		cmocka_unit_test(test_inspect),
