@@ -77,6 +77,14 @@ def disk_write_bw(directory, quick, flag="conv=fsync"):
     return count * (1 << 20) / t
 
 
+def measure_disk(lim, notes, resdir, quick):
+    """The disk's write rates into lim and notes: what snapshots are compared with."""
+    lim["disk_write"] = disk_write_bw(resdir, quick)
+    notes["disk_write"] = f"dd bs=1M conv=fsync into {resdir}"
+    lim["disk_write_direct"] = disk_write_bw(resdir, quick, "oflag=direct")
+    notes["disk_write_direct"] = f"dd bs=1M oflag=direct into {resdir}"
+
+
 def measure(net, links, resdir, tooldir, quick):
     """Returns {name: value (bytes/s), 'notes': {...}}."""
     lim = {}
@@ -95,10 +103,7 @@ def measure(net, links, resdir, tooldir, quick):
                 notes[f"link_{link}"] = net.tc_desc(link)
     else:
         notes["tool"] = "no C compiler: memory and network limits not measured"
-    lim["disk_write"] = disk_write_bw(resdir, quick)
-    notes["disk_write"] = f"dd bs=1M conv=fsync into {resdir}"
-    lim["disk_write_direct"] = disk_write_bw(resdir, quick, "oflag=direct")
-    notes["disk_write_direct"] = f"dd bs=1M oflag=direct into {resdir}"
+    measure_disk(lim, notes, resdir, quick)
     for k, v in lim.items():
         if v:
             log(f"limit {k}: {v / (1 << 20):.0f} MiB/s ({v * 8 / 1e9:.2f} Gbit/s)")

@@ -15,7 +15,9 @@ METRIC_COLUMNS = [
     "snapshot_ms",               # snapshot command -> snapshot complete and synced
     "snapshot_bytes",            # allocated on disk (sparse files count holes as 0)
     "snapshot_apparent_bytes",   # sum of file sizes
-    "restore_ms",                # launch of the restoring VMM -> first heartbeat
+    "restore_ms",                # launch of the restoring VMM -> first heartbeat, the
+                                 # snapshot's files evicted from the page cache first
+    "restore_warm_ms",           # the same again with the files read into the page cache
     "downtime_vmm_ms",           # as the VMM reports it
     "downtime_estimate_ms",      # godwit live: its last estimate before the pause (sum of the measured parts)
     "downtime_target_met",       # live: 1 if downtime_vmm_ms <= the target, else 0 (flagged, never a failure)
