@@ -1716,7 +1716,9 @@ static void test_snapshot_load_pattern(void **state)
 
 /*
  * Eager load reads around the page cache where the filesystem allows O_DIRECT: restoring a
- * snapshot neither pays for filling the cache nor leaves the guest's memory in it twice.
+ * snapshot neither pays for filling the cache nor leaves the guest's memory in it twice. It
+ * does so for a file that is in the cache too (measured: four direct reads beat four copies
+ * from the cache here, as filling guest memory is the cost): the same bytes.
  */
 static void test_snapshot_load_uncached(void **state)
 {
@@ -1750,6 +1752,21 @@ static void test_snapshot_load_uncached(void **state)
 	assert_memory_equal(back.r0, g.r0, g.s0);
 	assert_memory_equal(back.r1, g.r1, g.s1);
 	assert_int_equal(file_pages_cached(mem), 0);
+
+	/* a file already in the page cache */
+	{
+		uint8_t *whole;
+		size_t len;
+
+		fd = open(mem, O_RDONLY);
+		assert_true(fd >= 0);
+		whole = read_fd_all(fd, &len);
+		close(fd);
+		free(whole);
+	}
+	memset(back.r0, 0, g.s0);
+	assert_int_equal(snapshot_memory_load(r, 0, back.r0, &e), 0);
+	assert_memory_equal(back.r0, g.r0, g.s0);
 	snapshot_close(r);
 	guest_free(&back);
 	guest_free(&g);
