@@ -185,9 +185,9 @@ def _cache_files(path, cached):
                 os.close(fd)
 
 
-def _restore_timed(drv, sc, ctx, snapdir):
+def _restore_timed(drv, sc, ctx, snapdir, role):
     """Launches a restore of snapdir; returns (instance, ms from launch to first heartbeat)."""
-    rst = drv.launch(sc, "dst", None, ctx.logprefix, restore=snapdir, restore_mode=sc["restore"])
+    rst = drv.launch(sc, role, None, ctx.logprefix, restore=snapdir, restore_mode=sc["restore"])
     try:
         drv.restore_started(rst, 120)
         _, t_hb, _ = _first_hb(rst, 120)
@@ -215,7 +215,7 @@ def snapshot_restore(drv, sc, ctx):
         row["snapshot_bytes"], row["snapshot_apparent_bytes"] = _dir_size(snapdir)
         _mem_fields(row, "src", src.mem)
         _cache_files(snapdir, False)
-        rst, row["restore_ms"] = _restore_timed(drv, sc, ctx, snapdir)
+        rst, row["restore_ms"] = _restore_timed(drv, sc, ctx, snapdir, "dst")
         row["total_ms"] = row["snapshot_ms"] + row["restore_ms"]
         _settle(rst, sc, 0)
         lines, boundary = merge_streams(src.serial, rst.serial)
@@ -227,7 +227,7 @@ def snapshot_restore(drv, sc, ctx):
         rst = None
         # the same restore again with the snapshot's files in the page cache
         _cache_files(snapdir, True)
-        warm, row["restore_warm_ms"] = _restore_timed(drv, sc, ctx, snapdir)
+        warm, row["restore_warm_ms"] = _restore_timed(drv, sc, ctx, snapdir, "warm")
     finally:
         if src is not None and src.alive():
             drv.kill(src)
