@@ -1715,6 +1715,55 @@ static void test_snapshot_load_pattern(void **state)
 }
 
 /*
+ * Random present-page patterns of every density, with data written over every absent page
+ * of the file: the load gives exactly the present pages and zero everywhere else.
+ */
+static void test_snapshot_load_random(void **state)
+{
+	struct state_config c;
+	uint64_t seed = 0x5eed;
+
+	make_config(&c);
+	for (int iter = 0; iter < 8; iter++) {
+		struct snapshot_reader *r;
+		struct guest g, back;
+		struct errbuf e;
+		char snap[160], mem[200], name[32];
+		uint8_t junk[PS];
+		unsigned density = 1 + iter * 13 % 97; /* percent of pages present */
+		int fd;
+
+		bool on = false;
+
+		guest_alloc(&g, &c);
+		for (size_t off = 0; off < g.s0; off += PS) {
+			seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+			/* a fresh draw for every other page, or for one in 16 (long runs and gaps) */
+			if ((seed >> 50) % (iter % 2 ? 16 : 2) == 0)
+				on = (seed >> 33) % 100 < density;
+			if (on)
+				fill_page(g.r0 + off, off);
+		}
+		snprintf(name, sizeof(name), "loadrandom%d", iter);
+		snapshot_write_new(name, &g, snap, mem);
+		memset(junk, 0xee, sizeof(junk));
+		fd = open(mem, O_WRONLY);
+		assert_true(fd >= 0);
+		for (size_t off = 0; off < g.s0; off += PS)
+			if (page_is_zero(g.r0 + off))
+				assert_int_equal(io_pwrite_full(fd, junk, PS, (off_t)off), 0);
+		close(fd);
+		assert_int_equal(snapshot_open(snap, &r, &e), 0);
+		guest_alloc(&back, &c);
+		assert_int_equal(snapshot_memory_load(r, 0, back.r0, &e), 0);
+		assert_memory_equal(back.r0, g.r0, g.s0);
+		snapshot_close(r);
+		guest_free(&back);
+		guest_free(&g);
+	}
+}
+
+/*
  * Eager load reads around the page cache where the filesystem allows O_DIRECT: restoring a
  * snapshot neither pays for filling the cache nor leaves the guest's memory in it twice. It
  * does so for a file that is in the cache too (measured: four direct reads beat four copies
@@ -1974,6 +2023,7 @@ int main(void)
 		cmocka_unit_test(test_snapshot_full_filesystem),
 		cmocka_unit_test(test_snapshot_memory_corruption),
 		cmocka_unit_test(test_snapshot_load_pattern),
+		cmocka_unit_test(test_snapshot_load_random),
 		cmocka_unit_test(test_snapshot_load_uncached),
 		cmocka_unit_test(test_snapshot_state_corruption),
 		cmocka_unit_test(test_not_a_snapshot),
