@@ -471,11 +471,12 @@ static void mig_round_record(uint32_t round, struct mig_batch *b, uint64_t bytes
 
 /* ---- throttling (auto-converge) ---- */
 
+/* Kicks the vCPUs once a period: each sleeps its share of it at its next exit (vm.h). */
 static void *mig_throttle_main(void *arg)
 {
 	while (atomic_load(&mig.throttle_on)) {
 		vm_throttle_kick(mig.vm);
-		usleep(10000);
+		usleep((useconds_t)(VM_THROTTLE_PERIOD_NS / 1000));
 	}
 	return NULL;
 }

@@ -185,7 +185,7 @@ static void vcpu_io_complete(struct vcpu *v)
 	v->io_pending = false;
 }
 
-/* Sleeps pct/(100-pct) of a 10 ms slice, as QEMU's auto-converge does. */
+/* Sleeps pct% of the throttle period (vm.h). */
 static void vcpu_throttle_sleep(struct vcpu *v)
 {
 	unsigned pct = atomic_load(&v->vm->throttle_pct);
@@ -194,11 +194,13 @@ static void vcpu_throttle_sleep(struct vcpu *v)
 
 	if (!pct || v->req != VCPU_RUNNING)
 		return;
-	ns = 10000000ull * pct / (100 - pct);
+	ns = vm_throttle_sleep_ns(pct);
 	ts.tv_sec = (time_t)(ns / 1000000000ull);
 	ts.tv_nsec = (long)(ns % 1000000000ull);
 	/* a pause request's signal cuts the sleep short, as it should */
 	nanosleep(&ts, NULL);
+	/* a kick that came while asleep (a late wake-up) must not put it straight back */
+	atomic_store(&v->throttle_kick, false);
 }
 
 void vcpu_throttle_kick(struct vcpu *v)

@@ -246,11 +246,24 @@ int __must_check vm_owner_resume(struct vm *vm, struct errbuf *e);
 /* A paused VM whose migration is about to COMMIT becomes handed-over, for good. Any thread. */
 int __must_check vm_handover(struct vm *vm, struct errbuf *e);
 /*
- * Throttling (auto-converge): each vCPU sleeps pct/(100-pct) of every 10 ms slice it
- * runs; the caller calls vm_throttle_kick() every 10 ms while pct > 0.
+ * Throttling (auto-converge): the caller kicks the vCPUs every VM_THROTTLE_PERIOD_NS while
+ * pct > 0 (vm_throttle_kick()); at its next exit each vCPU sleeps pct% of that period, so
+ * it runs (100-pct)% of the time and never stops for longer than one period. Sleeps of
+ * pct/(100-pct) periods (QEMU's) freeze the guest for up to 990 ms at 99%; and a kick
+ * period shorter than the sleep, as godwit had, left no time to run from 50% on: a vCPU
+ * slept again at its very next exit (a guest printing a line slept once for every byte).
  */
+#define VM_THROTTLE_PERIOD_NS 10000000ull
 void vm_throttle_set(struct vm *vm, unsigned pct);
 void vm_throttle_kick(struct vm *vm);
+
+/* How long a vCPU sleeps at each kick when throttled to pct (clamped to 99). */
+static inline uint64_t vm_throttle_sleep_ns(unsigned pct)
+{
+	pct = pct > 99 ? 99 : pct;
+	return VM_THROTTLE_PERIOD_NS * pct / 100;
+}
+
 /* ---- dirty page tracking for live migration (vm_dirty.c); pages in flat RAM order ---- */
 enum vm_dirty_mode vm_dirty_mode_get(struct vm *vm);
 const char *vm_dirty_mode_name(enum vm_dirty_mode m);
