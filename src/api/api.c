@@ -308,6 +308,24 @@ static int api_cmd_snapshot(struct api_ctx *ctx, struct errbuf *e)
 
 /* ---- migration ---- */
 
+/* The steps reached so far, CLOCK_REALTIME in microseconds since the epoch. */
+static json_t *api_mig_times_json(const struct mig_times *t)
+{
+	const struct { const char *name; uint64_t ns; } steps[] = {
+		{ "start", t->start }, { "tracking", t->tracking }, { "pause", t->pause },
+		{ "paused", t->paused }, { "ready", t->ready }, { "commit", t->commit },
+		{ "started", t->started },
+		{ "running", t->running },
+	};
+	json_t *j = json_object();
+
+	for (size_t i = 0; j && i < ARRAY_SIZE(steps); i++)
+		if (steps[i].ns)
+			json_object_set_new(j, steps[i].name,
+					    json_integer((json_int_t)(steps[i].ns / 1000)));
+	return j;
+}
+
 static json_t *api_mig_status_json(void)
 {
 	struct mig_status *st = calloc(1, sizeof(*st));
@@ -360,6 +378,8 @@ static json_t *api_mig_status_json(void)
 			"transfer_us", (json_int_t)(st->estimate.transfer_ns / 1000)));
 	if (j && st->state_bytes)
 		json_object_set_new(j, "state_bytes", json_integer((json_int_t)st->state_bytes));
+	if (j && st->times.start)
+		json_object_set_new(j, "timeline_unix_us", api_mig_times_json(&st->times));
 	if (j) /* non-zero page data before and after compression; ratio 1.0 when none */
 		json_object_set_new(j, "compression", json_pack(
 			"{s:s, s:b, s:I, s:I, s:f}", "mode", st->compress[0] ? st->compress : "none",

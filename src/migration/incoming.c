@@ -518,6 +518,7 @@ static int inc_receive(struct errbuf *e)
 	ret = inc_reply(MIG_MSG_READY, NULL);
 	if (ret < 0)
 		return err_set(e, ret, "sending READY: the source went away");
+	mig_time_mark(&mig.st.times.ready);
 
 	/* wait for COMMIT: without it, nothing runs here */
 	ret = mig_socket_timeouts(mig.fd, MIG_HANDOVER_TIMEOUT_MS, e);
@@ -540,6 +541,7 @@ static int inc_receive(struct errbuf *e)
 	mig_deadline_set(&inc.dl, UINT64_MAX, "after COMMIT");
 	/* straight from this thread: the vCPUs' run state has its own locking */
 	inc.t_commit = time_mono_ns();
+	mig_time_mark(&mig.st.times.commit);
 	ret = inc_claim_devices(e);
 	if (ret < 0)
 		return ret;
@@ -552,6 +554,7 @@ static int inc_receive(struct errbuf *e)
 	}
 	inc.resume_ns = time_mono_ns() - inc.t_commit;
 	pthread_mutex_lock(&mig.lock);
+	mig.st.times.started = time_real_ns();
 	mig.st.downtime_ns = m.u64a + inc.resume_ns;
 	pthread_mutex_unlock(&mig.lock);
 	m = (struct mig_ctrl){ .type = MIG_MSG_STARTED, .u64a = inc.resume_ns };
@@ -619,6 +622,7 @@ static int inc_accept(struct errbuf *e)
 		pthread_mutex_lock(&mig.lock);
 		mig.fd = fd;
 		mig.t_start = t0;
+		mig.st.times.start = time_real_ns();
 		mig.st.state = MIG_STATE_SETUP;
 		pthread_mutex_unlock(&mig.lock);
 		ret = mig_socket_timeouts(fd, MIG_IO_TIMEOUT_MS, e);

@@ -91,6 +91,9 @@ struct migration {
 
 extern struct migration mig;
 
+/* Sets *field, one of mig.st.times, to now (CLOCK_REALTIME), under mig.lock. */
+void mig_time_mark(uint64_t *field);
+
 /*
  * Several connections (streams.c). Source: mig_streams_hello() before HELLO goes out,
  * mig_streams_announce() right after it, mig_streams_connect() after ACCEPT; then

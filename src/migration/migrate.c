@@ -82,6 +82,19 @@ void migration_status_get(struct mig_status *st)
 	mig_streams_status_fill(st);
 	if (st->incoming && st->state == MIG_STATE_COMPLETED && mig.vm)
 		st->announced = vm_devices_announced(mig.vm);
+	/* the vCPU threads note it themselves, some time after they were asked to run */
+	if (st->incoming && st->times.started && mig.vm)
+		st->times.running = vm_vcpus_running_since(mig.vm);
+	pthread_mutex_unlock(&mig.lock);
+}
+
+/* Stamps one step of mig.st.times (CLOCK_REALTIME) as it happens. */
+void mig_time_mark(uint64_t *field)
+{
+	uint64_t now = time_real_ns();
+
+	pthread_mutex_lock(&mig.lock);
+	*field = now;
 	pthread_mutex_unlock(&mig.lock);
 }
 
@@ -626,9 +639,11 @@ static int mig_pause_guest(struct errbuf *e)
 	int ret;
 
 	mig.t_pause = time_mono_ns();
+	mig_time_mark(&mig.st.times.pause);
 	ret = vm_owner_pause(mig.vm, e);
 	if (ret < 0)
 		return ret;
+	mig_time_mark(&mig.st.times.paused);
 	mig.guest_paused = true;
 	/* an operator's pause is theirs: a failed migration leaves that guest paused */
 	mig.paused_by_us = !mig.operator_paused;
@@ -729,6 +744,7 @@ static int mig_iterate(struct mig_batch *b, struct errbuf *e)
 	if (ret < 0)
 		return ret;
 	mig.tracking = true;
+	mig_time_mark(&mig.st.times.tracking);
 	for (;;) {
 		uint64_t t0 = time_mono_ns(), bytes0 = mig_wire_bytes();
 		uint64_t ns, bytes, dirty, sync_ns, expected_ns, expected_ms;
@@ -1236,6 +1252,7 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 	ret = mig_expect(MIG_MSG_READY, &m, e);
 	if (ret < 0)
 		return ret;
+	mig_time_mark(&mig.st.times.ready);
 	ret = mig_check_cancel(e);
 	if (ret < 0)
 		return ret;
@@ -1269,6 +1286,8 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 	/* the disks are flushed and unlocked before the destination may take them */
 	vm_devices_release(mig.vm);
 	m = (struct mig_ctrl){ .type = MIG_MSG_COMMIT, .u64a = time_mono_ns() - mig.t_pause };
+	/* stamped with the source's share of the downtime it carries, before it can arrive */
+	mig_time_mark(&mig.st.times.commit);
 	ret = mig_ctrl_send(mig.w, &m, e);
 	if (ret == 0)
 		ret = state_writer_flush(mig.w, e);
@@ -1280,6 +1299,7 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 		return err_prefix(e, ret, "COMMIT was sent but not acknowledged (the guest stays "
 					  "paused here; it may be running on the destination)");
 	pthread_mutex_lock(&mig.lock);
+	mig.st.times.started = time_real_ns();
 	mig.st.downtime_ns = time_mono_ns() - mig.t_pause;
 	if (!mig.postcopy)
 		mig.st.remaining_bytes = 0;
@@ -1720,6 +1740,7 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 	mig.rtt_ns = 0;
 	mig.postcopy = false;
 	mig.t_start = time_mono_ns();
+	mig.st.times.start = time_real_ns();
 	mig.running = true;
 	ret = pthread_create(&mig.thread, NULL, mig_send_thread, NULL);
 	if (ret) {

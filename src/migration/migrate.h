@@ -99,6 +99,23 @@ struct mig_status {
 	uint64_t elapsed_ns;
 	uint64_t throughput;     /* bytes/s over the whole migration */
 	uint64_t downtime_ns;    /* for a completed migration */
+	/*
+	 * When each step happened, CLOCK_REALTIME ns (0: not reached), so that what the guest
+	 * felt can be lined up with the pause and the resume: on one host exactly, across
+	 * hosts as well as their clocks agree.
+	 */
+	struct mig_times {
+		uint64_t start;    /* source: the move began; destination: the source connected */
+		uint64_t tracking; /* source, live: dirty logging on, round 0 begins */
+		uint64_t pause;    /* source: the guest's pause was asked for */
+		uint64_t paused;   /* source: every vCPU out of KVM_RUN */
+		uint64_t ready;    /* source: READY received (last round, state and the
+				    * destination's load done); destination: READY sent */
+		uint64_t commit;   /* source: COMMIT about to be sent; destination: received */
+		uint64_t started;  /* source: STARTED received; destination: vCPUs asked to run
+				    * (where the downtime it reports ends) */
+		uint64_t running;  /* destination: the last vCPU about to enter KVM_RUN */
+	} times;
 	uint64_t announced;      /* destination: announcements sent for the guest (RARPs) */
 	uint32_t round;
 	uint32_t nrounds;        /* entries used in rounds[] */

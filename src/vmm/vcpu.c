@@ -286,6 +286,7 @@ static void *vcpu_thread_main(void *arg)
 		if (v->state != VCPU_RUNNING) {
 			v->run->immediate_exit = 0;
 			v->state = VCPU_RUNNING;
+			atomic_store(&v->running_since_ns, time_real_ns());
 			pthread_cond_broadcast(&v->cond);
 		}
 		pthread_mutex_unlock(&v->lock);

@@ -19,6 +19,9 @@ struct vm {
 struct mig_params;
 extern struct mig_params fake_mig_params;
 extern unsigned fake_mig_starts;
+/* What migration_status_get() reports (all zero: no migration). */
+struct mig_status;
+extern struct mig_status fake_mig_status;
 
 /* A running VM named name with 256 MiB and 2 vCPUs. */
 void fake_vm_init(struct vm *vm, const char *name);

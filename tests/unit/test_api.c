@@ -1072,6 +1072,58 @@ static void test_ctl_usage(void **state)
 /* ---- migration parameters: one validation for the API and `godwit migrate` ---- */
 
 /* Valid values reach the engine as given; 0 means "no limit" for rounds and time. */
+/*
+ * migrate-status says when each step of a move happened, as wall-clock microseconds, so
+ * the bench can line the pause and the resume up with what the guest printed; steps not
+ * reached are left out, and a VM that never migrated shows no timeline.
+ */
+static void test_migrate_status_timeline(void **state)
+{
+	struct direct *d = *state;
+	json_t *resp, *tl;
+
+	memset(&fake_mig_status, 0, sizeof(fake_mig_status));
+	resp = req_run(d, "{\"cmd\": \"migrate-status\"}");
+	assert_true(json_is_true(json_object_get(resp, "ok")));
+	assert_null(json_object_get(resp, "timeline_unix_us"));
+	json_decref(resp);
+
+	fake_mig_status.state = MIG_STATE_COMPLETING;
+	fake_mig_status.times.start = 1764600000123456789ull;
+	fake_mig_status.times.tracking = 1764600000223456999ull;
+	fake_mig_status.times.pause = 1764600004000001000ull;
+	fake_mig_status.times.paused = 1764600004000251000ull;
+	resp = req_run(d, "{\"cmd\": \"migrate-status\"}");
+	tl = json_object_get(resp, "timeline_unix_us");
+	assert_true(json_is_object(tl));
+	assert_int_equal(json_object_size(tl), 4);
+	assert_int_equal(json_integer_value(json_object_get(tl, "start")), 1764600000123456ll);
+	assert_int_equal(json_integer_value(json_object_get(tl, "tracking")), 1764600000223456ll);
+	assert_int_equal(json_integer_value(json_object_get(tl, "pause")), 1764600004000001ll);
+	assert_int_equal(json_integer_value(json_object_get(tl, "paused")), 1764600004000251ll);
+	assert_null(json_object_get(tl, "commit"));
+	json_decref(resp);
+
+	/* the destination's side of the handover */
+	memset(&fake_mig_status, 0, sizeof(fake_mig_status));
+	fake_mig_status.state = MIG_STATE_COMPLETED;
+	fake_mig_status.incoming = true;
+	fake_mig_status.times.start = 1764600000100000000ull;
+	fake_mig_status.times.ready = 1764600004008000000ull;
+	fake_mig_status.times.commit = 1764600004009000000ull;
+	fake_mig_status.times.started = 1764600004009300000ull;
+	fake_mig_status.times.running = 1764600004009350000ull;
+	resp = req_run(d, "{\"cmd\": \"migrate-status\"}");
+	tl = json_object_get(resp, "timeline_unix_us");
+	assert_int_equal(json_object_size(tl), 5);
+	assert_int_equal(json_integer_value(json_object_get(tl, "ready")), 1764600004008000ll);
+	assert_int_equal(json_integer_value(json_object_get(tl, "commit")), 1764600004009000ll);
+	assert_int_equal(json_integer_value(json_object_get(tl, "started")), 1764600004009300ll);
+	assert_int_equal(json_integer_value(json_object_get(tl, "running")), 1764600004009350ll);
+	json_decref(resp);
+	memset(&fake_mig_status, 0, sizeof(fake_mig_status));
+}
+
 static void test_migrate_params_reach_engine(void **state)
 {
 	struct direct *d = *state;
@@ -1321,6 +1373,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_unknown_cmd, direct_setup, direct_teardown),
 		cmocka_unit_test_setup_teardown(test_arguments, direct_setup, direct_teardown),
 		cmocka_unit_test_setup_teardown(test_digest, direct_setup, direct_teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_status_timeline, direct_setup,
+						direct_teardown),
 		cmocka_unit_test_setup_teardown(test_socket_round_trip, sock_setup, sock_teardown),
 		cmocka_unit_test_setup_teardown(test_socket_mode, sock_setup, sock_teardown),
 		cmocka_unit_test_setup_teardown(test_socket_in_use, sock_setup, sock_teardown),
