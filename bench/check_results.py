@@ -8,12 +8,16 @@ columns; every row is either measured (status ok, with its operation's key
 figures as non-negative numbers) or marked failed/unavailable with a reason
 and no figures; every scenario of the run (with --quick: every quick
 scenario of the table) has at least one row per VMM; results.md, machine.md,
-qemu-params.md exist and the plots results.md names exist.
+qemu-params.md exist and the plots results.md names exist. The guest's
+downtime (its longest heartbeat gap) is at least each gap it is the longest
+of (before, at and after the switch).
 
 godwit is the VMM under test, so its rows must also have worked: a godwit row
 marked failed (a correctness check such as abcheck or the heartbeat sequence
 failed, or the run broke) is a problem, and so is a scenario without a
-measured godwit row. QEMU rows may be failed or unavailable with a reason."""
+measured godwit row; a measured godwit live move carries its downtime
+breakdown (the switchover split along its migrate-status timeline). QEMU rows
+may be failed or unavailable with a reason."""
 import argparse
 import csv
 import json
@@ -22,7 +26,8 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gwbench.schema import COLUMNS, METRIC_COLUMNS, REQUIRED_OK, STATUSES  # noqa: E402
+from gwbench.schema import (COLUMNS, GUEST_GAPS, METRIC_COLUMNS, REQUIRED_OK,  # noqa: E402
+                            STATUSES, SWITCH_PARTS)
 from gwbench import scenarios as scen_mod  # noqa: E402
 
 TEXT_METRICS = {"guest_rss_source", "limit_name"}
@@ -80,6 +85,18 @@ def check(resdir, quick, table):
                     err(f"{where}: measured run without {c}")
             if r.get("reason"):
                 err(f"{where}: ok run with a reason")
+            # the guest's downtime is the longest of its gaps: a part above it is a harness bug
+            try:
+                dt = float(r.get("downtime_guest_ms") or "nan")
+                for c in GUEST_GAPS:
+                    if r.get(c, "") != "" and float(r[c]) > dt + 1e-6:
+                        err(f"{where}: {c}={r[c]} exceeds downtime_guest_ms={r['downtime_guest_ms']}")
+            except ValueError:
+                pass   # reported above as not a number
+            if r.get("vmm") == "godwit":
+                lacking = [c for c in SWITCH_PARTS.get(r["op"], []) if r.get(c, "") == ""]
+                if lacking:
+                    err(f"{where}: godwit run without its downtime breakdown {lacking}")
         else:
             if not (r.get("reason") or "").strip():
                 err(f"{where}: {r['status']} run without a reason")

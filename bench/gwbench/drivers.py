@@ -302,8 +302,13 @@ class Godwit(Driver):
             done = {}
         if isinstance(done, dict):
             final.update(done)
-        final.update({k: v for k, v in (self.status(dst, "migrate-status") or {}).items()
-                      if v is not None})
+        dst_st = self.status(dst, "migrate-status") or {}
+        # each side's steps (CLOCK_REALTIME us): the destination's must not hide the source's
+        src_tl = final.get("timeline_unix_us")
+        dst_tl = dst_st.get("timeline_unix_us")
+        final.update({k: v for k, v in dst_st.items() if v is not None})
+        if isinstance(src_tl, dict):   # kept in the samples' log too
+            final["timeline_src_unix_us"] = src_tl
         final["_t"] = t_done - t0
         samples.append(final)
         # per-round details: the source's last list of them (the destination has none)
@@ -332,6 +337,8 @@ class Godwit(Driver):
             "fault_latency_max_ms": lat["max"] / 1000 if lat["max"] is not None
             and mode == "postcopy" else None,
             "downtime_estimate_ms": est_ms,
+            "timeline": {"src": src_tl if isinstance(src_tl, dict) else {},
+                         "dst": dst_tl if isinstance(dst_tl, dict) else {}},
             "t_done": t_done,
             "vmm_total_ms": _num(final, "elapsed_ms", "total_ms", "total_time_ms"),
             "downtime_vmm_ms": downtime,

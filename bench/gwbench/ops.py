@@ -285,7 +285,11 @@ def migrate(drv, sc, ctx, mode):
         _warmup(src, sc)
         tx0 = net.tx_bytes(cns, cdev)
         t0 = time.monotonic()
+        # wall clock minus the serial lines' clock: lines up the VMM's CLOCK_REALTIME steps
+        wall_off = time.time() - time.monotonic()
         info = drv.migrate(src, dst, uri, sc, mode, ctx.samples)
+        # for reading the samples' log beside the serial logs (both on the harness's clock)
+        ctx.samples.append({"_t0_monotonic": t0, "_wall_minus_monotonic": wall_off})
         _, t_hb, _ = _first_hb(dst, 60)
         # total: until the guest runs on the destination (its first heartbeat there), so
         # neither VMM's figure depends on how often anyone polls for completion
@@ -302,9 +306,12 @@ def migrate(drv, sc, ctx, mode):
                   "fault_latency_max_ms"):
             row[k] = info.get(k)
         _mem_fields(row, "src", src.mem)
-        _settle(dst, sc, 0)
+        # a second of heartbeats on the destination: gap_after_switch_ms looks that far
+        _settle(dst, sc, 0, hb=250)
         lines, boundary = merge_streams(src.serial, dst.serial)
-        _judge(row, analyse_move(lines, boundary, t0))
+        res = analyse_move(lines, boundary, t0)
+        _judge(row, res)
+        _switch_parts(row, res, info.get("timeline"), wall_off, t0, sc.hb_period_s)
         if mode == "postcopy":
             gaps = gaps_between(lines, boundary, info["t_done"])
             row["postcopy_hb_gap_ms"] = max(gaps) * 1000 if gaps else None
@@ -320,6 +327,36 @@ def migrate(drv, sc, ctx, mode):
             _mem_fields(row, "dst", dst.mem)
         drv.tls_dir = None
     return row
+
+
+def _switch_parts(row, res, timeline, wall_off, t0, hb_period):
+    """Where the guest-observed downtime goes: the longest gap before the switch (and when,
+    from the start of the move), the longest after it, and the switchover gap split by the
+    VMM's own steps (godwit's migrate-status timeline_unix_us, wall clock, converted to the
+    serial lines' clock with wall_off): the source's last heartbeat to the pause, the VMM's
+    downtime, what its figure leaves out (COMMIT on the wire, the destination's vCPU threads
+    getting back into KVM_RUN), and the destination's running vCPUs to their first heartbeat;
+    of that last part, how late the harness read the first heartbeat at least (lines that
+    arrived together were printed a tick apart)."""
+    row["gap_before_switch_ms"] = res["gap_before_ms"]
+    if res["gap_before_at"] is not None:
+        row["gap_before_at_ms"] = (res["gap_before_at"] - t0) * 1000
+    row["gap_after_switch_ms"] = res["gap_after_ms"]
+    if res["first_after_burst"]:
+        row["switch_read_lag_ms"] = (res["first_after_burst"] - 1) * hb_period * 1000
+    src, dst = (timeline or {}).get("src") or {}, (timeline or {}).get("dst") or {}
+
+    def mono(d, k):
+        v = d.get(k)
+        return v / 1e6 - wall_off if isinstance(v, (int, float)) and v > 0 else None
+    pause, commit_s = mono(src, "pause"), mono(src, "commit")
+    commit_d, started, running = mono(dst, "commit"), mono(dst, "started"), mono(dst, "running")
+    if pause is not None and res["t_last_before"] is not None:
+        row["switch_pause_lag_ms"] = (pause - res["t_last_before"]) * 1000
+    if None not in (commit_s, commit_d, started, running):
+        row["switch_unreported_ms"] = ((commit_d - commit_s) + (running - started)) * 1000
+    if running is not None and res["t_first_after"] is not None:
+        row["switch_resume_lag_ms"] = (res["t_first_after"] - running) * 1000
 
 
 def _judge(row, res):

@@ -36,6 +36,12 @@ class Scenario(dict):
         return int(m.group(1)) if m else 0
 
     @property
+    def hb_period_s(self):
+        """The guest kit's heartbeat period: one line a timer tick (hz=, default 250)."""
+        m = re.search(r"\bhz=(\d+)", self["workload"])
+        return 1.0 / int(m.group(1)) if m and int(m.group(1)) > 0 else 0.004
+
+    @property
     def kind(self):
         m = re.search(r"\bworkload=(\w+)", self["workload"])
         return m.group(1) if m else "idle"

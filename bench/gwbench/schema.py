@@ -24,6 +24,17 @@ METRIC_COLUMNS = [
     "downtime_guest_ms",         # longest gap between consecutive heartbeats during the move
     "switchover_gap_ms",         # source's last heartbeat -> destination's first
     "baseline_gap_ms",           # longest gap in the second before the move (noise floor)
+    # where the guest's downtime goes (migrations; docs/benchmarks.md "VMM-reported and
+    # guest-observed downtime"): the guest's gaps before, at and after the switch, and the
+    # switchover gap split along godwit's migrate-status timeline
+    "gap_before_switch_ms",      # longest gap on the source from the start to its last heartbeat
+    "gap_before_at_ms",          # when that gap began, from the start of the move
+    "gap_after_switch_ms",       # longest gap on the destination in the second after its first
+    "switch_pause_lag_ms",       # godwit: the source's last heartbeat -> the pause
+    "switch_unreported_ms",      # godwit: COMMIT on the wire + the destination's vCPUs into KVM_RUN
+    "switch_resume_lag_ms",      # godwit: the destination's vCPUs running -> its first heartbeat
+    "switch_read_lag_ms",        # at least this much of the switchover gap is the destination's
+                                 # first heartbeat waiting to be read (lines read together)
     "vmm_total_ms",              # total time as the VMM reports it
     "vmm_bytes",                 # bytes sent as the VMM reports it
     "wire_bytes",                # tx bytes counted on the source's interface
@@ -64,6 +75,14 @@ METRIC_COLUMNS = [
 ]
 
 COLUMNS = SCENARIO_COLUMNS + METRIC_COLUMNS + ["log"]
+
+# the guest's gaps the downtime is the longest of: none may exceed downtime_guest_ms
+GUEST_GAPS = ("switchover_gap_ms", "gap_before_switch_ms", "gap_after_switch_ms")
+# godwit's switchover split along its migrate-status timeline: all set on its ok live rows
+SWITCH_PARTS = {"live-migrate": ["switchover_gap_ms", "switch_pause_lag_ms",
+                                 "switch_unreported_ms", "switch_resume_lag_ms"],
+                "postcopy-migrate": ["switchover_gap_ms", "switch_pause_lag_ms",
+                                     "switch_unreported_ms", "switch_resume_lag_ms"]}
 
 # at least one of these is set on an ok row of each operation
 REQUIRED_OK = {

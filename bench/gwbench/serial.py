@@ -163,19 +163,31 @@ def gaps_between(lines, start, t_until):
     return [b[0] - a[0] for a, b in zip(hb, hb[1:])]
 
 
+AFTER_WINDOW_S = 1.0     # how long after the switch gap_after_ms looks
+
+
 def analyse_move(lines, boundary, t_from, settle_hb=20):
     """Check and measure a move (source lines [0, boundary), destination after).
 
     Returns dict: ok, reason, last_before, first_after,
       gap_ms            the longest gap between consecutive heartbeats from t_from
                         (the operation's start) on: the guest-observed downtime,
-                        including any stall while a live migration's rounds run;
-      switchover_gap_ms from the source's last heartbeat to the destination's first;
+                        including any stall while a live migration's rounds run (a gap
+                        that began before t_from counts from t_from);
+      switchover_gap_ms from the source's last heartbeat (or t_from, if later) to the
+                        destination's first;
       baseline_gap_ms   the longest gap in the second before t_from (the noise floor);
+      gap_before_ms     the longest gap on the source from t_from to its last heartbeat
+                        (rounds, throttling, dirty logging starting: before the switch);
+      gap_before_at     when that gap began (host time);
+      gap_after_ms      the longest gap on the destination within AFTER_WINDOW_S of its
+                        first heartbeat (the guest slowed down after the switch);
       check_ok_before/after, check_fail; disk_ok_before/after, disk_fail (the disk workload:
       every pass reads back every block as last written)."""
     res = {"ok": False, "reason": "", "last_before": None, "first_after": None,
            "gap_ms": None, "switchover_gap_ms": None, "baseline_gap_ms": None,
+           "gap_before_ms": None, "gap_before_at": None, "gap_after_ms": None,
+           "t_last_before": None, "t_first_after": None, "first_after_burst": None,
            "check_ok_before": None, "check_ok_after": None, "check_fail": None,
            "disk_ok_before": None, "disk_ok_after": None, "disk_fail": None}
     hb = heartbeats(lines)
@@ -202,14 +214,31 @@ def analyse_move(lines, boundary, t_from, settle_hb=20):
     if after:
         res["first_after"] = after[0][1]
     pairs = list(zip(hb, hb[1:]))
-    gaps = [(b[0] - a[0]) for a, b in pairs if b[0] >= t_from]
+    # a gap that began before the operation counts from its start: the rest is not its doing
+    gaps = [(b[0] - max(a[0], t_from)) for a, b in pairs if b[0] >= t_from]
     if gaps:
         res["gap_ms"] = max(gaps) * 1000.0
     base = [(b[0] - a[0]) for a, b in pairs if t_from - 1.0 <= a[0] and b[0] < t_from]
     if base:
         res["baseline_gap_ms"] = max(base) * 1000.0
+    pre = [(b[0] - max(a[0], t_from), max(a[0], t_from)) for a, b in zip(before, before[1:])
+           if b[0] >= t_from]
+    if pre:
+        g, at = max(pre)
+        res["gap_before_ms"], res["gap_before_at"] = g * 1000.0, at
+    post = [b[0] - a[0] for a, b in zip(after, after[1:]) if b[0] <= after[0][0] + AFTER_WINDOW_S]
+    if post:
+        res["gap_after_ms"] = max(post) * 1000.0
+    if before:
+        res["t_last_before"] = before[-1][0]
+    if after:
+        res["t_first_after"] = after[0][0]
+        # heartbeat lines the harness read in one go with the destination's first: the
+        # guest prints at most one a tick, so the first was printed (k-1) ticks before
+        # it arrived, at least (the console path or this reader was late)
+        res["first_after_burst"] = sum(1 for h in after if h[0] == after[0][0])
     if before and after:
-        res["switchover_gap_ms"] = (after[0][0] - before[-1][0]) * 1000.0
+        res["switchover_gap_ms"] = (after[0][0] - max(before[-1][0], t_from)) * 1000.0
     if not before:
         res["reason"] = "no heartbeat on the source before the move"
     elif not after:

@@ -17,7 +17,7 @@ import tempfile
 ROOT = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else
                        os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from gwbench.schema import COLUMNS, REQUIRED_OK  # noqa: E402
+from gwbench.schema import COLUMNS, REQUIRED_OK, SWITCH_PARTS  # noqa: E402
 from gwbench import scenarios as scen_mod  # noqa: E402
 
 QUICK = [s for s in scen_mod.load(scen_mod.DEFAULT_FILE) if s["set"] == "quick"]
@@ -31,7 +31,28 @@ def row(sc, vmm, status, reason=""):
     if status == "ok":
         for c in REQUIRED_OK[sc["op"]]:
             r[c] = "12.5"
+        if sc["op"] in SWITCH_PARTS:
+            # a live move: the guest's downtime, where it went, and godwit's breakdown
+            r.update(downtime_guest_ms="30.5", gap_before_switch_ms="30.5",
+                     gap_before_at_ms="-2.0", gap_after_switch_ms="6.1")
+            if vmm == "godwit":
+                r.update(downtime_vmm_ms="9.0", switchover_gap_ms="20.2",
+                         switch_pause_lag_ms="3.1", switch_unreported_ms="0.1",
+                         switch_resume_lag_ms="8.0", switch_read_lag_ms="4.0")
+            else:
+                r.update(downtime_vmm_ms="11", switchover_gap_ms="19.0")
     return r
+
+
+def with_(rows, op, **cols):
+    """rows with cols changed on the godwit row(s) of op."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        if r["op"] == op and r["vmm"] == "godwit":
+            r.update(cols)
+        out.append(r)
+    return out
 
 
 def write_results(d, rows):
@@ -86,6 +107,24 @@ def main():
     expect("godwit never measured (unavailable)",
            [row(s, "godwit", "unavailable", "ninja failed") for s in QUICK] + qemu_ok,
            False, "no measured (ok) godwit run")
+    live = [s for s in QUICK if s["op"] == "live-migrate"]
+    if live:
+        measured = [row(s, "godwit", "ok") for s in QUICK] + qemu_ok
+        expect("godwit live move without its downtime breakdown",
+               with_(measured, "live-migrate", switch_pause_lag_ms="", switch_resume_lag_ms=""),
+               False, "without its downtime breakdown")
+        expect("a gap before the switch longer than the guest's downtime",
+               with_(measured, "live-migrate", gap_before_switch_ms="31.0"),
+               False, "gap_before_switch_ms=31.0 exceeds downtime_guest_ms")
+        expect("a switchover gap longer than the guest's downtime",
+               with_(measured, "live-migrate", switchover_gap_ms="40"),
+               False, "switchover_gap_ms=40 exceeds downtime_guest_ms")
+        expect("a breakdown figure that is not a number",
+               with_(measured, "live-migrate", switch_unreported_ms="n/a"),
+               False, "switch_unreported_ms='n/a' is not a number")
+    else:
+        print("FAIL no quick live-migrate scenario to check the downtime breakdown on")
+        failures += 1
     if failures:
         print(f"{failures} case(s) wrong")
         return 1
