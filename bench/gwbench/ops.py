@@ -349,12 +349,14 @@ def _switch_parts(row, res, timeline, wall_off, t0, hb_period):
     def mono(d, k):
         v = d.get(k)
         return v / 1e6 - wall_off if isinstance(v, (int, float)) and v > 0 else None
-    pause, commit_s = mono(src, "pause"), mono(src, "commit")
-    commit_d, started, running = mono(dst, "commit"), mono(dst, "started"), mono(dst, "running")
+    pause, running = mono(src, "pause"), mono(dst, "running")
     if pause is not None and res["t_last_before"] is not None:
         row["switch_pause_lag_ms"] = (pause - res["t_last_before"]) * 1000
-    if None not in (commit_s, commit_d, started, running):
-        row["switch_unreported_ms"] = ((commit_d - commit_s) + (running - started)) * 1000
+    # the pause to the vCPUs running again, less what the VMM reports of it: COMMIT's trip
+    # and the vCPU threads getting back into KVM_RUN (negative: the VMM counted a little
+    # past their start)
+    if pause is not None and running is not None and row.get("downtime_vmm_ms") is not None:
+        row["switch_unreported_ms"] = (running - pause) * 1000 - row["downtime_vmm_ms"]
     if running is not None and res["t_first_after"] is not None:
         row["switch_resume_lag_ms"] = (res["t_first_after"] - running) * 1000
 
