@@ -1,0 +1,1 @@
+ip netns exec gwb-src-24194 /work/wt/s-downtime/build-bench/src/cli/godwit run --api-socket /tmp/gwb-jlaow3nn/gw-src.sock --serial stdio --name bench-src --memory 1G --cpus 1 --kernel /work/wt/s-downtime/build-bench/guest/godwit-guest.elf --cmdline 'workload=abcheck wss=64M'

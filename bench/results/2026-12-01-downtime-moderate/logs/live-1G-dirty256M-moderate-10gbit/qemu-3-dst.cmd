@@ -1,0 +1,1 @@
+ip netns exec gwb-dst-29740 /usr/bin/qemu-system-x86_64 -accel kvm -cpu host,-arch-capabilities -M microvm -m 1G -smp 1 -display none -nodefaults -serial stdio -kernel /work/wt/s-downtime/build-bench/guest/godwit-guest.elf -append 'workload=dirty wss=256M rate=16384 pattern=random' -qmp unix:/tmp/gwb-1qoxbdrf/qm-dst.qmp,server=on,wait=off -incoming defer

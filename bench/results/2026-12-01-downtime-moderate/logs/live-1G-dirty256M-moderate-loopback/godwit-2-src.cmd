@@ -1,0 +1,1 @@
+ip netns exec gwb-src-29740 /work/wt/s-downtime/build-bench/src/cli/godwit run --api-socket /tmp/gwb-1qoxbdrf/gw-src.sock --serial stdio --name bench-src --memory 1G --cpus 1 --kernel /work/wt/s-downtime/build-bench/guest/godwit-guest.elf --cmdline 'workload=dirty wss=256M rate=16384 pattern=random'

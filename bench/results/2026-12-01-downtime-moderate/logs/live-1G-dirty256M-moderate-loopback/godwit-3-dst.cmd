@@ -1,0 +1,1 @@
+ip netns exec gwb-src-29740 /work/wt/s-downtime/build-bench/src/cli/godwit run --api-socket /tmp/gwb-1qoxbdrf/gw-dst.sock --serial stdio --name bench-dst --incoming tcp:127.0.0.1:47105 --memory 1G --insecure
