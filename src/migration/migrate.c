@@ -355,10 +355,10 @@ static int mig_page_queue(struct mig_batch *b, uint64_t pg, bool send_zero, stru
 		b->zero_pages++;
 		if (!send_zero)
 			return 0;
-		b->pages[b->n++] = (struct state_page){ gpa, NULL };
+		b->pages[b->n++] = (struct state_page){ .gpa = gpa };
 	} else {
 		b->sent_pages++;
-		b->pages[b->n++] = (struct state_page){ gpa, host };
+		b->pages[b->n++] = (struct state_page){ .gpa = gpa, .data = host };
 	}
 	if (b->n == STATE_PAGES_MAX)
 		return mig_batch_flush(b, e);

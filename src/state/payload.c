@@ -453,12 +453,50 @@ int state_section_decode(const void *p, size_t len, struct state_section *s, str
 
 #define PAGES_HDR 8u
 #define PAGES_DESC 12u
+#define PAGES_DESC_DELTA 16u
+
+/* One descriptor: its flags, and the data length they (or, in a delta batch, it) give. */
+static int pages_desc_check(const uint8_t *d, uint32_t i, bool delta_batch, uint32_t *dlen,
+			    struct errbuf *e)
+{
+	uint64_t gpa = le_get64(d);
+	uint32_t pflags = le_get32(d + 8), len;
+	uint32_t known = STATE_PAGE_F_ZERO | (delta_batch ? STATE_PAGE_F_DELTA : 0);
+
+	if (gpa & (STATE_PAGE_SIZE - 1) || gpa >= STATE_GPA_LIMIT)
+		return err_set(e, -EBADMSG,
+			       "pages: page %" PRIu32 " has gpa 0x%" PRIx64
+			       ", not page-aligned or beyond 2^52",
+			       i, gpa);
+	if (pflags & ~known || pflags == (STATE_PAGE_F_ZERO | STATE_PAGE_F_DELTA))
+		return err_set(e, -EBADMSG,
+			       "pages: page %" PRIu32 " (gpa 0x%" PRIx64
+			       ") has unknown flags 0x%" PRIx32,
+			       i, gpa, pflags);
+	len = pflags & STATE_PAGE_F_ZERO ? 0 : STATE_PAGE_SIZE;
+	if (delta_batch) {
+		uint32_t got = le_get32(d + 12);
+
+		if (pflags & STATE_PAGE_F_DELTA ? got >= STATE_PAGE_SIZE : got != len)
+			return err_set(e, -EBADMSG,
+				       "pages: page %" PRIu32 " (gpa 0x%" PRIx64 ") has %" PRIu32
+				       " data bytes (%s)",
+				       i, gpa, got,
+				       pflags & STATE_PAGE_F_DELTA ? "a delta must be under a page" :
+				       pflags & STATE_PAGE_F_ZERO ? "a zero page has none" :
+								    "a whole page has 4096");
+		len = got;
+	}
+	*dlen = len;
+	return 0;
+}
 
 int state_pages_decode(const void *p, size_t len, struct state_pages_iter *it, struct errbuf *e)
 {
 	const uint8_t *b = p;
-	uint32_t count, flags, nr_data = 0;
-	size_t desc_end;
+	uint32_t count, flags, nr_data = 0, nr_delta = 0;
+	size_t desc_end, desc_size, data_len = 0;
+	bool delta;
 
 	memset(it, 0, sizeof(*it));
 	if (len < PAGES_HDR)
@@ -468,67 +506,70 @@ int state_pages_decode(const void *p, size_t len, struct state_pages_iter *it, s
 	if (count < 1 || count > STATE_PAGES_MAX)
 		return err_set(e, -EBADMSG, "pages: batch of %" PRIu32 " pages (allowed: 1..%u)",
 			       count, STATE_PAGES_MAX);
-	if (flags & ~STATE_PAGES_F_ZSTD)
+	if (flags & ~(STATE_PAGES_F_ZSTD | STATE_PAGES_F_DELTA))
 		return err_set(e, -EBADMSG, "pages: unknown batch flags 0x%" PRIx32, flags);
-	desc_end = PAGES_HDR + (size_t)count * PAGES_DESC;
+	delta = flags & STATE_PAGES_F_DELTA;
+	desc_size = delta ? PAGES_DESC_DELTA : PAGES_DESC;
+	desc_end = PAGES_HDR + (size_t)count * desc_size;
 	if (len < desc_end)
 		return err_set(e, -EBADMSG, "pages: %zu bytes cannot hold %" PRIu32 " descriptors",
 			       len, count);
 	for (uint32_t i = 0; i < count; i++) {
-		const uint8_t *d = b + PAGES_HDR + (size_t)i * PAGES_DESC;
-		uint64_t gpa = le_get64(d);
-		uint32_t pflags = le_get32(d + 8);
+		const uint8_t *d = b + PAGES_HDR + (size_t)i * desc_size;
+		uint32_t dlen = 0;
+		int ret = pages_desc_check(d, i, delta, &dlen, e);
 
-		if (gpa & (STATE_PAGE_SIZE - 1) || gpa >= STATE_GPA_LIMIT)
-			return err_set(e, -EBADMSG,
-				       "pages: page %" PRIu32 " has gpa 0x%" PRIx64
-				       ", not page-aligned or beyond 2^52",
-				       i, gpa);
-		if (pflags & ~STATE_PAGE_F_ZERO)
-			return err_set(e, -EBADMSG,
-				       "pages: page %" PRIu32 " (gpa 0x%" PRIx64
-				       ") has unknown flags 0x%" PRIx32,
-				       i, gpa, pflags);
-		if (!(pflags & STATE_PAGE_F_ZERO))
+		if (ret < 0)
+			return ret;
+		if (!(le_get32(d + 8) & STATE_PAGE_F_ZERO))
 			nr_data++;
+		if (le_get32(d + 8) & STATE_PAGE_F_DELTA)
+			nr_delta++;
+		data_len += dlen;
 	}
 	if (flags & STATE_PAGES_F_ZSTD) {
 		/* a writer only compresses what shrinks: anything else is not ours to inflate */
-		if (!nr_data || len - desc_end == 0 ||
-		    len - desc_end >= (size_t)nr_data * STATE_PAGE_SIZE)
+		if (!data_len || len - desc_end == 0 || len - desc_end >= data_len)
 			return err_set(e, -EBADMSG,
 				       "pages: compressed data of %zu bytes for %" PRIu32
 				       " non-zero pages (must be 1 to %zu)",
-				       len - desc_end, nr_data,
-				       nr_data ? (size_t)nr_data * STATE_PAGE_SIZE - 1 : 0);
+				       len - desc_end, nr_data, data_len ? data_len - 1 : 0);
 		it->zdata = b + desc_end;
 		it->zlen = len - desc_end;
-	} else if (len - desc_end != (size_t)nr_data * STATE_PAGE_SIZE) {
+	} else if (len - desc_end != data_len) {
 		return err_set(e, -EBADMSG,
 			       "pages: %zu data bytes for %" PRIu32 " non-zero pages (expected %zu)",
-			       len - desc_end, nr_data, (size_t)nr_data * STATE_PAGE_SIZE);
+			       len - desc_end, nr_data, data_len);
 	} else {
 		it->data = b + desc_end;
 	}
 	it->desc = b + PAGES_HDR;
+	it->desc_size = desc_size;
 	it->count = count;
 	it->nr_data = nr_data;
+	it->nr_delta = nr_delta;
+	it->data_len = data_len;
 	return 0;
 }
 
 bool state_pages_next(struct state_pages_iter *it, struct state_page *pg)
 {
 	const uint8_t *d;
+	uint32_t pflags;
 
 	if (it->pos >= it->count || (it->zdata && !it->data))
 		return false;
-	d = it->desc + (size_t)it->pos * PAGES_DESC;
-	pg->gpa = le_get64(d);
-	if (le_get32(d + 8) & STATE_PAGE_F_ZERO) {
-		pg->data = NULL;
-	} else {
-		pg->data = it->data + (size_t)it->data_pos * STATE_PAGE_SIZE;
-		it->data_pos++;
+	d = it->desc + (size_t)it->pos * it->desc_size;
+	pflags = le_get32(d + 8);
+	*pg = (struct state_page){ .gpa = le_get64(d) };
+	if (pflags & STATE_PAGE_F_DELTA) {
+		pg->delta = true;
+		pg->delta_len = le_get32(d + 12);
+		pg->data = it->data + it->data_off;
+		it->data_off += pg->delta_len;
+	} else if (!(pflags & STATE_PAGE_F_ZERO)) {
+		pg->data = it->data + it->data_off;
+		it->data_off += STATE_PAGE_SIZE;
 	}
 	it->pos++;
 	return true;
@@ -567,7 +608,7 @@ void state_inflater_free(struct state_inflater *z)
 
 int state_pages_inflate(struct state_pages_iter *it, struct state_inflater *z, struct errbuf *e)
 {
-	size_t want = (size_t)it->nr_data * STATE_PAGE_SIZE, got;
+	size_t want = it->data_len, got;
 	unsigned long long declared;
 
 	if (!it->zdata)

@@ -596,13 +596,13 @@ static uint64_t writer_now_ns(void)
 }
 
 /*
- * Compresses a batch's data (raw, nr_data pages) into w->zout; returns the frame's length,
+ * Compresses a batch's data (raw, len bytes) into w->zout; returns the frame's length,
  * or 0 when it would not be shorter (the batch then goes raw).
  */
-static size_t writer_compress(struct state_writer *w, const void *raw, uint32_t nr_data)
+static size_t writer_compress(struct state_writer *w, const void *raw, size_t len)
 {
-	size_t len = (size_t)nr_data * STATE_PAGE_SIZE, out;
 	uint64_t t0 = writer_now_ns();
+	size_t out;
 
 	out = ZSTD_compress2(w->cctx, w->zout, w->zout_cap, raw, len);
 	w->zs.ns += writer_now_ns() - t0;
@@ -758,45 +758,62 @@ static __must_check int writer_iov_get(struct state_writer *w, struct iovec **io
 	return 0;
 }
 
+/* A page's data length in a batch: none for a zero page, the delta's or a whole page. */
+static size_t writer_page_len(const struct state_page *pg)
+{
+	return !pg->data ? 0 : pg->delta ? pg->delta_len : STATE_PAGE_SIZE;
+}
+
 int state_writer_pages(struct state_writer *w, const struct state_page *pages, uint32_t count,
 		       unsigned flags, struct errbuf *e)
 {
 	bool stable = flags & STATE_PAGES_STABLE;
 	bool compress = (flags & STATE_PAGES_COMPRESS) && w->cctx;
-	uint32_t nr_data = 0;
-	size_t n = 1, desc_end, zlen = 0;
+	bool delta = false;
+	size_t n = 1, desc_end, zlen = 0, data_len = 0;
 	struct iovec *iov = NULL;
 	int ret;
 
 	if (count < 1 || count > STATE_PAGES_MAX)
 		return err_set(e, -EINVAL, "state writer: batch of %" PRIu32 " pages (allowed 1..%u)",
 			       count, STATE_PAGES_MAX);
+	for (uint32_t i = 0; i < count; i++) {
+		if (pages[i].delta && (!pages[i].data || pages[i].delta_len >= STATE_PAGE_SIZE))
+			return err_set(e, -EINVAL, "state writer: a delta of %" PRIu32 " bytes for "
+				       "page 0x%" PRIx64, pages[i].delta_len, pages[i].gpa);
+		delta |= pages[i].delta;
+	}
 	buf_reset(&w->scratch);
 	buf_put_u32(&w->scratch, count);
-	buf_put_u32(&w->scratch, 0);
+	buf_put_u32(&w->scratch, delta ? STATE_PAGES_F_DELTA : 0);
 	for (uint32_t i = 0; i < count; i++) {
 		if (pages[i].gpa & (STATE_PAGE_SIZE - 1) || pages[i].gpa >= STATE_GPA_LIMIT)
 			return err_set(e, -EINVAL, "state writer: page gpa 0x%" PRIx64
 				       " is not page-aligned or beyond 2^52", pages[i].gpa);
 		buf_put_u64(&w->scratch, pages[i].gpa);
-		buf_put_u32(&w->scratch, pages[i].data ? 0 : STATE_PAGE_F_ZERO);
-		nr_data += pages[i].data != NULL;
+		buf_put_u32(&w->scratch, !pages[i].data ? STATE_PAGE_F_ZERO :
+					 pages[i].delta ? STATE_PAGE_F_DELTA : 0);
+		if (delta)
+			buf_put_u32(&w->scratch, (uint32_t)writer_page_len(&pages[i]));
+		data_len += writer_page_len(&pages[i]);
 	}
 	if (buf_status(&w->scratch))
 		return err_set(e, -ENOMEM, "state writer: out of memory");
 	desc_end = w->scratch.len;
-	if (compress && nr_data) {
-		const uint8_t *raw = w->zraw;
+	if (compress && data_len) {
+		size_t at = 0;
 
 		/* a running guest's pages are copied first here too: the frame must be coherent */
-		for (uint32_t i = 0, j = 0; i < count; i++)
-			if (pages[i].data)
-				memcpy(w->zraw + (size_t)j++ * STATE_PAGE_SIZE, pages[i].data,
-				       STATE_PAGE_SIZE);
-		zlen = writer_compress(w, raw, nr_data);
+		for (uint32_t i = 0; i < count; i++) {
+			if (!writer_page_len(&pages[i]))
+				continue;
+			memcpy(w->zraw + at, pages[i].data, writer_page_len(&pages[i]));
+			at += writer_page_len(&pages[i]);
+		}
+		zlen = writer_compress(w, w->zraw, data_len);
 	}
 	if (zlen) {
-		le_put32(w->scratch.data + 4, STATE_PAGES_F_ZSTD);
+		le_put32(w->scratch.data + 4, STATE_PAGES_F_ZSTD | (delta ? STATE_PAGES_F_DELTA : 0));
 		ret = writer_iov_get(w, &iov, e);
 		if (ret < 0)
 			return ret;
@@ -809,8 +826,9 @@ int state_writer_pages(struct state_writer *w, const struct state_page *pages, u
 	if (!stable) {
 		/* copy first, so the CRC is computed over exactly the bytes sent */
 		for (uint32_t i = 0; i < count; i++)
-			if (pages[i].data)
-				buf_put_bytes(&w->scratch, pages[i].data, STATE_PAGE_SIZE);
+			if (writer_page_len(&pages[i]))
+				buf_put_bytes(&w->scratch, pages[i].data,
+					      writer_page_len(&pages[i]));
 	}
 	if (buf_status(&w->scratch))
 		return err_set(e, -ENOMEM, "state writer: out of memory");
@@ -822,10 +840,10 @@ int state_writer_pages(struct state_writer *w, const struct state_page *pages, u
 	iov[2].iov_len = w->scratch.len;
 	if (stable) {
 		for (uint32_t i = 0; i < count; i++) {
-			if (!pages[i].data)
+			if (!writer_page_len(&pages[i]))
 				continue;
 			iov[2 + n].iov_base = (void *)pages[i].data;
-			iov[2 + n].iov_len = STATE_PAGE_SIZE;
+			iov[2 + n].iov_len = writer_page_len(&pages[i]);
 			n++;
 		}
 	}

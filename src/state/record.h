@@ -174,16 +174,25 @@ int __must_check state_section_decode(const void *p, size_t len, struct state_se
 #define STATE_PAGES_MAX 1024u
 #define STATE_PAGE_F_ZERO 0x1u /* the page is all zeroes; no data follows for it */
 /*
+ * The page's data is a delta (state/xbzrle.h) against the copy the receiver holds; only in
+ * a batch with STATE_PAGES_F_DELTA, whose descriptors carry each page's data length.
+ */
+#define STATE_PAGE_F_DELTA 0x2u
+/*
  * Batch flag: the data of the non-zero pages is one zstd frame, strictly shorter than the
  * raw data, that decompresses to exactly 4096 bytes per non-zero page.
  */
 #define STATE_PAGES_F_ZSTD 0x1u
+/* Batch flag: descriptors are 16 bytes, ending in the page's data length; pages may be deltas. */
+#define STATE_PAGES_F_DELTA 0x2u
 #define STATE_ZSTD_LEVEL_MIN 1
 #define STATE_ZSTD_LEVEL_MAX 19
 
 struct state_page {
 	uint64_t gpa;	  /* page-aligned */
-	const void *data; /* STATE_PAGE_SIZE bytes, or NULL for a zero page */
+	const void *data; /* STATE_PAGE_SIZE bytes, NULL for a zero page, or a delta */
+	bool delta;	  /* data is a delta of delta_len bytes against the receiver's copy */
+	uint32_t delta_len; /* 0..STATE_PAGE_SIZE - 1 */
 };
 
 /* Walks a decoded PAGES payload without copying: data points into the payload. */
@@ -193,14 +202,19 @@ struct state_pages_iter {
 	const uint8_t *zdata;	/* a compressed batch's frame */
 	size_t zlen;
 	uint32_t count;
-	uint32_t nr_data;
+	uint32_t nr_data;	/* pages that are not zero (whole or delta) */
+	uint32_t nr_delta;	/* of them, deltas */
+	size_t data_len;	/* bytes of data (inflated), all pages together */
+	size_t desc_size;	/* 12, or 16 in a batch with STATE_PAGES_F_DELTA */
 	uint32_t pos;
-	uint32_t data_pos;
+	size_t data_off;
 };
 
 /*
- * Checks count (1..STATE_PAGES_MAX), flags, alignment and the exact data length (for a
- * compressed batch: that the frame is shorter than the raw data would be).
+ * Checks count (1..STATE_PAGES_MAX), flags, alignment, each page's data length (with
+ * STATE_PAGES_F_DELTA: 0 for a zero page, under a page for a delta, a page otherwise) and
+ * the exact data length (for a compressed batch: that the frame is shorter than the raw
+ * data would be). A delta's own contents are checked when it is applied (xbzrle_decode).
  */
 int __must_check state_pages_decode(const void *p, size_t len, struct state_pages_iter *it,
 				    struct errbuf *e);
@@ -332,7 +346,10 @@ void state_writer_config_elsewhere(struct state_writer *w);
 /* Sets the zstd level (STATE_ZSTD_LEVEL_MIN..MAX) for batches sent with STATE_PAGES_COMPRESS. */
 int __must_check state_writer_compress(struct state_writer *w, int level, struct errbuf *e);
 void state_writer_zstats(const struct state_writer *w, struct state_zstats *zs);
-/* One PAGES record of 1..STATE_PAGES_MAX pages; flags: STATE_PAGES_STABLE, _COMPRESS. */
+/*
+ * One PAGES record of 1..STATE_PAGES_MAX pages; flags: STATE_PAGES_STABLE, _COMPRESS. A
+ * batch with any delta page goes with STATE_PAGES_F_DELTA.
+ */
 int __must_check state_writer_pages(struct state_writer *w, const struct state_page *pages,
 				    uint32_t count, unsigned flags, struct errbuf *e);
 /* Writes END and flushes. */

@@ -167,7 +167,9 @@ static const char section_blob[] = "registers and such";
 static void write_reference(struct state_writer *w)
 {
 	struct state_config c;
-	struct state_page pages[3] = { { 0x1000, page_a }, { 0x2000, NULL }, { 0x100000000ull, page_b } };
+	struct state_page pages[3] = { { .gpa = 0x1000, .data = page_a },
+				       { .gpa = 0x2000 },
+				       { .gpa = 0x100000000ull, .data = page_b } };
 	struct errbuf e;
 
 	make_config(&c);
@@ -612,7 +614,7 @@ static void test_writer_order(void **state)
 {
 	struct state_writer *w;
 	struct state_config c;
-	struct state_page pg = { 0x1000, NULL };
+	struct state_page pg = { .gpa = 0x1000 };
 	struct errbuf e;
 	int fd = memfd_create("w", 0);
 
@@ -848,9 +850,12 @@ static void fill_random_page(uint8_t *p, uint64_t seed)
 static void test_pages_zstd_roundtrip(void **state)
 {
 	static uint8_t text[3][PS], rnd[2][PS];
-	struct state_page shrinks[4] = { { 0x1000, text[0] }, { 0x2000, NULL },
-					 { 0x3000, text[1] }, { 0x5000, text[2] } };
-	struct state_page raw[2] = { { 0x8000, rnd[0] }, { 0x9000, rnd[1] } };
+	struct state_page shrinks[4] = { { .gpa = 0x1000, .data = text[0] },
+					 { .gpa = 0x2000 },
+					 { .gpa = 0x3000, .data = text[1] },
+					 { .gpa = 0x5000, .data = text[2] } };
+	struct state_page raw[2] = { { .gpa = 0x8000, .data = rnd[0] },
+				     { .gpa = 0x9000, .data = rnd[1] } };
 	struct state_reader_opts o = { .allow_control = true };
 	struct state_inflater *z;
 	struct state_writer *w;
@@ -919,6 +924,156 @@ static void test_pages_zstd_roundtrip(void **state)
 	state_reader_free(r);
 	state_inflater_free(z);
 	free(p);
+}
+
+/*
+ * Batches with deltas (migrate --delta): written with 16-byte descriptors carrying each
+ * page's data length, plain and compressed, and read back page by page.
+ */
+static void test_pages_delta_roundtrip(void **state)
+{
+	static uint8_t whole[PS], delta[100];
+	struct state_page pages[4] = { { .gpa = 0x1000, .data = whole },
+				       { .gpa = 0x2000 },
+				       { .gpa = 0x3000, .data = delta, .delta = true, .delta_len = 100 },
+				       { .gpa = 0x4000, .data = delta, .delta = true } };
+	struct state_reader_opts o = { .allow_control = true };
+	struct state_inflater *z;
+	struct state_writer *w;
+	struct state_reader *r;
+	struct state_record rec;
+	struct state_pages_iter it;
+	struct state_page pg;
+	struct state_config c;
+	struct errbuf e;
+	size_t len;
+	uint8_t *p;
+	int fd = memfd_create("stream", 0);
+
+	(void)state;
+	fill_text_page(whole, 9);
+	memset(delta, 'd', sizeof(delta));
+	make_config(&c);
+	assert_true(fd >= 0);
+	assert_int_equal(state_writer_open(&w, fd, STATE_KIND_MIGRATION, &e), 0);
+	assert_int_equal(state_writer_compress(w, 1, &e), 0);
+	assert_int_equal(state_writer_config(w, &c, &e), 0);
+	assert_int_equal(state_writer_pages(w, pages, 4, 0, &e), 0);
+	assert_int_equal(state_writer_pages(w, pages, 4, STATE_PAGES_STABLE, &e), 0);
+	assert_int_equal(state_writer_pages(w, pages, 4, STATE_PAGES_COMPRESS, &e), 0);
+	/* a delta as long as the page is no delta */
+	pages[3].delta_len = PS;
+	assert_fails_with(state_writer_pages(w, pages, 4, 0, &e), -EINVAL, &e, "a delta of 4096");
+	assert_int_equal(state_writer_end(w, &e), 0);
+	state_writer_free(w);
+	p = read_fd_all(fd, &len);
+	close(fd);
+
+	assert_int_equal(state_inflater_new(&z, &e), 0);
+	assert_int_equal(state_reader_open_mem(&r, p, len, &o, &e), 0);
+	assert_int_equal(state_reader_next(r, &rec, &e), 0);
+	for (int batch = 0; batch < 3; batch++) {
+		assert_int_equal(state_reader_next(r, &rec, &e), 0);
+		assert_int_equal(rec.type, STATE_REC_PAGES);
+		assert_int_equal(le_get32(rec.payload + 4),
+				 STATE_PAGES_F_DELTA | (batch == 2 ? STATE_PAGES_F_ZSTD : 0));
+		if (batch < 2)
+			assert_int_equal(rec.len, 8 + 4 * 16 + PS + 100);
+		assert_int_equal(state_pages_decode(rec.payload, rec.len, &it, &e), 0);
+		assert_int_equal(state_pages_inflate(&it, z, &e), 0);
+		assert_int_equal(it.nr_data, 3);
+		assert_int_equal(it.nr_delta, 2);
+		assert_true(state_pages_next(&it, &pg));
+		assert_false(pg.delta);
+		assert_memory_equal(pg.data, whole, PS);
+		assert_true(state_pages_next(&it, &pg));
+		assert_null(pg.data);
+		assert_true(state_pages_next(&it, &pg));
+		assert_true(pg.delta);
+		assert_int_equal(pg.gpa, 0x3000);
+		assert_int_equal(pg.delta_len, 100);
+		assert_memory_equal(pg.data, delta, 100);
+		assert_true(state_pages_next(&it, &pg));
+		assert_true(pg.delta);
+		assert_non_null(pg.data);
+		assert_int_equal(pg.delta_len, 0);
+		assert_false(state_pages_next(&it, &pg));
+	}
+	state_reader_free(r);
+	state_inflater_free(z);
+	free(p);
+}
+
+static void put_delta_desc(struct buf *b, uint64_t gpa, uint32_t flags, uint32_t len)
+{
+	buf_put_u64(b, gpa);
+	buf_put_u32(b, flags);
+	buf_put_u32(b, len);
+}
+
+/* Hostile delta batches: each page's length must match its kind, and the data the lengths. */
+static void test_pages_delta_hostile(void **state)
+{
+	static uint8_t data[2 * PS];
+	struct state_pages_iter it;
+	struct buf b;
+	struct errbuf e;
+
+	(void)state;
+	buf_init(&b);
+	/* a delta page outside a delta batch is an unknown flag */
+	put_pages_hdr(&b, 1, 0);
+	buf_put_u64(&b, 0x1000);
+	buf_put_u32(&b, STATE_PAGE_F_DELTA);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "unknown flags 0x2");
+	/* zero and delta at once */
+	put_pages_hdr(&b, 1, STATE_PAGES_F_DELTA);
+	put_delta_desc(&b, 0x1000, STATE_PAGE_F_ZERO | STATE_PAGE_F_DELTA, 0);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "unknown flags 0x3");
+	/* a delta of a whole page or more */
+	put_pages_hdr(&b, 1, STATE_PAGES_F_DELTA);
+	put_delta_desc(&b, 0x1000, STATE_PAGE_F_DELTA, PS);
+	buf_put_bytes(&b, data, PS);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "has 4096 data bytes (a delta must be under a page)");
+	put_pages_hdr(&b, 1, STATE_PAGES_F_DELTA);
+	put_delta_desc(&b, 0x1000, STATE_PAGE_F_DELTA, UINT32_MAX);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "a delta must be under a page");
+	/* a whole page of another length, a zero page with data */
+	put_pages_hdr(&b, 1, STATE_PAGES_F_DELTA);
+	put_delta_desc(&b, 0x1000, 0, 100);
+	buf_put_bytes(&b, data, 100);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "a whole page has 4096");
+	put_pages_hdr(&b, 1, STATE_PAGES_F_DELTA);
+	put_delta_desc(&b, 0x1000, STATE_PAGE_F_ZERO, 8);
+	buf_put_bytes(&b, data, 8);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "a zero page has none");
+	/* the data must be exactly what the lengths add up to */
+	put_pages_hdr(&b, 2, STATE_PAGES_F_DELTA);
+	put_delta_desc(&b, 0x1000, STATE_PAGE_F_DELTA, 10);
+	put_delta_desc(&b, 0x2000, 0, PS);
+	buf_put_bytes(&b, data, PS + 9);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "4105 data bytes for 2 non-zero pages (expected 4106)");
+	buf_put_u8(&b, 0);
+	assert_int_equal(state_pages_decode(b.data, b.len, &it, &e), 0);
+	/* compressed: shorter than the deltas' own length, and never an empty frame */
+	put_pages_hdr(&b, 1, STATE_PAGES_F_DELTA | STATE_PAGES_F_ZSTD);
+	put_delta_desc(&b, 0x1000, STATE_PAGE_F_DELTA, 10);
+	buf_put_bytes(&b, data, 10);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "compressed data of 10 bytes for 1 non-zero pages (must be 1 to 9)");
+	put_pages_hdr(&b, 1, STATE_PAGES_F_DELTA | STATE_PAGES_F_ZSTD);
+	put_delta_desc(&b, 0x1000, STATE_PAGE_F_DELTA, 0);
+	buf_put_bytes(&b, data, 1);
+	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
+			  "must be 1 to 0");
+	buf_free(&b);
 }
 
 /* A compressed batch of the given descriptors (page i non-zero if its bit is set) and frame. */
@@ -1006,7 +1161,7 @@ static void test_pages_codec(void **state)
 	put_pages_hdr(&b, STATE_PAGES_MAX + 1, 0);
 	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
 			  "batch of 1025 pages");
-	put_pages_hdr(&b, 1, 2);
+	put_pages_hdr(&b, 1, 4);
 	assert_fails_with(state_pages_decode(b.data, b.len, &it, &e), -EBADMSG, &e,
 			  "unknown batch flags");
 	put_pages_hdr(&b, 2, 0);
@@ -2015,6 +2170,8 @@ int main(void)
 		cmocka_unit_test(test_pages_codec),
 		cmocka_unit_test(test_pages_zstd_roundtrip),
 		cmocka_unit_test(test_pages_zstd_hostile),
+		cmocka_unit_test(test_pages_delta_roundtrip),
+		cmocka_unit_test(test_pages_delta_hostile),
 		cmocka_unit_test(test_socket_stream),
 		cmocka_unit_test(test_socket_peer_gone),
 		cmocka_unit_test(test_snapshot_roundtrip),

@@ -169,7 +169,8 @@ static void *side_write(void *arg)
 
 	for (int i = 0; i < NPAGES; i++) {
 		memset(pages[i], i + 1, sizeof(pages[i]));
-		pg[i] = (struct state_page){ (uint64_t)i * STATE_PAGE_SIZE, i % 7 ? pages[i] : NULL };
+		pg[i] = (struct state_page){ .gpa = (uint64_t)i * STATE_PAGE_SIZE,
+					     .data = i % 7 ? pages[i] : NULL };
 	}
 	memset(big, 0x5a, sizeof(big));
 	s->ret = state_writer_open_channel(&w, s->ch, STATE_KIND_MIGRATION, &s->e);
