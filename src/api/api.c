@@ -388,6 +388,14 @@ static json_t *api_mig_status_json(void)
 			"page_bytes_sent", (json_int_t)st->page_bytes_sent,
 			"ratio", st->page_bytes_sent ? (double)st->page_bytes /
 					(double)st->page_bytes_sent : 1.0));
+	if (j) /* pages that went as deltas against the copy sent before, and their bytes */
+		json_object_set_new(j, "delta", json_pack(
+			"{s:s, s:I, s:I, s:I}", "mode", st->delta[0] ? st->delta : "none",
+			"pages", (json_int_t)st->delta_pages,
+			"bytes", (json_int_t)st->delta_bytes,
+			"saved_bytes", (json_int_t)(st->delta_pages * PAGE_BYTES -
+						    MIN(st->delta_bytes,
+							st->delta_pages * PAGE_BYTES))));
 	if (j) { /* each connection's bytes and its throughput over the whole move */
 		json_t *conns = json_array();
 
@@ -467,7 +475,8 @@ static void api_mig_done(void *opaque)
 static int api_cmd_migrate(struct api_ctx *ctx, struct errbuf *e)
 {
 	static const char *const choices[] = { "uri", "mode", "dirty_tracking", "on_stall",
-					       "compress", "tls_dir", "tls_psk", "tls_hostname" };
+					       "compress", "delta", "tls_dir", "tls_psk",
+					       "tls_hostname" };
 	json_t *req = ctx->req;
 	struct mig_params p;
 	const struct {
@@ -524,6 +533,7 @@ static const struct api_arg api_migrate_args[] = {
 	{ "postcopy_after", API_ARG_INT, false },
 	{ "resume", API_ARG_BOOL, false },
 	{ "compress", API_ARG_STRING, false },
+	{ "delta", API_ARG_STRING, false },
 	{ "connections", API_ARG_INT, false },
 	{ "digest", API_ARG_BOOL, false },
 	{ "tls_dir", API_ARG_STRING, false },

@@ -13,6 +13,7 @@
 #include "migration/postcopy.h"
 #include "migration/proto.h"
 #include "migration/snapshot.h"
+#include "state/xbzrle.h"
 #include "vmm/memory.h"
 
 #include <errno.h>
@@ -48,6 +49,7 @@ struct mig_incoming {
 	uint64_t round_pages;
 	unsigned round_pings;
 	struct state_inflater *inflater; /* made at the first compressed batch */
+	bool delta;                      /* HELLO announced deltas (MIG_CAP_DELTA) */
 };
 
 static struct mig_incoming inc = { .listen_fd = -1 };
@@ -185,14 +187,18 @@ int inc_pages_install(const struct state_record *rec, struct state_inflater **z,
 	struct guest_mem *mem = vm_memory(mig.vm);
 	struct state_pages_iter it;
 	struct state_page pg;
-	uint64_t normal = 0, zero = 0;
+	uint64_t normal = 0, zero = 0, delta_bytes = 0;
 	int ret = inc_pages_decode_z(rec, &it, z, e);
 
 	if (ret < 0)
 		return ret;
+	if (it.nr_delta && !inc.delta)
+		return err_set(e, -EPROTO, "record %llu: a page sent as a delta, but the source's "
+			       "HELLO did not announce deltas", (unsigned long long)rec->index);
 	pthread_mutex_lock(&mig.lock);
 	mig.st.page_bytes += (uint64_t)it.nr_data * STATE_PAGE_SIZE;
-	mig.st.page_bytes_sent += it.zdata ? it.zlen : (uint64_t)it.nr_data * STATE_PAGE_SIZE;
+	mig.st.page_bytes_sent += it.zdata ? it.zlen : it.data_len;
+	mig.st.delta_pages += it.nr_delta;
 	pthread_mutex_unlock(&mig.lock);
 	while (state_pages_next(&it, &pg)) {
 		uint8_t *dst = guest_mem_ptr(mem, pg.gpa, GUEST_PAGE_SIZE);
@@ -200,7 +206,16 @@ int inc_pages_install(const struct state_record *rec, struct state_inflater **z,
 		if (!dst)
 			return err_set(e, -EFAULT, "record %llu: page 0x%llx is outside guest memory",
 				       (unsigned long long)rec->index, (unsigned long long)pg.gpa);
-		if (pg.data) {
+		if (pg.delta) {
+			/* against this side's copy, which is exactly what the source sent last */
+			ret = xbzrle_decode(dst, pg.data, pg.delta_len, e);
+			if (ret < 0)
+				return err_prefix(e, ret, "record %llu: page 0x%llx",
+						  (unsigned long long)rec->index,
+						  (unsigned long long)pg.gpa);
+			delta_bytes += pg.delta_len;
+			normal++;
+		} else if (pg.data) {
 			memcpy(dst, pg.data, GUEST_PAGE_SIZE);
 			normal++;
 		} else {
@@ -213,6 +228,7 @@ int inc_pages_install(const struct state_record *rec, struct state_inflater **z,
 	pthread_mutex_lock(&mig.lock);
 	mig.st.pages_normal += normal;
 	mig.st.pages_zero += zero;
+	mig.st.delta_bytes += delta_bytes;
 	pthread_mutex_unlock(&mig.lock);
 	*n = normal + zero;
 	return 0;
@@ -397,8 +413,17 @@ static int inc_receive(struct errbuf *e)
 		inc_reply(MIG_MSG_REFUSE, e->msg);
 		return -EPROTO;
 	}
+	/* a delta needs the page's previous copy in place: rounds on one connection */
+	if ((m.u64a & MIG_CAP_DELTA) && (m.u64a & MIG_CAP_STREAMS)) {
+		err_set(e, -EPROTO, "the source announced deltas (migrate --delta) over several "
+				    "connections; deltas need one connection");
+		inc_reply(MIG_MSG_REFUSE, e->msg);
+		return -EPROTO;
+	}
+	inc.delta = m.u64a & MIG_CAP_DELTA;
 	pthread_mutex_lock(&mig.lock);
 	mig.st.mode = m.u32b;
+	snprintf(mig.st.delta, sizeof(mig.st.delta), "%s", inc.delta ? "xbzrle" : "none");
 	pthread_mutex_unlock(&mig.lock);
 	ret = mig_streams_expect(&m, mig.r, e);
 	if (ret < 0) {

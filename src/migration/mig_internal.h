@@ -124,6 +124,19 @@ void mig_streams_close(void);
 uint64_t mig_streams_bytes(void);
 void mig_streams_status_fill(struct mig_status *st);
 
+/*
+ * migrate --delta (delta.c): mig_delta_start() at the start of an attempt (nothing to do
+ * without --delta), mig_delta_stop() at its end or before post-copy. While on, the engine
+ * queues each page through mig_delta_page(): out gets the page's data (NULL: it is zero),
+ * whole or as a delta (returns 1), in the batch buffer, which mig_delta_batch_sent()
+ * empties once the batch is written.
+ */
+int __must_check mig_delta_start(struct errbuf *e);
+void mig_delta_stop(void);
+bool mig_delta_on(void);
+int mig_delta_page(uint64_t pg, const void *host, struct state_page *out);
+void mig_delta_batch_sent(void);
+
 /* Writes one batch on w, compressed as --compress says, and counts it in the status. */
 int __must_check mig_pages_write(struct state_writer *w, const struct state_page *pages,
 				 uint32_t n, unsigned flags, struct errbuf *e);

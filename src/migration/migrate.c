@@ -282,11 +282,14 @@ static int mig_pages_write_timed(struct state_writer *w, const struct state_page
 				 uint32_t n, unsigned flags, void (*wait)(void), struct errbuf *e)
 {
 	struct state_zstats z0, z1;
-	uint64_t t0, bytes0, data = 0;
+	uint64_t t0, bytes0, data = 0, deltas = 0, delta_bytes = 0;
 	int ret;
 
-	for (uint32_t i = 0; i < n; i++)
+	for (uint32_t i = 0; i < n; i++) {
 		data += pages[i].data ? STATE_PAGE_SIZE : 0;
+		deltas += pages[i].delta;
+		delta_bytes += pages[i].delta ? pages[i].delta_len : 0;
+	}
 	state_writer_zstats(w, &z0);
 	t0 = time_mono_ns();
 	bytes0 = state_writer_bytes_flushed(w);
@@ -297,8 +300,10 @@ static int mig_pages_write_timed(struct state_writer *w, const struct state_page
 	state_writer_zstats(w, &z1);
 	pthread_mutex_lock(&mig.lock);
 	mig.st.page_bytes += data;
-	mig.st.page_bytes_sent += data - ((z1.raw_bytes - z1.out_bytes) -
-					  (z0.raw_bytes - z0.out_bytes));
+	mig.st.page_bytes_sent += data - (deltas * STATE_PAGE_SIZE - delta_bytes) -
+				  ((z1.raw_bytes - z1.out_bytes) - (z0.raw_bytes - z0.out_bytes));
+	mig.st.delta_pages += deltas;
+	mig.st.delta_bytes += delta_bytes;
 	pthread_mutex_unlock(&mig.lock);
 	if (wait)
 		wait();
@@ -328,10 +333,14 @@ static int mig_batch_flush(struct mig_batch *b, struct errbuf *e)
 	if (!b->n)
 		return 0;
 	ret = mig_streams_give(b->pages, b->n, b->flags, e);
-	if (ret == 0)
-		ret = mig_pages_write_timed(mig.w, b->pages, b->n, b->flags, mig_batch_wait, e);
+	if (ret == 0) /* a batch built by delta.c lies in its own buffer: stable */
+		ret = mig_pages_write_timed(mig.w, b->pages, b->n,
+					    b->flags | (mig_delta_on() ? STATE_PAGES_STABLE : 0),
+					    mig_batch_wait, e);
 	else if (ret > 0)
 		mig_batch_wait();
+	if (mig_delta_on())
+		mig_delta_batch_sent();
 	b->n = 0;
 	if (ret < 0)
 		return ret;
@@ -348,17 +357,22 @@ static int mig_batch_flush(struct mig_batch *b, struct errbuf *e)
  */
 static int mig_page_queue(struct mig_batch *b, uint64_t pg, bool send_zero, struct errbuf *e)
 {
-	uint64_t gpa;
-	uint8_t *host = vm_page_host(mig.vm, pg, &gpa);
+	struct state_page page = { 0 };
+	uint8_t *host = vm_page_host(mig.vm, pg, &page.gpa);
 
-	if (page_is_zero(host)) {
+	/* --delta: read once into the batch's own buffer, whole or as a delta (delta.c) */
+	if (mig_delta_on())
+		mig_delta_page(pg, host, &page);
+	else if (!page_is_zero(host))
+		page.data = host;
+	if (!page.data) {
 		b->zero_pages++;
 		if (!send_zero)
 			return 0;
-		b->pages[b->n++] = (struct state_page){ .gpa = gpa };
+		b->pages[b->n++] = page;
 	} else {
 		b->sent_pages++;
-		b->pages[b->n++] = (struct state_page){ .gpa = gpa, .data = host };
+		b->pages[b->n++] = page;
 	}
 	if (b->n == STATE_PAGES_MAX)
 		return mig_batch_flush(b, e);
@@ -602,8 +616,10 @@ static int mig_handshake(uint32_t mode, struct errbuf *e)
 		ret = state_writer_compress(mig.w, mig.p.compress_level, e);
 		if (ret < 0)
 			return ret;
-		m.u64b |= MIG_CAP_ZSTD;
+		m.u64a |= MIG_CAP_ZSTD;
 	}
+	if (mig.p.delta_cache && mode != MIG_HELLO_RESUME)
+		m.u64a |= MIG_CAP_DELTA;
 	ret = mig_streams_hello(&m, mode == MIG_HELLO_RESUME ? 1 : (unsigned)mig.p.connections, e);
 	if (ret < 0)
 		return ret;
@@ -1192,6 +1208,9 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 	int ret;
 
 	mig_state_set(MIG_STATE_COMPLETING);
+	/* post-copy installs whole pages (UFFDIO_COPY): never a delta from here on */
+	if (mig.postcopy)
+		mig_delta_stop();
 	if (!mig.guest_paused) {
 		ret = mig_pause_guest(e);
 		if (ret < 0)
@@ -1361,6 +1380,8 @@ static int mig_send_run(struct errbuf *e)
 		goto out;
 	mig_state_set(MIG_STATE_ACTIVE);
 	ret = mig_ranges_send(e);
+	if (ret == 0) /* a fresh cache: the destination starts from nothing too */
+		ret = mig_delta_start(e);
 	if (ret < 0)
 		goto out;
 	mig.bw_start_ns = time_mono_ns();
@@ -1374,6 +1395,7 @@ static int mig_send_run(struct errbuf *e)
 		goto out;
 	ret = mig_complete(b, e);
 out:
+	mig_delta_stop();
 	free(b);
 	return ret;
 }
@@ -1721,6 +1743,11 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 			 p->compress == MIG_COMPRESS_ZSTD ? "zstd" : "auto", p->compress_level);
 	/* auto starts compressing: its first window measures what compression gives */
 	mig.st.compressing = p->compress != MIG_COMPRESS_NONE;
+	if (p->delta_cache)
+		snprintf(mig.st.delta, sizeof(mig.st.delta), "xbzrle:%llu",
+			 (unsigned long long)p->delta_cache);
+	else
+		snprintf(mig.st.delta, sizeof(mig.st.delta), "none");
 	mig.st.connections = (uint32_t)p->connections;
 	mig_auto = (struct mig_auto){ 0 };
 	mig.vm = vm;

@@ -64,6 +64,8 @@ struct mig_params {
 	enum mig_compress compress;
 	int compress_level;     /* zstd level, STATE_ZSTD_LEVEL_MIN..MAX */
 	uint64_t connections;   /* 1..MIG_CONNECTIONS_MAX (params.h): pages spread over them */
+	/* delta encoding of rewritten pages: 0 off, else its cache's bytes (state/xbzrle.h) */
+	uint64_t delta_cache;
 	char uri[512];
 	struct mig_tls_opts tls;
 };
@@ -96,6 +98,10 @@ struct mig_status {
 	uint32_t connections;    /* in use (1: the first only) */
 	uint64_t stream_bytes[16]; /* per connection, the first (state and control) included */
 	bool compressing;        /* batches are compressed now (auto switches it) */
+	/* --delta: "none" or "xbzrle:CACHE_BYTES"; pages sent (received) as deltas, their bytes */
+	char delta[32];
+	uint64_t delta_pages;
+	uint64_t delta_bytes;
 	uint64_t elapsed_ns;
 	uint64_t throughput;     /* bytes/s over the whole migration */
 	uint64_t downtime_ns;    /* for a completed migration */

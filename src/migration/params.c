@@ -6,6 +6,7 @@
 #include "migration/params.h"
 #include "migration/proto.h"
 #include "state/record.h"
+#include "state/xbzrle.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -67,6 +68,19 @@ int mig_params_validate(const struct mig_params *p, struct errbuf *e)
 		return err_set(e, -EINVAL, "connections above 1 are for warm and live moves; "
 					   "post-copy (mode postcopy, postcopy_after, on_stall "
 					   "postcopy, resume) uses one connection");
+	if (p->delta_cache && (p->delta_cache < XBZRLE_CACHE_MIN ||
+			       p->delta_cache > XBZRLE_CACHE_MAX))
+		return err_set(e, -EINVAL, "delta must be none or xbzrle[:CACHE_SIZE] with "
+			       "CACHE_SIZE 1M to 1T");
+	/*
+	 * Deltas are for pages sent again in later live rounds. A sender thread of an extra
+	 * connection writes a batch later from references the engine made (streams.c), while
+	 * the delta cache and its snapshot buffer belong to the engine: one connection only.
+	 */
+	if (p->delta_cache && (p->mode != MIG_MODE_LIVE || p->connections > 1 || p->resume))
+		return err_set(e, -EINVAL, "delta xbzrle is for live moves over one connection "
+					   "(not mode warm or postcopy, connections above 1, or "
+					   "resume)");
 	if (p->tls.dir[0] && p->tls.psk[0])
 		return err_set(e, -EINVAL, "tls_dir and tls_psk exclude each other");
 	return 0;
@@ -146,6 +160,15 @@ int mig_params_choice_set(struct mig_params *p, const char *key, const char *val
 				      (enum mig_compress[]){ MIG_COMPRESS_NONE, MIG_COMPRESS_ZSTD,
 							     MIG_COMPRESS_AUTO }[i];
 		p->compress_level = level < INT_MIN || level > INT_MAX ? INT_MIN : (int)level;
+	} else if (!strcmp(key, "delta")) {
+		uint64_t size = XBZRLE_CACHE_DEFAULT;
+
+		if (!strcmp(value, "none"))
+			size = 0;
+		else if (strncmp(value, "xbzrle", 6) || (value[6] && value[6] != ':') ||
+			 (value[6] == ':' && parse_size(value + 7, &size)))
+			size = UINT64_MAX; /* out of bounds: the validation's message */
+		p->delta_cache = size;
 	} else {
 		return err_set(e, -EINVAL, "unknown parameter %s", key);
 	}

@@ -36,7 +36,8 @@ void mig_params_init(struct mig_params *p);
 int __must_check mig_params_validate(const struct mig_params *p, struct errbuf *e);
 
 /* Sets a choice by its name ("mode": live|warm|postcopy, "dirty_tracking": bitmap|ring,
- * "on_stall": throttle|pause|cancel|postcopy, "compress": none|zstd[:LEVEL]|auto[:LEVEL]),
+ * "on_stall": throttle|pause|cancel|postcopy, "compress": none|zstd[:LEVEL]|auto[:LEVEL],
+ * "delta": none|xbzrle[:CACHE_SIZE], a size as "64M"),
  * the URI or a TLS string ("tls_dir", "tls_psk", "tls_hostname"); -EINVAL naming the key
  * otherwise. */
 int __must_check mig_params_choice_set(struct mig_params *p, const char *key, const char *value,

@@ -319,6 +319,11 @@ static int pc_pages(const struct state_record *rec, struct errbuf *e)
 	if (ret < 0)
 		return ret;
 	while (state_pages_next(&it, &p)) {
+		/* UFFDIO_COPY maps whole pages; a source never sends deltas after the switch */
+		if (p.delta)
+			return err_set(e, -EPROTO, "record %llu: page 0x%llx came as a delta in "
+				       "post-copy, where pages are whole",
+				       (unsigned long long)rec->index, (unsigned long long)p.gpa);
 		ret = pc_install(&p, e);
 		if (ret < 0)
 			return err_prefix(e, ret, "record %llu", (unsigned long long)rec->index);

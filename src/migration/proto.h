@@ -24,10 +24,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MIG_PROTOCOL_VERSION 3u /* 2: PING/PONG; 3: PING/PONG in post-copy (its window) */
+/* 2: PING/PONG; 3: PING/PONG in post-copy (its window); 4: PAGES batches with deltas */
+#define MIG_PROTOCOL_VERSION 4u
 /* HELLO capabilities: what the source may send beyond protocol 2's basics */
 #define MIG_CAP_ZSTD 0x1ull /* PAGES batches with the ZSTD flag (docs/state-format.md) */
 #define MIG_CAP_STREAMS 0x2ull /* STREAMS follows HELLO: pages also come on extra connections */
+#define MIG_CAP_DELTA 0x4ull /* PAGES batches with deltas (migrate --delta), one connection only */
 #define MIG_MSG_MAX 1024u /* control payloads and reasons are small */
 
 enum mig_msg {

@@ -5,7 +5,7 @@ chosen point; destination -> source is forwarded untouched.
 
 usage: gwproxy.py LISTEN_HOST:PORT CONNECT_HOST:PORT MODE
 MODE: pass | flip:WHERE | cut:WHERE | trickle:WHERE | cpuid | tsc | cutafter:commit |
-      rawflip:N | rawcut:N
+      rawflip:N | rawcut:N | delta:past
 WHERE: round0 (the first PAGES record), round2 (the first PAGES record after ROUND 2),
        sections (the first SECTION record)
 flip changes one payload byte (the record CRC no longer matches); cut closes both
@@ -15,6 +15,8 @@ bits in CONFIG, tsc a TSC rate of 1 kHz (no KVM gives it), CRCs fixed; cutafter:
 forwards COMMIT, then closes both connections without letting the destination's answer
 (STARTED) through: a failure after the point of no return.
 rawflip/rawcut act on byte N of the source's bytes without parsing them (a TLS stream).
+delta:past rewrites the first delta of at least 2 bytes in an uncompressed PAGES batch
+(migrate --delta) to start with a skip of 16383 bytes, past the page's end, CRC fixed.
 Prints "listening" once ready and "injected" when it acted."""
 import socket
 import struct
@@ -74,6 +76,22 @@ def raw(src, dst, action, at):
     shutdown_both(src, dst)
 
 
+def delta_past(payload):
+    """The PAGES payload with its first delta of 2+ bytes made hostile, or None."""
+    count, flags = struct.unpack_from("<II", payload)
+    if flags != 0x2:        # DELTA without ZSTD
+        return None
+    data = 8 + 16 * count
+    for i in range(count):
+        _, pflags, length = struct.unpack_from("<QII", payload, 8 + 16 * i)
+        if pflags == 0x2 and length >= 2:
+            out = bytearray(payload)
+            out[data:data + 2] = b"\xff\x7f"    # ULEB128 16383
+            return bytes(out)
+        data += length
+    return None
+
+
 def main():
     lhost, lport = sys.argv[1].rsplit(":", 1)
     chost, cport = sys.argv[2].rsplit(":", 1)
@@ -121,6 +139,10 @@ def main():
                 dst.sendall(rec)
                 print("injected", flush=True)
                 break
+            elif armed and action == "delta" and typ == gwstate.PAGES and delta_past(payload):
+                rec = gwstate.record(typ, delta_past(payload))
+                armed = False
+                print("injected", flush=True)
             elif hit and action == "trickle":
                 print("injected", flush=True)
                 for b in rec:

@@ -5,6 +5,8 @@ import struct
 
 MAGIC = b"GODWIT\r\n"
 CONFIG, SECTION, PAGES, END = 1, 2, 3, 4
+# the migration protocol version (src/migration/proto.h MIG_PROTOCOL_VERSION)
+PROTOCOL = 4
 
 
 def _table():

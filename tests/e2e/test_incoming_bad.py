@@ -127,7 +127,7 @@ def slow_build(env):
 
 def test(env):
     os.environ["GODWIT_MIGRATION_IO_TIMEOUT_MS"] = IO_TIMEOUT_MS
-    hello = record(0x100, struct.pack("<IIQ", 3, 2, 0))   # protocol version 3, live
+    hello = record(0x100, struct.pack("<IIQ", gwstate.PROTOCOL, 2, 0))   # live
     feed(env, "garbage", b"GET / HTTP/1.0\r\n\r\n" + b"x" * 100, "bad magic")
     feed(env, "random", bytes(range(256)) * 4, "bad magic")
     feed(env, "empty", b"", "empty")

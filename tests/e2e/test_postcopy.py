@@ -255,7 +255,7 @@ def window_destination(ls, result):
         while True:
             typ, body = record()
             if typ == gwstate.CONFIG:
-                c.sendall(rec(ACCEPT, struct.pack("<I", 3)))
+                c.sendall(rec(ACCEPT, struct.pack("<I", gwstate.PROTOCOL)))
             elif typ == PING and not started:
                 c.sendall(rec(PONG, body))
             elif typ == MISSING:

@@ -56,7 +56,7 @@ def tls_checked(st, peer, what):
 def plaintext_resume(hosts, port, dst):
     """A source without TLS tries to resume: the destination answers with a plaintext REFUSE
     naming TLS, logs it, and stays paused for the real source."""
-    hello = pc.rec(HELLO, struct.pack("<IIQ", 3, 4, 0))
+    hello = pc.rec(HELLO, struct.pack("<IIQ", gwstate.PROTOCOL, 4, 0))
     n = dst.stderr().count("a resume attempt failed")
     p = subprocess.run(["ip", "netns", "exec", hosts.src, sys.executable, "-c", PLAIN_RESUME,
                         hosts.dst_ip, str(port), (gwstate.header(kind=2) + hello).hex()],

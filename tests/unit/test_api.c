@@ -1161,6 +1161,14 @@ static void test_migrate_params_reach_engine(void **state)
 	req_expect_error(d, "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\", \"connections\": 16}",
 			 "fake VM: no migration");
 	assert_int_equal(fake_mig_params.connections, 16);
+	assert_int_equal(fake_mig_params.delta_cache, 0);
+	req_expect_error(d, "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\", \"delta\": \"xbzrle\"}",
+			 "fake VM: no migration");
+	assert_int_equal(fake_mig_params.delta_cache, 64ull << 20);
+	req_expect_error(d, "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\", "
+			    "\"delta\": \"xbzrle:1G\", \"compress\": \"zstd\"}", "fake VM: no migration");
+	assert_int_equal(fake_mig_params.delta_cache, 1ull << 30);
+	assert_int_equal(fake_mig_params.compress, MIG_COMPRESS_ZSTD);
 }
 
 /* The TLS options reach the engine as given; a directory and a PSK together never do. */
@@ -1219,6 +1227,11 @@ static void test_migrate_tls_postcopy(void **state)
 #define COMPRESS_BAD \
 	"migrate: compress must be none, zstd[:LEVEL] or auto[:LEVEL] with LEVEL 1 to 19"
 
+#define DELTA_BAD "migrate: delta must be none or xbzrle[:CACHE_SIZE] with CACHE_SIZE 1M to 1T"
+#define DELTA_LIVE \
+	"migrate: delta xbzrle is for live moves over one connection (not mode warm or " \
+	"postcopy, connections above 1, or resume)"
+
 #define CONNECTIONS_PC \
 	"migrate: connections above 1 are for warm and live moves; post-copy (mode postcopy, " \
 	"postcopy_after, on_stall postcopy, resume) uses one connection"
@@ -1268,6 +1281,16 @@ static void test_migrate_params_bounds(void **state)
 		{ "\"postcopy_after\": 1, \"connections\": 2", CONNECTIONS_PC },
 		{ "\"on_stall\": \"postcopy\", \"connections\": 16", CONNECTIONS_PC },
 		{ "\"resume\": true, \"connections\": 2", CONNECTIONS_PC },
+		{ "\"delta\": \"xor\"", DELTA_BAD },
+		{ "\"delta\": \"xbzrle:\"", DELTA_BAD },
+		{ "\"delta\": \"xbzrle:512K\"", DELTA_BAD },
+		{ "\"delta\": \"xbzrle:2T\"", DELTA_BAD },
+		{ "\"delta\": \"xbzrle64M\"", DELTA_BAD },
+		{ "\"delta\": \"\"", DELTA_BAD },
+		{ "\"mode\": \"warm\", \"delta\": \"xbzrle\"", DELTA_LIVE },
+		{ "\"mode\": \"postcopy\", \"delta\": \"xbzrle\"", DELTA_LIVE },
+		{ "\"delta\": \"xbzrle\", \"connections\": 2", DELTA_LIVE },
+		{ "\"delta\": \"xbzrle\", \"resume\": true", DELTA_LIVE },
 	};
 	struct direct *d = *state;
 	unsigned starts = fake_mig_starts;

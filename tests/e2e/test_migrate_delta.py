@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""migrate --delta xbzrle: live moves of the guest kit's dirty workload (content=mixed,
+which rewrites an eighth of a page per write) with deltas on, over several rounds: the
+guest continues (heartbeats with the next seq), the paused source's digest equals the
+destination's, both sides count the same delta pages and bytes, and bytes were saved; with
+a cache of 1 MiB (most pages evicted) and with zstd after the deltas too. abcheck (whole
+pages rewritten) passes its checks after the move. Refused by name: deltas with warm or
+post-copy, over several connections, a bad cache size; a destination refuses a HELLO with
+deltas over several connections, and a hostile delta (a run past the page) from the wire
+fails the move before anything runs there, the guest staying on the source."""
+import json
+import os
+import socket
+import struct
+
+import gwstate
+import gwtest
+
+DIRTY = "workload=dirty wss=16M rate=4000 pattern=random content=mixed"
+AB = "workload=abcheck wss=8M content=mixed"
+# several rounds whatever the host's speed (see test_migrate.py's rounds_opts)
+ROUNDS = ("--bandwidth", "8M", "--downtime-ms", "1", "--max-rounds", "3")
+
+
+def fill_done(src):
+    src.wait_line(r"^content \w+ ready", timeout=300)
+    src.wait_line(rf"^hb {src.heartbeats()[-1] + 500}$", timeout=300)
+
+
+def move(env, hosts, name, cmdline, opts, abcheck=False):
+    uri = f"tcp:{hosts.dst_ip}:4444"
+    src = gwtest.start_source(env, f"{name}-src", cpus=2, cmdline=cmdline, netns=hosts.src)
+    dst = gwtest.start_dest(env, f"{name}-dst", uri, netns=hosts.dst, paused=True)
+    if abcheck:
+        src.wait_line(r"^check ok 1$", timeout=300)
+    else:
+        # the content's pools first (the guest builds them before it writes), then about
+        # 2 s of writes, so most of the working set holds data to rewrite
+        fill_done(src)
+    _, res, _ = gwtest.migrate(src, uri, "--mode", "live", "--digest", *ROUNDS, *opts)
+    assert src.wait_exit() == 0, f"{name}: the source must exit 0 once it handed over"
+    assert res["state"] == "completed" and len(res["rounds"]) >= 3, res
+    delta = res["delta"]
+    print(f"{name}: delta {delta}, compression {res['compression']}, "
+          f"{len(res['rounds'])} rounds, {res['elapsed_ms']} ms")
+    st = dst.status("--digest")
+    assert st["digest"] == res["digest"], f"{name}: digests differ: {st['digest']} {res['digest']}"
+    ms = json.loads(dst.ctl("migrate-status")[1])
+    assert ms["state"] == "completed" and ms["delta"]["mode"] == "xbzrle", ms["delta"]
+    for k in ("pages", "bytes", "saved_bytes"):
+        assert ms["delta"][k] == delta[k], f"{name}: {k}: destination {ms['delta']}, {delta}"
+    comp, dcomp = res["compression"], ms["compression"]
+    assert dcomp["page_bytes"] == comp["page_bytes"], (dcomp, comp)
+    assert dcomp["page_bytes_sent"] == comp["page_bytes_sent"], (dcomp, comp)
+    dst.ctl("resume")
+    gwtest.check_moved(src, dst, name, abcheck=abcheck)
+    dst.ctl("stop")
+    assert dst.wait_exit() == 0
+    return res
+
+
+def saved(res, name):
+    d = res["delta"]
+    assert d["pages"] > 0 and d["saved_bytes"] > 0, f"{name}: no page went as a delta: {d}"
+    assert d["bytes"] + d["saved_bytes"] == 4096 * d["pages"], d
+    assert d["bytes"] <= 3072 * d["pages"], f"{name}: a delta above the bound: {d}"
+    comp = res["compression"]
+    assert comp["page_bytes_sent"] <= comp["page_bytes"] - d["saved_bytes"], (comp, d)
+
+
+def refusals(env, hosts):
+    src = gwtest.start_source(env, "bad-src")
+    nowhere = "unix:" + env.path("nowhere")
+    for opts, want in (
+            (("--delta", "xor"), "delta must be none or xbzrle[:CACHE_SIZE]"),
+            (("--delta", "xbzrle:100K"), "CACHE_SIZE 1M to 1T"),
+            (("--mode", "warm", "--delta", "xbzrle"), "delta xbzrle is for live moves"),
+            (("--delta", "xbzrle", "--mode", "postcopy"), "delta xbzrle is for live moves"),
+            (("--delta", "xbzrle", "--connections", "2"), "over one connection")):
+        rc, _, err = gwtest.migrate(src, nowhere, *opts, check=False)
+        assert rc != 0 and want in err, f"{opts}: {rc} {err}"
+    assert src.status()["state"] == "running"
+    src.ctl("stop")
+    assert src.wait_exit() == 0
+
+    # a destination refuses a source announcing deltas over several connections, by name
+    uri = f"unix:{env.path('refuse.mig')}"
+    dst = gwtest.start_dest(env, "refuse-dst", uri)
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(uri[5:])
+    s.sendall(gwstate.header(kind=2) +
+              gwstate.record(0x100, struct.pack("<IIQ", gwstate.PROTOCOL, 2, 0x2 | 0x4)))
+    gwstate.recv_exact(s, 32)     # the destination's stream header
+    typ, payload, _ = gwstate.record_recv(s)
+    s.close()
+    assert typ == 0x102 and b"deltas need one connection" in payload, (typ, payload)
+    assert dst.wait_exit() != 0
+
+
+def hostile(env, hosts):
+    """A delta whose first run skips past the page, injected on the wire with its CRC fixed:
+    the destination refuses it by name and exits having run nothing; the guest stays."""
+    src = gwtest.start_source(env, "hostile-src", cpus=2, cmdline=DIRTY, netns=hosts.src)
+    dst = gwtest.start_dest(env, "hostile-dst", f"tcp:{hosts.dst_ip}:4444", netns=hosts.dst)
+    fill_done(src)
+    p = gwtest.proxy(hosts, "delta:past")
+    try:
+        rc, _, err = gwtest.migrate(src, "tcp:127.0.0.1:5555", "--delta", "xbzrle", *ROUNDS,
+                                    check=False)
+        assert p.stdout.readline().strip() == "injected", "no delta to corrupt was sent"
+    finally:
+        p.kill()
+        p.wait()
+    assert rc != 0, "migrate succeeded with a hostile delta"
+    assert dst.wait_exit(60) != 0, "the destination exited 0"
+    assert not dst.heartbeats(), "the destination ran the guest"
+    assert "past the page's end" in dst.stderr(), dst.stderr()[-1500:]
+    n = src.line_count()
+    src.wait_line(r"^hb \d+$", start=n)
+    assert src.status()["state"] == "running"
+    src.ctl("stop")
+    assert src.wait_exit() == 0
+
+
+def test(env):
+    hosts = gwtest.Hosts(env)
+    res = move(env, hosts, "dirty", DIRTY, ("--delta", "xbzrle"))
+    assert res["delta"]["mode"] == f"xbzrle:{64 << 20}", res["delta"]
+    saved(res, "dirty")
+    # deltas, then zstd over each batch's deltas and whole pages
+    res = move(env, hosts, "dirty-zstd", DIRTY, ("--delta", "xbzrle", "--compress", "zstd"))
+    saved(res, "dirty-zstd")
+    assert res["compression"]["ratio"] > 1.0, res["compression"]
+    # a cache of 2048 pages for 4096: pages evict each other all the time; still exact
+    res = move(env, hosts, "dirty-small", DIRTY, ("--delta", "xbzrle:8M"))
+    assert res["delta"]["mode"] == f"xbzrle:{8 << 20}", res["delta"]
+    # whole pages rewritten: deltas rarely pay, the checks must still pass
+    move(env, hosts, "abcheck", AB, ("--delta", "xbzrle"), abcheck=True)
+    refusals(env, hosts)
+    hostile(env, hosts)
+
+
+gwtest.main(test)
