@@ -7,7 +7,8 @@ a cache of 1 MiB (most pages evicted) and with zstd after the deltas too. abchec
 pages rewritten) passes its checks after the move. Refused by name: deltas with warm or
 post-copy, over several connections, a bad cache size; a destination refuses a HELLO with
 deltas over several connections, and a hostile delta (a run past the page) from the wire
-fails the move before anything runs there, the guest staying on the source."""
+fails the move before anything runs there, the guest staying on the source. A live move
+that switches to post-copy uses deltas before the switch and whole pages after it."""
 import json
 import os
 import socket
@@ -66,6 +67,24 @@ def saved(res, name):
     assert d["bytes"] <= 3072 * d["pages"], f"{name}: a delta above the bound: {d}"
     comp = res["compression"]
     assert comp["page_bytes_sent"] <= comp["page_bytes"] - d["saved_bytes"], (comp, d)
+
+
+def hybrid(env, hosts):
+    """Live rounds with deltas, then post-copy: the pages after the switch go whole (the
+    destination refuses a delta there), and abcheck's checks pass on the destination."""
+    uri = f"tcp:{hosts.dst_ip}:4444"
+    src = gwtest.start_source(env, "hybrid-src", cpus=2, cmdline=AB, netns=hosts.src)
+    dst = gwtest.start_dest(env, "hybrid-dst", uri, netns=hosts.dst)
+    src.wait_line(r"^check ok 2$", timeout=300)
+    _, res, _ = gwtest.migrate(src, uri, "--delta", "xbzrle", "--postcopy-after", "2",
+                               "--downtime-ms", "1", "--bandwidth", "8M")
+    assert src.wait_exit() == 0
+    assert res["state"] == "completed" and res["phase"] == "postcopy", res
+    assert len(res["rounds"]) == 2 and res["delta"]["pages"] > 0, (res["rounds"], res["delta"])
+    print(f"hybrid: delta {res['delta']}, {res['elapsed_ms']} ms")
+    gwtest.check_moved(src, dst, "hybrid", abcheck=True)
+    dst.ctl("stop")
+    assert dst.wait_exit() == 0
 
 
 def refusals(env, hosts):
@@ -136,6 +155,10 @@ def test(env):
     assert res["delta"]["mode"] == f"xbzrle:{8 << 20}", res["delta"]
     # whole pages rewritten: deltas rarely pay, the checks must still pass
     move(env, hosts, "abcheck", AB, ("--delta", "xbzrle"), abcheck=True)
+    if os.path.exists("/dev/userfaultfd") or os.geteuid() == 0:
+        hybrid(env, hosts)
+    else:
+        print("post-copy needs userfaultfd (root or /dev/userfaultfd): hybrid move not run")
     refusals(env, hosts)
     hostile(env, hosts)
 
