@@ -14,7 +14,7 @@ from .netns import ns_prefix
 from .procmem import guest_resident
 from .qmp import QMP, QMPError
 from .serial import SerialCapture
-from .util import kill_proc, log, one_line, run, spawn
+from .util import kill_proc, log, one_line, parse_size, run, spawn
 
 UNAVAILABLE_RE = re.compile(
     r"not (yet )?(implemented|supported|available)|unknown (sub)?command|unknown (option|flag)|"
@@ -268,6 +268,8 @@ class Godwit(Driver):
             args += ["--compress", sc["compress"]]
         if sc["connections"] != "-":
             args += ["--connections", sc["connections"]]
+        if sc["delta"] != "-":
+            args += ["--delta", sc["delta"]]
         self.params = {"godwit migrate": " ".join(args + [uri])}
         argv = [self.binary, "migrate", "--api-socket", src.sock, "--json", *args, uri]
         t0 = time.monotonic()
@@ -567,6 +569,10 @@ class Qemu(Driver):
         if multifd:
             params.update(multifd[0])
             caps.update(multifd[1])
+        if sc["delta"].startswith("xbzrle"):
+            # QEMU's XBZRLE, the source's capability, with the same cache size
+            caps["xbzrle"] = True
+            params["xbzrle-cache-size"] = parse_size(sc["delta"].partition(":")[2] or "64M")
         if mode == "live":
             params["downtime-limit"] = sc.downtime
             if sc["on_stall"] == "throttle":

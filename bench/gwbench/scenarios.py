@@ -8,7 +8,7 @@ from .util import parse_link_rate, parse_size
 COLUMNS = ["name", "set", "op", "memory", "cpus", "workload", "link", "downtime_ms",
            "bandwidth", "restore", "on_stall", "warmup_s", "tls"]
 # trailing columns a row may leave out ('-'), so rows written before them stay valid
-OPTIONAL = ["compress", "connections"]
+OPTIONAL = ["compress", "connections", "delta"]
 OPS = ("boot", "snapshot-restore", "warm-migrate", "live-migrate", "postcopy-migrate", "net-live",
        "net-rate", "disk-io")
 # post-copy: one full pass while the guest runs, then the switch (godwit --mode postcopy;
@@ -174,6 +174,10 @@ def validate(sc, where):
     if sc["connections"] != "-" and not (sc["connections"].isdigit() and
                                          1 <= int(sc["connections"]) <= 16):
         raise ValueError(f"{where}: connections must be - or 1 to 16")
+    if not re.fullmatch(r"-|none|xbzrle(:\d+[KMGT]?)?", sc["delta"]):
+        raise ValueError(f"{where}: delta must be -, none or xbzrle[:CACHE_SIZE]")
+    if sc["delta"] not in ("-", "none") and sc["op"] != "live-migrate":
+        raise ValueError(f"{where}: delta applies to live migrations only")
     if (sc["compress"], sc["connections"]) != ("-", "-") and \
             sc["op"] not in ("warm-migrate", "live-migrate"):
         raise ValueError(f"{where}: compress and connections apply to migrations only")
