@@ -11,6 +11,7 @@
 #include "state/inspect.h"
 #include "state/record.h"
 #include "state/snapshot.h"
+#include "state/xbzrle.h"
 
 #include "base/crc32c.h"
 
@@ -25,6 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static FILE *devnull;
 static struct state_inflater *inflater;
+static uint8_t scratch[XBZRLE_PAGE]; /* the page a delta is applied to */
 
 static void decode_stream(const uint8_t *data, size_t size, struct state_config *cfg)
 {
@@ -70,7 +72,10 @@ static void decode_stream(const uint8_t *data, size_t size, struct state_config 
 			while (state_pages_next(&it, &pg)) {
 				if (have_config)
 					(void)state_config_region_find(cfg, pg.gpa, STATE_PAGE_SIZE);
-				if (pg.data && page_is_zero(pg.data))
+				/* a delta is applied as the destination does; it is not a page */
+				if (pg.delta)
+					(void)xbzrle_decode(scratch, pg.data, pg.delta_len, &e);
+				else if (pg.data && page_is_zero(pg.data))
 					fputc('.', devnull);
 			}
 			break;

@@ -8,6 +8,7 @@
 #include "state/snapshot.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,7 +55,8 @@ static void check(int ret, const struct errbuf *e)
 	}
 }
 
-static void migration_seed(const char *dir, const char *name, unsigned npages, int zstd)
+static void migration_seed(const char *dir, const char *name, unsigned npages, int zstd,
+			   bool with_delta)
 {
 	static uint8_t page[STATE_PAGE_SIZE];
 	struct state_page pages[8];
@@ -65,9 +67,18 @@ static void migration_seed(const char *dir, const char *name, unsigned npages, i
 
 	config_make(&c);
 	memset(page, 0x5a, sizeof(page));
+	static const uint8_t delta[] = { 0x10, 0x03, 'a', 'b', 'c', 0x80, 0x01, 0x01, 'z' };
+
+	memset(pages, 0, sizeof(pages));
 	for (unsigned i = 0; i < npages && i < 8; i++) {
 		pages[i].gpa = (uint64_t)i * STATE_PAGE_SIZE;
 		pages[i].data = i % 2 ? NULL : page;
+		/* with deltas (migrate --delta): every fourth page */
+		if (with_delta && i % 4 == 2) {
+			pages[i].data = delta;
+			pages[i].delta = true;
+			pages[i].delta_len = sizeof(delta);
+		}
 	}
 	check(state_writer_open(&w, fd, STATE_KIND_MIGRATION, &e), &e);
 	if (zstd)
@@ -128,10 +139,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "gen_seeds: %s: %s\n", argv[1], strerror(errno));
 		return 1;
 	}
-	migration_seed(argv[1], "migration-empty", 0, 0);
-	migration_seed(argv[1], "migration-1page", 1, 0);
-	migration_seed(argv[1], "migration-8pages", 8, 0);
-	migration_seed(argv[1], "migration-8pages-zstd", 8, 1);
+	migration_seed(argv[1], "migration-empty", 0, 0, false);
+	migration_seed(argv[1], "migration-1page", 1, 0, false);
+	migration_seed(argv[1], "migration-8pages", 8, 0, false);
+	migration_seed(argv[1], "migration-8pages-zstd", 8, 1, false);
+	migration_seed(argv[1], "migration-8pages-delta", 8, 0, true);
+	migration_seed(argv[1], "migration-8pages-delta-zstd", 8, 1, true);
 	snapshot_seed(argv[1]);
 	return 0;
 }
