@@ -10,6 +10,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 static void guest_mem_layout(struct guest_mem *m)
@@ -369,4 +371,87 @@ uint64_t guest_mem_resident(struct guest_mem *m)
 	}
 	free(pm.ent);
 	return n * GUEST_PAGE_SIZE;
+}
+
+#define GUEST_MEM_DROP_IOV 1024 /* UIO_MAXIOV: the most one process_madvise() takes */
+
+/* One madvise() per range, from range i on: older kernels' process_madvise() refuses DONTNEED. */
+static int guest_mem_drop_each(const struct iovec *iov, unsigned i, unsigned n, struct errbuf *e)
+{
+	for (; i < n; i++)
+		if (madvise(iov[i].iov_base, iov[i].iov_len, MADV_DONTNEED) < 0)
+			return err_set(e, -errno, "dropping %zu bytes of guest memory: %s",
+				       iov[i].iov_len, strerror(errno));
+	return 0;
+}
+
+/*
+ * Hands a batch of ranges to the kernel. A short count means the range holding that byte
+ * and those after it were not done; MADV_DONTNEED again over a dropped page is harmless.
+ */
+static int guest_mem_drop_batch(int *pidfd, const struct iovec *iov, unsigned n, struct errbuf *e)
+{
+	size_t total = 0, done = 0;
+	unsigned i = 0;
+	ssize_t r = -1;
+
+	for (unsigned k = 0; k < n; k++)
+		total += iov[k].iov_len;
+	if (*pidfd >= 0)
+		r = syscall(SYS_process_madvise, *pidfd, iov, (size_t)n, MADV_DONTNEED, 0u);
+	if (r < 0 && *pidfd >= 0) {
+		/* EINVAL: this kernel takes only COLD/PAGEOUT/WILLNEED remotely */
+		close(*pidfd);
+		*pidfd = -1;
+	}
+	if (r >= 0 && (size_t)r == total)
+		return 0;
+	for (; r > 0 && i < n && done + iov[i].iov_len <= (size_t)r; i++)
+		done += iov[i].iov_len;
+	return guest_mem_drop_each(iov, i, n, e);
+}
+
+int guest_mem_drop_pages(struct guest_mem *m, const uint64_t *bits, uint64_t first, uint64_t n,
+			 struct errbuf *e)
+{
+	uint64_t end = first + n, pg = first;
+	struct iovec *iov;
+	unsigned niov = 0;
+	int pidfd, ret = 0;
+
+	if (first > guest_mem_pages(m) || n > guest_mem_pages(m) - first)
+		return err_set(e, -EINVAL, "dropping pages %llu..+%llu outside guest memory",
+			       (unsigned long long)first, (unsigned long long)n);
+	iov = malloc(GUEST_MEM_DROP_IOV * sizeof(*iov));
+	if (!iov)
+		return err_set(e, -ENOMEM, "out of memory");
+	pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0u);
+	while (pg < end && ret == 0) {
+		uint64_t run;
+
+		/* whole zero words at once: the set bits are usually sparse */
+		if (pg % 64 == 0 && !bits[pg / 64]) {
+			pg += 64;
+			continue;
+		}
+		if (!(bits[pg / 64] & (1ull << (pg % 64)))) {
+			pg++;
+			continue;
+		}
+		for (run = pg + 1; run < end && (bits[run / 64] & (1ull << (run % 64))); run++)
+			;
+		iov[niov++] = (struct iovec){ .iov_base = m->base + pg * GUEST_PAGE_SIZE,
+					      .iov_len = (run - pg) * GUEST_PAGE_SIZE };
+		pg = run;
+		if (niov == GUEST_MEM_DROP_IOV) {
+			ret = guest_mem_drop_batch(&pidfd, iov, niov, e);
+			niov = 0;
+		}
+	}
+	if (ret == 0 && niov)
+		ret = guest_mem_drop_batch(&pidfd, iov, niov, e);
+	if (pidfd >= 0)
+		close(pidfd);
+	free(iov);
+	return ret;
 }

@@ -88,6 +88,15 @@ void guest_mem_mark_dirty(struct guest_mem *m, uint64_t gpa, uint64_t len);
 int __must_check guest_mem_write(struct guest_mem *m, uint64_t gpa, const void *p, size_t len);
 int __must_check guest_mem_read(struct guest_mem *m, uint64_t gpa, void *p, size_t len);
 uint64_t guest_mem_pages(const struct guest_mem *m);
+/*
+ * Drops the pages of flat page range [first, first+n) whose bit is set in bits (indexed
+ * by flat page number): their contents are freed and they read as zero (or fault to a
+ * userfaultfd that registered them) from now on; pages whose bit is clear keep theirs.
+ * Runs of set bits go to the kernel up to UIO_MAXIOV at a time through
+ * process_madvise(), one madvise() each where that kernel does not take MADV_DONTNEED.
+ */
+int __must_check guest_mem_drop_pages(struct guest_mem *m, const uint64_t *bits, uint64_t first,
+				      uint64_t n, struct errbuf *e);
 /* Bytes of guest RAM in RAM in this process now (pagemap's present bit; swapped pages not). */
 uint64_t guest_mem_resident(struct guest_mem *m);
 

@@ -5,9 +5,12 @@
  * pagemap's batches or the eight-entry steps, and an untouched 64 GiB reservation is
  * reported untouched without anything being populated. Both ways of asking are checked:
  * the PAGEMAP_SCAN ioctl (runs of touched pages) and reading one entry per page.
+ * Dropping pages named in a bitmap (post-copy's stale copies): exactly the named pages
+ * inside the asked range read zero afterwards, every other page keeps its contents.
  */
 #include "vmm/memory.h"
 
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -127,12 +130,78 @@ static void test_touched_map_big_idle(void **state)
 	free(got);
 }
 
+/* A page's contents before the drop: its number in every word (never zero). */
+static uint64_t page_word(uint64_t pg, uint64_t i)
+{
+	return (pg << 12 | i) + 1;
+}
+
+/*
+ * Runs of named pages of every length from 1 to 13 and one of 200 (across words), gaps of
+ * every length from 1 to 9 and some of whole zero words, over 64 MiB: more than one batch
+ * of ranges for the kernel. The asked range starts and ends mid-word; named pages outside
+ * it must stay.
+ */
+static void test_drop_pages(void **state)
+{
+	uint64_t npages = 64 * MiB / GUEST_PAGE_SIZE, first = 37, end = npages - 1000;
+	uint64_t *bits = calloc(npages / 64, sizeof(uint64_t)), *w, pg = 0, nruns = 0;
+	unsigned len = 1, gap = 1;
+	struct guest_mem m;
+	struct errbuf e;
+
+	(void)state;
+	assert_non_null(bits);
+	if (guest_mem_create(&m, 64 * MiB, &e) < 0)
+		fail_msg("%s", e.msg);
+	for (uint64_t p = 0; p < npages; p++) {
+		w = (uint64_t *)(m.base + p * GUEST_PAGE_SIZE);
+		for (uint64_t i = 0; i < GUEST_PAGE_SIZE / 8; i++)
+			w[i] = page_word(p, i);
+	}
+	while (pg < npages) {
+		/* one run over several words, then short ones; now and then zero words */
+		uint64_t n = nruns == 0 ? 200 : len;
+
+		for (uint64_t k = 0; k < n && pg < npages; k++, pg++)
+			bits[pg / 64] |= 1ull << (pg % 64);
+		pg += nruns % 200 == 199 ? 300 : gap;
+		len = len % 13 + 1;
+		gap = gap % 9 + 1;
+		nruns++;
+	}
+	assert_true(nruns > 1024);
+	/* the range ends inside a run, as it starts inside the first one */
+	while (!(bits[end / 64] & (1ull << (end % 64))) ||
+	       !(bits[(end - 1) / 64] & (1ull << ((end - 1) % 64))))
+		end++;
+	assert_int_equal(guest_mem_drop_pages(&m, bits, first, end - first, &e), 0);
+	for (uint64_t p = 0; p < npages; p++) {
+		bool dropped = (bits[p / 64] & (1ull << (p % 64))) && p >= first && p < end;
+
+		w = (uint64_t *)(m.base + p * GUEST_PAGE_SIZE);
+		for (uint64_t i = 0; i < GUEST_PAGE_SIZE / 8; i++)
+			if (w[i] != (dropped ? 0 : page_word(p, i)))
+				fail_msg("page %llu word %llu: 0x%llx, expected %s",
+					 (unsigned long long)p, (unsigned long long)i,
+					 (unsigned long long)w[i], dropped ? "zero (dropped)" :
+					 "its contents (not named or outside the range)");
+	}
+	/* a range beyond the memory is refused, nothing dropped */
+	assert_int_equal(guest_mem_drop_pages(&m, bits, npages - 10, 11, &e), -EINVAL);
+	assert_int_equal(*(uint64_t *)(m.base + (npages - 1) * GUEST_PAGE_SIZE),
+			 page_word(npages - 1, 0));
+	guest_mem_destroy(&m);
+	free(bits);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_touched_map_scan),
 		cmocka_unit_test(test_touched_map_read),
 		cmocka_unit_test(test_touched_map_big_idle),
+		cmocka_unit_test(test_drop_pages),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
