@@ -506,6 +506,8 @@ static int inc_receive(struct errbuf *e)
 				continue;
 			}
 			if (m.type == MIG_MSG_MISSING) {
+				/* it would fault zero pages in over the ones MISSING drops */
+				inc_populate_stop();
 				ret = inc_postcopy_missing(vm_memory(mig.vm), &m, e);
 				if (ret < 0) {
 					inc_reply(MIG_MSG_ERROR, e->msg);

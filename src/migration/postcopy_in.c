@@ -35,7 +35,8 @@
 static struct {
 	struct guest_mem *mem;
 	uint64_t npages;
-	uint64_t *missing;            /* pages to fetch from the source */
+	uint64_t *missing;            /* pages to fetch from the source (dropped here) */
+	uint64_t *fresh;              /* scratch: the pages one MISSING adds */
 	_Atomic uint64_t *received;   /* missing pages installed */
 	_Atomic uint64_t *req_ns;     /* when a page was requested (0: not yet) */
 	uint64_t nmissing, nreceived, duplicates;
@@ -62,9 +63,29 @@ bool inc_postcopy_active(void)
 	return pc.missing != NULL;
 }
 
+/*
+ * Records the pages a MISSING message names and drops the stale copies of those not named
+ * before, at once. Why dropping here is safe, and why every page the guest touches after
+ * the switch is then either the latest copy or faults to the source:
+ * - The source sends MISSING only after the last round's pages have all arrived here (its
+ *   round ends with FENCE on every connection and a PING answered after them), and sends
+ *   no page of a pre-copy round after it: from now on a missing page is written only by
+ *   UFFDIO_COPY/ZEROPAGE after the switch, which never overwrite a present page. So a
+ *   dropped page stays absent until post-copy installs the source's copy.
+ * - The populate thread (which faults in round 0's ranges ahead of the data) is stopped
+ *   first by the caller: it would map a fresh zero page over a dropped one.
+ * - The source may name pages early, while the guest still runs there (to move this cost
+ *   out of its pause), then again at the pause: the sets only grow, and the source sends
+ *   every page it ever named after the switch (its dirty bitmap only gains bits). A page
+ *   the guest writes after the early MISSING is in the final one, since the source's
+ *   final sync runs with every vCPU stopped.
+ * - A page never named holds the last copy the source sent, which it did not write again
+ *   before its final sync: the latest copy.
+ */
 int inc_postcopy_missing(struct guest_mem *mem, const struct mig_ctrl *m, struct errbuf *e)
 {
-	uint64_t npages = guest_mem_pages(mem);
+	uint64_t npages = guest_mem_pages(mem), lo = UINT64_MAX, hi = 0, nnew = 0;
+	int ret;
 
 	if (m->u64a >= npages || m->u64b > npages - m->u64a)
 		return err_set(e, -EPROTO, "MISSING names pages %llu..%llu, guest memory has %llu",
@@ -73,18 +94,40 @@ int inc_postcopy_missing(struct guest_mem *mem, const struct mig_ctrl *m, struct
 			       (unsigned long long)npages);
 	if (!pc.missing) {
 		pc.missing = calloc((npages + 63) / 64, sizeof(uint64_t));
-		if (!pc.missing)
+		pc.fresh = calloc((npages + 63) / 64, sizeof(uint64_t));
+		if (!pc.missing || !pc.fresh) {
+			free(pc.missing);
+			free(pc.fresh);
+			pc.missing = pc.fresh = NULL;
 			return err_set(e, -ENOMEM, "out of memory for the missing-page bitmap");
+		}
 		pc.mem = mem;
 		pc.npages = npages;
 	}
 	for (uint64_t i = 0; i < m->u64b; i++) {
 		uint64_t pg = m->u64a + i;
 
-		if ((m->bitmap[i / 8] & (1u << (i % 8))) && !pc_bit(pc.missing, pg)) {
-			pc.missing[pg / 64] |= 1ull << (pg % 64);
-			pc.nmissing++;
+		if (i % 8 == 0 && !m->bitmap[i / 8]) {
+			i += 7; /* a zero byte: eight pages not named */
+			continue;
 		}
+		if ((m->bitmap[i / 8] & (1u << (i % 8))) && !pc_bit(pc.missing, pg)) {
+			pc.fresh[pg / 64] |= 1ull << (pg % 64);
+			lo = MIN(lo, pg);
+			hi = pg;
+			nnew++;
+		}
+	}
+	if (nnew) {
+		/* round 0's copies of these pages are stale: dropped, touching one faults */
+		ret = guest_mem_drop_pages(mem, pc.fresh, lo, hi + 1 - lo, e);
+		if (ret < 0)
+			return err_prefix(e, ret, "dropping stale pages");
+		for (uint64_t w = lo / 64; w <= hi / 64; w++) {
+			pc.missing[w] |= pc.fresh[w];
+			pc.fresh[w] = 0;
+		}
+		pc.nmissing += nnew;
 	}
 	pthread_mutex_lock(&mig.lock);
 	mig.st.pages_remaining = pc.nmissing;
@@ -129,21 +172,7 @@ int inc_postcopy_prepare(struct errbuf *e)
 		return ret;
 	if (ioctl(pc.uffd, UFFDIO_API, &api) < 0)
 		return err_set(e, -errno, "userfaultfd API handshake: %s", strerror(errno));
-	/* round 0's copies of these pages are stale: drop them so that touching one faults */
-	for (uint64_t pg = 0; pg < pc.npages;) {
-		uint64_t end = pg;
-
-		if (!pc_bit(pc.missing, pg)) {
-			pg++;
-			continue;
-		}
-		while (end < pc.npages && pc_bit(pc.missing, end))
-			end++;
-		if (madvise(pc.mem->base + pg * GUEST_PAGE_SIZE, (end - pg) * GUEST_PAGE_SIZE,
-			    MADV_DONTNEED) < 0)
-			return err_set(e, -errno, "dropping stale pages: %s", strerror(errno));
-		pg = end;
-	}
+	/* the missing pages' stale copies were dropped as MISSING named them */
 	reg.range.start = (uintptr_t)pc.mem->base;
 	reg.range.len = pc.mem->size;
 	if (ioctl(pc.uffd, UFFDIO_REGISTER, &reg) < 0)
@@ -643,6 +672,8 @@ void inc_postcopy_cleanup(void)
 		close(pc.uffd);
 	pc.uffd = -1;
 	free(pc.missing);
+	free(pc.fresh);
+	pc.fresh = NULL;
 	free((void *)pc.received);
 	free((void *)pc.req_ns);
 	pc.missing = NULL;
