@@ -863,12 +863,12 @@ static int mig_iterate(struct mig_batch *b, struct errbuf *e)
 /* ---- post-copy, source side ---- */
 
 /*
- * Tells the destination which pages the final sync found dirty: those it must not take
- * from round 0 and must fetch. Everything else it already has, or is zero.
+ * Tells the destination which pages are dirty here (every page of mig.dirty, also those
+ * named before): those it must not take from round 0 and must fetch. Everything else it
+ * already has, or is zero.
  */
 static int mig_missing_send(struct errbuf *e)
 {
-	uint64_t n = mig_dirty_count();
 	int ret = 0;
 
 	for (uint64_t first = 0; first < mig.npages && ret == 0; first += MIG_MISSING_CHUNK) {
@@ -882,13 +882,45 @@ static int mig_missing_send(struct errbuf *e)
 		if (any)
 			ret = mig_ctrl_send(mig.w, &m, e);
 	}
-	pthread_mutex_lock(&mig.lock);
-	mig.st.pages_remaining = n;
-	mig.st.remaining_bytes = n * GUEST_PAGE_SIZE;
-	pthread_mutex_unlock(&mig.lock);
-	log_info("migration: post-copy switch with %llu pages still to send",
-		 (unsigned long long)n);
 	return ret;
+}
+
+#define MIG_PC_PREDROP_PASSES 4   /* early MISSING passes before the pause, at most */
+#define MIG_PC_PREDROP_ENOUGH 256 /* fewer new dirty pages than this: drop them in the pause */
+
+/*
+ * Before the post-copy pause, while the guest still runs here: names the pages dirty so
+ * far, so the destination drops their stale copies now (one madvise range per run of
+ * pages: ~3-7 us each here, 100 ms for the ~14,000 runs of a random 256 MiB working
+ * set) rather than inside the downtime. The PONG comes once it has. Pages the guest
+ * dirties meanwhile are named again by the next pass, and the final sync in the pause
+ * names the rest; the destination drops only pages not named before. Every page named
+ * stays in mig.dirty, so each is sent after the switch whichever pass named it.
+ */
+static int mig_postcopy_predrop(struct errbuf *e)
+{
+	uint64_t named = 0, now, ns;
+	int ret;
+
+	for (unsigned pass = 0; pass < MIG_PC_PREDROP_PASSES; pass++) {
+		now = mig_dirty_count();
+		if (now - named < MIG_PC_PREDROP_ENOUGH)
+			break;
+		ret = mig_missing_send(e);
+		if (ret == 0)
+			ret = state_writer_flush(mig.w, e);
+		if (ret == 0)
+			ret = mig_ping(&ns, e);
+		if (ret == 0)
+			ret = vm_dirty_sync(mig.vm, mig.dirty, e);
+		if (ret < 0)
+			return err_prefix(e, ret, "naming dirty pages before the post-copy switch");
+		log_debug("post-copy: named %llu dirty pages before the pause (%llu new), %llu us",
+			  (unsigned long long)now, (unsigned long long)(now - named),
+			  (unsigned long long)ns / 1000);
+		named = now;
+	}
+	return 0;
 }
 
 #define MIG_PC_QUEUE 4096  /* requests waiting; more are dropped: the page follows anyway */
@@ -1207,6 +1239,11 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 	uint64_t t0 = time_mono_ns(), bytes0;
 	int ret;
 
+	if (mig.tracking && mig.postcopy && !mig.guest_paused) {
+		ret = mig_postcopy_predrop(e);
+		if (ret < 0)
+			return ret;
+	}
 	mig_state_set(MIG_STATE_COMPLETING);
 	/* post-copy installs whole pages (UFFDIO_COPY): never a delta from here on */
 	if (mig.postcopy)
@@ -1225,8 +1262,17 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 		ret = vm_dirty_sync(mig.vm, mig.dirty, e);
 		if (ret == 0 && !mig_dirty_count())
 			mig.postcopy = false; /* nothing to fetch: an ordinary handover */
-		if (ret == 0 && mig.postcopy)
+		if (ret == 0 && mig.postcopy) {
+			uint64_t n = mig_dirty_count();
+
 			ret = mig_missing_send(e);
+			pthread_mutex_lock(&mig.lock);
+			mig.st.pages_remaining = n;
+			mig.st.remaining_bytes = n * GUEST_PAGE_SIZE;
+			pthread_mutex_unlock(&mig.lock);
+			log_info("migration: post-copy switch with %llu pages still to send",
+				 (unsigned long long)n);
+		}
 	} else if (mig.tracking) {
 		/* the last sync, with every vCPU out of KVM_RUN */
 		ret = vm_dirty_sync(mig.vm, mig.dirty, e);

@@ -6,7 +6,9 @@ while its last pages follow, heartbeats continue and every check passes; both si
 the phase, the pages requested and remaining, and the fault latency. A link cut after the
 switch pauses both sides (the source handed-over, never running the guest again) until
 migrate --resume completes the move. A destination abusing the return path (requests out
-of range, unaligned, a flood of duplicates) cannot harm the source."""
+of range, unaligned, a flood of duplicates) cannot harm the source. The source names the
+dirty pages before it pauses (so the destination drops them outside the downtime), again
+at the pause, and sends every page it named."""
 import json
 import os
 import socket
@@ -312,17 +314,23 @@ def window_destination(ls, result):
     c.close()
 
 
+def fake_setup(env, name):
+    """A 128 MiB source rewriting 32 MiB, and a unix socket for a fake destination."""
+    uri = f"unix:{env.path(name + '.mig')}"
+    ls = socket.socket(socket.AF_UNIX)
+    ls.bind(env.path(name + ".mig"))
+    ls.listen(1)
+    src = gwtest.start_source(env, f"{name}-src", memory="128M",
+                              cmdline="workload=abcheck wss=32M")
+    src.wait_line(r"^check ok 1$", timeout=120)
+    return uri, ls, src
+
+
 def window(env):
     """Post-copy's background stays within the window of what the destination acknowledged
     (PONG): a destination that reads but does not acknowledge gets at most the window, yet a
     page it asks for comes at once; acknowledged, the rest follows."""
-    uri = f"unix:{env.path('window.mig')}"
-    ls = socket.socket(socket.AF_UNIX)
-    ls.bind(env.path("window.mig"))
-    ls.listen(1)
-    src = gwtest.start_source(env, "window-src", memory="128M",
-                              cmdline="workload=abcheck wss=32M")
-    src.wait_line(r"^check ok 1$", timeout=120)
+    uri, ls, src = fake_setup(env, "window")
     result = {}
     t = threading.Thread(target=window_destination, args=(ls, result))
     t.start()
@@ -335,6 +343,77 @@ def window(env):
     assert result.get("requested_came") and "error" not in result, result
     assert rc == 0 and res["state"] == "completed" and res["pages_remaining"] == 0, (err, res)
     assert src.wait_exit() == 0
+
+
+def early_destination(ls, src, result):
+    """Plays a destination and records the MISSING sets: those named before the source
+    paused (the PING after them is answered only after looking at the source's guest) and
+    the one with the state, then every page sent after the switch."""
+    c, _ = ls.accept()
+    c.settimeout(60)
+    recv_exact(c, 32)
+    c.sendall(gwstate.header(kind=2))
+    early, final, seen = set(), set(), set()
+    named, paused, started = set(), False, False
+    result["states"] = []
+
+    def pages(body):
+        n = struct.unpack_from("<I", body)[0]
+        return [struct.unpack_from("<Q", body, 8 + 12 * i)[0] // 4096 for i in range(n)]
+    try:
+        while True:
+            typ, body, _ = gwstate.record_recv(c)
+            if typ == gwstate.CONFIG:
+                c.sendall(rec(ACCEPT, struct.pack("<I", 3)))
+            elif typ == MISSING:
+                first, n = struct.unpack_from("<QQ", body)
+                named |= {first + i for i in range(n) if body[16 + i // 8] >> (i % 8) & 1}
+            elif typ == PING and named and not paused:
+                # an early pass: the guest must still be running on the source
+                result["states"].append(src.status()["state"])
+                early |= named
+                named = set()
+                c.sendall(rec(PONG, body))
+            elif typ == PING:
+                c.sendall(rec(PONG, body))
+            elif typ == gwstate.SECTION and not paused:
+                paused, final = True, named
+            elif typ == DONE:
+                c.sendall(rec(READY))
+            elif typ == COMMIT:
+                c.sendall(rec(STARTED, struct.pack("<Q", 1000)))
+                started = True
+            elif typ == gwstate.PAGES and started:
+                seen |= set(pages(body))
+            elif typ == COMPLETE:
+                c.sendall(rec(COMPLETE, struct.pack("<QQ", 1000, 2000)))
+                break
+    except (EOFError, OSError) as e:
+        result["error"] = repr(e)
+    result.update(early=early, final=final, seen=seen)
+    c.close()
+
+
+def early_missing(env):
+    """The source names the dirty pages while the guest still runs (the destination drops
+    their stale copies outside the pause), then names every dirty page again at the pause;
+    every page ever named is sent after the switch."""
+    uri, ls, src = fake_setup(env, "early")
+    result = {}
+    t = threading.Thread(target=early_destination, args=(ls, src, result))
+    t.start()
+    rc, res, err = gwtest.migrate(src, uri, "--mode", "postcopy", check=False)
+    t.join(60)
+    assert "error" not in result and rc == 0 and res["state"] == "completed", (err, result)
+    early, final, seen = result["early"], result["final"], result["seen"]
+    # abcheck rewrites its 32 MiB while round 0 runs: far more than one pass's threshold
+    assert early and result["states"] and all(st == "running" for st in result["states"]), \
+        f"no MISSING before the pause ({len(early)} pages, states {result['states']})"
+    assert early <= final, f"{len(early - final)} early pages not named again at the pause"
+    assert final <= seen, f"{len(final - seen)} named pages never sent after the switch"
+    assert src.wait_exit() == 0
+    print(f"early MISSING: {len(early)} pages named while running, {len(final)} at the pause, "
+          f"over {len(result['states'])} passes")
 
 
 def bad_requests(env):
@@ -369,6 +448,7 @@ def test(env):
     idle(env)
     bad_options(env)
     window(env)
+    early_missing(env)
     bad_requests(env)
     hosts = gwtest.Hosts(env, rate="1gbit")
     move(env, hosts, "pure1", 4441, ("--mode", "postcopy"), cpus=1)
