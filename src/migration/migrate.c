@@ -885,7 +885,9 @@ static int mig_missing_send(struct errbuf *e)
 	return ret;
 }
 
-#define MIG_PC_PREDROP_PASSES 4   /* early MISSING passes before the pause, at most */
+/* early MISSING passes, each with a PING: with the round's own PING, within what a
+ * destination accepts per round (older ones of this protocol version too) */
+#define MIG_PC_PREDROP_PASSES (MIG_PINGS_PER_ROUND_MAX - 1)
 #define MIG_PC_PREDROP_ENOUGH 256 /* fewer new dirty pages than this: drop them in the pause */
 
 /*
