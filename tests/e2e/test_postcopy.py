@@ -415,8 +415,9 @@ def early_missing(env):
     t.start()
     rc, res, err = gwtest.migrate(src, uri, "--mode", "postcopy", check=False)
     t.join(60)
-    assert "error" not in result and rc == 0 and res["state"] == "completed", (err, result)
     early, final, seen = result["early"], result["final"], result["seen"]
+    assert "error" not in result and rc == 0 and res["state"] == "completed", \
+        (err, result.get("error"), result["states"], len(early), len(final), len(seen))
     assert early and result["states"] and all(st == "running" for st in result["states"]), \
         f"no MISSING before the pause ({len(early)} pages, states {result['states']})"
     assert early <= final, f"{len(early - final)} early pages not named again at the pause"
