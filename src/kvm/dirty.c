@@ -24,6 +24,7 @@ struct dirty_slot_state {
 	 * after an INITIALLY_SET start) that clear() has not re-armed since. Slot-relative.
 	 */
 	uint64_t *reported;
+	bool logged;  /* KVM_MEM_LOG_DIRTY_PAGES is on: off for an untouched slot (dirty.h) */
 };
 
 struct dirty_ring_vcpu {
@@ -46,6 +47,8 @@ struct dirty_tracker {
 	unsigned nvcpus;
 	struct dirty_ring_vcpu *vcpus;
 	uint64_t *pending;           /* ring: harvested, not yet returned by a sync (flat) */
+	int64_t (*touched)(void *opaque, const void *host, uint64_t npages, uint64_t *bitmap);
+	void *touched_opaque;
 
 	pthread_mutex_t lock;        /* everything below, and the rings, the slot bitmaps */
 	bool started;
@@ -218,6 +221,8 @@ int dirty_tracker_create(struct dirty_tracker **out, const struct dirty_config *
 	t->vmfd = cfg->vmfd;
 	t->no_manual_protect = cfg->no_manual_protect;
 	t->no_initially_set = cfg->no_initially_set;
+	t->touched = cfg->touched;
+	t->touched_opaque = cfg->touched_opaque;
 	t->npages = npages;
 	t->nslots = cfg->nslots;
 	ret = -ENOMEM;
@@ -233,11 +238,12 @@ int dirty_tracker_create(struct dirty_tracker **out, const struct dirty_config *
 				goto err_nomem;
 		}
 	}
-	if (t->mode == DIRTY_MODE_BITMAP) {
+	if (t->mode == DIRTY_MODE_BITMAP || t->touched) {
 		t->scratch = calloc(DIRTY_WORDS(max_slot_pages), sizeof(uint64_t));
 		if (!t->scratch)
 			goto err_nomem;
-	} else {
+	}
+	if (t->mode == DIRTY_MODE_RING) {
 		t->ring_bytes = cfg->ring_bytes;
 		t->ring_entries = cfg->ring_bytes / (uint32_t)sizeof(struct kvm_dirty_gfn);
 		t->nvcpus = cfg->nvcpus;
@@ -295,9 +301,10 @@ int dirty_tracker_vcpu_add(struct dirty_tracker *t, unsigned index, int vcpufd, 
 	return ret;
 }
 
-static int dirty_slot_log_set(struct dirty_tracker *t, const struct dirty_slot *s, bool on,
+static int dirty_slot_log_set(struct dirty_tracker *t, struct dirty_slot_state *ss, bool on,
 			      struct errbuf *e)
 {
+	const struct dirty_slot *s = &ss->s;
 	uint32_t flags = s->flags | (on ? KVM_MEM_LOG_DIRTY_PAGES : 0);
 	int ret;
 
@@ -305,6 +312,7 @@ static int dirty_slot_log_set(struct dirty_tracker *t, const struct dirty_slot *
 				 s->host, e);
 	if (ret < 0)
 		return err_prefix(e, ret, "dirty logging %s", on ? "on" : "off");
+	ss->logged = on;
 	return 0;
 }
 
@@ -346,9 +354,52 @@ static void dirty_slot_reported_fill(struct dirty_slot_state *ss)
 		ss->reported[words - 1] = (1ull << (n % 64)) - 1;
 }
 
+/*
+ * Whether unlogged slot i is untouched; returns how many slots from i are known to be
+ * untouched (0: slot i is touched, or the callback cannot tell). Adjacent unlogged
+ * slots (whose host memory follows on) are asked about in one call first, so an idle
+ * guest's RAM takes one or two; once such a run turned out touched somewhere, its slots
+ * up to *single_until are asked about one by one.
+ */
+static unsigned dirty_untouched_run(struct dirty_tracker *t, unsigned i, unsigned *single_until)
+{
+	const struct dirty_slot *s = &t->slots[i].s;
+
+	if (!t->touched)
+		return 0;
+	if (i >= *single_until) {
+		uint64_t npages = s->npages;
+		unsigned j = i + 1;
+
+		while (j < t->nslots && !t->slots[j].logged &&
+		       (const uint8_t *)t->slots[j].s.host ==
+			       (const uint8_t *)s->host + npages * DIRTY_PAGE_SIZE) {
+			npages += t->slots[j].s.npages;
+			j++;
+		}
+		if (j > i + 1) {
+			if (t->touched(t->touched_opaque, s->host, npages, NULL) == 0)
+				return j - i;
+			*single_until = j;
+		}
+	}
+	return t->touched(t->touched_opaque, s->host, s->npages, NULL) == 0;
+}
+
+/* Logging on for slot i; bitmap mode with KVM_DIRTY_LOG_INITIALLY_SET: all reported. */
+static int dirty_slot_start(struct dirty_tracker *t, unsigned i, struct errbuf *e)
+{
+	int ret = dirty_slot_log_set(t, &t->slots[i], true, e);
+
+	if (ret == 0 && t->mode == DIRTY_MODE_BITMAP &&
+	    (t->manual_caps & KVM_DIRTY_LOG_INITIALLY_SET))
+		dirty_slot_reported_fill(&t->slots[i]);
+	return ret;
+}
+
 int dirty_tracker_start(struct dirty_tracker *t, struct errbuf *e)
 {
-	unsigned i = 0;
+	unsigned i = 0, single_until = 0;
 	int ret = 0;
 
 	pthread_mutex_lock(&t->lock);
@@ -369,22 +420,70 @@ int dirty_tracker_start(struct dirty_tracker *t, struct errbuf *e)
 		if (ret < 0)
 			goto out;
 	}
-	for (i = 0; i < t->nslots; i++) {
-		ret = dirty_slot_log_set(t, &t->slots[i].s, true, e);
+	for (i = 0; i < t->nslots;) {
+		unsigned skip = dirty_untouched_run(t, i, &single_until);
+
+		if (skip) {
+			/* untouched: logged by the first sync that finds it touched */
+			t->stats.slots_deferred += skip;
+			i += skip;
+			continue;
+		}
+		ret = dirty_slot_start(t, i, e);
 		if (ret < 0)
 			goto err_undo;
-		if (t->mode == DIRTY_MODE_BITMAP && (t->manual_caps & KVM_DIRTY_LOG_INITIALLY_SET))
-			dirty_slot_reported_fill(&t->slots[i]);
+		i++;
 	}
 	t->started = true;
 	goto out;
 
 err_undo:
 	while (i-- > 0)
-		dirty_slot_log_set(t, &t->slots[i].s, false, NULL);
+		if (t->slots[i].logged)
+			dirty_slot_log_set(t, &t->slots[i], false, NULL);
 out:
 	pthread_mutex_unlock(&t->lock);
 	return ret;
+}
+
+/*
+ * Each unlogged slot that is touched now: logging on, then every touched page of it
+ * reported, into bitmap (flat; the caller's, or in ring mode the pending one). See
+ * "Untouched slots" in dirty.h for why in that order. Locked.
+ */
+static int dirty_late_start(struct dirty_tracker *t, uint64_t *bitmap, struct errbuf *e)
+{
+	unsigned single_until = 0;
+
+	for (unsigned i = 0; i < t->nslots;) {
+		struct dirty_slot_state *ss = &t->slots[i];
+		unsigned skip;
+		int64_t n;
+		int ret;
+
+		if (ss->logged) {
+			i++;
+			continue;
+		}
+		skip = dirty_untouched_run(t, i, &single_until);
+		if (skip) {
+			i += skip;
+			continue;
+		}
+		ret = dirty_slot_start(t, i, e);
+		if (ret < 0)
+			return ret;
+		t->stats.slots_late++;
+		memset(t->scratch, 0, DIRTY_WORDS(ss->s.npages) * sizeof(uint64_t));
+		n = t->touched(t->touched_opaque, ss->s.host, ss->s.npages, t->scratch);
+		if (n < 0) /* cannot tell which: all of them */
+			memset(t->scratch, 0xff, DIRTY_WORDS(ss->s.npages) * sizeof(uint64_t));
+		n = (int64_t)bitmap_or_at(bitmap, ss->s.first_page, t->scratch, ss->s.npages);
+		if (t->mode == DIRTY_MODE_BITMAP) /* ring: counted as they leave pending */
+			t->stats.pages_reported += (uint64_t)n;
+		i++;
+	}
+	return 0;
 }
 
 /* Logging off on every slot, going on past a failure; returns the first one. Locked. */
@@ -395,10 +494,12 @@ static int dirty_log_off(struct dirty_tracker *t, struct errbuf *e)
 	if (!t->started)
 		return 0;
 	for (unsigned i = 0; i < t->nslots; i++) {
-		int r = dirty_slot_log_set(t, &t->slots[i].s, false, ret < 0 ? NULL : e);
+		int r = t->slots[i].logged ?
+				dirty_slot_log_set(t, &t->slots[i], false, ret < 0 ? NULL : e) : 0;
 
 		if (r < 0 && ret == 0)
 			ret = r;
+		t->slots[i].logged = false;
 		if (t->slots[i].reported)
 			memset(t->slots[i].reported, 0,
 			       DIRTY_WORDS(t->slots[i].s.npages) * sizeof(uint64_t));
@@ -439,13 +540,19 @@ void dirty_tracker_destroy(struct dirty_tracker *t)
 
 static int dirty_bitmap_sync(struct dirty_tracker *t, uint64_t *bitmap, struct errbuf *e)
 {
+	int ret;
+
 	if (!t->started)
 		return err_set(e, -EINVAL, "dirty sync: logging is off");
+	ret = dirty_late_start(t, bitmap, e);
+	if (ret < 0)
+		return ret;
 	for (unsigned i = 0; i < t->nslots; i++) {
 		struct dirty_slot_state *ss = &t->slots[i];
 		struct kvm_dirty_log log;
-		int ret;
 
+		if (!ss->logged)
+			continue;
 		memset(&log, 0, sizeof(log));
 		log.slot = ss->s.slot;
 		log.dirty_bitmap = ss->reported;
@@ -628,10 +735,13 @@ static int dirty_ring_recover(struct dirty_tracker *t, struct errbuf *e)
 	for (unsigned i = 0; i < t->nslots; i++) {
 		const struct dirty_slot *s = &t->slots[i].s;
 
+		/* an unlogged slot had no write: the sync that finds one reports it */
+		if (t->started && !t->slots[i].logged)
+			continue;
 		if (t->started && ret == 0) {
-			ret = dirty_slot_log_set(t, s, false, e);
+			ret = dirty_slot_log_set(t, &t->slots[i], false, e);
 			if (ret == 0)
-				ret = dirty_slot_log_set(t, s, true, e);
+				ret = dirty_slot_log_set(t, &t->slots[i], true, e);
 		}
 		for (uint64_t pg = s->first_page; pg < s->first_page + s->npages; pg++)
 			t->pending[pg / 64] |= 1ull << (pg % 64);
@@ -679,6 +789,11 @@ static int dirty_ring_sync(struct dirty_tracker *t, uint64_t *bitmap, struct err
 	ret = dirty_ring_collect(t, -1, false, &n, e);
 	if (ret < 0 || !bitmap)
 		return ret; /* pending keeps everything for the next sync */
+	if (t->started) {
+		ret = dirty_late_start(t, t->pending, e);
+		if (ret < 0)
+			return ret;
+	}
 	for (uint64_t i = 0; i < DIRTY_WORDS(t->npages); i++) {
 		uint64_t w = t->pending[i];
 
@@ -857,5 +972,8 @@ void dirty_tracker_stats(struct dirty_tracker *t, struct dirty_stats *out)
 	pthread_mutex_lock(&t->lock);
 	*out = t->stats;
 	out->manual_caps = t->manual_caps;
+	out->slots_logged = 0;
+	for (unsigned i = 0; i < t->nslots; i++)
+		out->slots_logged += t->slots[i].logged;
 	pthread_mutex_unlock(&t->lock);
 }

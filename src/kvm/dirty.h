@@ -82,6 +82,25 @@
  * round; calling dirty_tracker_harvest() every few ms keeps the rings far from full.
  * stats.ring_overflows counts them.
  *
+ * Untouched slots (with a touched callback). Turning logging on costs KVM a walk over
+ * every page of the slot (write-protecting; about 25 ms per 200 GiB here), whether the
+ * guest ever touched it or not. A page nobody touched has no host page: the guest's
+ * first write to it goes through a KVM page fault that maps a host page in (and a write
+ * by KVM itself or the VMM touches the host page too), and a host page, once there,
+ * stays in RAM or swap, where the callback sees it. So a slot the callback finds
+ * without a touched page has not been written since the guest started. start() logs
+ * only slots with a touched page; sync() asks again about each unlogged slot (one call
+ * over adjacent ones) and, for a slot now touched, turns logging on first and then
+ * reports every touched page of it (in ring mode: into the pending bitmap). A write
+ * before logging went on touched its page before the look, so it is reported and read
+ * after this sync; a write after it is logged by KVM (the slot was write-protected
+ * as logging went on, without KVM_DIRTY_LOG_INITIALLY_SET; with it, every page of the
+ * slot is reported until cleared). The caller's protocol is unchanged: an unlogged slot
+ * has nothing reported, so clear() has nothing to re-arm there. Memory whose contents
+ * do not come from this process (a file mapping) or a kernel without a cheap answer
+ * makes the callback fail: that slot is logged at start as before. stop() turns off
+ * what is on; the next start() asks again.
+ *
  * VMM writes. The VMM writes guest memory through its own mapping, which neither
  * backend sees: it marks its own bitmap, setting the bit only after the data is
  * written (release). dirty_bitmap_take() exchanges each word with zero (acquire)
@@ -124,6 +143,14 @@ struct dirty_config {
 	/* bitmap mode, for tests and debugging: use less of KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 */
 	bool no_manual_protect;          /* KVM_GET_DIRTY_LOG clears itself */
 	bool no_initially_set;           /* start write-protects everything at once */
+	/*
+	 * Optional, both modes: which of the npages pages at host were ever touched (in
+	 * RAM or swap), as set bits (bit i: page i) in bitmap (NULL: only count). Returns
+	 * how many, or a negative errno if it cannot tell cheaply. With it, slots nobody
+	 * touched are logged only once touched (see "Untouched slots" above).
+	 */
+	int64_t (*touched)(void *opaque, const void *host, uint64_t npages, uint64_t *bitmap);
+	void *touched_opaque;
 };
 
 struct dirty_stats {
@@ -137,6 +164,9 @@ struct dirty_stats {
 	uint64_t ring_resyncs;    /* ring: times a ring was found out of step after one */
 	uint64_t ring_unsticks;   /* ring: times KVM's reset was stuck after one */
 	uint32_t manual_caps;     /* bitmap: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 options in use */
+	uint64_t slots_deferred;  /* starts that left a slot unlogged: nobody had touched it */
+	uint64_t slots_late;      /* deferred slots a sync found touched and started logging */
+	unsigned slots_logged;    /* slots logged now */
 };
 
 struct dirty_tracker;

@@ -345,6 +345,35 @@ void guest_mem_touched_map(struct guest_mem *m, const void *host, uint64_t npage
 	free(pm.ent);
 }
 
+struct touched_bits {
+	uint64_t *bitmap, n;
+};
+
+static void touched_bits_run(uint64_t first, uint64_t n, void *arg)
+{
+	struct touched_bits *tb = arg;
+
+	tb->n += n;
+	if (!tb->bitmap)
+		return;
+	for (uint64_t pg = first; pg < first + n; pg++)
+		tb->bitmap[pg / 64] |= 1ull << (pg % 64);
+}
+
+int64_t guest_mem_touched_pages(struct guest_mem *m, const void *host, uint64_t npages,
+				uint64_t *bitmap)
+{
+	struct touched_bits tb = { bitmap, 0 };
+
+	/* reading every pagemap entry would cost the size this is meant to avoid */
+	if (m->file_backed)
+		return -ENOTSUP;
+	if (guest_mem_pagemap_scan(m, host, npages, PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+				   touched_bits_run, &tb) < 0)
+		return -ENOTSUP;
+	return (int64_t)tb.n;
+}
+
 static void resident_scan_run(uint64_t first, uint64_t n, void *arg)
 {
 	(void)first;

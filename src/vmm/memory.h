@@ -76,6 +76,14 @@ bool guest_mem_range_touched(struct guest_mem *m, const void *host, uint64_t len
 void guest_mem_touched_map(struct guest_mem *m, const void *host, uint64_t npages,
 			   uint64_t range_pages, bool *touched);
 /* Host pointer for [gpa, gpa+len) if it lies inside one region, else NULL. */
+/*
+ * The touched pages (in RAM or in swap) of the npages pages at host: sets their bits in
+ * bitmap (bit i for page i; NULL: only counts) and returns how many, costing what the
+ * touched pages cost (PAGEMAP_SCAN). -ENOTSUP when that cannot be told cheaply: the
+ * memory is file-backed, or the kernel lacks PAGEMAP_SCAN (older than 6.7).
+ */
+int64_t guest_mem_touched_pages(struct guest_mem *m, const void *host, uint64_t npages,
+				uint64_t *bitmap);
 void *guest_mem_ptr(struct guest_mem *m, uint64_t gpa, uint64_t len);
 /* Flat RAM offset of gpa, or -1 if gpa is not RAM */
 int64_t guest_mem_offset(struct guest_mem *m, uint64_t gpa);

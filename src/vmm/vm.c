@@ -183,18 +183,21 @@ static int vm_kvm_setup(struct vm *vm, const char *kvm_path, struct errbuf *e)
 
 static int vm_memory_setup(struct vm *vm, uint64_t size, struct errbuf *e)
 {
+	struct dirty_slot *slots;
+	unsigned n;
 	int ret = guest_mem_create(&vm->mem, size, e);
 
 	if (ret < 0)
 		return ret;
-	for (unsigned i = 0; i < vm->mem.nregions; i++) {
-		struct guest_mem_region *r = &vm->mem.regions[i];
-
-		ret = kvm_vm_memslot_set(vm->fd, i, 0, r->gpa, r->size, r->host, e);
-		if (ret < 0)
-			return ret;
-	}
-	return 0;
+	slots = calloc(VM_SLOTS_MAX, sizeof(*slots));
+	if (!slots)
+		return err_set(e, -ENOMEM, "out of memory");
+	n = vm_memslots(vm, slots);
+	for (unsigned i = 0; i < n && ret == 0; i++)
+		ret = kvm_vm_memslot_set(vm->fd, slots[i].slot, 0, slots[i].gpa,
+					 slots[i].npages * GUEST_PAGE_SIZE, slots[i].host, e);
+	free(slots);
+	return ret;
 }
 
 struct vm_boot_arg {

@@ -3,6 +3,7 @@
 #ifndef GODWIT_VMM_VM_IMPL_H
 #define GODWIT_VMM_VM_IMPL_H
 
+#include "kvm/dirty.h"
 #include "kvm/kvm.h"
 #include "vmm/iobus.h"
 #include "vmm/memory.h"
@@ -98,6 +99,15 @@ void vm_devices_quiesce(struct vm *vm);
 void vm_devices_resume(struct vm *vm);
 void vm_devices_destroy(struct vm *vm);
 
+/*
+ * Guest RAM goes to KVM in slots of at most VM_SLOT_BYTES (numbered from 0 in flat RAM
+ * order): dirty logging is turned on per slot, and only for slots the guest has touched
+ * (kvm/dirty.h), so a move of a big, mostly untouched guest costs what it touched.
+ */
+#define VM_SLOT_BYTES (1 * GiB)
+#define VM_SLOTS_MAX (GUEST_MEM_MAX / VM_SLOT_BYTES + GUEST_MEM_MAX_REGIONS)
+/* Fills slots (VM_SLOTS_MAX entries) with the KVM slots of vm's RAM; returns how many. */
+unsigned vm_memslots(struct vm *vm, struct dirty_slot *slots);
 int vm_dirty_setup(struct vm *vm, unsigned nvcpus, struct errbuf *e);
 int vm_dirty_vcpu_setup(struct vm *vm, struct vcpu *v, struct errbuf *e);
 int vm_dirty_ring_full(struct vm *vm, struct vcpu *v);

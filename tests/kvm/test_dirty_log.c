@@ -28,6 +28,12 @@
  * Midway, logging is stopped, the guest runs untracked, and logging is started again
  * while it runs, with a round 0 that copies every page; that iteration is checked for
  * missed writes only (round 0 reports every page).
+ *
+ * The "-untouched" variants give the tracker a touched callback (pagemap's present and
+ * swapped bits): the region's two slots, untouched when logging starts, stay unlogged
+ * (round 0 reads only touched pages, as the migration's round 0 does), and the syncs of
+ * iteration 1 find them touched by the running guest and turn logging on late. The
+ * same checks then prove that no write made before, during or after that is missed.
  */
 #include "kvm_test.h"
 #include "arch/x86/cpuid.h"
@@ -92,16 +98,19 @@ struct variant {
 	bool no_manual_protect, no_initially_set;
 	uint32_t ring_bytes;         /* the smallest tried; larger ones if the host refuses */
 	bool reap;                   /* dirty_tracker_harvest() every ms between rounds */
+	bool untouched;              /* a touched callback: untouched slots logged late */
 };
 
 static const struct variant variants[] = {
-	{ "bitmap", DIRTY_MODE_BITMAP, false, false, 0, false },
-	{ "bitmap-no-initially-set", DIRTY_MODE_BITMAP, false, true, 0, false },
-	{ "bitmap-get-clears", DIRTY_MODE_BITMAP, true, true, 0, false },
+	{ "bitmap", DIRTY_MODE_BITMAP, false, false, 0, false, false },
+	{ "bitmap-no-initially-set", DIRTY_MODE_BITMAP, false, true, 0, false, false },
+	{ "bitmap-get-clears", DIRTY_MODE_BITMAP, true, true, 0, false, false },
 	/* fills up between rounds: ring-full exits all the time, overflows on kvm_pvm */
-	{ "ring-small", DIRTY_MODE_RING, false, false, 4096, false },
+	{ "ring-small", DIRTY_MODE_RING, false, false, 4096, false, false },
 	/* harvested every ms: should rarely fill up */
-	{ "ring", DIRTY_MODE_RING, false, false, 65536, true },
+	{ "ring", DIRTY_MODE_RING, false, false, 65536, true, false },
+	{ "bitmap-untouched", DIRTY_MODE_BITMAP, false, true, 0, false, true },
+	{ "ring-untouched", DIRTY_MODE_RING, false, false, 65536, true, true },
 };
 
 struct test_vm;
@@ -137,6 +146,8 @@ struct test_vm {
 	uint64_t reported[BITMAP_WORDS];   /* every page reported this iteration */
 	uint8_t *shadow;                   /* what the "destination" has */
 	unsigned seed;
+	int pagemap_fd;
+	uint64_t touched_calls;
 };
 
 static bool bit_test(const uint64_t *b, uint64_t i)
@@ -165,6 +176,39 @@ static uint32_t shadow_word(struct test_vm *vm, uint64_t pg, unsigned off)
 
 	memcpy(&v, vm->shadow + pg * PAGE + off, sizeof(v));
 	return v;
+}
+
+/* Pagemap entry of the host page at p: bit 63 present, bit 62 swapped. */
+static uint64_t pagemap_entry(struct test_vm *vm, const void *p)
+{
+	uint64_t ent = 0;
+	off_t off = (off_t)((uintptr_t)p / PAGE * sizeof(ent));
+
+	TEST_ASSERT(pread(vm->pagemap_fd, &ent, sizeof(ent), off) == (ssize_t)sizeof(ent),
+		    "pread /proc/self/pagemap");
+	return ent;
+}
+
+static bool page_touched(struct test_vm *vm, const void *p)
+{
+	return pagemap_entry(vm, p) & (3ull << 62);
+}
+
+/* The tracker's touched callback (dirty.h), from pagemap one entry at a time. */
+static int64_t touched_cb(void *opaque, const void *host, uint64_t npages, uint64_t *bitmap)
+{
+	struct test_vm *vm = opaque;
+	int64_t n = 0;
+
+	vm->touched_calls++;
+	for (uint64_t i = 0; i < npages; i++) {
+		if (!page_touched(vm, (const uint8_t *)host + i * PAGE))
+			continue;
+		n++;
+		if (bitmap)
+			bitmap[i / 64] |= 1ull << (i % 64);
+	}
+	return n;
 }
 
 /* A write by the "VMM": the data first, then its bit (dirty.h: VMM writes). */
@@ -327,6 +371,7 @@ static void test_vm_create(struct test_vm *vm, const struct variant *v)
 	memset(vm, 0, sizeof(*vm));
 	vm->v = v;
 	vm->vmfd = -1;
+	vm->pagemap_fd = -1;
 	TEST_OK(kvm_sys_open(&vm->kvm, "/dev/kvm", &e));
 	TEST_OK(kvm_vm_create(&vm->kvm, &vm->vmfd, &e));
 	TEST_OK(kvm_ioctl(vm->vmfd, KVM_SET_TSS_ADDR, (void *)(uintptr_t)TSS_GPA));
@@ -366,6 +411,12 @@ static void test_vm_create(struct test_vm *vm, const struct variant *v)
 	cfg.nvcpus = NVCPUS;
 	cfg.no_manual_protect = v->no_manual_protect;
 	cfg.no_initially_set = v->no_initially_set;
+	if (v->untouched) {
+		vm->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+		TEST_ASSERT(vm->pagemap_fd >= 0, "open /proc/self/pagemap");
+		cfg.touched = touched_cb;
+		cfg.touched_opaque = vm;
+	}
 	TEST_OK(dirty_tracker_create(&vm->t, &cfg, &e));
 	TEST_ASSERT_EQ(dirty_tracker_pages(vm->t), TOTAL_PAGES);
 
@@ -405,6 +456,8 @@ static void test_vm_destroy(struct test_vm *vm)
 	for (unsigned i = 0; i < NVCPUS; i++)
 		close(vm->vcpus[i].fd);
 	close(vm->vmfd);
+	if (vm->pagemap_fd >= 0)
+		close(vm->pagemap_fd);
 	munmap(vm->low, LOW_PAGES * PAGE);
 	munmap(vm->region, (size_t)REGION_PAGES * PAGE);
 	munmap(vm->shadow, (size_t)TOTAL_PAGES * PAGE);
@@ -416,8 +469,10 @@ static void test_vm_destroy(struct test_vm *vm)
 
 /*
  * One round of the migration source: sync, merge the VMM's own writes, then chunk by
- * chunk re-arm the chunk and copy its dirty pages. all: round 0, every page is dirty.
- * Returns the pages copied.
+ * chunk re-arm the chunk and copy its dirty pages. all: round 0, every page is dirty
+ * (with a touched callback: every touched page, looked at after the re-arming, as the
+ * migration's round 0 does; an untouched page is zero, as the copy is). Returns the
+ * pages copied.
  */
 static uint64_t round_run(struct test_vm *vm, bool all)
 {
@@ -441,6 +496,10 @@ static uint64_t round_run(struct test_vm *vm, bool all)
 		for (uint64_t pg = first; pg < first + n; pg++) {
 			if (!bit_test(vm->bitmap, pg))
 				continue;
+			if (all && vm->v->untouched && !page_touched(vm, page_host(vm, pg))) {
+				vm->bitmap[pg / 64] &= ~(1ull << (pg % 64));
+				continue;
+			}
 			memcpy(vm->shadow + pg * PAGE, page_host(vm, pg), PAGE);
 			vm->bitmap[pg / 64] &= ~(1ull << (pg % 64));
 			vm->reported[pg / 64] |= 1ull << (pg % 64);
@@ -616,6 +675,13 @@ static void variant_run(const struct variant *v)
 					"wrote", v->name, (unsigned long long)first);
 	round_run(vm, true);
 	memset(vm->reported, 0, sizeof(vm->reported));
+	if (v->untouched) {
+		dirty_tracker_stats(vm->t, &st);
+		TEST_ASSERT(st.slots_deferred == 2 && st.slots_logged == 1,
+			    "%s: the start left %llu slots unlogged and logs %u, expected the "
+			    "region's 2 unlogged and 1 logged", v->name,
+			    (unsigned long long)st.slots_deferred, st.slots_logged);
+	}
 
 	for (uint32_t iter = 1; iter <= ITERATIONS; iter++) {
 		bool restart = iter == RESTART_ITERATION;
@@ -630,6 +696,15 @@ static void variant_run(const struct variant *v)
 	dirty_tracker_stats(vm->t, &st);
 	for (unsigned i = 0; i < NVCPUS; i++)
 		ring_full += vm->vcpus[i].ring_full;
+	if (v->untouched) {
+		/* iteration 1's guest touched both; the restart found them touched at once */
+		TEST_ASSERT(st.slots_late == 2 && st.slots_deferred == 2 && st.slots_logged == 3,
+			    "%s: %llu slots logged late of %llu left unlogged, %u logged now; "
+			    "expected 2 of 2, and all 3", v->name,
+			    (unsigned long long)st.slots_late,
+			    (unsigned long long)st.slots_deferred, st.slots_logged);
+		printf("%s: %llu touched calls\n", v->name, (unsigned long long)vm->touched_calls);
+	}
 	printf("%s: %llu syncs, %llu pages reported, %llu re-armed in %llu KVM_CLEAR_DIRTY_LOG, "
 	       "%llu ring entries, %llu ring-full exits, %llu overflows (%llu resyncs, %llu "
 	       "unsticks), manual caps 0x%x\n", v->name,
