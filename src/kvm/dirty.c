@@ -104,11 +104,27 @@ static uint64_t bitmap_or_at(uint64_t *dst, uint64_t at, const uint64_t *src, ui
 	return added;
 }
 
-uint64_t dirty_bitmap_take(uint64_t *dst, _Atomic uint64_t *src, uint64_t npages)
+/* Widens span (flat [span[0], span[1]), empty when span[0] >= span[1]) to [first, end). */
+static void dirty_span_add(uint64_t *span, uint64_t first, uint64_t end)
+{
+	if (!span || first >= end)
+		return;
+	if (span[0] >= span[1]) {
+		span[0] = first;
+		span[1] = end;
+		return;
+	}
+	span[0] = MIN(span[0], first);
+	span[1] = MAX(span[1], end);
+}
+
+/* Takes words [w0, w1) of src into dst. */
+static uint64_t dirty_words_take(uint64_t *dst, _Atomic uint64_t *src, uint64_t w0, uint64_t w1,
+				 uint64_t npages, uint64_t *span)
 {
 	uint64_t moved = 0;
 
-	for (uint64_t i = 0; i < DIRTY_WORDS(npages); i++) {
+	for (uint64_t i = w0; i < w1; i++) {
 		uint64_t w;
 
 		/* a cheap look first: most words of the VMM's bitmap are zero */
@@ -117,6 +133,33 @@ uint64_t dirty_bitmap_take(uint64_t *dst, _Atomic uint64_t *src, uint64_t npages
 		w = atomic_exchange_explicit(&src[i], 0, memory_order_acquire);
 		moved += popcount64(w);
 		dst[i] |= w;
+		if (w)
+			dirty_span_add(span, i * 64, MIN(i * 64 + 64, npages));
+	}
+	return moved;
+}
+
+uint64_t dirty_bitmap_take(uint64_t *dst, _Atomic uint64_t *src, _Atomic uint64_t *sum,
+			   uint64_t npages, uint64_t *span)
+{
+	uint64_t words = DIRTY_WORDS(npages), moved = 0;
+
+	if (!sum)
+		return dirty_words_take(dst, src, 0, words, npages, span);
+	for (uint64_t j = 0; j < (npages + DIRTY_SUM_PAGES - 1) / DIRTY_SUM_PAGES; j++) {
+		uint64_t s;
+
+		if (!atomic_load_explicit(&sum[j], memory_order_relaxed))
+			continue;
+		/* acquire: every page bit set before a summary bit taken here is seen below */
+		s = atomic_exchange_explicit(&sum[j], 0, memory_order_acquire);
+		while (s) {
+			uint64_t w0 = j * 64 + (uint64_t)__builtin_ctzll(s);
+
+			s &= s - 1;
+			if (w0 < words)
+				moved += dirty_words_take(dst, src, w0, w0 + 1, npages, span);
+		}
 	}
 	return moved;
 }
@@ -451,7 +494,8 @@ out:
  * reported, into bitmap (flat; the caller's, or in ring mode the pending one). See
  * "Untouched slots" in dirty.h for why in that order. Locked.
  */
-static int dirty_late_start(struct dirty_tracker *t, uint64_t *bitmap, struct errbuf *e)
+static int dirty_late_start(struct dirty_tracker *t, uint64_t *bitmap, uint64_t *span,
+			    struct errbuf *e)
 {
 	unsigned single_until = 0;
 
@@ -481,6 +525,8 @@ static int dirty_late_start(struct dirty_tracker *t, uint64_t *bitmap, struct er
 		n = (int64_t)bitmap_or_at(bitmap, ss->s.first_page, t->scratch, ss->s.npages);
 		if (t->mode == DIRTY_MODE_BITMAP) /* ring: counted as they leave pending */
 			t->stats.pages_reported += (uint64_t)n;
+		if (n)
+			dirty_span_add(span, ss->s.first_page, ss->s.first_page + ss->s.npages);
 		i++;
 	}
 	return 0;
@@ -538,18 +584,20 @@ void dirty_tracker_destroy(struct dirty_tracker *t)
 	free(t);
 }
 
-static int dirty_bitmap_sync(struct dirty_tracker *t, uint64_t *bitmap, struct errbuf *e)
+static int dirty_bitmap_sync(struct dirty_tracker *t, uint64_t *bitmap, uint64_t *span,
+			     struct errbuf *e)
 {
 	int ret;
 
 	if (!t->started)
 		return err_set(e, -EINVAL, "dirty sync: logging is off");
-	ret = dirty_late_start(t, bitmap, e);
+	ret = dirty_late_start(t, bitmap, span, e);
 	if (ret < 0)
 		return ret;
 	for (unsigned i = 0; i < t->nslots; i++) {
 		struct dirty_slot_state *ss = &t->slots[i];
 		struct kvm_dirty_log log;
+		uint64_t added;
 
 		if (!ss->logged)
 			continue;
@@ -564,8 +612,10 @@ static int dirty_bitmap_sync(struct dirty_tracker *t, uint64_t *bitmap, struct e
 		if (ret < 0)
 			return err_set(e, ret, "KVM_GET_DIRTY_LOG slot %u: %s", ss->s.slot,
 				       strerror(-ret));
-		t->stats.pages_reported += bitmap_or_at(bitmap, ss->s.first_page, ss->reported,
-							ss->s.npages);
+		added = bitmap_or_at(bitmap, ss->s.first_page, ss->reported, ss->s.npages);
+		t->stats.pages_reported += added;
+		if (added)
+			dirty_span_add(span, ss->s.first_page, ss->s.first_page + ss->s.npages);
 	}
 	return 0;
 }
@@ -781,7 +831,8 @@ static int dirty_ring_collect(struct dirty_tracker *t, int only, bool scan, uint
 	return ret;
 }
 
-static int dirty_ring_sync(struct dirty_tracker *t, uint64_t *bitmap, struct errbuf *e)
+static int dirty_ring_sync(struct dirty_tracker *t, uint64_t *bitmap, uint64_t *span,
+			   struct errbuf *e)
 {
 	uint32_t n;
 	int ret;
@@ -790,7 +841,7 @@ static int dirty_ring_sync(struct dirty_tracker *t, uint64_t *bitmap, struct err
 	if (ret < 0 || !bitmap)
 		return ret; /* pending keeps everything for the next sync */
 	if (t->started) {
-		ret = dirty_late_start(t, t->pending, e);
+		ret = dirty_late_start(t, t->pending, NULL, e);
 		if (ret < 0)
 			return ret;
 	}
@@ -802,20 +853,27 @@ static int dirty_ring_sync(struct dirty_tracker *t, uint64_t *bitmap, struct err
 		t->stats.pages_reported += popcount64(w & ~bitmap[i]);
 		bitmap[i] |= w;
 		t->pending[i] = 0;
+		dirty_span_add(span, i * 64, MIN(i * 64 + 64, t->npages));
 	}
 	return 0;
 }
 
 int dirty_tracker_sync(struct dirty_tracker *t, uint64_t *bitmap, struct errbuf *e)
 {
+	return dirty_tracker_sync_span(t, bitmap, NULL, e);
+}
+
+int dirty_tracker_sync_span(struct dirty_tracker *t, uint64_t *bitmap, uint64_t *span,
+			    struct errbuf *e)
+{
 	int ret;
 
 	pthread_mutex_lock(&t->lock);
 	t->stats.syncs++;
 	if (t->mode == DIRTY_MODE_BITMAP)
-		ret = dirty_bitmap_sync(t, bitmap, e);
+		ret = dirty_bitmap_sync(t, bitmap, span, e);
 	else
-		ret = dirty_ring_sync(t, bitmap, e);
+		ret = dirty_ring_sync(t, bitmap, span, e);
 	pthread_mutex_unlock(&t->lock);
 	return ret;
 }
@@ -962,7 +1020,7 @@ int dirty_tracker_harvest(struct dirty_tracker *t, struct errbuf *e)
 	if (t->mode != DIRTY_MODE_RING)
 		return 0;
 	pthread_mutex_lock(&t->lock);
-	ret = dirty_ring_sync(t, NULL, e);
+	ret = dirty_ring_sync(t, NULL, NULL, e);
 	pthread_mutex_unlock(&t->lock);
 	return ret;
 }

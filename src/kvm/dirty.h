@@ -105,7 +105,10 @@
  * backend sees: it marks its own bitmap, setting the bit only after the data is
  * written (release). dirty_bitmap_take() exchanges each word with zero (acquire)
  * before the caller reads the pages: a write whose bit was taken is complete and seen
- * by the read, a write whose bit is set after the take is reported next time.
+ * by the read, a write whose bit is set after the take is reported next time. With a
+ * summary, the writer sets the summary bit after the page's bit and the taker exchanges
+ * the summary word before the page words: a summary bit taken means the page bits set
+ * before it are seen; one set after the take is looked at next time.
  *
  * Threads: every function except create and destroy may be called from any thread,
  * concurrently (one lock inside). dirty_tracker_ring_full() is meant for the vCPU
@@ -204,6 +207,13 @@ int __must_check dirty_tracker_start(struct dirty_tracker *t, struct errbuf *e);
  * running), resets the rings, and adds what ring_full() harvested since the last sync.
  */
 int __must_check dirty_tracker_sync(struct dirty_tracker *t, uint64_t *bitmap, struct errbuf *e);
+/*
+ * The same, and widens span (flat pages [span[0], span[1]); empty when span[0] >=
+ * span[1]) to cover every bit it set: a caller whose bitmap was empty outside its span
+ * need look only inside it (an idle big guest's syncs then cost what it touched).
+ */
+int __must_check dirty_tracker_sync_span(struct dirty_tracker *t, uint64_t *bitmap,
+					 uint64_t *span, struct errbuf *e);
 
 /*
  * Ring mode: harvests every ring into the pending bitmap and resets them, like a sync
@@ -245,10 +255,30 @@ void dirty_tracker_stats(struct dirty_tracker *t, struct dirty_stats *out);
 const char *dirty_mode_name(enum dirty_mode m);
 
 /*
- * Moves the set bits of src (a bitmap other threads set concurrently, such as the
- * VMM's own writes to guest memory; set a bit only after the write) into dst: each
- * word is atomically exchanged with zero. Returns the number of bits moved.
+ * A bitmap other threads set concurrently, such as the VMM's own writes to guest memory,
+ * with an optional summary: bit i of sum says word i of bits may have a bit set (sum has
+ * one word per DIRTY_SUM_PAGES pages), so that taking from a big, nearly empty bitmap
+ * costs its summary, 1/4096 of its size.
+ * dirty_bitmap_mark() sets page pg's bit, then its summary bit; call it only after the
+ * write (both are release stores).
  */
-uint64_t dirty_bitmap_take(uint64_t *dst, _Atomic uint64_t *src, uint64_t npages);
+#define DIRTY_SUM_PAGES (64 * 64)
+static inline void dirty_bitmap_mark(_Atomic uint64_t *bits, _Atomic uint64_t *sum, uint64_t pg)
+{
+	atomic_fetch_or_explicit(&bits[pg / 64], 1ull << (pg % 64), memory_order_release);
+	/* release: whoever takes the summary bit sees the page's bit */
+	if (sum)
+		atomic_fetch_or_explicit(&sum[pg / DIRTY_SUM_PAGES], 1ull << (pg / 64 % 64),
+					 memory_order_release);
+}
+
+/*
+ * Moves the set bits of src into dst: each word is atomically exchanged with zero; with
+ * sum (NULL: look at every word), only the words its bits name, taking each summary
+ * word first. Returns the number of bits moved; widens span (NULL: none), as
+ * dirty_tracker_sync_span() does, over the words it moved bits from.
+ */
+uint64_t dirty_bitmap_take(uint64_t *dst, _Atomic uint64_t *src, _Atomic uint64_t *sum,
+			   uint64_t npages, uint64_t *span);
 
 #endif

@@ -72,6 +72,7 @@ struct migration {
 	struct state_writer *w;
 	struct state_reader *r;
 	uint64_t *dirty;          /* flat page bitmap */
+	uint64_t dirty_span[2];   /* live rounds: the pages of dirty that may have bits */
 	uint64_t npages;
 	uint64_t t_start, t_pause;
 	bool guest_paused;        /* the guest is paused for the final phase */

@@ -386,8 +386,10 @@ static int mig_page_queue(struct mig_batch *b, uint64_t pg, bool send_zero, stru
  * the window is looked at is either read now or reported by the next sync. A window in
  * which one look over the whole memory, taken after logging started, found nothing is
  * skipped without re-arming it: every write to it since the start is still logged (the
- * tracker starts with nothing reported), so the next sync reports it. An idle guest thus
- * costs one scan of its page tables, whatever its size.
+ * tracker starts with nothing reported; a slot nobody had touched is not logged yet, but
+ * a write there touches a page, which the next sync finds: kvm/dirty.h), so the next
+ * sync reports it. An idle guest thus costs one scan of its page tables, whatever its
+ * size.
  */
 #define MIG_WINDOW_RANGES 32
 #define MIG_WINDOW_PAGES (MIG_WINDOW_RANGES * MIG_RANGE_PAGES)
@@ -432,12 +434,18 @@ static int mig_round0(struct mig_batch *b, struct errbuf *e)
 	return ret < 0 ? ret : mig_batch_flush(b, e);
 }
 
-/* Sends the pages set in mig.dirty, clearing each range's tracking before reading it. */
+/*
+ * Sends the pages set in mig.dirty, clearing each range's tracking before reading it.
+ * Only mig.dirty_span can have bits (the syncs of the live rounds widen it): an idle big
+ * guest's round, and the downtime's, look at what it touched, not at its whole bitmap.
+ */
 static int mig_round_dirty(struct mig_batch *b, struct errbuf *e)
 {
+	uint64_t end = MIN(mig.dirty_span[1], mig.npages);
 	int ret;
 
-	for (uint64_t first = 0; first < mig.npages; first += MIG_RANGE_PAGES) {
+	for (uint64_t first = ALIGN_DOWN(mig.dirty_span[0], MIG_RANGE_PAGES); first < end;
+	     first += MIG_RANGE_PAGES) {
 		uint64_t n = MIN(MIG_RANGE_PAGES, mig.npages - first);
 		bool any = false;
 
@@ -460,16 +468,24 @@ static int mig_round_dirty(struct mig_batch *b, struct errbuf *e)
 				return ret;
 		}
 	}
+	mig.dirty_span[0] = mig.dirty_span[1] = 0; /* every bit was read and cleared */
 	return mig_batch_flush(b, e);
+}
+
+/* Bits set in mig.dirty among flat pages [first, end). */
+static uint64_t mig_dirty_count_in(uint64_t first, uint64_t end)
+{
+	uint64_t n = 0;
+
+	end = MIN(end, mig.npages);
+	for (uint64_t w = first / 64; first < end && w < (end + 63) / 64; w++)
+		n += (uint64_t)__builtin_popcountll(mig.dirty[w]);
+	return n;
 }
 
 static uint64_t mig_dirty_count(void)
 {
-	uint64_t n = 0;
-
-	for (uint64_t w = 0; w < (mig.npages + 63) / 64; w++)
-		n += (uint64_t)__builtin_popcountll(mig.dirty[w]);
-	return n;
+	return mig_dirty_count_in(0, mig.npages);
 }
 
 static void mig_round_record(uint32_t round, struct mig_batch *b, uint64_t bytes,
@@ -786,11 +802,11 @@ static int mig_iterate(struct mig_batch *b, struct errbuf *e)
 		ns = time_mono_ns() - t0;
 		bytes = mig_wire_bytes() - bytes0;
 		sync_ns = time_mono_ns();
-		ret = vm_dirty_sync(mig.vm, mig.dirty, e);
+		ret = vm_dirty_sync(mig.vm, mig.dirty, mig.dirty_span, e);
 		if (ret < 0)
 			return ret;
 		sync_ns = time_mono_ns() - sync_ns;
-		dirty = mig_dirty_count();
+		dirty = mig_dirty_count_in(mig.dirty_span[0], mig.dirty_span[1]);
 		/* the bandwidth this round achieved; a tiny round says little: keep the last */
 		if (bytes > (1 << 20) && ns > mig.rtt_ns)
 			bw = (uint64_t)((double)bytes * 1e9 / (double)(ns - mig.rtt_ns));
@@ -914,7 +930,7 @@ static int mig_postcopy_predrop(struct errbuf *e)
 		if (ret == 0)
 			ret = mig_ping(&ns, e);
 		if (ret == 0)
-			ret = vm_dirty_sync(mig.vm, mig.dirty, e);
+			ret = vm_dirty_sync(mig.vm, mig.dirty, mig.dirty_span, e);
 		if (ret < 0)
 			return err_prefix(e, ret, "naming dirty pages before the post-copy switch");
 		log_debug("post-copy: named %llu dirty pages before the pause (%llu new), %llu us",
@@ -1261,7 +1277,7 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 	b->flags = STATE_PAGES_STABLE; /* paused: straight from guest memory */
 	if (mig.tracking && mig.postcopy) {
 		/* the last sync: what it finds stays here until asked for or sent behind */
-		ret = vm_dirty_sync(mig.vm, mig.dirty, e);
+		ret = vm_dirty_sync(mig.vm, mig.dirty, NULL, e);
 		if (ret == 0 && !mig_dirty_count())
 			mig.postcopy = false; /* nothing to fetch: an ordinary handover */
 		if (ret == 0 && mig.postcopy) {
@@ -1277,7 +1293,7 @@ static int mig_complete(struct mig_batch *b, struct errbuf *e)
 		}
 	} else if (mig.tracking) {
 		/* the last sync, with every vCPU out of KVM_RUN */
-		ret = vm_dirty_sync(mig.vm, mig.dirty, e);
+		ret = vm_dirty_sync(mig.vm, mig.dirty, mig.dirty_span, e);
 		if (ret == 0)
 			ret = mig_round_marker(mig.st.round + 1, e);
 		if (ret == 0)
@@ -1423,6 +1439,7 @@ static int mig_send_run(struct errbuf *e)
 		free(b);
 		return err_set(e, -ENOMEM, "out of memory for the dirty bitmap");
 	}
+	mig.dirty_span[0] = mig.dirty_span[1] = 0;
 	ret = mig_handshake(mig.p.mode, e);
 	if (ret < 0)
 		goto out;

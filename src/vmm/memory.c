@@ -3,6 +3,7 @@
 #include "vmm/memory.h"
 
 #include "base/log.h"
+#include "kvm/dirty.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -56,7 +57,10 @@ int guest_mem_create(struct guest_mem *m, uint64_t size, struct errbuf *e)
 	m->pagemap_scan = m->pagemap_fd >= 0;
 	words = (size / GUEST_PAGE_SIZE + 63) / 64;
 	m->vmm_dirty = calloc(words, sizeof(uint64_t));
-	if (!m->vmm_dirty) {
+	m->vmm_dirty_sum = calloc((words + 63) / 64, sizeof(uint64_t));
+	if (!m->vmm_dirty || !m->vmm_dirty_sum) {
+		free((void *)m->vmm_dirty);
+		free((void *)m->vmm_dirty_sum);
 		if (m->pagemap_fd >= 0)
 			close(m->pagemap_fd);
 		munmap(m->base, size);
@@ -75,6 +79,7 @@ void guest_mem_destroy(struct guest_mem *m)
 			close(m->pagemap_fd);
 	}
 	free((void *)m->vmm_dirty);
+	free((void *)m->vmm_dirty_sum);
 	memset(m, 0, sizeof(*m));
 }
 
@@ -138,7 +143,7 @@ void guest_mem_mark_dirty(struct guest_mem *m, uint64_t gpa, uint64_t len)
 	first = (uint64_t)(host - m->base) >> GUEST_PAGE_SHIFT;
 	last = ((uint64_t)(host - m->base) + len - 1) >> GUEST_PAGE_SHIFT;
 	for (uint64_t pg = first; pg <= last; pg++)
-		atomic_fetch_or(&m->vmm_dirty[pg / 64], 1ull << (pg % 64));
+		dirty_bitmap_mark(m->vmm_dirty, m->vmm_dirty_sum, pg);
 }
 
 int guest_mem_write(struct guest_mem *m, uint64_t gpa, const void *p, size_t len)

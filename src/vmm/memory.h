@@ -47,6 +47,7 @@ struct guest_mem {
 	unsigned nregions;
 	struct guest_mem_region regions[GUEST_MEM_MAX_REGIONS];
 	_Atomic uint64_t *vmm_dirty;  /* one bit per page, indexed by flat RAM offset */
+	_Atomic uint64_t *vmm_dirty_sum;  /* its summary (kvm/dirty.h: dirty_bitmap_mark) */
 	bool file_backed;             /* some region maps a snapshot file */
 	int pagemap_fd;               /* /proc/self/pagemap, -1 if it cannot be read */
 	_Atomic bool pagemap_scan;    /* it answers PAGEMAP_SCAN (else entries are read) */

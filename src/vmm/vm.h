@@ -274,8 +274,12 @@ enum vm_dirty_mode vm_dirty_mode_get(struct vm *vm);
 const char *vm_dirty_mode_name(enum vm_dirty_mode m);
 /* Turns logging on: writes from now on are reported (round 0 reads every page anyway). */
 int __must_check vm_dirty_start(struct vm *vm, struct errbuf *e);
-/* ORs into bitmap the pages written since the last sync, by the guest or by the VMM. */
-int __must_check vm_dirty_sync(struct vm *vm, uint64_t *bitmap, struct errbuf *e);
+/*
+ * ORs into bitmap the pages written since the last sync, by the guest or by the VMM;
+ * widens span (NULL: none; see dirty_tracker_sync_span()) to cover every bit it set.
+ */
+int __must_check vm_dirty_sync(struct vm *vm, uint64_t *bitmap, uint64_t *span,
+			       struct errbuf *e);
 /*
  * Ring mode: reads and resets the dirty rings while the guest runs, so they never fill
  * (a full ring overflows on this host's emulator and costs a full resend); the pages are

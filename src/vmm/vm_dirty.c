@@ -115,20 +115,29 @@ int vm_dirty_start(struct vm *vm, struct errbuf *e)
 {
 	uint64_t words = (guest_mem_pages(&vm->mem) + 63) / 64;
 
-	/* VMM writes from before the start are covered by round 0 */
-	for (uint64_t w = 0; w < words; w++)
-		atomic_store(&vm->mem.vmm_dirty[w], 0);
+	/*
+	 * VMM writes from before the start are covered by round 0: drop their bits, only
+	 * where the summary says there are some (every word of a big guest's bitmap would
+	 * cost its size, and storing into them all would fault every page of it in).
+	 */
+	for (uint64_t j = 0; j < (words + 63) / 64; j++) {
+		if (!atomic_exchange(&vm->mem.vmm_dirty_sum[j], 0))
+			continue;
+		for (uint64_t w = j * 64; w < MIN(words, j * 64 + 64); w++)
+			atomic_store(&vm->mem.vmm_dirty[w], 0);
+	}
 	return dirty_tracker_start(vm->dirty, e);
 }
 
-int vm_dirty_sync(struct vm *vm, uint64_t *bitmap, struct errbuf *e)
+int vm_dirty_sync(struct vm *vm, uint64_t *bitmap, uint64_t *span, struct errbuf *e)
 {
-	int ret = dirty_tracker_sync(vm->dirty, bitmap, e);
+	int ret = dirty_tracker_sync_span(vm->dirty, bitmap, span, e);
 
 	if (ret < 0)
 		return ret;
-	/* looks before it exchanges: the final sync runs in the downtime, over every word */
-	dirty_bitmap_take(bitmap, vm->mem.vmm_dirty, guest_mem_pages(&vm->mem));
+	/* through the summary: the final sync runs in the downtime */
+	dirty_bitmap_take(bitmap, vm->mem.vmm_dirty, vm->mem.vmm_dirty_sum, guest_mem_pages(&vm->mem),
+			  span);
 	return 0;
 }
 

@@ -142,6 +142,7 @@ struct test_vm {
 	bool quit;
 
 	_Atomic uint64_t vmm_dirty[BITMAP_WORDS];
+	_Atomic uint64_t vmm_dirty_sum[(BITMAP_WORDS + 63) / 64];
 	uint64_t bitmap[BITMAP_WORDS];     /* the round's dirty pages */
 	uint64_t reported[BITMAP_WORDS];   /* every page reported this iteration */
 	uint8_t *shadow;                   /* what the "destination" has */
@@ -211,12 +212,11 @@ static int64_t touched_cb(void *opaque, const void *host, uint64_t npages, uint6
 	return n;
 }
 
-/* A write by the "VMM": the data first, then its bit (dirty.h: VMM writes). */
+/* A write by the "VMM": the data first, then its bit and summary bit (dirty.h: VMM writes). */
 static void vmm_write32(struct test_vm *vm, uint64_t pg, unsigned off, uint32_t v)
 {
 	__atomic_store_n((uint32_t *)(void *)(page_host(vm, pg) + off), v, __ATOMIC_RELAXED);
-	atomic_fetch_or_explicit(&vm->vmm_dirty[pg / 64], 1ull << (pg % 64),
-				 memory_order_release);
+	dirty_bitmap_mark(vm->vmm_dirty, vm->vmm_dirty_sum, pg);
 }
 
 static void sleep_ms(unsigned ms)
@@ -480,7 +480,7 @@ static uint64_t round_run(struct test_vm *vm, bool all)
 	uint64_t copied = 0;
 
 	TEST_OK(dirty_tracker_sync(vm->t, vm->bitmap, &e));
-	dirty_bitmap_take(vm->bitmap, vm->vmm_dirty, TOTAL_PAGES);
+	dirty_bitmap_take(vm->bitmap, vm->vmm_dirty, vm->vmm_dirty_sum, TOTAL_PAGES, NULL);
 	if (all)
 		for (uint64_t pg = 0; pg < TOTAL_PAGES; pg++)
 			vm->bitmap[pg / 64] |= 1ull << (pg % 64);
