@@ -397,36 +397,51 @@ static void dirty_slot_reported_fill(struct dirty_slot_state *ss)
 		ss->reported[words - 1] = (1ull << (n % 64)) - 1;
 }
 
-/*
- * Whether unlogged slot i is untouched; returns how many slots from i are known to be
- * untouched (0: slot i is touched, or the callback cannot tell). Adjacent unlogged
- * slots (whose host memory follows on) are asked about in one call first, so an idle
- * guest's RAM takes one or two; once such a run turned out touched somewhere, its slots
- * up to *single_until are asked about one by one.
- */
-static unsigned dirty_untouched_run(struct dirty_tracker *t, unsigned i, unsigned *single_until)
+/* Whether any page of the host memory of slots [i, j) (adjacent in host memory) was touched. */
+static bool dirty_slots_touched(struct dirty_tracker *t, unsigned i, unsigned j)
 {
-	const struct dirty_slot *s = &t->slots[i].s;
+	uint64_t npages = 0;
+
+	for (unsigned k = i; k < j; k++)
+		npages += t->slots[k].s.npages;
+	/* a callback that cannot tell says touched: the slot is then logged */
+	return t->touched(t->touched_opaque, t->slots[i].s.host, npages, NULL) != 0;
+}
+
+/*
+ * How many unlogged slots from slot i are untouched (0: slot i is touched, or the
+ * callback cannot tell). Adjacent unlogged slots (whose host memory follows on) are asked
+ * about together: an idle guest's RAM takes one question or two, and a run with a touched
+ * slot is bisected for its untouched head, so each touched slot costs a few questions
+ * (each stops at the first touched page it finds).
+ */
+static unsigned dirty_untouched_run(struct dirty_tracker *t, unsigned i)
+{
+	unsigned j = i + 1, lo, hi;
 
 	if (!t->touched)
 		return 0;
-	if (i >= *single_until) {
-		uint64_t npages = s->npages;
-		unsigned j = i + 1;
+	while (j < t->nslots && !t->slots[j].logged &&
+	       (const uint8_t *)t->slots[j].s.host ==
+		       (const uint8_t *)t->slots[j - 1].s.host +
+			       t->slots[j - 1].s.npages * DIRTY_PAGE_SIZE)
+		j++;
+	if (!dirty_slots_touched(t, i, j))
+		return j - i;
+	if (j == i + 1 || dirty_slots_touched(t, i, i + 1))
+		return 0;
+	/* [i, lo) untouched, [i, hi) touched */
+	lo = i + 1;
+	hi = j;
+	while (hi - lo > 1) {
+		unsigned mid = lo + (hi - lo) / 2;
 
-		while (j < t->nslots && !t->slots[j].logged &&
-		       (const uint8_t *)t->slots[j].s.host ==
-			       (const uint8_t *)s->host + npages * DIRTY_PAGE_SIZE) {
-			npages += t->slots[j].s.npages;
-			j++;
-		}
-		if (j > i + 1) {
-			if (t->touched(t->touched_opaque, s->host, npages, NULL) == 0)
-				return j - i;
-			*single_until = j;
-		}
+		if (dirty_slots_touched(t, i, mid))
+			hi = mid;
+		else
+			lo = mid;
 	}
-	return t->touched(t->touched_opaque, s->host, s->npages, NULL) == 0;
+	return lo - i;
 }
 
 /* Logging on for slot i; bitmap mode with KVM_DIRTY_LOG_INITIALLY_SET: all reported. */
@@ -442,7 +457,7 @@ static int dirty_slot_start(struct dirty_tracker *t, unsigned i, struct errbuf *
 
 int dirty_tracker_start(struct dirty_tracker *t, struct errbuf *e)
 {
-	unsigned i = 0, single_until = 0;
+	unsigned i = 0;
 	int ret = 0;
 
 	pthread_mutex_lock(&t->lock);
@@ -464,7 +479,7 @@ int dirty_tracker_start(struct dirty_tracker *t, struct errbuf *e)
 			goto out;
 	}
 	for (i = 0; i < t->nslots;) {
-		unsigned skip = dirty_untouched_run(t, i, &single_until);
+		unsigned skip = dirty_untouched_run(t, i);
 
 		if (skip) {
 			/* untouched: logged by the first sync that finds it touched */
@@ -497,8 +512,6 @@ out:
 static int dirty_late_start(struct dirty_tracker *t, uint64_t *bitmap, uint64_t *span,
 			    struct errbuf *e)
 {
-	unsigned single_until = 0;
-
 	for (unsigned i = 0; i < t->nslots;) {
 		struct dirty_slot_state *ss = &t->slots[i];
 		unsigned skip;
@@ -509,7 +522,7 @@ static int dirty_late_start(struct dirty_tracker *t, uint64_t *bitmap, uint64_t 
 			i++;
 			continue;
 		}
-		skip = dirty_untouched_run(t, i, &single_until);
+		skip = dirty_untouched_run(t, i);
 		if (skip) {
 			i += skip;
 			continue;

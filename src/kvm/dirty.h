@@ -89,8 +89,8 @@
  * by KVM itself or the VMM touches the host page too), and a host page, once there,
  * stays in RAM or swap, where the callback sees it. So a slot the callback finds
  * without a touched page has not been written since the guest started. start() logs
- * only slots with a touched page; sync() asks again about each unlogged slot (one call
- * over adjacent ones) and, for a slot now touched, turns logging on first and then
+ * only slots with a touched page; sync() asks again about the unlogged slots (adjacent
+ * ones together) and, for a slot now touched, turns logging on first and then
  * reports every touched page of it (in ring mode: into the pending bitmap). A write
  * before logging went on touched its page before the look, so it is reported and read
  * after this sync; a write after it is logged by KVM (the slot was write-protected
@@ -148,9 +148,10 @@ struct dirty_config {
 	bool no_initially_set;           /* start write-protects everything at once */
 	/*
 	 * Optional, both modes: which of the npages pages at host were ever touched (in
-	 * RAM or swap), as set bits (bit i: page i) in bitmap (NULL: only count). Returns
-	 * how many, or a negative errno if it cannot tell cheaply. With it, slots nobody
-	 * touched are logged only once touched (see "Untouched slots" above).
+	 * RAM or swap), as set bits (bit i: page i) in bitmap; returns how many. With a
+	 * NULL bitmap: whether any (0 or more; it may stop at the first). A negative errno
+	 * if it cannot tell cheaply. With it, slots nobody touched are logged only once
+	 * touched (see "Untouched slots" above).
 	 */
 	int64_t (*touched)(void *opaque, const void *host, uint64_t npages, uint64_t *bitmap);
 	void *touched_opaque;

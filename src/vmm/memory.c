@@ -254,12 +254,12 @@ struct pm_scan_arg {
 
 /*
  * Calls fn for each run of pages in [host, host + npages pages) that has any of the
- * categories in anyof. Returns 0, or -1 if the kernel cannot scan (older than 6.7):
- * the caller then reads the entries.
+ * categories in anyof; with first_only, for the first such page only. Returns 0, or -1
+ * if the kernel cannot scan (older than 6.7): the caller then reads the entries.
  */
 static int guest_mem_pagemap_scan(struct guest_mem *m, const void *host, uint64_t npages,
-				  uint64_t anyof, void (*fn)(uint64_t first, uint64_t n, void *arg),
-				  void *arg)
+				  uint64_t anyof, bool first_only,
+				  void (*fn)(uint64_t first, uint64_t n, void *arg), void *arg)
 {
 	uint64_t start = (uintptr_t)host, end = start + npages * GUEST_PAGE_SIZE;
 	struct page_region vec[PAGEMAP_SCAN_VEC];
@@ -275,6 +275,7 @@ static int guest_mem_pagemap_scan(struct guest_mem *m, const void *host, uint64_
 			.vec_len = PAGEMAP_SCAN_VEC,
 			.category_anyof_mask = anyof,
 			.return_mask = anyof,
+			.max_pages = first_only ? 1 : 0,
 		};
 		int n = ioctl(m->pagemap_fd, PAGEMAP_SCAN, &a);
 
@@ -288,6 +289,8 @@ static int guest_mem_pagemap_scan(struct guest_mem *m, const void *host, uint64_
 		for (int i = 0; i < n; i++)
 			fn((vec[i].start - (uintptr_t)host) / GUEST_PAGE_SIZE,
 			   (vec[i].end - vec[i].start) / GUEST_PAGE_SIZE, arg);
+		if (first_only && n > 0)
+			break;
 		start = a.walk_end;
 	}
 	return 0;
@@ -320,7 +323,7 @@ void guest_mem_touched_map(struct guest_mem *m, const void *host, uint64_t npage
 		return;
 	}
 	memset(touched, 0, nranges * sizeof(*touched));
-	if (guest_mem_pagemap_scan(m, host, npages, PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+	if (guest_mem_pagemap_scan(m, host, npages, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, false,
 				   touched_scan_run, &ts) == 0)
 		return;
 	if (guest_mem_pagemap_open(m, &pm) < 0) {
@@ -373,7 +376,7 @@ int64_t guest_mem_touched_pages(struct guest_mem *m, const void *host, uint64_t 
 	/* reading every pagemap entry would cost the size this is meant to avoid */
 	if (m->file_backed)
 		return -ENOTSUP;
-	if (guest_mem_pagemap_scan(m, host, npages, PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+	if (guest_mem_pagemap_scan(m, host, npages, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, !bitmap,
 				   touched_bits_run, &tb) < 0)
 		return -ENOTSUP;
 	return (int64_t)tb.n;
@@ -390,7 +393,8 @@ uint64_t guest_mem_resident(struct guest_mem *m)
 	uint64_t pages = m->size / GUEST_PAGE_SIZE, n = 0;
 	struct guest_mem_pagemap pm;
 
-	if (guest_mem_pagemap_scan(m, m->base, pages, PAGE_IS_PRESENT, resident_scan_run, &n) == 0)
+	if (guest_mem_pagemap_scan(m, m->base, pages, PAGE_IS_PRESENT, false, resident_scan_run,
+				   &n) == 0)
 		return n * GUEST_PAGE_SIZE;
 	n = 0;
 	if (guest_mem_pagemap_open(m, &pm) < 0)
