@@ -469,7 +469,8 @@ static void test_vm_destroy(struct test_vm *vm)
 
 /*
  * One round of the migration source: sync, merge the VMM's own writes, then chunk by
- * chunk re-arm the chunk and copy its dirty pages. all: round 0, every page is dirty
+ * chunk re-arm the chunk and copy its dirty pages, only inside the span the sync and the
+ * merge report (a bit left outside it fails the test). all: round 0, every page is dirty
  * (with a touched callback: every touched page, looked at after the re-arming, as the
  * migration's round 0 does; an untouched page is zero, as the copy is). Returns the
  * pages copied.
@@ -477,14 +478,21 @@ static void test_vm_destroy(struct test_vm *vm)
 static uint64_t round_run(struct test_vm *vm, bool all)
 {
 	struct errbuf e = { "" };
-	uint64_t copied = 0;
+	uint64_t copied = 0, span[2] = { 0, 0 };
 
-	TEST_OK(dirty_tracker_sync(vm->t, vm->bitmap, &e));
-	dirty_bitmap_take(vm->bitmap, vm->vmm_dirty, vm->vmm_dirty_sum, TOTAL_PAGES, NULL);
-	if (all)
+	/* only the span can have bits: the chunks outside it are not even looked at */
+	TEST_OK(dirty_tracker_sync_span(vm->t, vm->bitmap, span, &e));
+	dirty_bitmap_take(vm->bitmap, vm->vmm_dirty, vm->vmm_dirty_sum, TOTAL_PAGES, span);
+	if (all) {
 		for (uint64_t pg = 0; pg < TOTAL_PAGES; pg++)
 			vm->bitmap[pg / 64] |= 1ull << (pg % 64);
-	for (uint64_t first = 0; first < TOTAL_PAGES; first += CHUNK_PAGES) {
+		span[0] = 0;
+		span[1] = TOTAL_PAGES;
+	}
+	TEST_ASSERT(span[1] <= TOTAL_PAGES, "%s: span ends at page %llu of %u", vm->v->name,
+		    (unsigned long long)span[1], TOTAL_PAGES);
+	for (uint64_t first = span[0] / CHUNK_PAGES * CHUNK_PAGES; first < span[1];
+	     first += CHUNK_PAGES) {
 		uint64_t n = MIN(CHUNK_PAGES, TOTAL_PAGES - first);
 		bool any = false;
 
@@ -506,6 +514,11 @@ static uint64_t round_run(struct test_vm *vm, bool all)
 			copied++;
 		}
 	}
+	for (uint64_t w = 0; w < BITMAP_WORDS; w++)
+		TEST_ASSERT(!vm->bitmap[w], "%s: page %llu was reported outside the sync's span "
+					    "[%llu, %llu)", vm->v->name,
+			    (unsigned long long)(w * 64 + (uint64_t)__builtin_ctzll(vm->bitmap[w])),
+			    (unsigned long long)span[0], (unsigned long long)span[1]);
 	return copied;
 }
 
