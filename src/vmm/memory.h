@@ -80,8 +80,9 @@ void guest_mem_touched_map(struct guest_mem *m, const void *host, uint64_t npage
 /*
  * The touched pages (in RAM or in swap) of the npages pages at host: sets their bits in
  * bitmap (bit i for page i) and returns how many, costing what the touched pages cost
- * (PAGEMAP_SCAN). With a NULL bitmap: 1 at the first touched page found, else 0. -ENOTSUP when that cannot be told cheaply: the
- * memory is file-backed, or the kernel lacks PAGEMAP_SCAN (older than 6.7).
+ * (PAGEMAP_SCAN). With a NULL bitmap: 1 at the first touched page found, else 0.
+ * -ENOTSUP when that cannot be told cheaply: the memory is file-backed, or the kernel
+ * lacks PAGEMAP_SCAN (older than 6.7).
  */
 int64_t guest_mem_touched_pages(struct guest_mem *m, const void *host, uint64_t npages,
 				uint64_t *bitmap);

@@ -50,14 +50,16 @@ unsigned vm_memslots(struct vm *vm, struct dirty_slot *slots)
 	for (unsigned i = 0; i < vm->mem.nregions; i++) {
 		struct guest_mem_region *r = &vm->mem.regions[i];
 
-		for (uint64_t off = 0; off < r->size; off += VM_SLOT_BYTES)
+		for (uint64_t off = 0; off < r->size; off += VM_SLOT_BYTES) {
 			slots[n] = (struct dirty_slot){
 				.slot = n,
 				.gpa = r->gpa + off,
 				.npages = MIN(VM_SLOT_BYTES, r->size - off) / GUEST_PAGE_SIZE,
 				.host = r->host + off,
 				.first_page = (r->offset + off) / GUEST_PAGE_SIZE,
-			}, n++;
+			};
+			n++;
+		}
 	}
 	return n;
 }
@@ -136,8 +138,8 @@ int vm_dirty_sync(struct vm *vm, uint64_t *bitmap, uint64_t *span, struct errbuf
 	if (ret < 0)
 		return ret;
 	/* through the summary: the final sync runs in the downtime */
-	dirty_bitmap_take(bitmap, vm->mem.vmm_dirty, vm->mem.vmm_dirty_sum, guest_mem_pages(&vm->mem),
-			  span);
+	dirty_bitmap_take(bitmap, vm->mem.vmm_dirty, vm->mem.vmm_dirty_sum,
+			  guest_mem_pages(&vm->mem), span);
 	return 0;
 }
 
