@@ -47,6 +47,7 @@ struct dirty_tracker {
 	unsigned nvcpus;
 	struct dirty_ring_vcpu *vcpus;
 	uint64_t *pending;           /* ring: harvested, not yet returned by a sync (flat) */
+	uint64_t pending_span[2];    /* ring: the pages of pending that may have bits */
 	int64_t (*touched)(void *opaque, const void *host, uint64_t npages, uint64_t *bitmap);
 	void *touched_opaque;
 
@@ -720,6 +721,7 @@ static int dirty_ring_harvest(struct dirty_tracker *t, unsigned index, bool scan
 			uint64_t pg = ss->s.first_page + offset;
 
 			t->pending[pg / 64] |= 1ull << (pg % 64);
+			dirty_span_add(t->pending_span, pg, pg + 1);
 		} else if (!bad++) {
 			bad_slot = slot;
 			bad_offset = offset;
@@ -808,6 +810,7 @@ static int dirty_ring_recover(struct dirty_tracker *t, struct errbuf *e)
 		}
 		for (uint64_t pg = s->first_page; pg < s->first_page + s->npages; pg++)
 			t->pending[pg / 64] |= 1ull << (pg % 64);
+		dirty_span_add(t->pending_span, s->first_page, s->first_page + s->npages);
 	}
 	if (ret < 0)
 		return err_prefix(e, ret, "re-arming after a dirty ring overflow");
@@ -854,11 +857,13 @@ static int dirty_ring_sync(struct dirty_tracker *t, uint64_t *bitmap, uint64_t *
 	if (ret < 0 || !bitmap)
 		return ret; /* pending keeps everything for the next sync */
 	if (t->started) {
-		ret = dirty_late_start(t, t->pending, NULL, e);
+		ret = dirty_late_start(t, t->pending, t->pending_span, e);
 		if (ret < 0)
 			return ret;
 	}
-	for (uint64_t i = 0; i < DIRTY_WORDS(t->npages); i++) {
+	/* only the words that may have bits: an idle big guest's rings hold a few pages */
+	for (uint64_t i = t->pending_span[0] / 64;
+	     t->pending_span[0] < t->pending_span[1] && i < DIRTY_WORDS(t->pending_span[1]); i++) {
 		uint64_t w = t->pending[i];
 
 		if (!w)
@@ -868,6 +873,7 @@ static int dirty_ring_sync(struct dirty_tracker *t, uint64_t *bitmap, uint64_t *
 		t->pending[i] = 0;
 		dirty_span_add(span, i * 64, MIN(i * 64 + 64, t->npages));
 	}
+	t->pending_span[0] = t->pending_span[1] = 0;
 	return 0;
 }
 
