@@ -1,0 +1,1 @@
+ip netns exec gwb-src-9166 /usr/bin/qemu-system-x86_64 -accel kvm -cpu host,-arch-capabilities -M microvm -m 64G -smp 1 -display none -nodefaults -serial stdio -kernel /work/wt/s-idle/build-bench/guest/godwit-guest.elf -append workload=idle -qmp unix:/tmp/gwb-d828gu1e/qm-dst.qmp,server=on,wait=off -incoming defer

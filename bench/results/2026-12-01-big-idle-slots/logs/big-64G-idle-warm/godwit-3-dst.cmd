@@ -1,0 +1,1 @@
+ip netns exec gwb-src-9166 /work/wt/s-idle/build-bench/src/cli/godwit run --api-socket /tmp/gwb-d828gu1e/gw-dst.sock --serial stdio --name bench-dst --incoming tcp:127.0.0.1:47123 --memory 64G --insecure

@@ -1,0 +1,1 @@
+ip netns exec gwb-src-9166 /work/wt/s-idle/build-bench/src/cli/godwit run --api-socket /tmp/gwb-d828gu1e/gw-src.sock --serial stdio --name bench-src --memory 64G --cpus 1 --kernel /work/wt/s-idle/build-bench/guest/godwit-guest.elf --cmdline workload=idle
