@@ -192,19 +192,22 @@ int __must_check dirty_tracker_vcpu_add(struct dirty_tracker *t, unsigned index,
 					struct errbuf *e);
 
 /*
- * Turns logging on: KVM_MEM_LOG_DIRTY_PAGES on every slot. Bitmap mode, at the first
- * start: enables KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with KVM_DIRTY_LOG_INITIALLY_SET
- * when the host has them, so that starting does not write-protect all memory at once
- * (every page then counts as reported until clear() re-arms it). Every page written
- * before start is untracked: the caller treats all pages as dirty after a start.
+ * Turns logging on: KVM_MEM_LOG_DIRTY_PAGES on every slot (with a touched callback: on
+ * every touched slot, the others at the sync that finds them touched). Bitmap mode, at
+ * the first start: enables KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with
+ * KVM_DIRTY_LOG_INITIALLY_SET when the host has them, so that starting does not
+ * write-protect all memory at once (every page then counts as reported until clear()
+ * re-arms it). Every page written before start is untracked: the caller treats all
+ * pages as dirty after a start.
  */
 int __must_check dirty_tracker_start(struct dirty_tracker *t, struct errbuf *e);
 
 /*
  * ORs every page dirtied since the previous sync (and, after a start, possibly more)
- * into bitmap. Bitmap mode: KVM_GET_DIRTY_LOG per slot; with manual protection the
- * bits are not cleared in KVM (clear() does that), so a page stays reported by every
- * sync until it is cleared. Ring mode: harvests every vCPU's ring (the vCPUs may be
+ * into bitmap, after logging the slots found touched since (see "Untouched slots").
+ * Bitmap mode: KVM_GET_DIRTY_LOG per logged slot; with manual protection the bits are
+ * not cleared in KVM (clear() does that), so a page stays reported by every sync until
+ * it is cleared. Ring mode: harvests every vCPU's ring (the vCPUs may be
  * running), resets the rings, and adds what ring_full() harvested since the last sync.
  */
 int __must_check dirty_tracker_sync(struct dirty_tracker *t, uint64_t *bitmap, struct errbuf *e);
