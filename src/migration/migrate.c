@@ -19,6 +19,7 @@
  */
 #include "migration/migrate.h"
 #include "migration/mig_internal.h"
+#include "migration/autocompress.h"
 #include "migration/params.h"
 #include "base/log.h"
 #include "migration/postcopy.h"
@@ -201,76 +202,80 @@ static void mig_batch_show(struct mig_batch *b)
 }
 
 /*
- * --compress auto: a batch costs its compress time plus its compressed bytes over the link,
- * or its raw bytes over the link. Compressing pays while the link time of the bytes it
- * saves exceeds the time spent compressing, that is while the link, not this CPU, is the
- * bound. Both are measured as the move goes: the compressor's time and savings from the
- * batches it compressed, the link's pace from the bytes handed to the socket over the time
- * handing them took (a full socket buffer blocks; a bandwidth cap's waits count too). Every
- * MIG_AUTO_WINDOW batches the choice is taken again from that window; while compression is
- * off, one batch in MIG_AUTO_PROBE is still compressed so that its figures stay current.
+ * --compress auto (migration/autocompress.c says how it chooses). Each batch's sender
+ * measures what the batch cost: the time to compress it and hand it to the socket (a full
+ * socket buffer blocks, so on a slow link this is the link's pace; a bandwidth cap's waits
+ * count too) and the bytes before and after. The senders of several connections share one
+ * measurement and one choice.
  */
-#define MIG_AUTO_WINDOW 16
-#define MIG_AUTO_PROBE 8
-
-struct mig_auto {
-	uint32_t batches;   /* in this window */
-	uint64_t link_ns, link_bytes;
-	uint64_t zns, zsaved; /* compressor time and bytes saved, in this window */
-	uint64_t last_zns, last_zsaved; /* the last window that compressed anything */
-};
-
-static struct mig_auto mig_auto;
-/* the senders of several connections share one measurement and one choice */
+static struct mig_autoc mig_auto;
 static pthread_mutex_t mig_auto_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static bool mig_compress_now(void)
+enum mig_zchoice { MIG_Z_PLAIN, MIG_Z_BATCH, MIG_Z_SAMPLE };
+
+static enum mig_zchoice mig_compress_now(void)
 {
-	bool on;
+	enum mig_zchoice z;
 
 	/* post-copy sends what the destination waits for: latency, not bytes, counts there */
 	if (mig.p.compress == MIG_COMPRESS_NONE || mig.postcopy)
-		return false;
+		return MIG_Z_PLAIN;
 	if (mig.p.compress == MIG_COMPRESS_ZSTD)
-		return true;
+		return MIG_Z_BATCH;
 	pthread_mutex_lock(&mig_auto_lock);
-	on = mig.st.compressing || mig_auto.batches % MIG_AUTO_PROBE == 0;
+	if (mig_auto.on)
+		z = MIG_Z_BATCH;
+	else if (mig_autoc_probe_due(&mig_auto, time_mono_ns() - mig.t_start))
+		z = MIG_Z_SAMPLE;
+	else
+		z = MIG_Z_PLAIN;
 	pthread_mutex_unlock(&mig_auto_lock);
-	return on;
+	return z;
 }
 
-static void mig_auto_account(uint64_t ns, uint64_t bytes, uint64_t zns, uint64_t zsaved)
+static void mig_auto_account(const struct mig_autoc_batch *b)
 {
-	struct mig_auto *a = &mig_auto;
-	double link_ns_per_byte;
 	bool on;
 
+	if (mig.p.compress != MIG_COMPRESS_AUTO)
+		return;
 	pthread_mutex_lock(&mig_auto_lock);
-	a->link_ns += ns > zns ? ns - zns : 0;
-	a->link_bytes += bytes;
-	a->zns += zns;
-	a->zsaved += zsaved;
-	if (mig.p.compress != MIG_COMPRESS_AUTO || ++a->batches < MIG_AUTO_WINDOW) {
+	if (!mig_autoc_account(&mig_auto, b)) {
 		pthread_mutex_unlock(&mig_auto_lock);
 		return;
 	}
-	if (a->zns) {
-		a->last_zns = a->zns;
-		a->last_zsaved = a->zsaved;
-	}
-	link_ns_per_byte = a->link_bytes ? (double)a->link_ns / (double)a->link_bytes : 0;
-	/* a little hysteresis, so that a balanced machine does not flip every window */
-	on = (double)a->last_zsaved * link_ns_per_byte >
-	     (double)a->last_zns * (mig.st.compressing ? 0.9 : 1.1);
-	if (on != mig.st.compressing)
-		log_debug("compress auto: %s (link %.1f MB/s, compressor saves %.1f MB/s)",
-			  on ? "on" : "off", link_ns_per_byte ? 1e3 / link_ns_per_byte : 0.0,
-			  a->last_zns ? (double)a->last_zsaved * 1e3 / (double)a->last_zns : 0.0);
+	on = mig_auto.on;
+	log_debug("compress auto: %s (plain %.2f ns/byte, compressor %.2f ns/byte saving %.0f%%)",
+		  on ? "on" : "off", mig_auto.link,
+		  mig_auto.cz_raw > 0 ? mig_auto.cz_ns / mig_auto.cz_raw : 0.0,
+		  mig_auto.cz_raw > 0 ? 100 * mig_auto.cz_saved / mig_auto.cz_raw : 0.0);
+	pthread_mutex_unlock(&mig_auto_lock);
 	pthread_mutex_lock(&mig.lock);
 	mig.st.compressing = on;
 	pthread_mutex_unlock(&mig.lock);
-	*a = (struct mig_auto){ .last_zns = a->last_zns, .last_zsaved = a->last_zsaved };
-	pthread_mutex_unlock(&mig_auto_lock);
+}
+
+/*
+ * Hands a batch to w, compressed as the policy says. A sample goes first as a record of its
+ * own, compressed, and the rest of the batch plain.
+ */
+static int mig_pages_write_z(struct state_writer *w, const struct state_page *pages, uint32_t n,
+			     unsigned flags, struct errbuf *e)
+{
+	enum mig_zchoice z = mig_compress_now();
+	int ret;
+
+	if (z == MIG_Z_SAMPLE && n > MIG_AUTOC_SAMPLE) {
+		ret = state_writer_pages(w, pages, MIG_AUTOC_SAMPLE, flags | STATE_PAGES_COMPRESS,
+					 e);
+		if (ret < 0)
+			return ret;
+		return state_writer_pages(w, pages + MIG_AUTOC_SAMPLE, n - MIG_AUTOC_SAMPLE, flags,
+					  e);
+	}
+	if (z != MIG_Z_PLAIN)
+		flags |= STATE_PAGES_COMPRESS;
+	return state_writer_pages(w, pages, n, flags, e);
 }
 
 /*
@@ -293,8 +298,7 @@ static int mig_pages_write_timed(struct state_writer *w, const struct state_page
 	state_writer_zstats(w, &z0);
 	t0 = time_mono_ns();
 	bytes0 = state_writer_bytes_flushed(w);
-	ret = state_writer_pages(w, pages, n, flags | (mig_compress_now() ? STATE_PAGES_COMPRESS : 0),
-				 e);
+	ret = mig_pages_write_z(w, pages, n, flags, e);
 	if (ret < 0)
 		return ret;
 	state_writer_zstats(w, &z1);
@@ -307,9 +311,14 @@ static int mig_pages_write_timed(struct state_writer *w, const struct state_page
 	pthread_mutex_unlock(&mig.lock);
 	if (wait)
 		wait();
-	mig_auto_account(time_mono_ns() - t0, state_writer_bytes_flushed(w) - bytes0,
-			 z1.ns - z0.ns,
-			 (z1.raw_bytes - z1.out_bytes) - (z0.raw_bytes - z0.out_bytes));
+	mig_auto_account(&(struct mig_autoc_batch){
+		.ns = time_mono_ns() - t0,
+		.wire = state_writer_bytes_flushed(w) - bytes0,
+		.raw = data - (deltas * STATE_PAGE_SIZE - delta_bytes),
+		.zns = z1.ns - z0.ns,
+		.zraw = z1.raw_bytes - z0.raw_bytes,
+		.zsaved = (z1.raw_bytes - z1.out_bytes) - (z0.raw_bytes - z0.out_bytes),
+	});
 	return 0;
 }
 
@@ -1806,15 +1815,15 @@ int migration_start(struct vm *vm, struct evloop *loop, const struct mig_params 
 	else
 		snprintf(mig.st.compress, sizeof(mig.st.compress), "%s:%d",
 			 p->compress == MIG_COMPRESS_ZSTD ? "zstd" : "auto", p->compress_level);
-	/* auto starts compressing: its first window measures what compression gives */
-	mig.st.compressing = p->compress != MIG_COMPRESS_NONE;
+	/* auto starts plain: on a fast link every compressed byte is a loss */
+	mig.st.compressing = p->compress == MIG_COMPRESS_ZSTD;
 	if (p->delta_cache)
 		snprintf(mig.st.delta, sizeof(mig.st.delta), "xbzrle:%llu",
 			 (unsigned long long)p->delta_cache);
 	else
 		snprintf(mig.st.delta, sizeof(mig.st.delta), "none");
 	mig.st.connections = (uint32_t)p->connections;
-	mig_auto = (struct mig_auto){ 0 };
+	mig_autoc_init(&mig_auto);
 	mig.vm = vm;
 	mig.loop = loop;
 	mig.p = *p;

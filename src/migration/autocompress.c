@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * --compress auto: compress only while the link, not this host's CPU, is the bound.
+ *
+ * Why it starts plain and probes small samples: on a fast link (loopback, 10 Gbit/s) zstd
+ * at its fastest level is several times slower than handing raw pages to the socket, so
+ * every compressed byte there is a loss; the policy must find that out without
+ * compressing much. It sends plain and compresses a 64 KiB sample of a batch only while
+ * samples have taken under 1% of the move's time, which is enough to know what the
+ * compressor costs and saves on this content. On a slow link a plain batch blocks on the
+ * full socket, which shows the link's pace within the first window or two; compression
+ * then goes on, and stays on while compressed batches cost less than plain ones did.
+ */
+#include "migration/autocompress.h"
+
+#include <string.h>
+
+void mig_autoc_init(struct mig_autoc *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->recheck = MIG_AUTOC_RECHECK;
+	a->settling = true;
+}
+
+static double mig_autoc_max(double x, double y)
+{
+	return x > y ? x : y;
+}
+
+bool mig_autoc_choose(bool on, double link, double zcost, double saved, double measured)
+{
+	double rest, pred;
+
+	if (link <= 0)
+		return false;
+	if (on)
+		return measured > 0 ? measured < 0.95 * link : true;
+	if (zcost <= 0 || saved <= 0)
+		return false;
+	rest = (1 - saved) * link;
+	pred = mig_autoc_max(zcost, rest) + 0.5 * (zcost + rest - mig_autoc_max(zcost, rest));
+	return pred < 0.85 * link;
+}
+
+bool mig_autoc_probe_due(const struct mig_autoc *a, uint64_t elapsed_ns)
+{
+	return !a->on && a->probe_ns * MIG_AUTOC_PROBE_SHARE <= elapsed_ns;
+}
+
+bool mig_autoc_account(struct mig_autoc *a, const struct mig_autoc_batch *b)
+{
+	double zcost = 0, saved = 0, measured = 0;
+	bool on;
+
+	if (!b->raw)
+		return false; /* only zero pages: nothing to learn from */
+	if (b->zraw) {
+		a->cz_ns += (double)b->zns;
+		a->cz_raw += (double)b->zraw;
+		a->cz_saved += (double)b->zsaved;
+		if (!a->on)
+			a->probe_ns += b->zns;
+	}
+	/*
+	 * The move's first batch goes into an empty socket buffer, the first plain batch after
+	 * compressed ones into one the link has drained: neither shows the link's pace.
+	 */
+	if (a->settling) {
+		a->settling = false;
+		return false;
+	}
+	a->ns += b->ns;
+	a->wire += b->wire;
+	a->raw += b->raw;
+	a->zns += b->zns;
+	if (++a->batches < MIG_AUTOC_WINDOW || a->ns < MIG_AUTOC_WINDOW_NS)
+		return false;
+
+	if (a->on) {
+		measured = (double)a->ns / (double)a->raw;
+		if ((double)(a->ns > a->zns ? a->ns - a->zns : 0) < 0.5 * a->link * (double)a->wire)
+			a->unblocked++;
+	} else if (a->wire) {
+		/* the samples' compressor time is not the link's */
+		a->link = (double)(a->ns > a->zns ? a->ns - a->zns : 0) / (double)a->wire;
+	}
+	if (a->cz_raw > 0) {
+		zcost = a->cz_ns / a->cz_raw;
+		saved = a->cz_saved / a->cz_raw;
+	}
+	on = mig_autoc_choose(a->on, a->link, zcost, saved, measured);
+	if (on && a->on && a->unblocked >= a->recheck) {
+		on = false;
+		a->unblocked = 0;
+		a->recheck = a->recheck < 64 ? 2 * a->recheck : 64;
+	}
+	/* the compressor's figures follow the content and the host's load: older ones fade */
+	a->cz_ns /= 2;
+	a->cz_raw /= 2;
+	a->cz_saved /= 2;
+	a->batches = 0;
+	a->ns = a->wire = a->raw = a->zns = 0;
+	if (on == a->on)
+		return false;
+	a->on = on;
+	a->settling = true;
+	return true;
+}
