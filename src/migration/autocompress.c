@@ -13,13 +13,13 @@
  */
 #include "migration/autocompress.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 void mig_autoc_init(struct mig_autoc *a)
 {
 	memset(a, 0, sizeof(*a));
 	a->recheck = MIG_AUTOC_RECHECK;
-	a->settling = true;
 }
 
 static double mig_autoc_max(double x, double y)
@@ -47,9 +47,27 @@ bool mig_autoc_probe_due(const struct mig_autoc *a, uint64_t elapsed_ns)
 	return !a->on && a->probe_ns * MIG_AUTOC_PROBE_SHARE <= elapsed_ns;
 }
 
+static int mig_autoc_cmp(const void *x, const void *y)
+{
+	float a = *(const float *)x, b = *(const float *)y;
+
+	return (a > b) - (a < b);
+}
+
+/* The median of the window's plain batches' paces. */
+static double mig_autoc_median(struct mig_autoc *a)
+{
+	uint32_t n = a->npace;
+
+	if (!n)
+		return a->link;
+	qsort(a->pace, n, sizeof(a->pace[0]), mig_autoc_cmp);
+	return n % 2 ? a->pace[n / 2] : (a->pace[n / 2 - 1] + a->pace[n / 2]) / 2;
+}
+
 bool mig_autoc_account(struct mig_autoc *a, const struct mig_autoc_batch *b)
 {
-	double zcost = 0, saved = 0, measured = 0;
+	double zcost = 0, saved = 0, measured = 0, share = 1;
 	bool on;
 
 	if (!b->raw)
@@ -62,30 +80,42 @@ bool mig_autoc_account(struct mig_autoc *a, const struct mig_autoc_batch *b)
 			a->probe_ns += b->zns;
 	}
 	/*
-	 * The move's first batch goes into an empty socket buffer, the first plain batch after
-	 * compressed ones into one the link has drained: neither shows the link's pace.
+	 * The first compressed batch waits for the plain ones still in the socket buffer: it
+	 * does not show what compressing costs. (A plain batch that fills an empty or drained
+	 * buffer is left out by the median.)
 	 */
 	if (a->settling) {
 		a->settling = false;
 		return false;
 	}
+	if (!a->on && a->npace < MIG_AUTOC_PACES && b->wire)
+		/* the samples' compressor time is not the link's */
+		a->pace[a->npace++] = (float)(b->ns > b->zns ? b->ns - b->zns : 0) / (float)b->wire;
 	a->ns += b->ns;
 	a->wire += b->wire;
 	a->raw += b->raw;
 	a->zns += b->zns;
-	if (++a->batches < MIG_AUTOC_WINDOW || a->ns < MIG_AUTOC_WINDOW_NS)
+	a->run_ns += b->run_ns;
+	a->wait_ns += b->wait_ns;
+	a->batches++;
+	if (a->ns < MIG_AUTOC_WINDOW_NS)
+		return false;
+	/* plain: a slow link decides within two batches, a fast one after a median of three */
+	if (!a->on && a->batches < MIG_AUTOC_WINDOW &&
+	    (a->batches < 2 || a->ns < 8 * MIG_AUTOC_WINDOW_NS))
 		return false;
 
 	if (a->on) {
 		measured = (double)a->ns / (double)a->raw;
 		if ((double)(a->ns > a->zns ? a->ns - a->zns : 0) < 0.5 * a->link * (double)a->wire)
 			a->unblocked++;
-	} else if (a->wire) {
-		/* the samples' compressor time is not the link's */
-		a->link = (double)(a->ns > a->zns ? a->ns - a->zns : 0) / (double)a->wire;
+	} else {
+		a->link = mig_autoc_median(a);
+		if (a->run_ns + a->wait_ns)
+			share = (double)a->run_ns / (double)(a->run_ns + a->wait_ns);
 	}
 	if (a->cz_raw > 0) {
-		zcost = a->cz_ns / a->cz_raw;
+		zcost = a->cz_ns / a->cz_raw / (share > 0.05 ? share : 0.05);
 		saved = a->cz_saved / a->cz_raw;
 	}
 	on = mig_autoc_choose(a->on, a->link, zcost, saved, measured);
@@ -98,11 +128,11 @@ bool mig_autoc_account(struct mig_autoc *a, const struct mig_autoc_batch *b)
 	a->cz_ns /= 2;
 	a->cz_raw /= 2;
 	a->cz_saved /= 2;
-	a->batches = 0;
-	a->ns = a->wire = a->raw = a->zns = 0;
+	a->batches = a->npace = 0;
+	a->ns = a->wire = a->raw = a->zns = a->run_ns = a->wait_ns = 0;
 	if (on == a->on)
 		return false;
 	a->on = on;
-	a->settling = true;
+	a->settling = on;
 	return true;
 }

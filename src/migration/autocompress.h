@@ -12,11 +12,15 @@
 #include <stdint.h>
 
 /*
- * The choice is taken again at the end of each window, from that window's figures: at least
- * MIG_AUTOC_WINDOW batches and MIG_AUTOC_WINDOW_NS of the senders' time, so that on a fast
- * link one batch held up by a passing stall does not decide.
+ * The choice is taken again at the end of each window, from that window's figures. Sending
+ * plain, a window is at least MIG_AUTOC_WINDOW batches and MIG_AUTOC_WINDOW_NS of the
+ * senders' time (on a slow link: two batches and 8 * MIG_AUTOC_WINDOW_NS), and the link's
+ * pace is its batches' median, so that on a fast link a batch held up by a passing stall,
+ * or one that only filled the socket buffer, does not decide. Compressing, a window ends once
+ * it has taken MIG_AUTOC_WINDOW_NS: a compressor starved of CPU is given up after one slow
+ * batch.
  */
-#define MIG_AUTOC_WINDOW 2
+#define MIG_AUTOC_WINDOW 3
 #define MIG_AUTOC_WINDOW_NS 50000000ull
 /* a probe compresses the first MIG_AUTOC_SAMPLE pages of a batch (64 KiB) */
 #define MIG_AUTOC_SAMPLE 16
@@ -36,13 +40,20 @@ struct mig_autoc_batch {
 	uint64_t zns;    /* of ns, the compressor's time */
 	uint64_t zraw;   /* of raw, bytes given to the compressor */
 	uint64_t zsaved; /* bytes the compressor saved */
+	uint64_t run_ns; /* the sender thread's time on a CPU meanwhile (0 with wait_ns: unknown) */
+	uint64_t wait_ns; /* and its time runnable but waiting for one */
 };
+
+#define MIG_AUTOC_PACES 64 /* a window's batches whose pace is kept (the median's) */
 
 struct mig_autoc {
 	bool on;                /* whole batches are compressed */
-	bool settling;          /* the next batch fills or drains the socket buffer */
+	bool settling;          /* the next batch is the first compressed one */
 	uint32_t batches;       /* in the current window */
 	uint64_t ns, wire, raw, zns; /* the current window's writes */
+	uint64_t run_ns, wait_ns;    /* and the senders' CPU time and run-queue wait */
+	float pace[MIG_AUTOC_PACES]; /* plain: each batch's ns per wire byte */
+	uint32_t npace;
 	double cz_ns, cz_raw, cz_saved; /* the compressor's figures, older windows weighing less */
 	double link;            /* ns per byte of the last window sent plain; 0: not measured yet */
 	uint64_t probe_ns;      /* compressor time spent on samples */
@@ -55,7 +66,10 @@ void mig_autoc_init(struct mig_autoc *a);
 /*
  * The rule, in ns per byte of page data: link, the time a plain byte takes to hand over
  * (when the link is the bound the socket blocks and this is the link's pace); zcost and
- * saved, the compressor's time per byte and the fraction it saves; measured, the time per
+ * saved, the compressor's time per byte (a sample's, divided by the share of time the sender
+ * got a CPU when it wanted one: the guest's vCPUs and the destination compete for the same
+ * cores, and a 4 MiB batch is preempted where a 64 KiB sample is not) and the fraction it
+ * saves; measured, the time per
  * byte with compression on (0 when compression is off). Off: compress when the predicted
  * time, max(zcost, (1 - saved) * link) plus half the shorter of the two (the compressor
  * overlaps the link only in part: both share this host's cores), is below 0.85 * link. On:

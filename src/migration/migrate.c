@@ -29,6 +29,7 @@
 #include "vmm/memory.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -237,8 +238,6 @@ static void mig_auto_account(const struct mig_autoc_batch *b)
 {
 	bool on;
 
-	if (mig.p.compress != MIG_COMPRESS_AUTO)
-		return;
 	pthread_mutex_lock(&mig_auto_lock);
 	if (!mig_autoc_account(&mig_auto, b)) {
 		pthread_mutex_unlock(&mig_auto_lock);
@@ -253,6 +252,28 @@ static void mig_auto_account(const struct mig_autoc_batch *b)
 	pthread_mutex_lock(&mig.lock);
 	mig.st.compressing = on;
 	pthread_mutex_unlock(&mig.lock);
+}
+
+/*
+ * The calling thread's time on a CPU and time runnable but waiting for one, in ns, from the
+ * scheduler's statistics; zero where the kernel keeps none (auto then assumes a free CPU).
+ */
+static void mig_thread_sched(uint64_t *run_ns, uint64_t *wait_ns)
+{
+	char buf[96];
+	unsigned long long run = 0, wait = 0;
+	int fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	if (n > 0) {
+		buf[n] = '\0';
+		if (sscanf(buf, "%llu %llu", &run, &wait) != 2)
+			run = wait = 0;
+	}
+	*run_ns = run;
+	*wait_ns = wait;
 }
 
 /*
@@ -288,6 +309,8 @@ static int mig_pages_write_timed(struct state_writer *w, const struct state_page
 {
 	struct state_zstats z0, z1;
 	uint64_t t0, bytes0, data = 0, deltas = 0, delta_bytes = 0;
+	uint64_t run0 = 0, wait0 = 0, run1 = 0, wait1 = 0;
+	bool autoc = mig.p.compress == MIG_COMPRESS_AUTO;
 	int ret;
 
 	for (uint32_t i = 0; i < n; i++) {
@@ -295,6 +318,8 @@ static int mig_pages_write_timed(struct state_writer *w, const struct state_page
 		deltas += pages[i].delta;
 		delta_bytes += pages[i].delta ? pages[i].delta_len : 0;
 	}
+	if (autoc)
+		mig_thread_sched(&run0, &wait0);
 	state_writer_zstats(w, &z0);
 	t0 = time_mono_ns();
 	bytes0 = state_writer_bytes_flushed(w);
@@ -311,6 +336,9 @@ static int mig_pages_write_timed(struct state_writer *w, const struct state_page
 	pthread_mutex_unlock(&mig.lock);
 	if (wait)
 		wait();
+	if (!autoc)
+		return 0;
+	mig_thread_sched(&run1, &wait1);
 	mig_auto_account(&(struct mig_autoc_batch){
 		.ns = time_mono_ns() - t0,
 		.wire = state_writer_bytes_flushed(w) - bytes0,
@@ -318,6 +346,8 @@ static int mig_pages_write_timed(struct state_writer *w, const struct state_page
 		.zns = z1.ns - z0.ns,
 		.zraw = z1.raw_bytes - z0.raw_bytes,
 		.zsaved = (z1.raw_bytes - z1.out_bytes) - (z0.raw_bytes - z0.out_bytes),
+		.run_ns = run1 >= run0 && wait1 >= wait0 ? run1 - run0 : 0,
+		.wait_ns = run1 >= run0 && wait1 >= wait0 ? wait1 - wait0 : 0,
 	});
 	return 0;
 }
