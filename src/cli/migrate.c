@@ -119,6 +119,17 @@ static void progress_delta(json_t *st, char *out, size_t n)
 		 jint(d, "saved_bytes") >> 20);
 }
 
+/* " (auto: on)" while --compress auto is compressing, " (auto: off)" while not, else nothing */
+static const char *progress_auto(json_t *st)
+{
+	json_t *c = json_object_get(st, "compression");
+	const char *mode = json_string_value(json_object_get(c, "mode"));
+
+	if (!mode || strncmp(mode, "auto", 4))
+		return "";
+	return json_is_true(json_object_get(c, "compressing")) ? " (auto: on)" : " (auto: off)";
+}
+
 /* ", 2 connections 40/38 MiB/s" with several connections, else nothing */
 static void progress_streams(json_t *st, char *out, size_t n)
 {
@@ -154,11 +165,12 @@ static void progress_print(json_t *st)
 	progress_streams(st, streams, sizeof(streams));
 	progress_delta(st, delta, sizeof(delta));
 	fprintf(stderr, "\r\033[K%s round %lld: %lld/%lld MiB sent, %lld MiB/s, dirty %lld pages/s, "
-		"remaining %lld MiB, expected downtime %lld ms, throttle %lld%%, compression %.2fx%s%s",
+		"remaining %lld MiB, expected downtime %lld ms, throttle %lld%%, "
+		"compression %.2fx%s%s%s",
 		state, jint(st, "round"), jint(st, "bytes_sent") >> 20,
 		jint(st, "bytes_total") >> 20, jint(st, "throughput") >> 20, jint(st, "dirty_rate"),
 		jint(st, "remaining_bytes") >> 20, jint(st, "expected_downtime_ms"),
-		jint(st, "throttle_pct"), compress_ratio(st), delta, streams);
+		jint(st, "throttle_pct"), compress_ratio(st), progress_auto(st), delta, streams);
 }
 
 /*
