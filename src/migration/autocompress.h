@@ -15,12 +15,12 @@
  * The choice is taken again at the end of each window, from that window's figures. Sending
  * plain, a window is at least MIG_AUTOC_WINDOW batches and MIG_AUTOC_WINDOW_NS of the
  * senders' time (on a slow link: two batches and 8 * MIG_AUTOC_WINDOW_NS), and the link's
- * pace is its batches' median, so that on a fast link a batch held up by a passing stall,
- * or one that only filled the socket buffer, does not decide. Compressing, a window ends once
+ * pace is its batches' mean with the slowest quarter left out, so that on a fast link a
+ * batch held up by a passing stall does not decide. Compressing, a window ends once
  * it has taken MIG_AUTOC_WINDOW_NS: a compressor starved of CPU is given up after one slow
  * batch.
  */
-#define MIG_AUTOC_WINDOW 3
+#define MIG_AUTOC_WINDOW 4
 #define MIG_AUTOC_WINDOW_NS 50000000ull
 /* a probe compresses the first MIG_AUTOC_SAMPLE pages of a batch (64 KiB) */
 #define MIG_AUTOC_SAMPLE 16
@@ -44,7 +44,7 @@ struct mig_autoc_batch {
 	uint64_t wait_ns; /* and its time runnable but waiting for one */
 };
 
-#define MIG_AUTOC_PACES 64 /* a window's batches whose pace is kept (the median's) */
+#define MIG_AUTOC_PACES 64 /* a window's batches whose pace is kept */
 
 struct mig_autoc {
 	bool on;                /* whole batches are compressed */
