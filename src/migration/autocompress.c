@@ -6,7 +6,7 @@
  * at its fastest level is several times slower than handing raw pages to the socket, so
  * every compressed byte there is a loss; the policy must find that out without
  * compressing much. It sends plain and compresses a 64 KiB sample of a batch only while
- * samples have taken under 1% of the move's time, which is enough to know what the
+ * samples have taken under 1% of the time spent sending pages, which is enough to know what the
  * compressor costs and saves on this content. On a slow link a plain batch blocks on the
  * full socket, which shows the link's pace within the first window or two; compression
  * then goes on, and stays on while compressed batches cost less than plain ones did.
@@ -42,9 +42,9 @@ bool mig_autoc_choose(bool on, double link, double zcost, double saved, double m
 	return pred < 0.85 * link;
 }
 
-bool mig_autoc_probe_due(const struct mig_autoc *a, uint64_t elapsed_ns)
+bool mig_autoc_probe_due(const struct mig_autoc *a)
 {
-	return !a->on && a->probe_ns * MIG_AUTOC_PROBE_SHARE <= elapsed_ns;
+	return !a->on && a->probe_ns * MIG_AUTOC_PROBE_SHARE <= a->sent_ns;
 }
 
 static int mig_autoc_cmp(const void *x, const void *y)
@@ -78,6 +78,7 @@ bool mig_autoc_account(struct mig_autoc *a, const struct mig_autoc_batch *b)
 	double zcost = 0, saved = 0, measured = 0, share = 1;
 	bool on;
 
+	a->sent_ns += b->ns;
 	if (!b->raw)
 		return false; /* only zero pages: nothing to learn from */
 	if (b->zraw) {

@@ -24,7 +24,7 @@
 #define MIG_AUTOC_WINDOW_NS 50000000ull
 /* a probe compresses the first MIG_AUTOC_SAMPLE pages of a batch (64 KiB) */
 #define MIG_AUTOC_SAMPLE 16
-/* probes may take at most 1/MIG_AUTOC_PROBE_SHARE of the move's time so far */
+/* samples may take at most 1/MIG_AUTOC_PROBE_SHARE of the time spent sending pages so far */
 #define MIG_AUTOC_PROBE_SHARE 100
 /*
  * Compressing, after this many windows in which the socket never made the sender wait, the
@@ -57,6 +57,7 @@ struct mig_autoc {
 	double cz_ns, cz_raw, cz_saved; /* the compressor's figures, older windows weighing less */
 	double link;            /* ns per byte of the last window sent plain; 0: not measured yet */
 	uint64_t probe_ns;      /* compressor time spent on samples */
+	uint64_t sent_ns;       /* time spent sending pages, every batch's ns */
 	uint32_t unblocked;     /* compressed windows the link did not hold up */
 	uint32_t recheck;       /* re-measure the link after that many such windows */
 };
@@ -79,7 +80,7 @@ void mig_autoc_init(struct mig_autoc *a);
 bool mig_autoc_choose(bool on, double link, double zcost, double saved, double measured);
 
 /* Whether the next batch, sent plain, should carry a compressed sample. */
-bool mig_autoc_probe_due(const struct mig_autoc *a, uint64_t elapsed_ns);
+bool mig_autoc_probe_due(const struct mig_autoc *a);
 
 /*
  * Adds a batch; returns true when the choice (a->on) changed. Compressing, the link's pace

@@ -226,7 +226,7 @@ static enum mig_zchoice mig_compress_now(void)
 	pthread_mutex_lock(&mig_auto_lock);
 	if (mig_auto.on)
 		z = MIG_Z_BATCH;
-	else if (mig_autoc_probe_due(&mig_auto, time_mono_ns() - mig.t_start))
+	else if (mig_autoc_probe_due(&mig_auto))
 		z = MIG_Z_SAMPLE;
 	else
 		z = MIG_Z_PLAIN;

@@ -73,13 +73,13 @@ static struct mig_autoc_batch batch_cost(const struct link *l, int i, bool whole
 /* A move of n batches; from batch change on the link is l2 (NULL: unchanged). */
 static struct run simulate(const struct link *l1, const struct link *l2, int change, int n)
 {
-	struct run r = { .ns = 20000000, .first_on = -1, .last_off = -1 }; /* 20 ms of setup */
+	struct run r = { .first_on = -1, .last_off = -1 };
 	struct mig_autoc a;
 
 	mig_autoc_init(&a);
 	for (int i = 0; i < n; i++) {
 		const struct link *l = l2 && i >= change ? l2 : l1;
-		bool whole = a.on, sample = !whole && mig_autoc_probe_due(&a, r.ns);
+		bool whole = a.on, sample = !whole && mig_autoc_probe_due(&a);
 		struct mig_autoc_batch b = batch_cost(l, i, whole, sample);
 
 		r.ns += b.ns;
@@ -146,7 +146,7 @@ static void test_slow_link_compresses(void **state)
 	(void)state;
 	for (unsigned i = 0; i < sizeof(slow) / sizeof(slow[0]); i++) {
 		struct run r = simulate(slow[i], NULL, 0, BATCHES);
-		uint64_t all = 20000000;
+		uint64_t all = 0;
 
 		for (int k = 0; k < BATCHES; k++)
 			all += batch_cost(slow[i], k, true, false).ns;
