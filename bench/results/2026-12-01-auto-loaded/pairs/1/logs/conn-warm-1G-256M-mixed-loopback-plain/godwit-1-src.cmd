@@ -1,0 +1,1 @@
+ip netns exec gwb-src-12097 /work/wt/s-auto/build-bench/src/cli/godwit run --api-socket /tmp/gwb-uvrnpdtr/gw-src.sock --serial stdio --name bench-src --memory 1G --cpus 2 --kernel /work/wt/s-auto/build-bench/guest/godwit-guest.elf --cmdline 'workload=dirty wss=256M rate=0 pattern=seq content=mixed stats=1'

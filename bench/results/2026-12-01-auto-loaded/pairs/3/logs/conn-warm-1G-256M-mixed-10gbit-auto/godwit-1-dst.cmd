@@ -1,0 +1,1 @@
+ip netns exec gwb-dst-16917 /work/wt/s-auto/build-bench/src/cli/godwit run --api-socket /tmp/gwb-zzsy32eh/gw-dst.sock --serial stdio --name bench-dst --incoming tcp:10.99.0.2:47102 --memory 1G --insecure

@@ -1,0 +1,1 @@
+ip netns exec gwb-src-16917 /work/wt/s-auto/build-bench/src/cli/godwit run --api-socket /tmp/gwb-zzsy32eh/gw-dst.sock --serial stdio --name bench-dst --incoming tcp:127.0.0.1:47104 --memory 1G --insecure
