@@ -33,16 +33,9 @@
 #include <zstd.h>
 #include <cmocka.h>
 
-#define PS STATE_PAGE_SIZE
+#include "assert_err.h"
 
-/* assert that a call failed with ret and that its message contains needle */
-#define assert_fails_with(call, ret, e, needle)                                                \
-	do {                                                                                   \
-		int r_ = (call);                                                               \
-		if (r_ != (ret) || !strstr((e)->msg, (needle)))                                \
-			fail_msg("%s: got %d \"%s\", expected %d and \"%s\"", #call, r_,        \
-				 (e)->msg, (ret), (needle));                                   \
-	} while (0)
+#define PS STATE_PAGE_SIZE
 
 static char tmp_root[64];
 

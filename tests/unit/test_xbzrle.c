@@ -15,15 +15,9 @@
 #include <string.h>
 #include <cmocka.h>
 
-#define PAGE XBZRLE_PAGE
+#include "assert_err.h"
 
-#define assert_fails_with(call, ret, e, needle)                                                \
-	do {                                                                                   \
-		int r_ = (call);                                                               \
-		if (r_ != (ret) || !strstr((e)->msg, (needle)))                                \
-			fail_msg("%s: got %d \"%s\", expected %d and \"%s\"", #call, r_,        \
-				 (e)->msg, (ret), (needle));                                   \
-	} while (0)
+#define PAGE XBZRLE_PAGE
 
 static uint64_t rng = 88172645463325252ull;
 
