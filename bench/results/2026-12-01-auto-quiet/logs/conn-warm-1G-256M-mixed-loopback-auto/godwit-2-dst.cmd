@@ -1,0 +1,1 @@
+ip netns exec gwb-src-27328 /tmp/godwit-fresh/build-bench/src/cli/godwit run --api-socket /tmp/gwb-i13cs1b8/gw-dst.sock --serial stdio --name bench-dst --incoming tcp:127.0.0.1:47111 --memory 1G --insecure
