@@ -1,0 +1,1 @@
+ip netns exec gwb-dst-29103 /tmp/godwit-fresh/build-bench/src/cli/godwit run --api-socket /tmp/gwb-6if2u5c2/gw-dst.sock --serial stdio --name bench-dst --incoming tcp:10.99.0.2:47103 --memory 1G --insecure

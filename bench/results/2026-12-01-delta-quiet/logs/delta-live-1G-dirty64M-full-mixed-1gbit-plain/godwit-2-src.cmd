@@ -1,0 +1,1 @@
+ip netns exec gwb-src-29103 /tmp/godwit-fresh/build-bench/src/cli/godwit run --api-socket /tmp/gwb-6if2u5c2/gw-src.sock --serial stdio --name bench-src --memory 1G --cpus 1 --kernel /tmp/godwit-fresh/build-bench/guest/godwit-guest.elf --cmdline 'workload=dirty wss=64M rate=0 pattern=seq content=mixed stats=1'

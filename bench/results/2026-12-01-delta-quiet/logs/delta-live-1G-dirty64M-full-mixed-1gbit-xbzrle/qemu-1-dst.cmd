@@ -1,0 +1,1 @@
+ip netns exec gwb-dst-29103 /usr/bin/qemu-system-x86_64 -accel kvm -cpu host,-arch-capabilities -M microvm -m 1G -smp 1 -display none -nodefaults -serial stdio -kernel /tmp/godwit-fresh/build-bench/guest/godwit-guest.elf -append 'workload=dirty wss=64M rate=0 pattern=seq content=mixed stats=1' -qmp unix:/tmp/gwb-6if2u5c2/qm-dst.qmp,server=on,wait=off -incoming defer

@@ -1,0 +1,1 @@
+ip netns exec gwb-src-29670 /tmp/godwit-fresh/build-bench/src/cli/godwit run --api-socket /tmp/gwb-eq6f0mkd/gw-src.sock --serial stdio --name bench-src --memory 1G --cpus 1 --kernel /tmp/godwit-fresh/build-bench/guest/godwit-guest.elf --cmdline 'workload=dirty wss=256M rate=16384 pattern=random'

@@ -1,0 +1,1 @@
+ip netns exec gwb-src-29670 /usr/bin/qemu-system-x86_64 -accel kvm -cpu host,-arch-capabilities -M microvm -m 1G -smp 1 -display none -nodefaults -serial stdio -kernel /tmp/godwit-fresh/build-bench/guest/godwit-guest.elf -append 'workload=dirty wss=256M rate=16384 pattern=random' -qmp unix:/tmp/gwb-eq6f0mkd/qm-src.qmp,server=on,wait=off

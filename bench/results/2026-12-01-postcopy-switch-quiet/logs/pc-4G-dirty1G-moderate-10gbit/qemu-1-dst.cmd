@@ -1,0 +1,1 @@
+ip netns exec gwb-dst-29670 /usr/bin/qemu-system-x86_64 -accel kvm -cpu host,-arch-capabilities -M microvm -m 4G -smp 1 -display none -nodefaults -serial stdio -kernel /tmp/godwit-fresh/build-bench/guest/godwit-guest.elf -append 'workload=dirty wss=1G rate=16384 pattern=random' -qmp unix:/tmp/gwb-eq6f0mkd/qm-dst.qmp,server=on,wait=off -incoming defer
