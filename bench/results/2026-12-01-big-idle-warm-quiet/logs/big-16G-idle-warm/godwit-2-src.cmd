@@ -1,0 +1,1 @@
+ip netns exec gwb-src-23233 /tmp/godwit-fresh/build-bench/src/cli/godwit run --api-socket /tmp/gwb-vxoyq25o/gw-src.sock --serial stdio --name bench-src --memory 16G --cpus 1 --kernel /tmp/godwit-fresh/build-bench/guest/godwit-guest.elf --cmdline workload=idle

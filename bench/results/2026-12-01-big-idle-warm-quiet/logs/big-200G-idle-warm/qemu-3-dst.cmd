@@ -1,0 +1,1 @@
+ip netns exec gwb-src-23233 /usr/bin/qemu-system-x86_64 -accel kvm -cpu host,-arch-capabilities -M microvm -m 200G -smp 1 -display none -nodefaults -serial stdio -kernel /tmp/godwit-fresh/build-bench/guest/godwit-guest.elf -append workload=idle -qmp unix:/tmp/gwb-vxoyq25o/qm-dst.qmp,server=on,wait=off -incoming defer

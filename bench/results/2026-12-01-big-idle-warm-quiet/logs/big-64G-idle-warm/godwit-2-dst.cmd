@@ -1,0 +1,1 @@
+ip netns exec gwb-src-23233 /tmp/godwit-fresh/build-bench/src/cli/godwit run --api-socket /tmp/gwb-vxoyq25o/gw-dst.sock --serial stdio --name bench-dst --incoming tcp:127.0.0.1:47109 --memory 64G --insecure
