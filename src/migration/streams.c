@@ -17,10 +17,11 @@
  * every connection: the destination's first connection goes past its FENCE only once every
  * extra connection has read its own (so all of the round's pages are installed before the
  * PING after it is answered, and before SECTIONs and DONE), and no extra connection reads
- * past its FENCE before the first has arrived there. A connection that breaks or stalls
- * fails the move on both sides, as a broken first connection does.
+ * past its FENCE before the first has arrived there (the rules: fences.h). A connection
+ * that breaks or stalls fails the move on both sides, as a broken first connection does.
  */
 #include "base/log.h"
+#include "migration/fences.h"
 #include "migration/mig_internal.h"
 #include "migration/params.h"
 #include "vmm/memory.h"
@@ -58,8 +59,7 @@ struct mig_xstream {
 	_Atomic uint64_t bytes;       /* payload sent (source) or received (destination) */
 	bool busy;                    /* source: writing a batch (under xs.lock) */
 	struct state_inflater *z;     /* destination */
-	uint64_t fence;               /* destination: the last FENCE read (under xs.lock) */
-	uint64_t pages;               /* destination: pages since that FENCE */
+	uint64_t pages;               /* destination: pages since its last FENCE */
 };
 
 static struct {
@@ -72,7 +72,8 @@ static struct {
 	struct mig_xbatch *slots;
 	struct mig_xbatch *queue[2 * MIG_STREAMS_MAX], *free[2 * MIG_STREAMS_MAX];
 	unsigned qhead, qcount, nfree;
-	uint64_t fence;               /* source: the last sent; destination: the first's last */
+	uint64_t fence;               /* source: the last FENCE sent */
+	struct mig_fences f;          /* destination: the barrier (fences.h) */
 	bool quit;
 	int err;                      /* the first failure of an extra connection */
 	char msg[ERRBUF_LEN];
@@ -172,13 +173,13 @@ static void mig_streams_reset(unsigned n)
 	for (unsigned i = 0; i < MIG_STREAMS_MAX; i++) {
 		atomic_store(&xs.s[i].fd, -1);
 		atomic_store(&xs.s[i].bytes, 0);
-		xs.s[i].fence = 0;
 		xs.s[i].pages = 0;
 		xs.s[i].busy = false;
 	}
 	xs.n = n;
 	xs.qhead = xs.qcount = xs.nfree = 0;
 	xs.fence = 0;
+	xs.f = (struct mig_fences){ .n = n };
 	xs.quit = false;
 	xs.err = 0;
 	xs.msg[0] = '\0';
@@ -448,6 +449,7 @@ int mig_streams_expect(const struct mig_ctrl *hello, struct state_reader *r, str
 			       mig_msg_name(m.type));
 	pthread_mutex_lock(&xs.lock);
 	xs.n = m.u32a;
+	xs.f.n = m.u32a;
 	memcpy(xs.token, m.token, sizeof(xs.token));
 	pthread_mutex_unlock(&xs.lock);
 	return 0;
@@ -567,15 +569,14 @@ static int mig_receiver_fence(unsigned i, uint64_t seq, struct errbuf *e)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += (time_t)(MIG_RECORD_DEADLINE_MS / 1000);
 	pthread_mutex_lock(&xs.lock);
-	if (seq != s->fence + 1)
+	if (mig_fences_extra_read(&xs.f, i, seq) < 0)
 		ret = err_set(e, -EPROTO, "FENCE %llu out of order (expected %llu)",
-			      (unsigned long long)seq, (unsigned long long)s->fence + 1);
+			      (unsigned long long)seq, (unsigned long long)xs.f.extra[i] + 1);
 	if (ret == 0) {
-		s->fence = seq;
 		s->pages = 0;
 		pthread_cond_broadcast(&xs.cond);
 	}
-	while (ret == 0 && xs.fence < seq && !xs.quit && !xs.err)
+	while (ret == 0 && !mig_fences_extra_may_go(&xs.f, i) && !xs.quit && !xs.err)
 		if (pthread_cond_timedwait(&xs.cond, &xs.lock, &ts) == ETIMEDOUT)
 			ret = err_set(e, -ETIMEDOUT, "the first connection did not reach FENCE "
 				      "%llu within %llu ms", (unsigned long long)seq,
@@ -689,14 +690,11 @@ int mig_streams_fence_wait(uint64_t seq, struct errbuf *e)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += (time_t)(MIG_RECORD_DEADLINE_MS / 1000);
 	pthread_mutex_lock(&xs.lock);
-	if (seq != xs.fence + 1)
+	if (mig_fences_first_check(&xs.f, seq) < 0)
 		ret = err_set(e, -EPROTO, "FENCE %llu out of order (expected %llu)",
-			      (unsigned long long)seq, (unsigned long long)xs.fence + 1);
+			      (unsigned long long)seq, (unsigned long long)xs.f.first + 1);
 	for (;;) {
-		late = 0;
-		for (unsigned i = 1; i < xs.n && !late; i++)
-			if (xs.s[i].fence < seq)
-				late = i;
+		late = mig_fences_first_late(&xs.f, seq);
 		if (ret < 0 || !late || xs.err)
 			break;
 		if (pthread_cond_timedwait(&xs.cond, &xs.lock, &ts) == ETIMEDOUT)
@@ -707,7 +705,7 @@ int mig_streams_fence_wait(uint64_t seq, struct errbuf *e)
 	if (ret == 0 && xs.err)
 		ret = err_set(e, xs.err, "%s", xs.msg);
 	if (ret == 0) {
-		xs.fence = seq;
+		mig_fences_first_pass(&xs.f, seq);
 		pthread_cond_broadcast(&xs.cond);
 	}
 	pthread_mutex_unlock(&xs.lock);
@@ -723,7 +721,7 @@ int mig_streams_finish(struct errbuf *e)
 	pthread_mutex_lock(&xs.lock);
 	if (xs.err)
 		ret = err_set(e, xs.err, "%s", xs.msg);
-	else if (!xs.fence)
+	else if (!xs.f.first)
 		ret = err_set(e, -EPROTO, "DONE before any FENCE on a migration of %u "
 			      "connections", xs.n);
 	pthread_mutex_unlock(&xs.lock);
