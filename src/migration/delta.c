@@ -12,13 +12,33 @@
  * back to back) that stays put until the batch is written, so the writer sends it without
  * another copy. A page that became zero is sent as a flag and leaves the cache.
  *
- * One connection only (params.c): an extra connection's sender writes a batch later from
- * references the engine made, and the cache is the engine's. Post-copy pages never go
- * through here (mig_complete stops deltas before a switch): UFFDIO_COPY installs whole
- * pages. Each attempt starts with an empty cache, as the destination starts empty.
+ * Several connections (streams.c). Only the engine thread touches the cache and the
+ * batch buffer: a batch handed to an extra connection's sender takes its buffer along and
+ * leaves a written one in its place, so no lock guards the cache. The cache is updated when
+ * a page is queued, not when it is written; that is sound because the destination applies
+ * each page's copies in the order the engine queued them, whichever connection carries
+ * them:
+ *   - within a round the engine queues a page at most once (round 0 reads each window
+ *     once; a later round clears each page's dirty bit as it queues it, and only a sync
+ *     between rounds sets bits), so no two copies of a page are ever in flight between
+ *     the same two FENCEs;
+ *   - every round, the stop-and-copy's too, ends with FENCE on every connection, sent only
+ *     once each sender has written all it was given, and the destination installs
+ *     everything before FENCE k before anything after it (fences.h; tests/unit/
+ *     test_fences.c drives that rule with this cache and decoder through random
+ *     interleavings and shows a delta applied early breaks the copy).
+ * So when the destination applies a delta of round k, its copy of the page is the one the
+ * cache held when the delta was made. A failed move is never resumed from this cache.
+ * Post-copy pages never go through here (mig_complete stops deltas before a switch, and
+ * post-copy takes one connection): UFFDIO_COPY installs whole pages. Each attempt starts
+ * with an empty cache, as the destination starts empty. Memory: the cache, plus a batch
+ * buffer (MIG_BATCH_DATA, 4 MiB) for the engine and one for each of the 2 (N - 1) batches
+ * that may wait for or be with a sender, allocated at their first use.
  */
 #include "migration/mig_internal.h"
 #include "state/xbzrle.h"
+
+_Static_assert(XBZRLE_PAGE == STATE_PAGE_SIZE, "a batch buffer holds whole pages");
 
 #include <errno.h>
 #include <stdlib.h>
@@ -26,7 +46,7 @@
 
 static struct {
 	struct xbzrle_cache *cache;
-	uint8_t *buf;		/* the batch being built: STATE_PAGES_MAX pages at most */
+	uint8_t *buf;		/* the batch being built: MIG_BATCH_DATA bytes */
 	size_t used;
 	uint8_t snap[XBZRLE_PAGE]; /* the page as read once */
 } md;
@@ -41,7 +61,7 @@ int mig_delta_start(struct errbuf *e)
 	ret = xbzrle_cache_new(&md.cache, mig.p.delta_cache, e);
 	if (ret < 0)
 		return ret;
-	md.buf = malloc((size_t)STATE_PAGES_MAX * XBZRLE_PAGE);
+	md.buf = malloc(MIG_BATCH_DATA);
 	if (!md.buf) {
 		mig_delta_stop();
 		return err_set(e, -ENOMEM, "out of memory for the delta batch");
@@ -85,6 +105,11 @@ int mig_delta_page(uint64_t pg, const void *host, struct state_page *out)
 	out->data = at;
 	md.used += XBZRLE_PAGE;
 	return 0;
+}
+
+uint8_t **mig_delta_batch_buf(void)
+{
+	return md.cache ? &md.buf : NULL;
 }
 
 void mig_delta_batch_sent(void)

@@ -413,13 +413,6 @@ static int inc_receive(struct errbuf *e)
 		inc_reply(MIG_MSG_REFUSE, e->msg);
 		return -EPROTO;
 	}
-	/* a delta needs the page's previous copy in place: rounds on one connection */
-	if ((m.u64a & MIG_CAP_DELTA) && (m.u64a & MIG_CAP_STREAMS)) {
-		err_set(e, -EPROTO, "the source announced deltas (migrate --delta) over several "
-				    "connections; deltas need one connection");
-		inc_reply(MIG_MSG_REFUSE, e->msg);
-		return -EPROTO;
-	}
 	inc.delta = m.u64a & MIG_CAP_DELTA;
 	pthread_mutex_lock(&mig.lock);
 	mig.st.mode = m.u32b;

@@ -108,8 +108,14 @@ unsigned mig_streams_count(void);
 int __must_check mig_streams_hello(struct mig_ctrl *hello, unsigned n, struct errbuf *e);
 int __must_check mig_streams_announce(struct state_writer *w, struct errbuf *e);
 int __must_check mig_streams_connect(const char *host, struct errbuf *e);
+/*
+ * data: NULL when the pages point into guest memory; else where the caller's pages lie, a
+ * buffer of MIG_BATCH_DATA bytes: a sender that takes the batch takes the buffer with it
+ * and leaves in *data one it has written (allocated at its first use), so the caller
+ * builds its next batch without waiting or copying.
+ */
 int __must_check mig_streams_give(const struct state_page *pages, uint32_t n, unsigned flags,
-				  struct errbuf *e);
+				  uint8_t **data, struct errbuf *e);
 int __must_check mig_streams_fence(struct errbuf *e);
 int __must_check mig_streams_expect(const struct mig_ctrl *hello, struct state_reader *r,
 				    struct errbuf *e);
@@ -125,17 +131,22 @@ void mig_streams_close(void);
 uint64_t mig_streams_bytes(void);
 void mig_streams_status_fill(struct mig_status *st);
 
+/* the most a batch's pages take when each is a whole page */
+#define MIG_BATCH_DATA ((size_t)STATE_PAGES_MAX * STATE_PAGE_SIZE)
+
 /*
  * migrate --delta (delta.c): mig_delta_start() at the start of an attempt (nothing to do
  * without --delta), mig_delta_stop() at its end or before post-copy. While on, the engine
  * queues each page through mig_delta_page(): out gets the page's data (NULL: it is zero),
- * whole or as a delta (returns 1), in the batch buffer, which mig_delta_batch_sent()
- * empties once the batch is written.
+ * whole or as a delta (returns 1), in the batch buffer (mig_delta_batch_buf(), which a
+ * sender thread may swap for another: mig_streams_give), which mig_delta_batch_sent()
+ * empties once the batch is written or handed over. Only the engine thread calls these.
  */
 int __must_check mig_delta_start(struct errbuf *e);
 void mig_delta_stop(void);
 bool mig_delta_on(void);
 int mig_delta_page(uint64_t pg, const void *host, struct state_page *out);
+uint8_t **mig_delta_batch_buf(void);
 void mig_delta_batch_sent(void);
 
 /* Writes one batch on w, compressed as --compress says, and counts it in the status. */

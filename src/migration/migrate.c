@@ -367,15 +367,16 @@ static void mig_batch_wait(void)
 
 static int mig_batch_flush(struct mig_batch *b, struct errbuf *e)
 {
+	unsigned flags;
 	int ret;
 
 	if (!b->n)
 		return 0;
-	ret = mig_streams_give(b->pages, b->n, b->flags, e);
-	if (ret == 0) /* a batch built by delta.c lies in its own buffer: stable */
-		ret = mig_pages_write_timed(mig.w, b->pages, b->n,
-					    b->flags | (mig_delta_on() ? STATE_PAGES_STABLE : 0),
-					    mig_batch_wait, e);
+	/* a batch built by delta.c lies in its own buffer (stable), which goes with it */
+	flags = b->flags | (mig_delta_on() ? STATE_PAGES_STABLE : 0);
+	ret = mig_streams_give(b->pages, b->n, flags, mig_delta_batch_buf(), e);
+	if (ret == 0)
+		ret = mig_pages_write_timed(mig.w, b->pages, b->n, flags, mig_batch_wait, e);
 	else if (ret > 0)
 		mig_batch_wait();
 	if (mig_delta_on())

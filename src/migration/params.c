@@ -72,15 +72,10 @@ int mig_params_validate(const struct mig_params *p, struct errbuf *e)
 			       p->delta_cache > XBZRLE_CACHE_MAX))
 		return err_set(e, -EINVAL, "delta must be none or xbzrle[:CACHE_SIZE] with "
 			       "CACHE_SIZE 1M to 1T");
-	/*
-	 * Deltas are for pages sent again in later live rounds. A sender thread of an extra
-	 * connection writes a batch later from references the engine made (streams.c), while
-	 * the delta cache and its snapshot buffer belong to the engine: one connection only.
-	 */
-	if (p->delta_cache && (p->mode != MIG_MODE_LIVE || p->connections > 1 || p->resume))
-		return err_set(e, -EINVAL, "delta xbzrle is for live moves over one connection "
-					   "(not mode warm or postcopy, connections above 1, or "
-					   "resume)");
+	/* deltas are for pages sent again in later live rounds, over any number of connections */
+	if (p->delta_cache && (p->mode != MIG_MODE_LIVE || p->resume))
+		return err_set(e, -EINVAL, "delta xbzrle is for live moves (not mode warm or "
+					   "postcopy, or resume)");
 	if (p->tls.dir[0] && p->tls.psk[0])
 		return err_set(e, -EINVAL, "tls_dir and tls_psk exclude each other");
 	return 0;

@@ -29,7 +29,7 @@
 /* HELLO capabilities: what the source may send beyond protocol 2's basics */
 #define MIG_CAP_ZSTD 0x1ull /* PAGES batches with the ZSTD flag (docs/state-format.md) */
 #define MIG_CAP_STREAMS 0x2ull /* STREAMS follows HELLO: pages also come on extra connections */
-#define MIG_CAP_DELTA 0x4ull /* PAGES batches with deltas (migrate --delta), one connection only */
+#define MIG_CAP_DELTA 0x4ull /* PAGES batches with deltas (migrate --delta), on any connection */
 #define MIG_MSG_MAX 1024u /* control payloads and reasons are small */
 
 enum mig_msg {

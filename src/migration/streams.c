@@ -8,17 +8,21 @@
  *
  * Source: the engine thread fills batches as before; a batch goes to an extra connection's
  * sender thread when one can take it, else the engine writes it on the first connection
- * itself, so every connection (and, compressing, every core) works. Destination: one
- * receiving thread per extra connection installs its pages.
+ * itself, so every connection (and, compressing, every core) works. With --delta a batch's
+ * pages lie in a buffer of delta.c's, which goes with the batch to its sender (a written one
+ * comes back in exchange): the engine never reuses bytes a sender has yet to write, and the
+ * delta cache stays the engine's alone. Destination: one receiving thread per extra
+ * connection installs its pages.
  *
  * The barrier: pages are independent, so their order across connections does not matter
  * within a round; a page may only never be overtaken by its older copy from an earlier
- * round. Each round (and the stop-and-copy, before any SECTION) ends with FENCE seq on
- * every connection: the destination's first connection goes past its FENCE only once every
- * extra connection has read its own (so all of the round's pages are installed before the
- * PING after it is answered, and before SECTIONs and DONE), and no extra connection reads
- * past its FENCE before the first has arrived there (the rules: fences.h). A connection
- * that breaks or stalls fails the move on both sides, as a broken first connection does.
+ * round (a delta would then meet the wrong base). Each round (and the stop-and-copy,
+ * before any SECTION) ends with FENCE seq on every connection: the destination's first
+ * connection goes past its FENCE only once every extra connection has read its own (so all
+ * of the round's pages are installed before the PING after it is answered, and before
+ * SECTIONs and DONE), and no extra connection reads past its FENCE before the first has
+ * arrived there (the rules: fences.h). A connection that breaks or stalls fails the move
+ * on both sides, as a broken first connection does.
  */
 #include "base/log.h"
 #include "migration/fences.h"
@@ -40,11 +44,16 @@ _Static_assert(MIG_CONNECTIONS_MAX == MIG_STREAMS_MAX, "one bound for connection
 _Static_assert(sizeof(((struct mig_status *)0)->stream_bytes) / sizeof(uint64_t) ==
 		       MIG_STREAMS_MAX, "a status entry per connection");
 
-/* a batch handed to a sender thread: page references, read when the thread writes them */
+/*
+ * A batch handed to a sender thread: page references, read when the thread writes them.
+ * With --delta the pages lie in a buffer of the batch's own (data), which it keeps until it
+ * is written (mig_streams_give).
+ */
 struct mig_xbatch {
 	struct state_page pages[STATE_PAGES_MAX];
 	uint32_t n;
 	unsigned flags;
+	uint8_t *data;
 };
 
 /* an extra connection, index 1..n-1 (the first is mig.fd, mig.w, mig.r) */
@@ -70,6 +79,7 @@ static struct {
 	struct mig_xstream s[MIG_STREAMS_MAX];
 	/* source: batches waiting for a sender (a ring) and free batches (a stack) */
 	struct mig_xbatch *slots;
+	unsigned nslots;
 	struct mig_xbatch *queue[2 * MIG_STREAMS_MAX], *free[2 * MIG_STREAMS_MAX];
 	unsigned qhead, qcount, nfree;
 	uint64_t fence;               /* source: the last FENCE sent */
@@ -161,8 +171,11 @@ void mig_streams_close(void)
 			close(fd);
 		atomic_store(&s->fd, -1);
 	}
+	for (unsigned k = 0; xs.slots && k < xs.nslots; k++)
+		free(xs.slots[k].data);
 	free(xs.slots);
 	xs.slots = NULL;
+	xs.nslots = 0;
 }
 
 /* Forgets the last migration's connections; n: connections of the next one. */
@@ -356,6 +369,7 @@ int mig_streams_connect(const char *host, struct errbuf *e)
 	xs.slots = calloc(nslots, sizeof(*xs.slots));
 	if (!xs.slots)
 		return err_set(e, -ENOMEM, "out of memory for %u batches", nslots);
+	xs.nslots = nslots;
 	for (unsigned k = 0; k < nslots; k++)
 		xs.free[xs.nfree++] = &xs.slots[k];
 	mig_streams_test_delay();
@@ -368,7 +382,7 @@ int mig_streams_connect(const char *host, struct errbuf *e)
 	return 0;
 }
 
-int mig_streams_give(const struct state_page *pages, uint32_t n, unsigned flags,
+int mig_streams_give(const struct state_page *pages, uint32_t n, unsigned flags, uint8_t **data,
 		     struct errbuf *e)
 {
 	struct mig_xbatch *b = NULL;
@@ -380,7 +394,21 @@ int mig_streams_give(const struct state_page *pages, uint32_t n, unsigned flags,
 	if (xs.err) {
 		ret = err_set(e, xs.err, "%s", xs.msg);
 	} else if (xs.qcount < xs.n - 1 && xs.nfree) {
-		b = xs.free[--xs.nfree];
+		b = xs.free[xs.nfree - 1];
+		/* a free slot's buffer was written: it becomes the caller's next one */
+		if (data && !b->data)
+			b->data = malloc(MIG_BATCH_DATA);
+		if (data && !b->data) {
+			pthread_mutex_unlock(&xs.lock);
+			return 0; /* no memory for a spare: the caller writes this batch itself */
+		}
+		xs.nfree--;
+		if (data) {
+			uint8_t *spare = b->data;
+
+			b->data = *data;
+			*data = spare;
+		}
 		memcpy(b->pages, pages, n * sizeof(*pages));
 		b->n = n;
 		b->flags = flags;

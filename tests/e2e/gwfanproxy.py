@@ -4,15 +4,20 @@ on LISTEN gets its own connection to CONNECT, bytes forwarded both ways untouche
 chosen connection can be broken after some of the source's bytes.
 
 usage: gwfanproxy.py LISTEN_HOST:PORT CONNECT_HOST:PORT MODE
-MODE: pass | cut:K:BYTES | stall:K:BYTES
+MODE: pass | cut:K:BYTES | stall:K:BYTES | delta:K
 K counts accepted connections from 1 (1 is a migration's first connection, 2 its first
 extra one); once BYTES of the source's bytes went through connection K, cut closes both
 of its sides, stall stops forwarding the source's bytes on it and keeps it open (a link
-that went silent). Prints "listening" once ready and "injected" when it acted."""
+that went silent); delta makes the first delta of at least 2 bytes on connection K
+hostile, as gwproxy.py's delta:past. Prints "listening" once ready and "injected" when it
+acted."""
 import socket
 import sys
 import threading
 import time
+
+import gwstate
+from gwproxy import shutdown_both
 
 
 def pump(a, b, limit=None, action=None):
@@ -33,18 +38,33 @@ def pump(a, b, limit=None, action=None):
             sent += len(data)
     except OSError:
         pass
-    for s in (a, b):
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    shutdown_both(a, b)
+
+
+def pump_delta(a, b):
+    """a -> b record by record; the first uncompressed PAGES batch with a delta goes hostile."""
+    armed = True
+    try:
+        b.sendall(gwstate.recv_exact(a, 32))
+        while True:
+            typ, payload, rec = gwstate.record_recv(a)
+            bad = gwstate.delta_past(payload) if armed and typ == gwstate.PAGES else None
+            if bad:
+                rec = gwstate.record(typ, bad)
+                armed = False
+                print("injected", flush=True)
+            b.sendall(rec)
+    except (EOFError, OSError):
+        pass
+    shutdown_both(a, b)
 
 
 def main():
     lhost, lport = sys.argv[1].rsplit(":", 1)
     chost, cport = sys.argv[2].rsplit(":", 1)
     action, _, rest = sys.argv[3].partition(":")
-    k, limit = (int(x) for x in rest.split(":")) if rest else (0, 0)
+    k, _, limit = rest.partition(":")
+    k, limit = int(k or 0), int(limit or 0)
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((lhost, int(lport)))
@@ -56,8 +76,11 @@ def main():
         n += 1
         dst = socket.create_connection((chost, int(cport)))
         hit = action in ("cut", "stall") and n == k
-        threading.Thread(target=pump, daemon=True,
-                         args=(src, dst, limit if hit else None, action)).start()
+        if action == "delta" and n == k:
+            threading.Thread(target=pump_delta, args=(src, dst), daemon=True).start()
+        else:
+            threading.Thread(target=pump, daemon=True,
+                             args=(src, dst, limit if hit else None, action)).start()
         # an extra connection's return path carries ACCEPT only: it stays as it is
         threading.Thread(target=pump, args=(dst, src), daemon=True).start()
 

@@ -76,22 +76,6 @@ def raw(src, dst, action, at):
     shutdown_both(src, dst)
 
 
-def delta_past(payload):
-    """The PAGES payload with its first delta of 2+ bytes made hostile, or None."""
-    count, flags = struct.unpack_from("<II", payload)
-    if flags != 0x2:        # DELTA without ZSTD
-        return None
-    data = 8 + 16 * count
-    for i in range(count):
-        _, pflags, length = struct.unpack_from("<QII", payload, 8 + 16 * i)
-        if pflags == 0x2 and length >= 2:
-            out = bytearray(payload)
-            out[data:data + 2] = b"\xff\x7f"    # ULEB128 16383
-            return bytes(out)
-        data += length
-    return None
-
-
 def main():
     lhost, lport = sys.argv[1].rsplit(":", 1)
     chost, cport = sys.argv[2].rsplit(":", 1)
@@ -139,8 +123,9 @@ def main():
                 dst.sendall(rec)
                 print("injected", flush=True)
                 break
-            elif armed and action == "delta" and typ == gwstate.PAGES and delta_past(payload):
-                rec = gwstate.record(typ, delta_past(payload))
+            elif armed and action == "delta" and typ == gwstate.PAGES and \
+                    gwstate.delta_past(payload):
+                rec = gwstate.record(typ, gwstate.delta_past(payload))
                 armed = False
                 print("injected", flush=True)
             elif hit and action == "trickle":
@@ -155,4 +140,5 @@ def main():
     shutdown_both(src, dst)
 
 
-main()
+if __name__ == "__main__":
+    main()

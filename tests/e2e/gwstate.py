@@ -146,3 +146,20 @@ def section_patch(recs, name, fn):
             p = section_build(n, inst, ver, fn(data))
         out.append((typ, p))
     return out
+
+
+def delta_past(payload):
+    """The PAGES payload with its first delta of 2+ bytes made hostile (its first run a skip
+    of 16383 bytes, past the page's end), or None (proxies' delta:past)."""
+    count, flags = struct.unpack_from("<II", payload)
+    if flags != 0x2:        # DELTA without ZSTD
+        return None
+    data = 8 + 16 * count
+    for i in range(count):
+        _, pflags, length = struct.unpack_from("<QII", payload, 8 + 16 * i)
+        if pflags == 0x2 and length >= 2:
+            out = bytearray(payload)
+            out[data:data + 2] = b"\xff\x7f"    # ULEB128 16383
+            return bytes(out)
+        data += length
+    return None

@@ -302,6 +302,17 @@ def proxy(hosts, mode):
     return p
 
 
+def fanproxy(hosts, mode):
+    """gwfanproxy.py (several connections) in the source's namespace at 127.0.0.1:5555,
+    forwarding each connection to the destination's port 4444 (MODE as it takes it)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gwfanproxy.py")
+    p = subprocess.Popen(["ip", "netns", "exec", hosts.src, sys.executable, script,
+                          "127.0.0.1:5555", f"{hosts.dst_ip}:4444", mode],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "listening"
+    return p
+
+
 def migrate(src, uri, *opts, check=True, timeout=300):
     """Runs godwit migrate --json; returns (rc, result dict or None, stderr)."""
     rc, out, err = src.ctl("migrate", "--json", *opts, uri, check=False, timeout=timeout)

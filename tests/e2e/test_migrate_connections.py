@@ -19,7 +19,6 @@ import gwtest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAKE_CERTS = os.path.join(HERE, "..", "..", "scripts", "make-certs")
-FANPROXY = os.path.join(HERE, "gwfanproxy.py")
 AB = "workload=abcheck wss=8M content=mixed"
 JOIN, REFUSE, ACCEPT = 0x111, 0x102, 0x101
 
@@ -95,20 +94,12 @@ def still_running(src, what):
     assert src.status()["state"] == "running", what
 
 
-def fanproxy(hosts, mode):
-    p = subprocess.Popen(["ip", "netns", "exec", hosts.src, sys.executable, FANPROXY,
-                          "127.0.0.1:5555", f"{hosts.dst_ip}:4444", mode],
-                         stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "listening"
-    return p
-
-
 def broken(env, hosts, name, mode, n, expect, dst_expect):
     """An extra connection broken mid-move: the move fails, the source keeps running, the
     destination exits 1 having run nothing; then a retry to a new destination succeeds."""
     uri = f"tcp:{hosts.dst_ip}:4444"
     src, dst = pair(env, hosts, name, uri, both_env={"GODWIT_MIGRATION_IO_TIMEOUT_MS": "3000"})
-    proxy = fanproxy(hosts, mode)
+    proxy = gwtest.fanproxy(hosts, mode)
     try:
         rc, _, err = gwtest.migrate(src, "tcp:127.0.0.1:5555", "--mode", "live",
                                     "--connections", str(n), "--bandwidth", "8M",

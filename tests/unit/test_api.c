@@ -1169,6 +1169,12 @@ static void test_migrate_params_reach_engine(void **state)
 			    "\"delta\": \"xbzrle:1G\", \"compress\": \"zstd\"}", "fake VM: no migration");
 	assert_int_equal(fake_mig_params.delta_cache, 1ull << 30);
 	assert_int_equal(fake_mig_params.compress, MIG_COMPRESS_ZSTD);
+	/* deltas over several connections reach the engine */
+	req_expect_error(d, "{\"cmd\": \"migrate\", \"uri\": \"unix:/x\", "
+			    "\"delta\": \"xbzrle:8M\", \"connections\": 4}",
+			 "fake VM: no migration");
+	assert_int_equal(fake_mig_params.delta_cache, 8ull << 20);
+	assert_int_equal(fake_mig_params.connections, 4);
 }
 
 /* The TLS options reach the engine as given; a directory and a PSK together never do. */
@@ -1229,8 +1235,7 @@ static void test_migrate_tls_postcopy(void **state)
 
 #define DELTA_BAD "migrate: delta must be none or xbzrle[:CACHE_SIZE] with CACHE_SIZE 1M to 1T"
 #define DELTA_LIVE \
-	"migrate: delta xbzrle is for live moves over one connection (not mode warm or " \
-	"postcopy, connections above 1, or resume)"
+	"migrate: delta xbzrle is for live moves (not mode warm or postcopy, or resume)"
 
 #define CONNECTIONS_PC \
 	"migrate: connections above 1 are for warm and live moves; post-copy (mode postcopy, " \
@@ -1289,7 +1294,7 @@ static void test_migrate_params_bounds(void **state)
 		{ "\"delta\": \"\"", DELTA_BAD },
 		{ "\"mode\": \"warm\", \"delta\": \"xbzrle\"", DELTA_LIVE },
 		{ "\"mode\": \"postcopy\", \"delta\": \"xbzrle\"", DELTA_LIVE },
-		{ "\"delta\": \"xbzrle\", \"connections\": 2", DELTA_LIVE },
+		{ "\"mode\": \"warm\", \"delta\": \"xbzrle\", \"connections\": 2", DELTA_LIVE },
 		{ "\"delta\": \"xbzrle\", \"resume\": true", DELTA_LIVE },
 	};
 	struct direct *d = *state;
