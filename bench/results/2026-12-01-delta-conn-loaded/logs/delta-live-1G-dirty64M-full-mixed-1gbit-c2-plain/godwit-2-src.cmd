@@ -1,0 +1,1 @@
+ip netns exec gwb-src-13362 /work/wt/s-deltaconn/build-bench/src/cli/godwit run --api-socket /tmp/gwb-pg4ufhjn/gw-src.sock --serial stdio --name bench-src --memory 1G --cpus 1 --kernel /work/wt/s-deltaconn/build-bench/guest/godwit-guest.elf --cmdline 'workload=dirty wss=64M rate=0 pattern=seq content=mixed stats=1'

@@ -1,0 +1,1 @@
+ip netns exec gwb-dst-13362 /work/wt/s-deltaconn/build-bench/src/cli/godwit run --api-socket /tmp/gwb-pg4ufhjn/gw-dst.sock --serial stdio --name bench-dst --incoming tcp:10.99.0.2:47102 --memory 1G --insecure
