@@ -16,6 +16,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -1165,28 +1166,36 @@ int snapshot_memory_fd(const struct snapshot_reader *r)
 }
 
 /*
- * Eager load reads the memory file around the page cache. A snapshot written with O_DIRECT
- * is not in the cache when it is restored, and filling the cache on the way costs here about
- * as much as filling guest memory (docs/benchmarks.md), so LOAD_THREADS threads take a
- * region's chunks in turn and read each chunk's present pages with O_DIRECT straight into
- * guest memory, several reads in flight. A filesystem or a buffer that refuses O_DIRECT
- * (EINVAL) gets that read and every later one through the page cache.
+ * Eager load. LOAD_THREADS threads take a region's chunks in turn and read each chunk's
+ * present pages straight into guest memory, checking the chunk's CRC.
  *
- * A read covers a span of present pages; a gap of at most LOAD_GAP_PAGES absent pages inside
- * it is read into a scratch buffer, never into guest memory, so a page the index calls zero
- * stays zero whatever the file holds there, and a fragmented chunk is still a few large reads.
+ * Where from: a chunk whose present pages are all in the page cache (mincore() on a
+ * read-only mapping of the file, which faults nothing in) is copied from the cache with
+ * plain reads; any other chunk is read with O_DIRECT, around the cache: a snapshot written
+ * with O_DIRECT is not in the cache when it is restored, and filling the cache on the way
+ * costs here about as much as filling guest memory (docs/benchmarks.md). So a restore reads
+ * the disk only for what the cache lacks and leaves the cache as it found it. A filesystem
+ * or a buffer that refuses O_DIRECT (EINVAL) gets that read and every later one through the
+ * page cache.
+ *
+ * A direct read covers a span of present pages; a gap of at most LOAD_GAP_PAGES absent pages
+ * inside it is read into a scratch buffer, never into guest memory, so a page the index
+ * calls zero stays zero whatever the file holds there, and a fragmented chunk is still a few
+ * large reads. Reads from the cache skip gaps (copies are cheap, disk reads of gaps not).
  */
 #define LOAD_THREADS 4
 #define LOAD_GAP_PAGES 16u
 #define LOAD_GAP_BYTES (LOAD_GAP_PAGES * STATE_PAGE_SIZE)
 #define LOAD_IOV_MAX 128
 #define LOAD_READ_MAX (4u * 1024 * 1024)
+#define LOAD_MINCORE_PAGES 512u
 
 /* Where chunk_read() reads from: the O_DIRECT fd (or -1) with its page-cache twin. */
 struct chunk_src {
 	int direct_fd, fd;
 	atomic_bool *refused; /* set once O_DIRECT was refused: buffered from then on */
 	uint8_t *gap;         /* LOAD_GAP_BYTES, page-aligned: where gaps are read to */
+	bool cached;          /* this chunk's present pages are in the page cache */
 };
 
 static int chunk_preadv(const struct chunk_src *s, const struct iovec *iov, int n, uint64_t off)
@@ -1194,7 +1203,7 @@ static int chunk_preadv(const struct chunk_src *s, const struct iovec *iov, int 
 	struct iovec cur[LOAD_IOV_MAX];
 	int ret;
 
-	if (s->direct_fd >= 0 && !atomic_load(s->refused)) {
+	if (!s->cached && s->direct_fd >= 0 && !atomic_load(s->refused)) {
 		memcpy(cur, iov, (size_t)n * sizeof(*iov));
 		ret = io_preadv_full(s->direct_fd, cur, n, (off_t)off);
 		if (ret != -EINVAL)
@@ -1221,7 +1230,7 @@ static int chunk_read(const struct chunk_src *s, const struct snapshot_memory *m
 		      uint32_t *crc, struct errbuf *e)
 {
 	uint64_t start = ci * m->chunk_size, end = MIN(start + m->chunk_size, rg->size);
-	uint64_t pos = start;
+	uint64_t pos = start, gap_max = s->cached ? 0 : LOAD_GAP_BYTES;
 	uint32_t c = 0;
 
 	while (pos < end) {
@@ -1244,8 +1253,7 @@ static int chunk_read(const struct chunk_src *s, const struct snapshot_memory *m
 			iov[n++] = (struct iovec){ dst + (pos - start), (size_t)(run - pos) };
 			pos = run;
 			gap = pos;
-			while (gap < end && gap - pos < LOAD_GAP_BYTES &&
-			       !region_page_present(m, rg, gap))
+			while (gap < end && gap - pos < gap_max && !region_page_present(m, rg, gap))
 				gap += STATE_PAGE_SIZE;
 			/* stop at the chunk's end, at a gap too long to read through, or when full */
 			if (gap >= end || gap == pos || !region_page_present(m, rg, gap) ||
@@ -1287,6 +1295,7 @@ struct load_ctx {
 	const struct snapshot_memory *m;
 	const struct snapshot_mem_region *rg;
 	uint8_t *host;
+	const uint8_t *map;        /* the region's file range mapped read-only, or NULL */
 	uint64_t nr_chunks;
 	atomic_uint_fast64_t next; /* the next chunk to take */
 	atomic_uint slots;         /* the next gap buffer to take */
@@ -1297,6 +1306,29 @@ struct load_ctx {
 	struct errbuf e;
 };
 
+/* True if every present page of [start, end) of the region is in the page cache. */
+static bool chunk_cached(const struct load_ctx *l, uint64_t start, uint64_t end)
+{
+	unsigned char vec[LOAD_MINCORE_PAGES];
+
+	if (!l->map)
+		return false;
+	for (uint64_t pos = start; pos < end;) {
+		uint64_t len = MIN(end - pos, (uint64_t)LOAD_MINCORE_PAGES * STATE_PAGE_SIZE);
+
+		if (mincore((void *)(l->map + pos), (size_t)len, vec) < 0)
+			return false;
+		for (uint64_t i = 0; i < len / STATE_PAGE_SIZE; i++) {
+			uint64_t off = pos + i * STATE_PAGE_SIZE;
+
+			if (!(vec[i] & 1) && region_page_present(l->m, l->rg, off))
+				return false;
+		}
+		pos += len;
+	}
+	return true;
+}
+
 static void *load_main(void *arg)
 {
 	struct load_ctx *l = arg;
@@ -1305,11 +1337,14 @@ static void *load_main(void *arg)
 
 	src.gap += (size_t)atomic_fetch_add(&l->slots, 1) * LOAD_GAP_BYTES;
 	while (!atomic_load(&l->failed) && (ci = atomic_fetch_add(&l->next, 1)) < l->nr_chunks) {
+		uint64_t start = ci * l->m->chunk_size;
+		uint64_t end = MIN(start + l->m->chunk_size, l->rg->size);
 		struct errbuf e;
 		uint32_t crc;
-		int ret = chunk_read(&src, l->m, l->rg, ci, l->host + ci * l->m->chunk_size, &crc,
-				     &e);
+		int ret;
 
+		src.cached = chunk_cached(l, start, end);
+		ret = chunk_read(&src, l->m, l->rg, ci, l->host + start, &crc, &e);
 		if (!ret && crc != snapshot_memory_chunk_crc(l->m, l->rg->first_chunk + ci))
 			ret = chunk_mismatch(l->m, l->rg, ci, crc, &e);
 		if (!ret)
@@ -1326,15 +1361,15 @@ static void *load_main(void *arg)
 	return NULL;
 }
 
-/* A second, O_DIRECT open of the same memory file, or -1 where there is none. */
-static int memory_fd_direct(int fd)
+/* A second open of the same memory file with other flags, or -1 where there is none. */
+static int memory_fd_reopen(int fd, int flags)
 {
 	struct stat a, b;
 	char path[64];
 	int dfd;
 
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	dfd = open(path, O_RDONLY | O_CLOEXEC | flags);
 	if (dfd < 0)
 		return -1;
 	if (fstat(fd, &a) < 0 || fstat(dfd, &b) < 0 || a.st_dev != b.st_dev ||
@@ -1352,6 +1387,7 @@ int snapshot_memory_load(struct snapshot_reader *r, uint32_t idx, void *host, st
 	unsigned nthr = 0, want;
 	atomic_bool refused = false;
 	struct load_ctx *l;
+	void *map;
 	int ret;
 
 	if (idx >= m->nr_regions)
@@ -1363,8 +1399,19 @@ int snapshot_memory_load(struct snapshot_reader *r, uint32_t idx, void *host, st
 	l->rg = &m->regions[idx];
 	l->host = host;
 	l->nr_chunks = div_up(l->rg->size, m->chunk_size);
-	l->src = (struct chunk_src){ .direct_fd = memory_fd_direct(r->mem_fd), .fd = r->mem_fd,
+	l->src = (struct chunk_src){ .direct_fd = memory_fd_reopen(r->mem_fd, O_DIRECT), .fd = -1,
 				     .refused = &refused };
+	/* its own buffered fd, so that no readahead state is shared with other users of mem_fd */
+	l->src.fd = memory_fd_reopen(r->mem_fd, 0);
+	if (l->src.fd < 0)
+		l->src.fd = r->mem_fd;
+	else
+		(void)posix_fadvise(l->src.fd, 0, 0, POSIX_FADV_RANDOM);
+	/* only looked at with mincore(): nothing of it is ever faulted in */
+	map = l->rg->size ? mmap(NULL, (size_t)l->rg->size, PROT_READ, MAP_SHARED, r->mem_fd,
+				 (off_t)l->rg->file_offset)
+			  : MAP_FAILED;
+	l->map = map == MAP_FAILED ? NULL : map;
 	l->src.gap = aligned_alloc(STATE_PAGE_SIZE, LOAD_THREADS * LOAD_GAP_BYTES);
 	if (!l->src.gap || pthread_mutex_init(&l->lock, NULL)) {
 		ret = err_set(e, -ENOMEM, "snapshot %s: out of memory", r->dir);
@@ -1387,6 +1434,10 @@ int snapshot_memory_load(struct snapshot_reader *r, uint32_t idx, void *host, st
 out:
 	if (l->src.direct_fd >= 0)
 		close(l->src.direct_fd);
+	if (l->src.fd != r->mem_fd)
+		close(l->src.fd);
+	if (l->map)
+		munmap((void *)l->map, (size_t)l->rg->size);
 	free(l->src.gap);
 	free(l);
 	return ret;
