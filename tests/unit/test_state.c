@@ -2084,6 +2084,122 @@ static void test_snapshot_load_cached(void **state)
 	guest_free(&g);
 }
 
+/* A smaps field (kB) of the mapping holding addr, or -1 if there is no such line. */
+static long long smaps_field(const void *addr, const char *field)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[256];
+	bool in = false;
+	long long v = -1;
+
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		char name[64];
+
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+			if (in)
+				break;
+			in = (uintptr_t)addr >= lo && (uintptr_t)addr < hi;
+			continue;
+		}
+		if (in && sscanf(line, "%63[^:]: %lld", name, &v) == 2 && !strcmp(name, field))
+			break;
+		v = -1;
+	}
+	fclose(f);
+	return v;
+}
+
+/* A /proc/vmstat counter. */
+static long long vmstat_get(const char *name)
+{
+	FILE *f = fopen("/proc/vmstat", "r");
+	char key[64];
+	long long v, found = -1;
+
+	assert_non_null(f);
+	while (fscanf(f, "%63s %lld", key, &v) == 2)
+		if (!strcmp(key, name))
+			found = v;
+	fclose(f);
+	return found;
+}
+
+/* size bytes of fresh anonymous memory starting on a 2 MiB boundary; *base, *len to unmap. */
+static uint8_t *alloc_huge_aligned(size_t size, void **base, size_t *len)
+{
+	*len = size + 2 * 1024 * 1024;
+	*base = mmap(NULL, *len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(*base != MAP_FAILED);
+	return (uint8_t *)ALIGN_UP((uintptr_t)*base, 2ull * 1024 * 1024);
+}
+
+/*
+ * Eager load populates a dense region with huge pages where the system leaves them to
+ * madvise() (the first chunk always: the switch back to small pages comes only after a slow
+ * one), never a sparse one (a huge page per chunk of a few pages would multiply its memory),
+ * and leaves the region's policy as the default for the guest's own later faults.
+ */
+static void test_snapshot_load_huge(void **state)
+{
+	struct snapshot_reader *r;
+	struct state_config c;
+	struct guest g, sparse;
+	struct errbuf e;
+	char snap[160], mem[200], thp[128] = "";
+	long long fallback;
+	uint8_t *host;
+	size_t len;
+	void *base;
+	int fd;
+
+	fd = open("/sys/kernel/mm/transparent_hugepage/enabled", O_RDONLY);
+	if (fd >= 0) {
+		assert_true(read(fd, thp, sizeof(thp) - 1) >= 0);
+		close(fd);
+	}
+	if (!strstr(thp, "[madvise]")) {
+		print_message("transparent huge pages are not left to madvise() here: '%s'\n", thp);
+		skip();
+	}
+	make_config(&c);
+	/* region 0: chunks 0 and 1 full, the partial chunk 2 empty; region 1 full */
+	guest_alloc(&g, &c);
+	for (size_t off = 0; off < 4 * 1024 * 1024; off += PS)
+		fill_page(g.r0 + off, off);
+	for (size_t off = 0; off < g.s1; off += PS)
+		fill_page(g.r1 + off, c.regions[1].gpa + off);
+	snapshot_write_new("loadhuge", &g, snap, mem);
+	assert_int_equal(snapshot_open(snap, &r, &e), 0);
+	host = alloc_huge_aligned(g.s0, &base, &len);
+	fallback = vmstat_get("thp_fault_fallback");
+	assert_int_equal(snapshot_memory_load(r, 0, host, &e), 0);
+	assert_memory_equal(host, g.r0, g.s0);
+	if (smaps_field(host, "AnonHugePages") < 2048 &&
+	    vmstat_get("thp_fault_fallback") > fallback) {
+		print_message("the kernel had no huge page to give\n");
+		skip();
+	}
+	assert_true(smaps_field(host, "AnonHugePages") >= 2048);
+	assert_int_equal(smaps_field(host, "THPeligible"), 0);
+	munmap(base, len);
+	snapshot_close(r);
+
+	/* every third page present: small pages only */
+	guest_make(&sparse, &c);
+	snapshot_write_new("loadhugesparse", &sparse, snap, mem);
+	assert_int_equal(snapshot_open(snap, &r, &e), 0);
+	host = alloc_huge_aligned(sparse.s0, &base, &len);
+	assert_int_equal(snapshot_memory_load(r, 0, host, &e), 0);
+	assert_memory_equal(host, sparse.r0, sparse.s0);
+	assert_int_equal(smaps_field(host, "AnonHugePages"), 0);
+	munmap(base, len);
+	snapshot_close(r);
+	guest_free(&sparse);
+	guest_free(&g);
+}
+
 static void test_snapshot_state_corruption(void **state)
 {
 	struct snapshot_reader *r;
@@ -2291,6 +2407,7 @@ int main(void)
 		cmocka_unit_test(test_snapshot_load_random),
 		cmocka_unit_test(test_snapshot_load_uncached),
 		cmocka_unit_test(test_snapshot_load_cached),
+		cmocka_unit_test(test_snapshot_load_huge),
 		cmocka_unit_test(test_snapshot_state_corruption),
 		cmocka_unit_test(test_not_a_snapshot),
 		cmocka_unit_test(test_inspect),
