@@ -239,10 +239,18 @@ static int vm_restore_memory(struct vm *vm, struct snapshot_reader *r, bool eage
 		if (ret < 0)
 			return ret;
 	}
-	if (eager)
-		log_info("restore: %llu MiB of memory read and checked in %.1f ms",
+	if (eager) {
+		struct snapshot_load_stats ls;
+
+		snapshot_load_stats(r, &ls);
+		log_info("restore: %llu MiB of memory read and checked in %.1f ms (%llu MiB from "
+			 "the page cache, %llu MiB from the file; %llu MiB populated in huge pages)",
 			 (unsigned long long)(sm->pages_present * GUEST_PAGE_SIZE / MiB),
-			 (double)(time_mono_ns() - t0) / 1e6);
+			 (double)(time_mono_ns() - t0) / 1e6,
+			 (unsigned long long)(ls.cached_bytes / MiB),
+			 (unsigned long long)(ls.direct_bytes / MiB),
+			 (unsigned long long)(ls.huge_bytes / MiB));
+	}
 	return 0;
 }
 

@@ -923,6 +923,7 @@ struct snapshot_reader {
 	size_t nr_sections;
 	struct snapshot_memory mem;
 	int mem_fd;
+	struct snapshot_load_stats load;
 };
 
 /* Walks a whole state file image; every problem is fatal. */
@@ -1315,11 +1316,26 @@ struct load_ctx {
 	atomic_uint slots;         /* the next gap buffer to take */
 	atomic_bool failed;        /* stop taking chunks */
 	atomic_bool huge;          /* populate chunks first, with huge pages (see above) */
+	atomic_uint_fast64_t cached_bytes, direct_bytes, huge_bytes; /* snapshot_load_stats */
 	pthread_mutex_t lock;      /* guards the failure below */
 	uint64_t err_chunk;        /* the lowest failing chunk: its error is the one reported */
 	int err;
 	struct errbuf e;
 };
+
+/* How many of pages [first, first + n) are present. */
+static uint64_t pages_count_present(const struct snapshot_memory *m, uint64_t first, uint64_t n)
+{
+	uint64_t i = first, end = first + n, count = 0;
+
+	for (; i < end && i % 8; i++)
+		count += snapshot_memory_page_present(m, i);
+	for (; i + 8 <= end; i += 8)
+		count += (uint64_t)__builtin_popcount(m->bitmap[i / 8]);
+	for (; i < end; i++)
+		count += snapshot_memory_page_present(m, i);
+	return count;
+}
 
 /* True if every present page of [start, end) of the region is in the page cache. */
 static bool chunk_cached(const struct load_ctx *l, uint64_t start, uint64_t end)
@@ -1374,16 +1390,20 @@ static void *load_main(void *arg)
 	src.gap += (size_t)atomic_fetch_add(&l->slots, 1) * LOAD_GAP_BYTES;
 	while (!atomic_load(&l->failed) && (ci = atomic_fetch_add(&l->next, 1)) < l->nr_chunks) {
 		uint64_t start = ci * l->m->chunk_size;
-		uint64_t end = MIN(start + l->m->chunk_size, l->rg->size);
+		uint64_t end = MIN(start + l->m->chunk_size, l->rg->size), present;
 		struct errbuf e;
 		uint32_t crc;
 		int ret;
 
-		if (atomic_load(&l->huge) &&
-		    pages_any_present(l->m, l->rg->first_page + start / STATE_PAGE_SIZE,
-				      (end - start) / STATE_PAGE_SIZE))
+		present = pages_count_present(l->m, l->rg->first_page + start / STATE_PAGE_SIZE,
+					      (end - start) / STATE_PAGE_SIZE);
+		if (present && atomic_load(&l->huge)) {
 			chunk_populate(l, l->host + start, end - start);
+			atomic_fetch_add(&l->huge_bytes, end - start);
+		}
 		src.cached = chunk_cached(l, start, end);
+		atomic_fetch_add(src.cached ? &l->cached_bytes : &l->direct_bytes,
+				 present * STATE_PAGE_SIZE);
 		ret = chunk_read(&src, l->m, l->rg, ci, l->host + start, &crc, &e);
 		if (!ret && crc != snapshot_memory_chunk_crc(l->m, l->rg->first_chunk + ci))
 			ret = chunk_mismatch(l->m, l->rg, ci, crc, &e);
@@ -1418,20 +1438,6 @@ static int memory_fd_reopen(int fd, int flags)
 		return -1;
 	}
 	return dfd;
-}
-
-/* How many of pages [first, first + n) are present. */
-static uint64_t pages_count_present(const struct snapshot_memory *m, uint64_t first, uint64_t n)
-{
-	uint64_t i = first, end = first + n, count = 0;
-
-	for (; i < end && i % 8; i++)
-		count += snapshot_memory_page_present(m, i);
-	for (; i + 8 <= end; i += 8)
-		count += (uint64_t)__builtin_popcount(m->bitmap[i / 8]);
-	for (; i < end; i++)
-		count += snapshot_memory_page_present(m, i);
-	return count;
 }
 
 /*
@@ -1519,6 +1525,9 @@ int snapshot_memory_load(struct snapshot_reader *r, uint32_t idx, void *host, st
 	for (unsigned i = 0; i < nthr; i++)
 		pthread_join(thr[i], NULL);
 	load_huge_stop(l);
+	r->load.cached_bytes += atomic_load(&l->cached_bytes);
+	r->load.direct_bytes += atomic_load(&l->direct_bytes);
+	r->load.huge_bytes += atomic_load(&l->huge_bytes);
 	pthread_mutex_destroy(&l->lock);
 	ret = l->err;
 	if (ret && e)
@@ -1535,6 +1544,11 @@ out:
 	free(l->src.gap);
 	free(l);
 	return ret;
+}
+
+void snapshot_load_stats(const struct snapshot_reader *r, struct snapshot_load_stats *st)
+{
+	*st = r->load;
 }
 
 /* The index page a memory file offset holds, or UINT64_MAX for space between regions. */

@@ -146,4 +146,12 @@ int __must_check snapshot_memory_verify(struct snapshot_reader *r, FILE *report,
 int __must_check snapshot_memory_load(struct snapshot_reader *r, uint32_t idx, void *host,
 				      struct errbuf *e);
 
+/* What the eager loads so far read from where: for the restore's log line. */
+struct snapshot_load_stats {
+	uint64_t cached_bytes; /* present pages copied from the page cache */
+	uint64_t direct_bytes; /* present pages read from the file (O_DIRECT where allowed) */
+	uint64_t huge_bytes;   /* guest memory populated with huge pages first */
+};
+void snapshot_load_stats(const struct snapshot_reader *r, struct snapshot_load_stats *st);
+
 #endif

@@ -2004,6 +2004,7 @@ static void test_snapshot_load_uncached(void **state)
 static void test_snapshot_load_cached(void **state)
 {
 	const struct snapshot_mem_region *rg;
+	struct snapshot_load_stats ls;
 	struct snapshot_reader *r;
 	unsigned char *before, *after;
 	struct state_config c;
@@ -2057,6 +2058,10 @@ static void test_snapshot_load_cached(void **state)
 			      (unsigned long long)(512 * PS));
 		fail();
 	}
+	/* chunk 0: pages 0, 2, 19, 37, 40-299; chunk 2: 1100-1199, 1282; chunk 1: every other */
+	snapshot_load_stats(r, &ls);
+	assert_int_equal(ls.cached_bytes, (4 + 260 + 101) * PS);
+	assert_int_equal(ls.direct_bytes, 256 * PS);
 	after = file_pages_cached_map(mem, &n2);
 	assert_int_equal(n2, npages);
 	assert_memory_equal(after, before, npages);
