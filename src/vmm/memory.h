@@ -12,7 +12,11 @@
  * 2.3 s/GiB depending on whether the kernel had to compact memory for huge pages. So RAM
  * is private anonymous memory with the system's default page size policy, reserved
  * (MAP_NORESERVE) and untouched until the guest uses it: predictable beats sometimes
- * faster. A restore may instead map a snapshot's memory file copy-on-write in place.
+ * faster. A restore may instead map a snapshot's memory file copy-on-write in place. An
+ * eager restore fills dense parts with huge pages for as long as they come fast (here the
+ * variance followed whether the host had taken the free 2 MiB blocks back, with no
+ * compaction stalls: src/state/snapshot.c), then leaves the policy as it was for the
+ * guest's own faults.
  *
  * The VMM never writes guest RAM behind the dirty tracker's back: device writes go
  * through guest_mem_write(), which marks the VMM-side dirty bitmap.
