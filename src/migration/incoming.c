@@ -39,6 +39,7 @@ struct mig_incoming {
 	/* faulting in the ranges the source announced, ahead of the data */
 	pthread_t populate_thread;
 	bool populating;
+	bool ranges_seen;                /* RANGES came: once per move, before any MISSING */
 	_Atomic bool populate_stop;
 	uint8_t *ranges;
 	uint64_t nranges;
@@ -330,8 +331,16 @@ static int inc_populate_start(const struct mig_ctrl *m, struct errbuf *e)
 {
 	struct guest_mem *mem = vm_memory(mig.vm);
 
-	if (inc.populating)
+	/*
+	 * Faulting ranges in after MISSING would map fresh zero pages over the pages it
+	 * dropped, which post-copy then never installs (UFFDIO_COPY finds them present).
+	 */
+	if (inc_postcopy_active())
+		return err_set(e, -EPROTO, "RANGES after MISSING (round 0's ranges come before "
+			       "the pages to fetch are named)");
+	if (inc.ranges_seen)
 		return err_set(e, -EPROTO, "RANGES sent twice");
+	inc.ranges_seen = true;
 	if (m->u64a != (mem->size + (1ull << MIG_RANGE_SHIFT) - 1) >> MIG_RANGE_SHIFT)
 		return err_set(e, -EPROTO, "RANGES covers %llu ranges, guest memory has %llu",
 			       (unsigned long long)m->u64a,

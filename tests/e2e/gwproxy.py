@@ -5,7 +5,7 @@ chosen point; destination -> source is forwarded untouched.
 
 usage: gwproxy.py LISTEN_HOST:PORT CONNECT_HOST:PORT MODE
 MODE: pass | flip:WHERE | cut:WHERE | trickle:WHERE | cpuid | tsc | cutafter:commit |
-      rawflip:N | rawcut:N | delta:past
+      rawflip:N | rawcut:N | delta:past | ranges:missing
 WHERE: round0 (the first PAGES record), round2 (the first PAGES record after ROUND 2),
        sections (the first SECTION record)
 flip changes one payload byte (the record CRC no longer matches); cut closes both
@@ -17,6 +17,8 @@ forwards COMMIT, then closes both connections without letting the destination's 
 rawflip/rawcut act on byte N of the source's bytes without parsing them (a TLS stream).
 delta:past rewrites the first delta of at least 2 bytes in an uncompressed PAGES batch
 (migrate --delta) to start with a skip of 16383 bytes, past the page's end, CRC fixed.
+ranges:missing sends the source's RANGES record again right after its first MISSING (a
+source announcing round 0's ranges once the pages it names were dropped).
 Prints "listening" once ready and "injected" when it acted."""
 import socket
 import struct
@@ -28,6 +30,8 @@ import gwstate
 
 ROUND = 0x103
 COMMIT = 0x107
+RANGES = 0x10a
+MISSING = 0x10d
 back_stop = threading.Event()
 
 
@@ -95,6 +99,7 @@ def main():
     dst.sendall(gwstate.recv_exact(src, 32))
     rounds_seen = -1
     armed = True
+    ranges = None
     try:
         while True:
             typ, payload, rec = gwstate.record_recv(src)
@@ -126,6 +131,13 @@ def main():
             elif armed and action == "delta" and typ == gwstate.PAGES and \
                     gwstate.delta_past(payload):
                 rec = gwstate.record(typ, gwstate.delta_past(payload))
+                armed = False
+                print("injected", flush=True)
+            elif action == "ranges" and typ == RANGES:
+                ranges = rec
+            elif armed and action == "ranges" and typ == MISSING and ranges:
+                dst.sendall(rec)
+                rec = ranges
                 armed = False
                 print("injected", flush=True)
             elif hit and action == "trickle":

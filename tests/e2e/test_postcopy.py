@@ -8,7 +8,9 @@ switch pauses both sides (the source handed-over, never running the guest again)
 migrate --resume completes the move. A destination abusing the return path (requests out
 of range, unaligned, a flood of duplicates) cannot harm the source. The source names the
 dirty pages before it pauses (so the destination drops them outside the downtime), again
-at the pause, and sends every page it named."""
+at the pause, and sends every page it named. A destination refuses a RANGES that comes
+after MISSING (it would fault zero pages in over the dropped ones) by name, runs nothing,
+and the guest stays on the source."""
 import json
 import os
 import socket
@@ -451,6 +453,34 @@ def bad_requests(env):
     assert src.wait_exit() == 0
 
 
+def ranges_after_missing(env, hosts):
+    """RANGES again right after the first MISSING, injected on the wire: faulting those
+    ranges in would map fresh zero pages over the pages MISSING dropped, which post-copy
+    then never installs (the guest would read zeros there). The destination refuses it by
+    name and exits having run nothing; the guest keeps running on the source."""
+    src = gwtest.start_source(env, "ranges-src", memory="64M", cmdline="workload=abcheck wss=8M",
+                              netns=hosts.src)
+    dst = gwtest.start_dest(env, "ranges-dst", f"tcp:{hosts.dst_ip}:4444", netns=hosts.dst)
+    src.wait_line(r"^check ok 1$", timeout=120)
+    p = gwtest.proxy(hosts, "ranges:missing")
+    try:
+        rc, _, err = gwtest.migrate(src, "tcp:127.0.0.1:5555", "--mode", "postcopy",
+                                    check=False)
+        assert p.stdout.readline().strip() == "injected", f"no MISSING went by: {err}"
+    finally:
+        p.kill()
+        p.wait()
+    assert rc != 0, "migrate succeeded although RANGES came after MISSING"
+    assert dst.wait_exit(60) != 0, "the destination exited 0"
+    assert not dst.heartbeats(), "the destination ran the guest"
+    assert "RANGES after MISSING" in dst.stderr(), dst.stderr()[-1500:]
+    n = src.line_count()
+    src.wait_line(r"^hb \d+$", start=n)
+    assert src.status()["state"] == "running"
+    src.ctl("stop")
+    assert src.wait_exit() == 0
+
+
 def test(env):
     if not os.path.exists("/dev/userfaultfd") and os.geteuid() != 0:
         print("SKIP: post-copy needs userfaultfd (root or /dev/userfaultfd)")
@@ -472,6 +502,7 @@ def test(env):
     res, _ = move(env, hosts, "stall", 4444, ("--on-stall", "postcopy", "--bandwidth", "16M"),
                faults=True)
     assert len(res["rounds"]) >= 2, res["rounds"]
+    ranges_after_missing(env, hosts)
     link_cut(env, hosts)
     peer_death(env, hosts)
 
