@@ -239,8 +239,18 @@ static int inc_pages(const struct state_record *rec, struct errbuf *e)
 {
 	struct guest_mem *mem = vm_memory(mig.vm);
 	uint64_t n;
-	int ret = inc_pages_install(rec, &inc.inflater, &n, e);
+	int ret;
 
+	/*
+	 * Every round's pages come before MISSING names the pages to fetch: one written now
+	 * could land on a page MISSING dropped, which post-copy then finds present and never
+	 * installs.
+	 */
+	if (inc_postcopy_active())
+		return err_set(e, -EPROTO, "record %llu: PAGES after MISSING (pre-copy pages come "
+			       "before the pages to fetch are named)",
+			       (unsigned long long)rec->index);
+	ret = inc_pages_install(rec, &inc.inflater, &n, e);
 	if (ret < 0)
 		return ret;
 	/* a round sends each page at most once (on this connection: see streams.c) */

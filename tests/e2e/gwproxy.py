@@ -5,7 +5,7 @@ chosen point; destination -> source is forwarded untouched.
 
 usage: gwproxy.py LISTEN_HOST:PORT CONNECT_HOST:PORT MODE
 MODE: pass | flip:WHERE | cut:WHERE | trickle:WHERE | cpuid | tsc | cutafter:commit |
-      rawflip:N | rawcut:N | delta:past | ranges:missing
+      rawflip:N | rawcut:N | delta:past | ranges:missing | pages:missing
 WHERE: round0 (the first PAGES record), round2 (the first PAGES record after ROUND 2),
        sections (the first SECTION record)
 flip changes one payload byte (the record CRC no longer matches); cut closes both
@@ -18,7 +18,8 @@ rawflip/rawcut act on byte N of the source's bytes without parsing them (a TLS s
 delta:past rewrites the first delta of at least 2 bytes in an uncompressed PAGES batch
 (migrate --delta) to start with a skip of 16383 bytes, past the page's end, CRC fixed.
 ranges:missing sends the source's RANGES record again right after its first MISSING (a
-source announcing round 0's ranges once the pages it names were dropped).
+source announcing round 0's ranges once the pages it names were dropped); pages:missing
+sends its last PAGES record again there (a pre-copy page after MISSING).
 Prints "listening" once ready and "injected" when it acted."""
 import socket
 import struct
@@ -99,7 +100,7 @@ def main():
     dst.sendall(gwstate.recv_exact(src, 32))
     rounds_seen = -1
     armed = True
-    ranges = None
+    again = None            # ranges:missing, pages:missing: the record to send again
     try:
         while True:
             typ, payload, rec = gwstate.record_recv(src)
@@ -133,11 +134,12 @@ def main():
                 rec = gwstate.record(typ, gwstate.delta_past(payload))
                 armed = False
                 print("injected", flush=True)
-            elif action == "ranges" and typ == RANGES:
-                ranges = rec
-            elif armed and action == "ranges" and typ == MISSING and ranges:
+            elif action in ("ranges", "pages") and typ == (RANGES if action == "ranges"
+                                                          else gwstate.PAGES):
+                again = rec
+            elif armed and action in ("ranges", "pages") and typ == MISSING and again:
                 dst.sendall(rec)
-                rec = ranges
+                rec = again
                 armed = False
                 print("injected", flush=True)
             elif hit and action == "trickle":

@@ -8,9 +8,9 @@ switch pauses both sides (the source handed-over, never running the guest again)
 migrate --resume completes the move. A destination abusing the return path (requests out
 of range, unaligned, a flood of duplicates) cannot harm the source. The source names the
 dirty pages before it pauses (so the destination drops them outside the downtime), again
-at the pause, and sends every page it named. A destination refuses a RANGES that comes
-after MISSING (it would fault zero pages in over the dropped ones) by name, runs nothing,
-and the guest stays on the source."""
+at the pause, and sends every page it named. A destination refuses a RANGES or a PAGES that
+comes after MISSING (either would make a dropped page present, so post-copy would never
+install it) by name, runs nothing, and the guest stays on the source."""
 import json
 import os
 import socket
@@ -453,16 +453,18 @@ def bad_requests(env):
     assert src.wait_exit() == 0
 
 
-def ranges_after_missing(env, hosts):
-    """RANGES again right after the first MISSING, injected on the wire: faulting those
-    ranges in would map fresh zero pages over the pages MISSING dropped, which post-copy
-    then never installs (the guest would read zeros there). The destination refuses it by
-    name and exits having run nothing; the guest keeps running on the source."""
-    src = gwtest.start_source(env, "ranges-src", memory="64M", cmdline="workload=abcheck wss=8M",
-                              netns=hosts.src)
-    dst = gwtest.start_dest(env, "ranges-dst", f"tcp:{hosts.dst_ip}:4444", netns=hosts.dst)
+def after_missing(env, hosts, what):
+    """RANGES (what "ranges") or the last PAGES record ("pages") again right after the first
+    MISSING, injected on the wire. Faulting those ranges in would map fresh zero pages over
+    the pages MISSING dropped, and a page written there would hold a pre-copy copy; either
+    way post-copy then never installs the page (UFFDIO_COPY finds it present). The
+    destination refuses it by name and exits having run nothing; the guest keeps running
+    on the source."""
+    src = gwtest.start_source(env, f"{what}-src", memory="64M",
+                              cmdline="workload=abcheck wss=8M", netns=hosts.src)
+    dst = gwtest.start_dest(env, f"{what}-dst", f"tcp:{hosts.dst_ip}:4444", netns=hosts.dst)
     src.wait_line(r"^check ok 1$", timeout=120)
-    p = gwtest.proxy(hosts, "ranges:missing")
+    p = gwtest.proxy(hosts, f"{what}:missing")
     try:
         rc, _, err = gwtest.migrate(src, "tcp:127.0.0.1:5555", "--mode", "postcopy",
                                     check=False)
@@ -470,10 +472,10 @@ def ranges_after_missing(env, hosts):
     finally:
         p.kill()
         p.wait()
-    assert rc != 0, "migrate succeeded although RANGES came after MISSING"
+    assert rc != 0, f"migrate succeeded although {what} came after MISSING"
     assert dst.wait_exit(60) != 0, "the destination exited 0"
     assert not dst.heartbeats(), "the destination ran the guest"
-    assert "RANGES after MISSING" in dst.stderr(), dst.stderr()[-1500:]
+    assert f"{what.upper()} after MISSING" in dst.stderr(), dst.stderr()[-1500:]
     n = src.line_count()
     src.wait_line(r"^hb \d+$", start=n)
     assert src.status()["state"] == "running"
@@ -502,7 +504,8 @@ def test(env):
     res, _ = move(env, hosts, "stall", 4444, ("--on-stall", "postcopy", "--bandwidth", "16M"),
                faults=True)
     assert len(res["rounds"]) >= 2, res["rounds"]
-    ranges_after_missing(env, hosts)
+    after_missing(env, hosts, "ranges")
+    after_missing(env, hosts, "pages")
     link_cut(env, hosts)
     peer_death(env, hosts)
 
