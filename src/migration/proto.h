@@ -36,7 +36,7 @@ enum mig_msg {
 	MIG_MSG_HELLO = 0x100,   /* u32 protocol version, u32 mode, u64 capabilities */
 	MIG_MSG_ACCEPT = 0x101,  /* u32 protocol version */
 	MIG_MSG_REFUSE = 0x102,  /* str reason */
-	MIG_MSG_ROUND = 0x103,   /* u32 round, u64 pages in the round */
+	MIG_MSG_ROUND = 0x103,   /* u32 round, u64 reserved (0) */
 	MIG_MSG_DONE = 0x104,    /* all memory and state sent: u64 pages sent, u64 bytes */
 	MIG_MSG_READY = 0x105,   /* destination loaded and validated everything */
 	MIG_MSG_ERROR = 0x106,   /* str reason: the destination failed to load */
