@@ -86,7 +86,7 @@ void migration_status_get(struct mig_status *st)
 		st->announced = vm_devices_announced(mig.vm);
 	/* the vCPU threads note it themselves, some time after they were asked to run */
 	if (st->incoming && st->times.started && mig.vm)
-		st->times.running = vm_vcpus_running_since(mig.vm);
+		st->times.running = vm_vcpus_first_run(mig.vm);
 	pthread_mutex_unlock(&mig.lock);
 }
 

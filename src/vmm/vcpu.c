@@ -286,7 +286,8 @@ static void *vcpu_thread_main(void *arg)
 		if (v->state != VCPU_RUNNING) {
 			v->run->immediate_exit = 0;
 			v->state = VCPU_RUNNING;
-			atomic_store(&v->running_since_ns, time_real_ns());
+			if (!atomic_load(&v->first_run_ns))
+				atomic_store(&v->first_run_ns, time_real_ns());
 			pthread_cond_broadcast(&v->cond);
 		}
 		pthread_mutex_unlock(&v->lock);

@@ -64,8 +64,11 @@ struct vcpu {
 	_Atomic unsigned delay_ms;
 
 	uint64_t exits;
-	/* CLOCK_REALTIME (ns) the thread last went from paused to running: about to KVM_RUN */
-	_Atomic uint64_t running_since_ns;
+	/*
+	 * CLOCK_REALTIME (ns) the thread first went from paused to running (about to KVM_RUN):
+	 * when an incoming guest started here, which a later pause and resume do not change
+	 */
+	_Atomic uint64_t first_run_ns;
 	_Atomic bool throttle_kick;  /* sleep for the VM's throttle share at the next exit */
 };
 

@@ -731,12 +731,12 @@ void vm_throttle_set(struct vm *vm, unsigned pct)
 	atomic_store(&vm->throttle_pct, MIN(pct, 99u));
 }
 
-uint64_t vm_vcpus_running_since(struct vm *vm)
+uint64_t vm_vcpus_first_run(struct vm *vm)
 {
 	uint64_t last = 0;
 
 	for (unsigned i = 0; i < vm->nvcpus; i++) {
-		uint64_t t = atomic_load(&vm->vcpus[i].running_since_ns);
+		uint64_t t = atomic_load(&vm->vcpus[i].first_run_ns);
 
 		if (!t)
 			return 0;

@@ -80,10 +80,10 @@ int __must_check vm_create(struct vm **out, struct evloop *loop, const struct vm
 /* Starts the vCPUs for the first time. */
 int __must_check vm_start(struct vm *vm, struct errbuf *e);
 /*
- * When the last vCPU went from paused to running (about to enter KVM_RUN), CLOCK_REALTIME
- * ns; 0 if one has not yet. After vm_start(): when the guest could run again.
+ * When the last vCPU first went from paused to running (about to enter KVM_RUN),
+ * CLOCK_REALTIME ns; 0 if one has not yet: when the guest first ran in this process.
  */
-uint64_t vm_vcpus_running_since(struct vm *vm);
+uint64_t vm_vcpus_first_run(struct vm *vm);
 /* Stops every vCPU thread and frees everything. */
 void vm_destroy(struct vm *vm);
 /* The exit status `godwit run` should return: 0 after a requested stop, 1 after a guest failure. */

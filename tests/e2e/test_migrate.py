@@ -70,6 +70,12 @@ def move(env, hosts, name, mode, cpus, cmdline, opts=(), abcheck=True, unix=Fals
     assert ms["state"] == "completed" and ms["incoming"] and ms["downtime_ms"] > 0, ms
     dst.ctl("resume")
     gwtest.check_moved(src, dst, name, abcheck=abcheck)
+    # the timeline is the handover's: a later pause and resume do not move its steps
+    tl = gwtest.json.loads(dst.ctl("migrate-status")[1])["timeline_unix_us"]
+    dst.ctl("pause")
+    dst.ctl("resume")
+    later = gwtest.json.loads(dst.ctl("migrate-status")[1])["timeline_unix_us"]
+    assert "running" in tl and later == tl, f"{name}: timeline {tl}, after pause/resume {later}"
     dst.ctl("stop")
     assert dst.wait_exit() == 0
     return res
