@@ -7,9 +7,14 @@
  * every compressed byte there is a loss; the policy must find that out without
  * compressing much. It sends plain and compresses a 64 KiB sample of a batch only while
  * samples have taken under 1% of the time spent sending pages, which is enough to know what the
- * compressor costs and saves on this content. On a slow link a plain batch blocks on the
- * full socket, which shows the link's pace within the first window or two; compression
- * then goes on, and stays on while compressed batches cost less than plain ones did.
+ * compressor costs and saves on this content. Where compressing clearly cannot pay, that
+ * budget shrinks (MIG_AUTOC_BACKOFF_MAX): measured on loopback (loaded host), a 256 MiB warm
+ * move spent 4-10 ms on samples and 1.5-25 ms reading the scheduler's statistics twice per
+ * batch, of 360-560 ms; that measuring was what auto lost to plain, so where it cannot gain
+ * it measures as little as it can (the statistics are now read with a sample only).
+ * On a slow link a plain batch blocks on the full socket, which shows the link's pace within
+ * the first window or two; compression then goes on, and stays on while compressed batches
+ * cost less than plain ones did.
  */
 #include "migration/autocompress.h"
 
@@ -20,6 +25,7 @@ void mig_autoc_init(struct mig_autoc *a)
 {
 	memset(a, 0, sizeof(*a));
 	a->recheck = MIG_AUTOC_RECHECK;
+	a->share = 1;
 }
 
 static double mig_autoc_max(double x, double y)
@@ -42,9 +48,26 @@ bool mig_autoc_choose(bool on, double link, double zcost, double saved, double m
 	return pred < 0.85 * link;
 }
 
+/*
+ * Whether the compressor, with a CPU to itself, takes over twice a plain byte's time on the
+ * link: the current window's pace so far, else the last window's.
+ */
+static bool mig_autoc_hopeless(const struct mig_autoc *a)
+{
+	double pace = a->link;
+
+	if (a->cz_raw <= 0)
+		return false;
+	if (a->wire)
+		pace = (double)(a->ns > a->zns ? a->ns - a->zns : 0) / (double)a->wire;
+	return pace > 0 && a->cz_ns / a->cz_raw > 2 * pace;
+}
+
 bool mig_autoc_probe_due(const struct mig_autoc *a)
 {
-	return !a->on && a->probe_ns * MIG_AUTOC_PROBE_SHARE <= a->sent_ns;
+	uint32_t shift = mig_autoc_hopeless(a) ? MIG_AUTOC_BACKOFF_MAX : a->backoff;
+
+	return !a->on && a->probe_ns * ((uint64_t)MIG_AUTOC_PROBE_SHARE << shift) <= a->sent_ns;
 }
 
 static int mig_autoc_cmp(const void *x, const void *y)
@@ -119,14 +142,21 @@ bool mig_autoc_account(struct mig_autoc *a, const struct mig_autoc_batch *b)
 			a->unblocked++;
 	} else {
 		a->link = mig_autoc_pace(a);
+		/* read with the samples only: a window without one keeps the last figure */
 		if (a->run_ns + a->wait_ns)
-			share = (double)a->run_ns / (double)(a->run_ns + a->wait_ns);
+			a->share = (double)a->run_ns / (double)(a->run_ns + a->wait_ns);
+		share = a->share;
 	}
 	if (a->cz_raw > 0) {
 		zcost = a->cz_ns / a->cz_raw / (share > 0.05 ? share : 0.05);
 		saved = a->cz_saved / a->cz_raw;
 	}
 	on = mig_autoc_choose(a->on, a->link, zcost, saved, measured);
+	/* plain and could not have paid, whatever it saved or however fast it compressed */
+	if (!a->on && !on && zcost > 0 && (zcost >= 0.85 * a->link || saved <= 0.15))
+		a->backoff += a->backoff < MIG_AUTOC_BACKOFF_MAX;
+	else
+		a->backoff = 0;
 	if (on && a->on && a->unblocked >= a->recheck) {
 		on = false;
 		a->unblocked = 0;

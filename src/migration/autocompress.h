@@ -27,6 +27,14 @@
 /* samples may take at most 1/MIG_AUTOC_PROBE_SHARE of the time spent sending pages so far */
 #define MIG_AUTOC_PROBE_SHARE 100
 /*
+ * That share is halved for each plain window in a row in which compressing could not have
+ * paid whatever it saved (the compressor or the unsaved bytes alone slower than 0.85 * link),
+ * down to 1/(MIG_AUTOC_PROBE_SHARE << MIG_AUTOC_BACKOFF_MAX); it is at that floor at once
+ * while the compressor takes more than twice a plain byte's time (loopback, 10 Gbit/s), so a
+ * move of a few hundred MiB there carries one sample.
+ */
+#define MIG_AUTOC_BACKOFF_MAX 6
+/*
  * Compressing, after this many windows in which the socket never made the sender wait, the
  * link's pace is measured again with a plain window (then after twice as many, up to 64).
  */
@@ -40,8 +48,12 @@ struct mig_autoc_batch {
 	uint64_t zns;    /* of ns, the compressor's time */
 	uint64_t zraw;   /* of raw, bytes given to the compressor */
 	uint64_t zsaved; /* bytes the compressor saved */
-	uint64_t run_ns; /* the sender thread's time on a CPU meanwhile (0 with wait_ns: unknown) */
-	uint64_t wait_ns; /* and its time runnable but waiting for one */
+	/*
+	 * The sender thread's time on a CPU meanwhile and its time runnable but waiting for one;
+	 * both 0: not measured (the sender reads them only for batches that carry a sample).
+	 */
+	uint64_t run_ns;
+	uint64_t wait_ns;
 };
 
 #define MIG_AUTOC_PACES 64 /* a window's batches whose pace is kept */
@@ -58,6 +70,8 @@ struct mig_autoc {
 	double link;            /* ns per byte of the last window sent plain; 0: not measured yet */
 	uint64_t probe_ns;      /* compressor time spent on samples */
 	uint64_t sent_ns;       /* time spent sending pages, every batch's ns */
+	uint32_t backoff;       /* plain windows in a row that could not have paid, up to MAX */
+	double share;           /* the sender's CPU share last measured (1: none yet) */
 	uint32_t unblocked;     /* compressed windows the link did not hold up */
 	uint32_t recheck;       /* re-measure the link after that many such windows */
 };
@@ -79,7 +93,10 @@ void mig_autoc_init(struct mig_autoc *a);
  */
 bool mig_autoc_choose(bool on, double link, double zcost, double saved, double measured);
 
-/* Whether the next batch, sent plain, should carry a compressed sample. */
+/*
+ * Whether the next batch, sent plain, should carry a compressed sample (and its sender read
+ * the scheduler's statistics).
+ */
 bool mig_autoc_probe_due(const struct mig_autoc *a);
 
 /*

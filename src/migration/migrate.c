@@ -277,13 +277,12 @@ static void mig_thread_sched(uint64_t *run_ns, uint64_t *wait_ns)
 }
 
 /*
- * Hands a batch to w, compressed as the policy says. A sample goes first as a record of its
- * own, compressed, and the rest of the batch plain.
+ * Hands a batch to w, compressed as z says. A sample goes first as a record of its own,
+ * compressed, and the rest of the batch plain.
  */
 static int mig_pages_write_z(struct state_writer *w, const struct state_page *pages, uint32_t n,
-			     unsigned flags, struct errbuf *e)
+			     unsigned flags, enum mig_zchoice z, struct errbuf *e)
 {
-	enum mig_zchoice z = mig_compress_now();
 	int ret;
 
 	if (z == MIG_Z_SAMPLE && n > MIG_AUTOC_SAMPLE) {
@@ -311,6 +310,7 @@ static int mig_pages_write_timed(struct state_writer *w, const struct state_page
 	uint64_t t0, bytes0, data = 0, deltas = 0, delta_bytes = 0;
 	uint64_t run0 = 0, wait0 = 0, run1 = 0, wait1 = 0;
 	bool autoc = mig.p.compress == MIG_COMPRESS_AUTO;
+	enum mig_zchoice z = mig_compress_now();
 	int ret;
 
 	for (uint32_t i = 0; i < n; i++) {
@@ -318,12 +318,13 @@ static int mig_pages_write_timed(struct state_writer *w, const struct state_page
 		deltas += pages[i].delta;
 		delta_bytes += pages[i].delta ? pages[i].delta_len : 0;
 	}
-	if (autoc)
+	/* a sample's cost is scaled by the CPU share; reading it costs 20+ us: only then */
+	if (z == MIG_Z_SAMPLE)
 		mig_thread_sched(&run0, &wait0);
 	state_writer_zstats(w, &z0);
 	t0 = time_mono_ns();
 	bytes0 = state_writer_bytes_flushed(w);
-	ret = mig_pages_write_z(w, pages, n, flags, e);
+	ret = mig_pages_write_z(w, pages, n, flags, z, e);
 	if (ret < 0)
 		return ret;
 	state_writer_zstats(w, &z1);
@@ -338,7 +339,8 @@ static int mig_pages_write_timed(struct state_writer *w, const struct state_page
 		wait();
 	if (!autoc)
 		return 0;
-	mig_thread_sched(&run1, &wait1);
+	if (z == MIG_Z_SAMPLE)
+		mig_thread_sched(&run1, &wait1);
 	mig_auto_account(&(struct mig_autoc_batch){
 		.ns = time_mono_ns() - t0,
 		.wire = state_writer_bytes_flushed(w) - bytes0,

@@ -36,6 +36,7 @@ struct run {
 	uint64_t zraw;          /* raw bytes given to the compressor */
 	uint64_t zns;           /* the compressor's time */
 	int whole;              /* batches compressed whole */
+	int samples;            /* batches that carried a sample */
 	int first_on, last_off; /* batch index; -1: never */
 	bool on_end;            /* compressing when the move ended */
 };
@@ -64,9 +65,14 @@ static struct mig_autoc_batch batch_cost(const struct link *l, int i, bool whole
 		b.ns = MAX(b.zns + (uint64_t)(0.1 * wire), (uint64_t)(wire * pace));
 	else if (l->stall && i % l->stall == l->stall - 1)
 		b.ns += 80000000;
-	/* the sender's CPU time: the copy, the compressor; and what it waited for a CPU */
-	b.run_ns = (uint64_t)(0.2 * wire + zraw * l->zcost);
-	b.wait_ns = (uint64_t)((double)b.run_ns * (1 - share) / share);
+	/*
+	 * The sender's CPU time: the copy, the compressor; and what it waited for a CPU. The
+	 * sender reads them only for a batch that carries a sample.
+	 */
+	if (sample) {
+		b.run_ns = (uint64_t)(0.2 * wire + zraw * l->zcost);
+		b.wait_ns = (uint64_t)((double)b.run_ns * (1 - share) / share);
+	}
 	return b;
 }
 
@@ -86,6 +92,7 @@ static struct run simulate(const struct link *l1, const struct link *l2, int cha
 		r.zraw += b.zraw;
 		r.zns += b.zns;
 		r.whole += whole;
+		r.samples += sample;
 		if (mig_autoc_account(&a, &b)) {
 			if (a.on && r.first_on < 0)
 				r.first_on = i;
@@ -132,6 +139,44 @@ static void test_fast_links_stay_plain(void **state)
 			fail_msg("link %u: %llu of %u bytes compressed", i,
 				 (unsigned long long)r.zraw, BATCHES * BATCH);
 	}
+}
+
+/*
+ * Where the compressor takes over twice a plain byte's time (loopback, 10 Gbit/s, idle or
+ * loaded), one sample is all a 256 MiB move carries; in a move 16 times as long, stalls and
+ * all, the samples take under 0.1% of the time (a fixed 1% budget was most of what auto lost
+ * to plain on loopback).
+ */
+static void test_fast_links_sample_rarely(void **state)
+{
+	const struct link *fast[] = { &loopback, &gbit10, &gbit10_loaded, &gbit10_stalls };
+
+	(void)state;
+	for (unsigned i = 0; i < sizeof(fast) / sizeof(fast[0]); i++) {
+		struct run r = simulate(fast[i], NULL, 0, BATCHES);
+		struct run l = simulate(fast[i], NULL, 0, 16 * BATCHES);
+
+		if (fast[i]->stall == 0 && r.samples > 1)
+			fail_msg("link %u: %d samples in %d batches", i, r.samples, BATCHES);
+		if (l.zns * 1000 > l.ns)
+			fail_msg("link %u: samples took %llu of %llu ns", i,
+				 (unsigned long long)l.zns, (unsigned long long)l.ns);
+		assert_int_equal(l.whole, 0);
+	}
+}
+
+/*
+ * The sampling budget backs off only while compressing cannot pay: when the link turns slow
+ * (10 Gbit/s, then 1 Gbit/s for the rest of a long move), compression goes on within three
+ * windows of the change.
+ */
+static void test_backoff_follows_link(void **state)
+{
+	struct run r = simulate(&gbit10, &gbit1, 4 * BATCHES, 8 * BATCHES);
+
+	(void)state;
+	assert_in_range(r.first_on, 4 * BATCHES, 4 * BATCHES + 3 * MIG_AUTOC_WINDOW);
+	assert_true(r.on_end);
 }
 
 /*
@@ -232,6 +277,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_choose),
 		cmocka_unit_test(test_fast_links_stay_plain),
+		cmocka_unit_test(test_fast_links_sample_rarely),
+		cmocka_unit_test(test_backoff_follows_link),
 		cmocka_unit_test(test_slow_link_compresses),
 		cmocka_unit_test(test_starved_cpu_stays_plain),
 		cmocka_unit_test(test_incompressible_stays_plain),
