@@ -45,11 +45,23 @@ def parse_args(argv):
     p.add_argument("--qemu-machine", default="microvm",
                    help="QEMU machine type: microvm (default; fastest start here) or pc")
     p.add_argument("--no-limits", action="store_true", help="skip measuring the machine's limits")
+    p.add_argument("--interleave", action="store_true",
+                   help="run 1 of every scenario, then run 2, ... (the order reversed on even "
+                        "runs), so that scenarios compared with each other share the host's drift")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--report", metavar="DIR",
                    help="only rewrite results.md and the plots of DIR from its runs.csv")
     p.add_argument("-q", "--quiet", action="store_true")
     return p.parse_args(argv)
+
+
+def run_order(chosen, runs, interleave):
+    """(scenario, run) pairs: each scenario's runs in a row, or with interleave run 1 of every
+    scenario first, then run 2 in the reverse order (A B, B A, A B, ...)."""
+    if not interleave:
+        return [(sc, i) for sc in chosen for i in range(1, runs + 1)]
+    return [(sc, i) for i in range(1, runs + 1)
+            for sc in (chosen if i % 2 else list(reversed(chosen)))]
 
 
 def utcnow():
@@ -285,57 +297,57 @@ def main(argv=None):
                             qemu_err or guest_err))
         port = 47100
         unavailable = {}    # (scenario, vmm) -> reason: not offered, so not retried
-        for sc in chosen:
+        for sc, i in run_order(chosen, runs, args.interleave):
             scdir = os.path.join(resdir, "logs", sc["name"])
             os.makedirs(scdir, exist_ok=True)
-            for i in range(1, runs + 1):
-                for vname, drv, err in drivers:
-                    port += 1
-                    row = base_row(sc, vname, i)
-                    logprefix = os.path.join(scdir, f"{vname}-{i}")
-                    row["log"] = os.path.relpath(logprefix, resdir)
-                    ctx = Ctx(net, tmpdir if sc["op"] != "snapshot-restore" else resdir, logprefix, port)
-                    ctx.run = i
-                    if sc["op"] == "snapshot-restore":
-                        ctx.workdir = os.path.join(resdir, "snapshots")
-                        os.makedirs(ctx.workdir, exist_ok=True)
-                    if not err and (sc["name"], vname) in unavailable:
-                        err = f"{unavailable[(sc['name'], vname)]} (run 1; not retried)"
-                    if err:
-                        row.update(status="unavailable", reason=err)
-                    else:
-                        log(f"{sc['name']} [{vname} {i}/{runs}]")
-                        try:
-                            row.update(run_op(drv, sc, ctx))
-                            row["status"] = "ok"
-                        except Unavailable as e:
-                            row = failed_row(sc, vname, i, row, "unavailable", str(e))
-                            unavailable[(sc["name"], vname)] = row["reason"]
-                        except RunFailed as e:
-                            row = failed_row(sc, vname, i, row, "failed", str(e))
-                        except KeyboardInterrupt:
-                            raise
-                        except Exception as e:  # noqa: BLE001 - a harness bug must not stop the run
-                            with open(logprefix + "-harness-error.txt", "w") as f:
-                                traceback.print_exc(file=f)
-                            row = failed_row(sc, vname, i, row, "failed",
-                                             f"harness error: {type(e).__name__}: {e}")
-                        if ctx.samples:
-                            with open(logprefix + "-migrate-status.jsonl", "w") as f:
-                                for s in ctx.samples:
-                                    f.write(json.dumps(s) + "\n")
-                            samples_by_run[(sc["name"], vname, str(i))] = ctx.samples
-                        if vname == "qemu" and drv.params:
-                            qemu_params.setdefault(sc["name"], drv.params)
-                        drv.params = {}
-                    if row["status"] == "ok":
-                        add_throughput(row, sc, limits)
-                        add_target(row, sc)
-                    log(f"  -> {summary(row)}")
-                    rows.append(row)
-                    writer.writerow(clean(row))
-                    csvf.flush()
-            shutil.rmtree(os.path.join(resdir, "snapshots"), ignore_errors=True)
+            for vname, drv, err in drivers:
+                port += 1
+                row = base_row(sc, vname, i)
+                logprefix = os.path.join(scdir, f"{vname}-{i}")
+                row["log"] = os.path.relpath(logprefix, resdir)
+                ctx = Ctx(net, tmpdir if sc["op"] != "snapshot-restore" else resdir, logprefix, port)
+                ctx.run = i
+                if sc["op"] == "snapshot-restore":
+                    ctx.workdir = os.path.join(resdir, "snapshots")
+                    os.makedirs(ctx.workdir, exist_ok=True)
+                if not err and (sc["name"], vname) in unavailable:
+                    err = f"{unavailable[(sc['name'], vname)]} (run 1; not retried)"
+                if err:
+                    row.update(status="unavailable", reason=err)
+                else:
+                    log(f"{sc['name']} [{vname} {i}/{runs}]")
+                    try:
+                        row.update(run_op(drv, sc, ctx))
+                        row["status"] = "ok"
+                    except Unavailable as e:
+                        row = failed_row(sc, vname, i, row, "unavailable", str(e))
+                        unavailable[(sc["name"], vname)] = row["reason"]
+                    except RunFailed as e:
+                        row = failed_row(sc, vname, i, row, "failed", str(e))
+                    except KeyboardInterrupt:
+                        raise
+                    except Exception as e:  # noqa: BLE001 - a harness bug must not stop the run
+                        with open(logprefix + "-harness-error.txt", "w") as f:
+                            traceback.print_exc(file=f)
+                        row = failed_row(sc, vname, i, row, "failed",
+                                         f"harness error: {type(e).__name__}: {e}")
+                    if ctx.samples:
+                        with open(logprefix + "-migrate-status.jsonl", "w") as f:
+                            for s in ctx.samples:
+                                f.write(json.dumps(s) + "\n")
+                        samples_by_run[(sc["name"], vname, str(i))] = ctx.samples
+                    if vname == "qemu" and drv.params:
+                        qemu_params.setdefault(sc["name"], drv.params)
+                    drv.params = {}
+                if row["status"] == "ok":
+                    add_throughput(row, sc, limits)
+                    add_target(row, sc)
+                log(f"  -> {summary(row)}")
+                rows.append(row)
+                writer.writerow(clean(row))
+                csvf.flush()
+            if args.interleave or i == runs:
+                shutil.rmtree(os.path.join(resdir, "snapshots"), ignore_errors=True)
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: cleaning up, writing partial results")
@@ -357,7 +369,7 @@ def main(argv=None):
             "build": info.get("build", "?"),
             "godwit_commit": info.get("godwit_commit"), "qemu_version": info.get("qemu"),
             "qemu_machine": args.qemu_machine, "guest": os.path.relpath(info.get("guest") or "?", REPO),
-            "quick": args.quick, "interrupted": interrupted,
+            "quick": args.quick, "interleave": args.interleave, "interrupted": interrupted,
             "vmms": ["godwit", "qemu"] if args.vmm == "both" else [args.vmm]}
     qemu_argv = Qemu("qemu-system-x86_64", "GUEST.elf", "TMP", None, args.qemu_machine).argv(
         {"memory": "SIZE", "cpus": "N", "workload": "WORKLOAD"}, "QMP.sock")
