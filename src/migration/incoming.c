@@ -518,6 +518,18 @@ static int inc_receive(struct errbuf *e)
 				continue;
 			}
 			if (m.type == MIG_MSG_MISSING) {
+				/*
+				 * Post-copy fetches over the first connection alone (the
+				 * source refuses it with several): a MISSING here would let
+				 * an extra connection's queued PAGES land on dropped pages.
+				 */
+				if (mig_streams_count() > 1) {
+					ret = err_set(e, -EPROTO, "MISSING on a move over %u "
+						      "connections: post-copy uses one",
+						      mig_streams_count());
+					inc_reply(MIG_MSG_ERROR, e->msg);
+					return ret;
+				}
 				/* it would fault zero pages in over the ones MISSING drops */
 				inc_populate_stop();
 				ret = inc_postcopy_missing(vm_memory(mig.vm), &m, e);

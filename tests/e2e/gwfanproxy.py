@@ -4,20 +4,22 @@ on LISTEN gets its own connection to CONNECT, bytes forwarded both ways untouche
 chosen connection can be broken after some of the source's bytes.
 
 usage: gwfanproxy.py LISTEN_HOST:PORT CONNECT_HOST:PORT MODE
-MODE: pass | cut:K:BYTES | stall:K:BYTES | delta:K
+MODE: pass | cut:K:BYTES | stall:K:BYTES | delta:K | missing:K
 K counts accepted connections from 1 (1 is a migration's first connection, 2 its first
 extra one); once BYTES of the source's bytes went through connection K, cut closes both
 of its sides, stall stops forwarding the source's bytes on it and keeps it open (a link
 that went silent); delta makes the first delta of at least 2 bytes on connection K
-hostile, as gwproxy.py's delta:past. Prints "listening" once ready and "injected" when it
-acted."""
+hostile, as gwproxy.py's delta:past; missing adds a MISSING (post-copy's pages to fetch)
+right after the first ROUND on connection K, which no source sends over several
+connections. Prints "listening" once ready and "injected" when it acted."""
 import socket
+import struct
 import sys
 import threading
 import time
 
 import gwstate
-from gwproxy import shutdown_both
+from gwproxy import MISSING, ROUND, shutdown_both
 
 
 def pump(a, b, limit=None, action=None):
@@ -41,22 +43,37 @@ def pump(a, b, limit=None, action=None):
     shutdown_both(a, b)
 
 
-def pump_delta(a, b):
-    """a -> b record by record; the first uncompressed PAGES batch with a delta goes hostile."""
+def pump_records(a, b, edit):
+    """a -> b record by record; edit(type, payload) gives the bytes to send in a record's
+    place, or None to send it as it came, until it gave bytes once."""
     armed = True
     try:
         b.sendall(gwstate.recv_exact(a, 32))
         while True:
             typ, payload, rec = gwstate.record_recv(a)
-            bad = gwstate.delta_past(payload) if armed and typ == gwstate.PAGES else None
-            if bad:
-                rec = gwstate.record(typ, bad)
+            out = edit(typ, payload) if armed else None
+            if out:
+                rec = out
                 armed = False
                 print("injected", flush=True)
             b.sendall(rec)
     except (EOFError, OSError):
         pass
     shutdown_both(a, b)
+
+
+def edit_delta(typ, payload):
+    """The first uncompressed PAGES batch with a delta goes hostile."""
+    bad = gwstate.delta_past(payload) if typ == gwstate.PAGES else None
+    return gwstate.record(typ, bad) if bad else None
+
+
+def edit_missing(typ, payload):
+    """After the first ROUND, a MISSING naming pages 0-7 (docs/migration-protocol.md)."""
+    if typ != ROUND:
+        return None
+    return gwstate.record(typ, payload) + \
+        gwstate.record(MISSING, struct.pack("<QQ", 0, 8) + b"\xff")
 
 
 def main():
@@ -76,8 +93,9 @@ def main():
         n += 1
         dst = socket.create_connection((chost, int(cport)))
         hit = action in ("cut", "stall") and n == k
-        if action == "delta" and n == k:
-            threading.Thread(target=pump_delta, args=(src, dst), daemon=True).start()
+        if action in ("delta", "missing") and n == k:
+            edit = edit_delta if action == "delta" else edit_missing
+            threading.Thread(target=pump_records, args=(src, dst, edit), daemon=True).start()
         else:
             threading.Thread(target=pump, daemon=True,
                              args=(src, dst, limit if hit else None, action)).start()

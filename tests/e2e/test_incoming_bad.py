@@ -3,7 +3,8 @@
 exits non-zero with a clear error and runs nothing. So does a destination whose source
 trickles one byte at a time, never letting a single read time out: during the setup
 (a hand-made stream) and later, mid-record in round 0 (a real source behind
-gwproxy.py trickle:round0); the source then keeps its guest. A destination that is merely
+gwproxy.py trickle:round0); the source then keeps its guest. So does a destination sent a
+MISSING on a move over several connections (post-copy uses one). A destination that is merely
 slow to build its VM (longer than the I/O timeout) is no such case: the move completes."""
 import os
 import socket
@@ -68,11 +69,10 @@ def trickle_setup(env, hdr, hello):
     print(f"trickle during setup, {sent} bytes sent: {err.strip().splitlines()[-1]}")
 
 
-def trickle_round0(env):
+def trickle_round0(env, hosts):
     """A real live migration whose stream turns into a trickle at round 0's first PAGES.
     Only the destination is under test: the source keeps the default I/O timeout, so a
     loaded host that is slow to answer the PING before round 0 cannot fail it first."""
-    hosts = gwtest.Hosts(env)
     uri = f"tcp:{hosts.dst_ip}:4444"
     short = os.environ.pop("GODWIT_MIGRATION_IO_TIMEOUT_MS")
     try:
@@ -125,6 +125,43 @@ def slow_build(env):
     assert dst.wait_exit() == 0
 
 
+def missing_fanned(env, hosts):
+    """A MISSING (post-copy's pages to fetch) on a move over 2 connections, which no source
+    sends (post-copy goes over one): gwfanproxy.py missing:1 adds one after the first ROUND.
+    The destination refuses it by name and runs nothing; the source keeps its guest."""
+    uri = f"tcp:{hosts.dst_ip}:4444"
+    # the default I/O timeouts: a loaded host must not fail the move before the injection
+    short = os.environ.pop("GODWIT_MIGRATION_IO_TIMEOUT_MS")
+    try:
+        src = gwtest.start_source(env, "missing-src", cmdline="workload=abcheck wss=8M",
+                                  netns=hosts.src)
+        dst = gwtest.start_dest(env, "missing-dst", uri, netns=hosts.dst)
+    finally:
+        os.environ["GODWIT_MIGRATION_IO_TIMEOUT_MS"] = short
+    src.wait_line(r"^check ok 1$", timeout=120)
+    p = gwtest.fanproxy(hosts, "missing:1")
+    try:
+        rc, _, merr = gwtest.migrate(src, "tcp:127.0.0.1:5555", "--mode", "live",
+                                     "--connections", "2", "--bandwidth", "8M",
+                                     check=False, timeout=120)
+    finally:
+        p.kill()
+        out = p.communicate()[0]
+    assert "injected" in out, f"missing-fanned: no MISSING injected: {out!r}"
+    assert rc != 0, "missing-fanned: the move succeeded"
+    assert "keeps running here" in merr, merr
+    assert dst.wait_exit(60) not in (0, None), "missing-fanned: the destination exited 0"
+    err = dst.stderr()
+    assert "MISSING on a move over 2 connections: post-copy uses one" in err, err[-1500:]
+    assert "nothing was started" in err, err[-1500:]
+    assert not dst.heartbeats(), "missing-fanned: the destination ran the guest"
+    n = src.line_count()
+    src.wait_line(r"^hb \d+$", start=n, timeout=20)
+    assert src.status()["state"] == "running"
+    src.ctl("stop")
+    assert src.wait_exit() == 0
+
+
 def test(env):
     os.environ["GODWIT_MIGRATION_IO_TIMEOUT_MS"] = IO_TIMEOUT_MS
     hello = record(0x100, struct.pack("<IIQ", gwstate.PROTOCOL, 2, 0))   # live
@@ -145,7 +182,9 @@ def test(env):
          struct.pack("<I", gwstate.crc32c(struct.pack("<IQ", 3, 1 << 40))), "exceeds")
     trickle_setup(env, hdr, hello)
     slow_build(env)
-    trickle_round0(env)
+    hosts = gwtest.Hosts(env)
+    trickle_round0(env, hosts)
+    missing_fanned(env, hosts)
 
 
 gwtest.main(test)
