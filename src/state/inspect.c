@@ -21,7 +21,8 @@ struct pages_run {
 	uint64_t first_offset;
 	uint64_t pages;
 	uint64_t zero;
-	uint64_t bytes;
+	uint64_t delta;
+	uint64_t bytes; /* a whole page counts 4096 (before zstd), a delta its own length */
 };
 
 struct inspect {
@@ -98,14 +99,16 @@ static void print_record(struct inspect *in, const struct state_record *rec, con
 static void flush_pages_run(struct inspect *in)
 {
 	struct pages_run *r = &in->run;
-	char b[32];
+	char b[32], d[40] = "";
 
 	if (!r->records)
 		return;
+	if (r->delta)
+		snprintf(d, sizeof(d), ", %" PRIu64 " delta%s", r->delta, r->delta == 1 ? "" : "s");
 	fprintf(in->out,
 		"  %-6" PRIu64 " %-12" PRIu64 " PAGES    x%-9" PRIu64 " ok   %" PRIu64
-		" pages (%" PRIu64 " zero, %s of data)\n",
-		r->first_index, r->first_offset, r->records, r->pages, r->zero,
+		" pages (%" PRIu64 " zero%s, %s of data)\n",
+		r->first_index, r->first_offset, r->records, r->pages, r->zero, d,
 		fmt_bytes(r->bytes, b, sizeof(b)));
 	memset(r, 0, sizeof(*r));
 }
@@ -168,6 +171,16 @@ static void inspect_section(struct inspect *in, const struct state_record *rec)
 	}
 }
 
+/* data_len: whole pages' 4096 bytes (inflated) and each delta's own length */
+static void pages_run_add(struct pages_run *r, const struct state_pages_iter *it)
+{
+	r->records++;
+	r->pages += it->count;
+	r->zero += it->count - it->nr_data;
+	r->delta += it->nr_delta;
+	r->bytes += it->data_len;
+}
+
 static void inspect_pages(struct inspect *in, const struct state_record *rec)
 {
 	struct state_pages_iter it;
@@ -198,14 +211,8 @@ static void inspect_pages(struct inspect *in, const struct state_record *rec)
 		in->run.first_index = rec->index;
 		in->run.first_offset = rec->offset;
 	}
-	in->run.records++;
-	in->run.pages += it.count;
-	in->run.zero += it.count - it.nr_data;
-	in->run.bytes += (uint64_t)it.nr_data * STATE_PAGE_SIZE;
-	in->pages_total.records++;
-	in->pages_total.pages += it.count;
-	in->pages_total.zero += it.count - it.nr_data;
-	in->pages_total.bytes += (uint64_t)it.nr_data * STATE_PAGE_SIZE;
+	pages_run_add(&in->run, &it);
+	pages_run_add(&in->pages_total, &it);
 }
 
 static void inspect_record(struct inspect *in, const struct state_record *rec, int ret,
@@ -321,9 +328,9 @@ static void inspect_walk(struct inspect *in, struct state_reader *r)
 	inspect_sections_free(in);
 	if (in->pages_total.records)
 		fprintf(in->out, "pages: %" PRIu64 " in %" PRIu64 " records, %" PRIu64
-			" zero (sent as flags), %s of data\n", in->pages_total.pages,
-			in->pages_total.records, in->pages_total.zero,
-			fmt_bytes(in->pages_total.bytes, b, sizeof(b)));
+			" zero (sent as flags), %" PRIu64 " deltas, %s of data\n",
+			in->pages_total.pages, in->pages_total.records, in->pages_total.zero,
+			in->pages_total.delta, fmt_bytes(in->pages_total.bytes, b, sizeof(b)));
 }
 
 static int inspect_result(struct inspect *in, struct errbuf *e)

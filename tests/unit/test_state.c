@@ -994,6 +994,23 @@ static void test_pages_delta_roundtrip(void **state)
 	}
 	state_reader_free(r);
 	state_inflater_free(z);
+
+	/* inspect counts the deltas, and a delta's own length as its data, not a page */
+	{
+		char *text;
+		size_t text_len;
+		FILE *out = open_memstream(&text, &text_len);
+		int ret = state_inspect_buf(p, len, out, &e);
+
+		fclose(out);
+		/* the stream carries no VM's sections: that is a problem, the pages are not */
+		assert_int_equal(ret, -EBADMSG);
+		assert_non_null(strstr(e.msg, "1 problem found, the first: missing section"));
+		/* 3 batches of a whole page, a zero page and deltas of 100 and 0 bytes */
+		assert_non_null(strstr(text, "12 pages (3 zero, 6 deltas, 12.3 KiB of data)"));
+		assert_non_null(strstr(text, "3 zero (sent as flags), 6 deltas, 12.3 KiB of data"));
+		free(text);
+	}
 	free(p);
 }
 
