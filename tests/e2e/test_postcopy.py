@@ -238,16 +238,20 @@ def fake_destination(ls, requests, result):
     c.close()
 
 
-def window_destination(ls, result):
+def window_destination(ls, src, result):
     """Plays a destination that, after the switch, reads the source's pages but holds back
     its PONGs: the background must stop within the window while a requested page still
-    comes at once; then PONGs flow and the move completes."""
+    comes at once; then PONGs flow and the move completes. Its first PING before the pause
+    is answered only once the source's guest rewrote its whole set after it, so that set is
+    missing at the switch however little of it a loaded host let the guest rewrite during
+    round 0."""
     c, _ = ls.accept()
     c.settimeout(60)
     recv_exact(c, 32)
     c.sendall(gwstate.header(kind=2))
     missing, seen, pings, started = set(), set(), [], False
     ahead = requested = None
+    paused = waited = False
 
     def record():
         typ, length = struct.unpack_from("<IQ", recv_exact(c, 16))
@@ -262,7 +266,14 @@ def window_destination(ls, result):
             if typ == gwstate.CONFIG:
                 c.sendall(rec(ACCEPT, struct.pack("<I", gwstate.PROTOCOL)))
             elif typ == PING and not started:
+                if not paused and not waited:
+                    # a pass that starts after this line rewrites every page of the set
+                    i, _ = src.wait_line(r"^check ok \d+$", timeout=60, start=len(src.lines))
+                    src.wait_line(r"^check ok \d+$", timeout=60, start=i + 1)
+                    waited = True
                 c.sendall(rec(PONG, body))
+            elif typ == gwstate.SECTION:
+                paused = True
             elif typ == MISSING:
                 first, n = struct.unpack_from("<QQ", body)
                 missing |= {first + i for i in range(n) if body[16 + i // 8] >> (i % 8) & 1}
@@ -335,7 +346,7 @@ def window(env):
     page it asks for comes at once; acknowledged, the rest follows."""
     uri, ls, src = fake_setup(env, "window")
     result = {}
-    t = threading.Thread(target=window_destination, args=(ls, result))
+    t = threading.Thread(target=window_destination, args=(ls, src, result))
     t.start()
     rc, res, err = gwtest.migrate(src, uri, "--mode", "postcopy", check=False)
     t.join(60)
