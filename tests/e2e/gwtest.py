@@ -322,6 +322,31 @@ def migrate(src, uri, *opts, check=True, timeout=300):
     return rc, (json.loads(out) if rc == 0 and out.strip() else None), err
 
 
+def check_kept(src, what, started=True):
+    """A move that failed left the guest on the source: the process lives, the guest writes
+    new heartbeats and runs; with started, the source's move is failed or cancelled (not a
+    move refused before it began)."""
+    assert src.proc.poll() is None, f"{what}: the source exited {src.proc.returncode}: " \
+                                    f"{src.stderr()[-3000:]}"
+    n = src.line_count()
+    src.wait_line(r"^hb \d+$", start=n, timeout=20)
+    st = src.status()
+    assert st["state"] == "running", f"{what}: source is {st['state']}"
+    ms = json.loads(src.ctl("migrate-status")[1])
+    assert not started or ms["state"] in ("failed", "cancelled"), f"{what}: {ms}"
+
+
+def check_refused(dst, what, *needles):
+    """The destination of a failed move exited non-zero without running the guest, its
+    stderr naming each of needles."""
+    rc = dst.wait_exit(60)
+    assert rc not in (0, None), f"{what}: the destination exited {rc}"
+    assert not dst.heartbeats(), f"{what}: the destination ran the guest"
+    err = dst.stderr()
+    for needle in needles:
+        assert needle in err, f"{what}: {needle!r} not in {err[-1500:]}"
+
+
 def check_moved(src, dst, what, abcheck=False):
     """The guest continued on dst: first heartbeat is the next seq, no restart, checks ok."""
     last = src.heartbeats()[-1]

@@ -87,13 +87,6 @@ def move(env, hosts, name, mode, n, opts=(), tls=None):
     return res
 
 
-def still_running(src, what):
-    assert src.proc.poll() is None, f"{what}: the source exited: {src.stderr()[-2000:]}"
-    n = src.line_count()
-    src.wait_line(r"^hb \d+$", start=n, timeout=20)
-    assert src.status()["state"] == "running", what
-
-
 def broken(env, hosts, name, mode, n, expect, dst_expect):
     """An extra connection broken mid-move: the move fails, the source keeps running, the
     destination exits 1 having run nothing; then a retry to a new destination succeeds."""
@@ -111,7 +104,7 @@ def broken(env, hosts, name, mode, n, expect, dst_expect):
     assert rc != 0, f"{name}: the move succeeded"
     assert "keeps running here" in err, f"{name}: {err!r}"
     assert re.search(expect, err, re.I), f"{name}: expected /{expect}/ in {err!r}"
-    still_running(src, name)
+    gwtest.check_kept(src, name)
     assert dst.wait_exit(timeout=60) == 1, f"{name}: the destination must exit 1"
     assert "nothing was started" in dst.stderr(), dst.stderr()[-2000:]
     assert re.search(dst_expect, dst.stderr()), f"{name}: /{dst_expect}/ not in " \

@@ -14,23 +14,6 @@ import gwtest
 IO_TIMEOUT = {"GODWIT_MIGRATION_IO_TIMEOUT_MS": "3000"}
 
 
-def still_running(src, what):
-    assert src.proc.poll() is None, f"{what}: the source exited {src.proc.returncode}: " \
-                                    f"{src.stderr()[-3000:]}"
-    n = src.line_count()
-    src.wait_line(r"^hb \d+$", start=n, timeout=20)
-    st = src.status()
-    assert st["state"] == "running", f"{what}: source is {st['state']}"
-    ms = json.loads(src.ctl("migrate-status")[1])
-    assert ms["state"] in ("failed", "cancelled"), f"{what}: {ms}"
-
-
-def dest_ran_nothing(dst, what):
-    rc = dst.wait_exit(60)
-    assert rc != 0, f"{what}: the destination exited 0"
-    assert not dst.heartbeats(), f"{what}: the destination ran the guest"
-
-
 def retry(env, hosts, src, what):
     uri = f"tcp:{hosts.dst_ip}:4445"
     dst = gwtest.start_dest(env, f"retry-{what}", uri, netns=hosts.dst)
@@ -58,8 +41,8 @@ def scenario(env, hosts, name, mode, fault, opts=()):
     assert mig.returncode != 0, f"{name}: migrate succeeded: {out}"
     if hasattr(fault, "after"):
         fault.after()
-    still_running(src, name)
-    dest_ran_nothing(dst, name)
+    gwtest.check_kept(src, name)
+    gwtest.check_refused(dst, name)
     retry(env, hosts, src, name)
     return err
 
