@@ -99,20 +99,9 @@ static double mig_autoc_pace(struct mig_autoc *a)
 bool mig_autoc_account(struct mig_autoc *a, const struct mig_autoc_batch *b)
 {
 	double zcost = 0, saved = 0, measured = 0, share = 1;
-	uint64_t ns = b->ns;
 	bool on;
 
-	/*
-	 * Plain, a batch the socket buffers took at once still costs the link its bytes: where
-	 * the kernel saw the link's pace, the batch counts as long as the link needed for it.
-	 */
-	if (!a->on && b->link_ns && b->link_bytes && b->wire) {
-		double lt = (double)b->link_ns / (double)b->link_bytes * (double)b->wire;
-
-		if (lt + (double)b->zns > (double)ns)
-			ns = (uint64_t)lt + b->zns;
-	}
-	a->sent_ns += ns;
+	a->sent_ns += b->ns;
 	if (!b->raw)
 		return false; /* only zero pages: nothing to learn from */
 	if (b->zraw) {
@@ -132,8 +121,8 @@ bool mig_autoc_account(struct mig_autoc *a, const struct mig_autoc_batch *b)
 	}
 	if (!a->on && a->npace < MIG_AUTOC_PACES && b->wire)
 		/* the samples' compressor time is not the link's */
-		a->pace[a->npace++] = (float)(ns > b->zns ? ns - b->zns : 0) / (float)b->wire;
-	a->ns += ns;
+		a->pace[a->npace++] = (float)(b->ns > b->zns ? b->ns - b->zns : 0) / (float)b->wire;
+	a->ns += b->ns;
 	a->wire += b->wire;
 	a->raw += b->raw;
 	a->zns += b->zns;

@@ -54,13 +54,6 @@ struct mig_autoc_batch {
 	 */
 	uint64_t run_ns;
 	uint64_t wait_ns;
-	/*
-	 * The kernel's view of the link (TCP's delivery rate): it carries link_bytes in link_ns
-	 * (0: not seen). Where the socket buffers take a whole batch at once (small guests, slow
-	 * links) this, not ns, is the link's pace.
-	 */
-	uint64_t link_ns;
-	uint64_t link_bytes;
 };
 
 #define MIG_AUTOC_PACES 64 /* a window's batches whose pace is kept */

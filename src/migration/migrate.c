@@ -30,12 +30,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/tcp.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,9 +206,8 @@ static void mig_batch_show(struct mig_batch *b)
  * --compress auto (migration/autocompress.c says how it chooses). Each batch's sender
  * measures what the batch cost: the time to compress it and hand it to the socket (a full
  * socket buffer blocks, so on a slow link this is the link's pace; a bandwidth cap's waits
- * count too), the bytes before and after, and the kernel's view of the link where the
- * socket buffers took the batch at once (mig_link_ns()). The senders of several connections
- * share one measurement and one choice.
+ * count too) and the bytes before and after. The senders of several connections share one
+ * measurement and one choice.
  */
 static struct mig_autoc mig_auto;
 static pthread_mutex_t mig_auto_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -281,28 +277,6 @@ static void mig_thread_sched(uint64_t *run_ns, uint64_t *wait_ns)
 }
 
 /*
- * The kernel's view of the link for auto, where the socket buffers take a whole batch or
- * round at once and the hand-over says nothing (small guests, slow links): TCP's delivery
- * rate (TCP_INFO), the bytes per second its last rate sample saw acknowledged, kept across
- * idle gaps such as the wait for a round's PONG. Only a sample that was not limited by the
- * sender having nothing to send gives the link's pace (an application-limited one says less
- * than the link can carry). Returns the time the link needs for wire bytes at that rate, 0
- * where it is not known (not TCP, no sample yet). One getsockopt, under a microsecond here.
- */
-static uint64_t mig_link_ns(const struct state_writer *w, uint64_t wire)
-{
-	struct tcp_info ti;
-	socklen_t len = sizeof(ti);
-
-	memset(&ti, 0, sizeof(ti));
-	if (getsockopt(state_writer_fd(w), IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
-	    len < offsetof(struct tcp_info, tcpi_delivery_rate) + sizeof(ti.tcpi_delivery_rate) ||
-	    ti.tcpi_delivery_rate_app_limited || !ti.tcpi_delivery_rate)
-		return 0;
-	return (uint64_t)((double)wire * 1e9 / (double)ti.tcpi_delivery_rate);
-}
-
-/*
  * Hands a batch to w, compressed as z says. A sample goes first as a record of its own,
  * compressed, and the rest of the batch plain.
  */
@@ -334,7 +308,7 @@ static int mig_pages_write_timed(struct state_writer *w, const struct state_page
 {
 	struct state_zstats z0, z1;
 	uint64_t t0, bytes0, data = 0, deltas = 0, delta_bytes = 0;
-	uint64_t run0 = 0, wait0 = 0, run1 = 0, wait1 = 0, wire;
+	uint64_t run0 = 0, wait0 = 0, run1 = 0, wait1 = 0;
 	bool autoc = mig.p.compress == MIG_COMPRESS_AUTO;
 	enum mig_zchoice z = mig_compress_now();
 	int ret;
@@ -367,19 +341,15 @@ static int mig_pages_write_timed(struct state_writer *w, const struct state_page
 		return 0;
 	if (z == MIG_Z_SAMPLE)
 		mig_thread_sched(&run1, &wait1);
-	wire = state_writer_bytes_flushed(w) - bytes0;
 	mig_auto_account(&(struct mig_autoc_batch){
 		.ns = time_mono_ns() - t0,
-		.wire = wire,
+		.wire = state_writer_bytes_flushed(w) - bytes0,
 		.raw = data - (deltas * STATE_PAGE_SIZE - delta_bytes),
 		.zns = z1.ns - z0.ns,
 		.zraw = z1.raw_bytes - z0.raw_bytes,
 		.zsaved = (z1.raw_bytes - z1.out_bytes) - (z0.raw_bytes - z0.out_bytes),
 		.run_ns = run1 >= run0 && wait1 >= wait0 ? run1 - run0 : 0,
 		.wait_ns = run1 >= run0 && wait1 >= wait0 ? wait1 - wait0 : 0,
-		/* plain batches only: a compressed one's time is what the policy measures */
-		.link_ns = z != MIG_Z_BATCH ? mig_link_ns(w, wire) : 0,
-		.link_bytes = wire,
 	});
 	return 0;
 }

@@ -627,11 +627,6 @@ uint64_t state_writer_bytes_flushed(const struct state_writer *w)
 	return w->flushed;
 }
 
-int state_writer_fd(const struct state_writer *w)
-{
-	return w->ch->fd;
-}
-
 static int writer_check_order(struct state_writer *w, uint32_t type, struct errbuf *e)
 {
 	if (w->failed)

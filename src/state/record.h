@@ -359,8 +359,6 @@ int __must_check state_writer_flush(struct state_writer *w, struct errbuf *e);
 uint64_t state_writer_bytes(const struct state_writer *w);
 /* Bytes handed to fd so far. */
 uint64_t state_writer_bytes_flushed(const struct state_writer *w);
-/* The fd the writer's channel writes to (a migration's socket, also under TLS). */
-int state_writer_fd(const struct state_writer *w);
 void state_writer_free(struct state_writer *w);
 
 #endif

@@ -29,11 +29,6 @@ struct link {
 	double saved;  /* fraction of the raw bytes the compressor saves */
 	double share;  /* of the time the sender wants a CPU, the share it gets */
 	int stall;     /* every stall-th plain batch is held up 80 ms (0: never) */
-	/*
-	 * The socket buffers take every batch at once (a copy, 0.2 ns per byte); only the
-	 * kernel's view of the socket shows the link's pace.
-	 */
-	bool buffered;
 };
 
 struct run {
@@ -54,7 +49,7 @@ static struct mig_autoc_batch batch_cost(const struct link *l, int i, bool whole
 	struct mig_autoc_batch b = { .raw = BATCH };
 	double zraw = whole ? BATCH : sample ? SAMPLE : 0, wire;
 	/* the first batch goes into an empty socket buffer: a copy, not the link's pace */
-	double pace = (i == 0 || l->buffered) && l->link > 0.2 ? 0.2 : l->link;
+	double pace = i == 0 && l->link > 0.2 ? 0.2 : l->link;
 
 	double share = l->share;
 
@@ -65,11 +60,6 @@ static struct mig_autoc_batch batch_cost(const struct link *l, int i, bool whole
 	b.zns = (uint64_t)(zraw * l->zcost / (whole ? share : 1));
 	b.wire = (uint64_t)wire;
 	b.ns = b.zns + (uint64_t)(wire * pace);
-	/* TCP's delivery rate, read after plain batches */
-	if (l->buffered && !whole) {
-		b.link_ns = (uint64_t)(wire * l->link);
-		b.link_bytes = b.wire;
-	}
 	/* the link drains the socket buffer while the next batch is compressed (as measured) */
 	if (whole)
 		b.ns = MAX(b.zns + (uint64_t)(0.1 * wire), (uint64_t)(wire * pace));
@@ -114,19 +104,16 @@ static struct run simulate(const struct link *l1, const struct link *l2, int cha
 	return r;
 }
 
-static const struct link loopback = { 0.3, 2.4, 0.54, 1, 0, false };
-static const struct link gbit10 = { 0.8, 2.4, 0.54, 1, 0, false };
-static const struct link gbit10_loaded = { 0.8, 4.3, 0.54, 1, 0, false };
+static const struct link loopback = { 0.3, 2.4, 0.54, 1, 0 };
+static const struct link gbit10 = { 0.8, 2.4, 0.54, 1, 0 };
+static const struct link gbit10_loaded = { 0.8, 4.3, 0.54, 1, 0 };
 /* live moves on a loaded host: one plain batch in 4 held up 80 ms, the CPU shared */
-static const struct link gbit10_stalls = { 0.8, 2.6, 0.54, 0.5, 4, false };
-static const struct link gbit1 = { 8.0, 2.4, 0.54, 1, 0, false };
-static const struct link gbit1_loaded = { 8.0, 4.3, 0.54, 1, 0, false };
+static const struct link gbit10_stalls = { 0.8, 2.6, 0.54, 0.5, 4 };
+static const struct link gbit1 = { 8.0, 2.4, 0.54, 1, 0 };
+static const struct link gbit1_loaded = { 8.0, 4.3, 0.54, 1, 0 };
 /* the guest's two vCPUs and the destination take three quarters of the two cores */
-static const struct link gbit1_starved = { 8.0, 2.6, 0.54, 0.2, 0, false };
-static const struct link random_content = { 8.0, 1.0, 0.0, 1, 0, false };
-/* e2e-migrate_compress: an 8 MiB guest on 40 Mbit/s, whose rounds the socket buffers hold */
-static const struct link mbit40_buffered = { 200.0, 2.4, 0.54, 1, 0, true };
-static const struct link loopback_buffered = { 0.3, 2.4, 0.54, 1, 0, true };
+static const struct link gbit1_starved = { 8.0, 2.6, 0.54, 0.2, 0 };
+static const struct link random_content = { 8.0, 1.0, 0.0, 1, 0 };
 
 /*
  * On a link faster than the compressor no batch is compressed and samples take under 1% of
@@ -230,22 +217,6 @@ static void test_starved_cpu_stays_plain(void **state)
 	assert_int_equal(r.whole, 0);
 }
 
-/*
- * Where the socket buffers take each batch at once, the hand-over says nothing about the link;
- * TCP's delivery rate does: on 40 Mbit/s compression goes on within the first
- * three windows and stays on for most of the move, on loopback it never does.
- */
-static void test_buffered_link_seen_by_kernel(void **state)
-{
-	struct run slow = simulate(&mbit40_buffered, NULL, 0, BATCHES);
-	struct run fast = simulate(&loopback_buffered, NULL, 0, BATCHES);
-
-	(void)state;
-	assert_in_range(slow.first_on, 0, 3 * MIG_AUTOC_WINDOW);
-	assert_true(slow.whole >= BATCHES / 2);
-	assert_int_equal(fast.whole, 0);
-}
-
 /* Content that does not compress is never compressed, however slow the link. */
 static void test_incompressible_stays_plain(void **state)
 {
@@ -261,7 +232,7 @@ static void test_incompressible_stays_plain(void **state)
  */
 static void test_cpu_bound_turns_off(void **state)
 {
-	const struct link busy = { 8.0, 12.0, 0.54, 1, 0, false };
+	const struct link busy = { 8.0, 12.0, 0.54, 1, 0 };
 	struct run r = simulate(&gbit1, &busy, 24, BATCHES);
 
 	(void)state;
@@ -311,7 +282,6 @@ int main(void)
 		cmocka_unit_test(test_slow_link_compresses),
 		cmocka_unit_test(test_starved_cpu_stays_plain),
 		cmocka_unit_test(test_incompressible_stays_plain),
-		cmocka_unit_test(test_buffered_link_seen_by_kernel),
 		cmocka_unit_test(test_cpu_bound_turns_off),
 		cmocka_unit_test(test_link_speeds_up_turns_off),
 	};
