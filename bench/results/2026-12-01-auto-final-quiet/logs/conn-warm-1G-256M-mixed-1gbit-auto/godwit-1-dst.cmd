@@ -1,0 +1,1 @@
+ip netns exec gwb-dst-26564 /tmp/godwit-bench/build-bench/src/cli/godwit run --api-socket /tmp/gwb-stqrz8v9/gw-dst.sock --serial stdio --name bench-dst --incoming tcp:10.99.0.2:47109 --memory 1G --insecure

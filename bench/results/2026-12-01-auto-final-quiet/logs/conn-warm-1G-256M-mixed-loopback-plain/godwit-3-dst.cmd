@@ -1,0 +1,1 @@
+ip netns exec gwb-src-26564 /tmp/godwit-bench/build-bench/src/cli/godwit run --api-socket /tmp/gwb-stqrz8v9/gw-dst.sock --serial stdio --name bench-dst --incoming tcp:127.0.0.1:47119 --memory 1G --insecure

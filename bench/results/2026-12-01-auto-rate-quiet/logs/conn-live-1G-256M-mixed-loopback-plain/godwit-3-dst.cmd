@@ -1,0 +1,1 @@
+ip netns exec gwb-src-23032 /tmp/godwit-bench/build-bench/src/cli/godwit run --api-socket /tmp/gwb-k60njr9n/gw-dst.sock --serial stdio --name bench-dst --incoming tcp:127.0.0.1:47125 --memory 1G --insecure
