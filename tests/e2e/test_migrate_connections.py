@@ -49,12 +49,15 @@ def finish(src, dst, res, name, n):
     conns = res["connections"]
     assert len(conns) == n, f"{name}: {conns}"
     # a PAGES batch is at least 64 KiB here; JOIN, ACCEPT and FENCEs are under 1 KiB. A free
-    # extra connection takes each batch first, the first only when all are busy; with a few
-    # MiB to move (a handful of batches) one of 4 may get none, and on a loaded host (the
-    # suite's other tests) the first took 6.4 of 10.6 MB once, so a quarter is asked of the
-    # extra ones: without the spread they carry nothing but JOIN and FENCEs
+    # extra connection takes each batch first, the first only when all are busy: over 2
+    # connections the extra one may take every batch (the first then carries only the
+    # state: 20 KB of 10.6 MB once), with a few MiB to move (a handful of batches) one of 4
+    # may get none, and on a loaded host (the suite's other tests) the first took 6.4 of
+    # 10.6 MB once. So a quarter of the bytes is asked of the extra ones, and over 3 or more
+    # connections pages on two of them: without the spread the extra ones carry nothing but
+    # JOIN and FENCEs
     carried = [c["bytes"] > 65536 for c in conns]
-    assert sum(carried) >= 2 and sum(c["bytes"] for c in conns[1:]) * 4 > \
+    assert (n < 3 or sum(carried) >= 2) and sum(c["bytes"] for c in conns[1:]) * 4 > \
         sum(c["bytes"] for c in conns), f"{name}: pages were not spread: {conns}"
     st = dst.status("--digest")
     assert st["digest"] == res["digest"], f"{name}: digests differ: {st['digest']} " \
