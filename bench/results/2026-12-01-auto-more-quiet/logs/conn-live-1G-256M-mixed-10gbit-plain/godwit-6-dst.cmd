@@ -1,0 +1,1 @@
+ip netns exec gwb-dst-32072 /tmp/godwit-bench/build-bench/src/cli/godwit run --api-socket /tmp/gwb-jv9yviax/gw-dst.sock --serial stdio --name bench-dst --incoming tcp:10.99.0.2:47142 --memory 1G --insecure

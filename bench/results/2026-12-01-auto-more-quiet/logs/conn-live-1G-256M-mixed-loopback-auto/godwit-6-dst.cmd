@@ -1,0 +1,1 @@
+ip netns exec gwb-src-32072 /tmp/godwit-bench/build-bench/src/cli/godwit run --api-socket /tmp/gwb-jv9yviax/gw-dst.sock --serial stdio --name bench-dst --incoming tcp:127.0.0.1:47143 --memory 1G --insecure
