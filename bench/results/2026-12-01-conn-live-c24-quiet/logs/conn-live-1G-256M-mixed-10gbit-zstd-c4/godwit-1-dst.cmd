@@ -1,0 +1,1 @@
+ip netns exec gwb-dst-6116 /tmp/godwit-bench/build-bench/src/cli/godwit run --api-socket /tmp/gwb-euj_m9zl/gw-dst.sock --serial stdio --name bench-dst --incoming tcp:10.99.0.2:47107 --memory 1G --insecure

@@ -1,0 +1,1 @@
+ip netns exec gwb-src-6116 /tmp/godwit-bench/build-bench/src/cli/godwit run --api-socket /tmp/gwb-euj_m9zl/gw-src.sock --serial stdio --name bench-src --memory 1G --cpus 2 --kernel /tmp/godwit-bench/build-bench/guest/godwit-guest.elf --cmdline 'workload=dirty wss=256M rate=4096 pattern=seq content=mixed stats=1'

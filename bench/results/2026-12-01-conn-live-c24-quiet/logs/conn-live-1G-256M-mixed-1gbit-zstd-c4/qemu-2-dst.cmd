@@ -1,0 +1,1 @@
+ip netns exec gwb-dst-6116 /usr/bin/qemu-system-x86_64 -accel kvm -cpu host,-arch-capabilities -M microvm -m 1G -smp 2 -display none -nodefaults -serial stdio -kernel /tmp/godwit-bench/build-bench/guest/godwit-guest.elf -append 'workload=dirty wss=256M rate=4096 pattern=seq content=mixed stats=1' -qmp unix:/tmp/gwb-euj_m9zl/qm-dst.qmp,server=on,wait=off -incoming defer
