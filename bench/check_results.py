@@ -10,7 +10,9 @@ and no figures; every scenario of the run (with --quick: every quick
 scenario of the table) has at least one row per VMM; results.md, machine.md,
 qemu-params.md exist and the plots results.md names exist. The guest's
 downtime (its longest heartbeat gap) is at least each gap it is the longest
-of (before, at and after the switch).
+of (before, at and after the switch); a limit_fraction is the row's throughput
+over its limit, and a snapshot's limit measured beside it is the mean of the
+disk probes beside it.
 
 godwit is the VMM under test, so its rows must also have worked: a godwit row
 marked failed (a correctness check such as abcheck or the heartbeat sequence
@@ -31,6 +33,36 @@ from gwbench.schema import (COLUMNS, GUEST_GAPS, METRIC_COLUMNS, REQUIRED_OK,  #
 from gwbench import scenarios as scen_mod  # noqa: E402
 
 TEXT_METRICS = {"guest_rss_source", "limit_name"}
+
+
+def _num(r, c):
+    try:
+        return float(r.get(c, ""))
+    except ValueError:
+        return None
+
+
+def _close(a, b):
+    return abs(a - b) <= 0.01 * max(abs(a), abs(b))
+
+
+def _limit_check(r):
+    """A fraction of a limit is the row's throughput over that limit; a snapshot's limit
+    measured beside it is the mean of the probes beside it. None, or what is wrong."""
+    thr, lim, frac = (_num(r, c) for c in ("throughput_bytes_per_s", "limit_bytes_per_s",
+                                            "limit_fraction"))
+    if None not in (thr, lim, frac) and lim > 0 and not _close(frac, thr / lim):
+        return (f"limit_fraction={r['limit_fraction']} is not throughput_bytes_per_s / "
+                f"limit_bytes_per_s ({thr / lim:.4g})")
+    if r.get("limit_name", "").endswith("_beside"):
+        probes = [v for v in (_num(r, "disk_direct_before_bytes_per_s"),
+                              _num(r, "disk_direct_after_bytes_per_s")) if v is not None]
+        if not probes:
+            return f"limit {r['limit_name']} without a disk probe beside the snapshot"
+        if lim is None or not _close(lim, sum(probes) / len(probes)):
+            return (f"limit_bytes_per_s={r.get('limit_bytes_per_s')} is not the mean of the "
+                    f"disk probes beside the snapshot ({sum(probes) / len(probes):.4g})")
+    return None
 
 
 def check(resdir, quick, table):
@@ -93,6 +125,9 @@ def check(resdir, quick, table):
                         err(f"{where}: {c}={r[c]} exceeds downtime_guest_ms={r['downtime_guest_ms']}")
             except ValueError:
                 pass   # reported above as not a number
+            limit_problem = _limit_check(r)
+            if limit_problem:
+                err(f"{where}: {limit_problem}")
             if r.get("vmm") == "godwit":
                 lacking = [c for c in SWITCH_PARTS.get(r["op"], []) if r.get(c, "") == ""]
                 if lacking:

@@ -246,13 +246,17 @@ class Godwit(Driver):
     def snapshot(self, inst, snapdir):
         """godwit snapshot DIR --stop; returns {} with what godwit reported."""
         r = self.ctl(inst, "snapshot", snapdir, "--stop", timeout=600)
+        t_returned = time.monotonic()   # complete and synced: the operator's wait ends here
         if r.returncode != 0:
             classify(f"godwit snapshot exit {r.returncode}: {r.stderr.strip() or r.stdout.strip()}")
         self.final_memory(inst)
         self.reap(inst, 30)
         # "... 1505 ms (guest paused 1496 ms), VM stopped": its own time, without the CLI's
         m = re.search(r"(\d+) ms \(guest paused", r.stdout)
-        return {"vmm_total_ms": float(m.group(1))} if m else {}
+        info = {"t_returned": t_returned}
+        if m:
+            info["vmm_total_ms"] = float(m.group(1))
+        return info
 
     def migrate(self, src, dst, uri, sc, mode, samples):
         args = ["--mode", mode]
@@ -531,13 +535,14 @@ class Qemu(Driver):
         self.params["stop, then migrate"] = f"exec:cat > {os.path.basename(path)} (then fsync)"
         inst.qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(path)}")
         r = self._wait_migration(inst, 600)
+        t_returned = time.monotonic()   # QEMU says completed; its file is not synced yet
         self.stop(inst)
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        return {"vmm_total_ms": r.get("total-time")}
+        return {"vmm_total_ms": r.get("total-time"), "t_returned": t_returned}
 
     def restore_started(self, inst, timeout):
         self._resume_when_loaded(inst, timeout)

@@ -1,4 +1,6 @@
 """The machine's limits, measured in the same run as the scenarios."""
+import errno
+import mmap
 import os
 import re
 import shutil
@@ -59,12 +61,13 @@ def tcp_bw(tool, src_ns, dst_ns, addr, seconds, port=47001):
 
 
 def disk_write_bw(directory, quick, flag="conv=fsync"):
-    """Sequential write with an fsync at the end (dd conv=fsync), or with flag instead
-    (oflag=direct: what godwit's O_DIRECT snapshot writes compare with), bytes/s."""
+    """Sequential write ending with an fsync (dd conv=fsync), plus flag (oflag=direct: the
+    disk's own rate, the yardstick of O_DIRECT snapshot writes), bytes/s."""
     path = os.path.join(directory, "dd-limit.tmp")
     count = 256 if quick else 1024
+    flags = ["conv=fsync"] + ([flag] if flag != "conv=fsync" else [])
     t0 = time.monotonic()
-    r = run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={count}", flag],
+    r = run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={count}", *flags],
             timeout=600)
     t = time.monotonic() - t0
     try:
@@ -77,12 +80,88 @@ def disk_write_bw(directory, quick, flag="conv=fsync"):
     return count * (1 << 20) / t
 
 
+PROBE_FILE = "disk-probe.tmp"
+PROBE_BLOCK = 1 << 20
+PROBE_PAGE = 4096
+
+
+def disk_direct_probe(directory, nbytes):
+    """The disk's own write rate beside a snapshot: nbytes (rounded up to whole 4 KiB pages)
+    of non-zero data into a new file in directory, with O_DIRECT in 1 MiB writes (as dd
+    bs=1M oflag=direct), then fsync of the file and of the directory, as a snapshot's memory
+    is written and synced. The data are random, so nothing below the file system can skip or
+    shrink them. A file system that refuses O_DIRECT gets buffered writes, as godwit's
+    writer does. Returns {bytes, seconds, bytes_per_s, direct}, or None (nothing to write,
+    or the probe failed; logged)."""
+    try:
+        nbytes = int(nbytes)
+    except (TypeError, ValueError):
+        return None
+    if nbytes <= 0:
+        return None
+    nbytes = -(-nbytes // PROBE_PAGE) * PROBE_PAGE
+    path = os.path.join(directory, PROBE_FILE)
+    buf = mmap.mmap(-1, PROBE_BLOCK)    # page-aligned, as O_DIRECT wants
+    buf.write(os.urandom(PROBE_BLOCK))
+    view = memoryview(buf)
+    fd = -1
+    direct = True
+    try:
+        t0 = time.monotonic()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o600)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            direct = False
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        done = 0
+        while done < nbytes:
+            n = min(PROBE_BLOCK, nbytes - done)
+            try:
+                w = os.write(fd, view[:n])
+            except OSError as e:
+                if e.errno != errno.EINVAL or not direct or done:
+                    raise
+                # O_DIRECT opened but refused on write: the page cache, from the start
+                os.close(fd)
+                fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+                direct = False
+                continue
+            if w <= 0:
+                raise OSError(errno.EIO, f"write returned {w}")
+            done += w
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        t = time.monotonic() - t0
+    except OSError as e:
+        log(f"disk probe in {directory}: {e}")
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        view.release()
+        buf.close()
+    return {"bytes": nbytes, "seconds": t, "bytes_per_s": nbytes / t if t > 0 else None,
+            "direct": direct}
+
+
 def measure_disk(lim, notes, resdir, quick):
-    """The disk's write rates into lim and notes: what snapshots are compared with."""
+    """The disk's write rates into lim and notes, at the start of the run."""
     lim["disk_write"] = disk_write_bw(resdir, quick)
     notes["disk_write"] = f"dd bs=1M conv=fsync into {resdir}"
     lim["disk_write_direct"] = disk_write_bw(resdir, quick, "oflag=direct")
-    notes["disk_write_direct"] = f"dd bs=1M oflag=direct into {resdir}"
+    notes["disk_write_direct"] = f"dd bs=1M oflag=direct conv=fsync into {resdir}"
 
 
 def measure(net, links, resdir, tooldir, quick):

@@ -12,6 +12,7 @@ import time
 
 from . import netops
 from .drivers import RunFailed
+from .limits import disk_direct_probe
 from .serial import (HB_RE, READY_RE, CHECK_OK_RE, DISK_FAIL_RE, DISK_OK_RE, analyse_move,
                      gaps_between, merge_streams)
 from .util import log
@@ -214,6 +215,16 @@ def _restore_timed(drv, sc, ctx, snapdir, role):
     return rst, (t_hb - rst.t_launch) * 1000
 
 
+def _disk_fields(row, before, after):
+    """The probes beside a snapshot into its row; limit_name says whether both were direct."""
+    for name, p in (("before", before), ("after", after)):
+        if p and p.get("bytes_per_s"):
+            row[f"disk_direct_{name}_bytes_per_s"] = p["bytes_per_s"]
+            row[f"disk_direct_{name}_bytes"] = p["bytes"]
+    if any(p and not p.get("direct") for p in (before, after)):
+        row["disk_probe_buffered"] = 1
+
+
 def snapshot_restore(drv, sc, ctx):
     row = {}
     snapdir = os.path.join(ctx.workdir, f"snap-{drv.name}")
@@ -224,12 +235,19 @@ def snapshot_restore(drv, sc, ctx):
         src = drv.launch(sc, "src", None, ctx.logprefix)
         _first_hb(src, FIRST_LINE_TIMEOUT)
         _warmup(src, sc)
+        # the disk's own rate right before, for about as many bytes as the snapshot will
+        # write (the guest's resident memory), and right after, for exactly as many
+        before = disk_direct_probe(ctx.workdir, drv.sample_guest_rss(src))
         t0 = time.monotonic()
         info = drv.snapshot(src, snapdir)
         t1 = time.monotonic()
         row["snapshot_ms"] = (t1 - t0) * 1000
+        if info.get("t_returned"):
+            row["command_ms"] = (info["t_returned"] - t0) * 1000
         row["vmm_total_ms"] = info.get("vmm_total_ms")
         row["snapshot_bytes"], row["snapshot_apparent_bytes"] = _dir_size(snapdir)
+        after = disk_direct_probe(ctx.workdir, row["snapshot_bytes"])
+        _disk_fields(row, before, after)
         _mem_fields(row, "src", src.mem)
         _cache_files(snapdir, False)
         rst, row["restore_ms"] = _restore_timed(drv, sc, ctx, snapdir, "dst")

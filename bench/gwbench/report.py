@@ -18,6 +18,12 @@ METRICS = {
     "snapshot-restore": [("snapshot_ms", "snapshot time", "ms"),
                          ("snapshot_bytes", "snapshot size (allocated)", "bytes"),
                          ("throughput_bytes_per_s", "snapshot throughput", "rate"),
+                         ("command_ms", "snapshot command returned", "ms"),
+                         ("disk_direct_before_bytes_per_s", "disk's direct rate just before",
+                          "rate"),
+                         ("disk_direct_after_bytes_per_s", "disk's direct rate just after",
+                          "rate"),
+                         ("limit_start_fraction", "throughput / run-start dd direct", "frac"),
                          ("restore_ms", "restore to first heartbeat (cold files)", "ms"),
                          ("restore_warm_ms", "restore, files in the page cache", "ms"),
                          ("total_ms", "snapshot + restore", "ms"),
@@ -115,6 +121,8 @@ def fmt(v, kind):
         return f"{v / (1 << 20):.0f} MiB/s"
     if kind == "pct":
         return f"{v:.0f}%"
+    if kind == "frac":
+        return f"{v:.2f}"
     return f"{v:.0f}" if v == int(v) else f"{v:.1f}"
 
 
@@ -300,7 +308,8 @@ def write_markdown(path, rows, scenarios, limits, limit_notes, meta, plots):
            "populate_memfd": "fault in fresh memfd pages",
            "populate_thp": "fault in anonymous memory with MADV_HUGEPAGE",
            "disk_write": "dd bs=1M conv=fsync in the results folder",
-           "disk_write_direct": "dd bs=1M oflag=direct in the results folder (snapshots' limit)"}
+           "disk_write_direct": "dd bs=1M oflag=direct conv=fsync in the results folder at the "
+                                "start (snapshots' limit when no probe beside them worked)"}
     for k, v in limits.items():
         h = how.get(k) or (f"one TCP stream, tc: {limit_notes.get(k, '')}" if k.startswith("link_") else "")
         L.append(f"| {k} | {fmt_limit(k, v)} | {h} |")

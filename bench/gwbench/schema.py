@@ -54,6 +54,13 @@ METRIC_COLUMNS = [
     "postcopy_hb_gaps_50ms",     # post-copy: how many gaps in that window exceeded 50 ms
     "throughput_bytes_per_s",    # bytes moved / time (snapshot or migration)
     "limit_name", "limit_bytes_per_s", "limit_fraction",
+    # snapshots: the disk's own rate beside each snapshot (docs/benchmarks.md), O_DIRECT and
+    # fsync'd into the same directory: just before it (as many bytes as the guest had
+    # resident) and just after it (the snapshot's allocated bytes); their mean is the limit
+    "disk_direct_before_bytes_per_s", "disk_direct_before_bytes",
+    "disk_direct_after_bytes_per_s", "disk_direct_after_bytes",
+    "disk_probe_buffered",       # 1 if the file system refused O_DIRECT to a probe
+    "limit_start_fraction",      # snapshots: throughput / the run-start dd probe (disk_write_direct)
     # network scenarios (netops.py): a client probing the guest's UDP echo
     "client_outage_ms",          # net-live: the longest reply gap at the switch to the destination
     "probes_lost",               # net-live: probes unanswered in that gap

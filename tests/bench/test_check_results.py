@@ -125,6 +125,29 @@ def main():
     else:
         print("FAIL no quick live-migrate scenario to check the downtime breakdown on")
         failures += 1
+    if any(s["op"] == "snapshot-restore" for s in QUICK):
+        measured = [row(s, "godwit", "ok") for s in QUICK] + qemu_ok
+        beside = dict(throughput_bytes_per_s="1.5e+09", limit_name="disk_direct_beside",
+                      limit_bytes_per_s="1.5e+09", limit_fraction="1",
+                      disk_direct_before_bytes_per_s="1e+09",
+                      disk_direct_after_bytes_per_s="2e+09", limit_start_fraction="0.5")
+        expect("a snapshot against the disk probes beside it",
+               with_(measured, "snapshot-restore", **beside), True)
+        expect("a limit_fraction that is not throughput over the limit",
+               with_(measured, "snapshot-restore", **{**beside, "limit_fraction": "0.7"}),
+               False, "limit_fraction=0.7 is not")
+        expect("a limit beside the snapshot that is not the probes' mean",
+               with_(measured, "snapshot-restore", **{**beside, "limit_bytes_per_s": "2e+09",
+                                                       "limit_fraction": "0.75"}),
+               False, "is not the mean of the disk probes")
+        expect("a limit beside the snapshot without a probe",
+               with_(measured, "snapshot-restore", **{**beside,
+                                                       "disk_direct_before_bytes_per_s": "",
+                                                       "disk_direct_after_bytes_per_s": ""}),
+               False, "without a disk probe beside")
+    else:
+        print("FAIL no quick snapshot scenario to check the disk limit on")
+        failures += 1
     if failures:
         print(f"{failures} case(s) wrong")
         return 1

@@ -12,7 +12,9 @@ import sys
 ROOT = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else
                        os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gwbench.main import run_order  # noqa: E402
+from expect import Expect  # noqa: E402
 
 
 def names(order):
@@ -20,13 +22,7 @@ def names(order):
 
 
 def main():
-    failures = 0
-
-    def expect(name, got, want):
-        nonlocal failures
-        ok = got == want
-        print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": got {got}, want {want}"))
-        failures += not ok
+    expect = Expect()
 
     chosen = [{"name": "a"}, {"name": "b"}, {"name": "c"}]
     expect("in a row", names(run_order(chosen, 2, False)),
@@ -40,8 +36,7 @@ def main():
                sorted((sc["name"], i) for sc in chosen for i in range(1, 6)))
     expect("one scenario interleaved", names(run_order(chosen[:1], 2, True)),
            [("a", 1), ("a", 2)])
-    print(f"{failures} failed")
-    return 1 if failures else 0
+    return expect.result()
 
 
 if __name__ == "__main__":
