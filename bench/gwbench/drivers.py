@@ -144,6 +144,44 @@ class Driver:
             inst.qmp.close()
 
 
+def _fsync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _wait_children_exited(pid, timeout):
+    """Waits until every child process of pid has exited (a zombie has); RunFailed if not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return      # the parent is gone, so are its children's writes
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    kids = f.read().split()
+            except OSError:
+                continue
+            for k in kids:
+                try:
+                    with open(f"/proc/{k}/stat") as f:
+                        state = f.read().rsplit(")", 1)[1].split()[0]
+                except (OSError, IndexError):
+                    continue
+                if state != "Z":
+                    alive.append(k)
+        if not alive:
+            return
+        if time.monotonic() > deadline:
+            raise RunFailed(f"child processes {alive} of {pid} still running after {timeout}s")
+        time.sleep(0.002)
+
+
 def _q(a):
     return a if re.fullmatch(r"[\w@%+=:,./-]+", a) else "'" + a.replace("'", "'\\''") + "'"
 
@@ -246,14 +284,14 @@ class Godwit(Driver):
     def snapshot(self, inst, snapdir):
         """godwit snapshot DIR --stop; returns {} with what godwit reported."""
         r = self.ctl(inst, "snapshot", snapdir, "--stop", timeout=600)
-        t_returned = time.monotonic()   # complete and synced: the operator's wait ends here
+        t_synced = time.monotonic()     # the command returns once the snapshot is synced
         if r.returncode != 0:
             classify(f"godwit snapshot exit {r.returncode}: {r.stderr.strip() or r.stdout.strip()}")
         self.final_memory(inst)
         self.reap(inst, 30)
         # "... 1505 ms (guest paused 1496 ms), VM stopped": its own time, without the CLI's
         m = re.search(r"(\d+) ms \(guest paused", r.stdout)
-        info = {"t_returned": t_returned}
+        info = {"t_synced": t_synced}
         if m:
             info["vmm_total_ms"] = float(m.group(1))
         return info
@@ -535,14 +573,14 @@ class Qemu(Driver):
         self.params["stop, then migrate"] = f"exec:cat > {os.path.basename(path)} (then fsync)"
         inst.qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(path)}")
         r = self._wait_migration(inst, 600)
-        t_returned = time.monotonic()   # QEMU says completed; its file is not synced yet
+        # completed means handed to the pipe: the file is complete once the `cat` QEMU
+        # started has exited, and durable once synced; QEMU's own exit is not part of it
+        _wait_children_exited(inst.pid, 60)
+        _fsync_file(path)
+        t_synced = time.monotonic()
         self.stop(inst)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return {"vmm_total_ms": r.get("total-time"), "t_returned": t_returned}
+        _fsync_file(path)
+        return {"vmm_total_ms": r.get("total-time"), "t_synced": t_synced}
 
     def restore_started(self, inst, timeout):
         self._resume_when_loaded(inst, timeout)

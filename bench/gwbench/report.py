@@ -18,7 +18,7 @@ METRICS = {
     "snapshot-restore": [("snapshot_ms", "snapshot time", "ms"),
                          ("snapshot_bytes", "snapshot size (allocated)", "bytes"),
                          ("throughput_bytes_per_s", "snapshot throughput", "rate"),
-                         ("command_ms", "snapshot command returned", "ms"),
+                         ("snapshot_stopped_ms", "snapshot and the VMM's exit", "ms"),
                          ("disk_direct_before_bytes_per_s", "disk's direct rate just before",
                           "rate"),
                          ("disk_direct_after_bytes_per_s", "disk's direct rate just after",

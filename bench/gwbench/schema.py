@@ -13,6 +13,7 @@ METRIC_COLUMNS = [
     "boot_ms",                   # launch -> first serial line
     "first_hb_ms",               # launch -> first heartbeat
     "snapshot_ms",               # snapshot command -> snapshot complete and synced
+    "snapshot_stopped_ms",       # snapshot command -> the VMM process exited too (--stop / quit)
     "snapshot_bytes",            # allocated on disk (sparse files count holes as 0)
     "snapshot_apparent_bytes",   # sum of file sizes
     "restore_ms",                # launch of the restoring VMM -> first heartbeat, the
