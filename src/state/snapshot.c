@@ -415,15 +415,23 @@ static struct direct_writer *direct_start(int fd, int buffered_fd)
 	return d;
 }
 
-/* Queues a run, waiting while the queue is full; returns an earlier run's failure. */
+/*
+ * Queues a run, waiting while the queue is full (adding the wait to *wait_ns: the disk, not
+ * the scan, was the bound then); returns an earlier run's failure.
+ */
 static int direct_queue(struct direct_writer *d, const uint8_t *p, uint64_t len, uint64_t off,
-			uint64_t *err_off)
+			uint64_t *err_off, uint64_t *wait_ns)
 {
 	int ret;
 
 	pthread_mutex_lock(&d->lock);
-	while (d->count == DIRECT_QUEUE && !d->err)
-		pthread_cond_wait(&d->cond, &d->lock);
+	if (d->count == DIRECT_QUEUE && !d->err) {
+		uint64_t t = time_mono_ns();
+
+		while (d->count == DIRECT_QUEUE && !d->err)
+			pthread_cond_wait(&d->cond, &d->lock);
+		*wait_ns += time_mono_ns() - t;
+	}
 	ret = d->err;
 	*err_off = d->err_off;
 	if (!ret) {
@@ -705,7 +713,7 @@ static int writer_put_run(struct snapshot_writer *w, const uint8_t *p, uint64_t 
 	if (w->direct && w->direct->nthr && !atomic_load(&w->direct->refused)) {
 		uint64_t err_off;
 
-		ret = direct_queue(w->direct, p, len, off, &err_off);
+		ret = direct_queue(w->direct, p, len, off, &err_off, &w->stats.write_wait_ns);
 		if (ret)
 			off = err_off;
 		goto done;
@@ -790,12 +798,13 @@ int snapshot_writer_memory(struct snapshot_writer *w, uint64_t gpa, const void *
 
 int snapshot_writer_memory_done(struct snapshot_writer *w, struct errbuf *e)
 {
-	uint64_t off;
+	uint64_t off, t = time_mono_ns();
 	int ret;
 
 	if (!w->direct)
 		return 0;
 	ret = direct_drain(w->direct, &off);
+	w->stats.write_wait_ns += time_mono_ns() - t;
 	if (ret) {
 		w->failed = true;
 		return err_set(e, ret, "snapshot %s: write memory file at offset 0x%" PRIx64 ": %s",

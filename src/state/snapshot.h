@@ -72,6 +72,7 @@ struct snapshot_stats {
 	uint64_t pages_present; /* non-zero pages written */
 	uint64_t pages_zero;	/* pages given but found zero: holes */
 	uint64_t state_bytes;
+	uint64_t write_wait_ns; /* the caller waited this long for memory writes to finish */
 };
 
 /* Creates DIR.tmp-XXXXXX next to dir; refuses if dir already exists. */

@@ -64,6 +64,12 @@ def test_cpus(env, cpus):
     snap = env.path(f"snap{cpus}")
     src.ctl("snapshot", snap, "--stop")
     assert src.wait_exit() == 0
+    # the VMM's log says where the snapshot's time went: the memory (at least abcheck's 8M)
+    # with its rate and how long it waited for the writes, then the sync
+    m = re.search(r"snapshot \S+: (\d+) MiB of memory written in [\d.]+ ms \(\d+ MiB/s; "
+                  r"[\d.]+ ms of it waiting for the writes\).* synced and renamed in [\d.]+ ms",
+                  src.stderr())
+    assert m and int(m.group(1)) >= 8, f"no snapshot timing in the log: {src.stderr()[-500:]}"
     hb, chk, partial = hb_last(src), last_check(src), src.partial
     assert os.path.isfile(os.path.join(snap, "state"))
 
