@@ -143,23 +143,39 @@ static int vm_snapshot_section(void *opaque, const struct vm_section *s, struct 
 				       e);
 }
 
-/* Writes a region's memory, skipping 2 MiB ranges the guest never touched. */
+/*
+ * Writes a region's memory, skipping 2 MiB ranges the guest never touched; touched ranges
+ * next to each other go to the writer together, so that its runs (and direct writes) may
+ * be longer than one range.
+ */
 static int vm_snapshot_region(struct snapshot_writer *w, struct guest_mem *mem,
 			      const struct guest_mem_region *r, struct errbuf *e)
 {
-	const uint64_t chunk = 2 * MiB;
+	const uint64_t chunk = 2 * MiB, span_max = 64 * MiB;
+	uint64_t start = 0, span = 0;
 	int ret;
 
 	for (uint64_t off = 0; off < r->size; off += chunk) {
 		uint64_t len = MIN(chunk, r->size - off);
+		bool touched = guest_mem_range_touched(mem, r->host + off, len);
 
-		if (!guest_mem_range_touched(mem, r->host + off, len))
+		if (touched && span < span_max) {
+			if (!span)
+				start = off;
+			span += len;
 			continue;
-		ret = snapshot_writer_memory(w, r->gpa + off, r->host + off, len, e);
-		if (ret < 0)
-			return ret;
+		}
+		if (span) {
+			ret = snapshot_writer_memory(w, r->gpa + start, r->host + start, span, e);
+			if (ret < 0)
+				return ret;
+		}
+		start = off;
+		span = touched ? len : 0;
 	}
-	return 0;
+	if (!span)
+		return 0;
+	return snapshot_writer_memory(w, r->gpa + start, r->host + start, span, e);
 }
 
 /*

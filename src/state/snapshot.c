@@ -23,8 +23,8 @@
 
 /* Non-zero pages are written in runs of at most this much, while they are still cached. */
 #define WRITE_RUN_MAX (256u * 1024)
-/* Direct writes: runs of up to 1 MiB, several in flight (see the direct writer below). */
-#define DIRECT_RUN_MAX (1024u * 1024)
+/* Direct writes: runs of up to 4 MiB, several in flight (see the direct writer below). */
+#define DIRECT_RUN_MAX (4096u * 1024)
 #define DIRECT_THREADS 2
 #define DIRECT_QUEUE 16
 /* How many memory problems verify prints before only counting them. */

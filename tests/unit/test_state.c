@@ -1859,6 +1859,54 @@ static void file_evict(const char *path)
 }
 
 /*
+ * One call for a whole region of several chunks, as the VM hands the writer adjacent touched
+ * ranges together: runs longer than a chunk, cut at the direct writes' longest run, at a zero
+ * page and at a zero chunk, give back every page, with holes where the memory was zero.
+ */
+static void test_snapshot_long_runs(void **state)
+{
+	const uint64_t zero_page = 4 * 1024 * 1024 + 5 * PS, hole = 8 * 1024 * 1024;
+	struct snapshot_writer *w;
+	struct snapshot_reader *r;
+	struct snapshot_stats st;
+	struct state_config c;
+	struct guest g, back;
+	struct errbuf e;
+	struct stat sb;
+	char dir[128], snap[160];
+
+	(void)state;
+	make_config(&c);
+	c.regions[0].size = 13 * 1024 * 1024 + 3 * PS;
+	guest_alloc(&g, &c);
+	for (size_t off = 0; off < g.s0; off += PS)
+		if (off != zero_page && (off < hole || off >= hole + 2 * 1024 * 1024))
+			fill_page(g.r0 + off, off);
+	fill_page(g.r1, c.regions[1].gpa);
+	test_dir(dir, sizeof(dir), "longruns");
+	snprintf(snap, sizeof(snap), "%s/snap", dir);
+	assert_int_equal(snapshot_writer_begin(snap, &w, &e), 0);
+	assert_int_equal(snapshot_writer_config(w, &c, &e), 0);
+	assert_int_equal(snapshot_writer_memory(w, 0, g.r0, g.s0, &e), 0);
+	assert_int_equal(snapshot_writer_memory(w, c.regions[1].gpa, g.r1, g.s1, &e), 0);
+	snapshot_writer_stats(w, &st);
+	assert_int_equal(st.pages_present, guest_present(&g));
+	assert_int_equal(snapshot_writer_commit(w, &e), 0);
+
+	assert_int_equal(snapshot_open(snap, &r, &e), 0);
+	assert_int_equal(snapshot_memory(r)->pages_present, guest_present(&g));
+	assert_int_equal(snapshot_memory_verify(r, NULL, &e), 0);
+	guest_alloc(&back, &c);
+	snapshot_load_check(r, &back, &g);
+	/* the zero chunk is a hole in the file */
+	assert_int_equal(fstat(snapshot_memory_fd(r), &sb), 0);
+	assert_true((uint64_t)sb.st_blocks * 512 <= snapshot_memory(r)->file_size - 2 * 1024 * 1024);
+	snapshot_close(r);
+	guest_free(&back);
+	guest_free(&g);
+}
+
+/*
  * Eager load gives back exactly the present pages however they lie; data hidden in holes
  * that a read spans never reaches guest memory; and a buffer O_DIRECT refuses (misaligned)
  * still loads, through the page cache.
@@ -2425,6 +2473,7 @@ int main(void)
 		cmocka_unit_test(test_snapshot_write_failure),
 		cmocka_unit_test(test_snapshot_full_filesystem),
 		cmocka_unit_test(test_snapshot_memory_corruption),
+		cmocka_unit_test(test_snapshot_long_runs),
 		cmocka_unit_test(test_snapshot_load_pattern),
 		cmocka_unit_test(test_snapshot_load_random),
 		cmocka_unit_test(test_snapshot_load_uncached),
