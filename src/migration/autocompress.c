@@ -43,6 +43,9 @@ bool mig_autoc_choose(bool on, double link, double zcost, double saved, double m
 		return measured > 0 ? measured < 0.95 * link : true;
 	if (zcost <= 0 || saved <= 0)
 		return false;
+	/* no compressor saves more than all: an odd figure must not make a time negative */
+	if (saved > 1)
+		saved = 1;
 	rest = (1 - saved) * link;
 	pred = mig_autoc_max(zcost, rest) + 0.5 * (zcost + rest - mig_autoc_max(zcost, rest));
 	return pred < 0.85 * link;
@@ -67,7 +70,8 @@ bool mig_autoc_probe_due(const struct mig_autoc *a)
 {
 	uint32_t shift = mig_autoc_hopeless(a) ? MIG_AUTOC_BACKOFF_MAX : a->backoff;
 
-	return !a->on && a->probe_ns * ((uint64_t)MIG_AUTOC_PROBE_SHARE << shift) <= a->sent_ns;
+	/* divided, not multiplied: large totals must not wrap into a budget that looks unspent */
+	return !a->on && a->probe_ns <= a->sent_ns / ((uint64_t)MIG_AUTOC_PROBE_SHARE << shift);
 }
 
 static int mig_autoc_cmp(const void *x, const void *y)
@@ -98,7 +102,7 @@ static double mig_autoc_pace(struct mig_autoc *a)
 
 bool mig_autoc_account(struct mig_autoc *a, const struct mig_autoc_batch *b)
 {
-	double zcost = 0, saved = 0, measured = 0, share = 1;
+	double zcost = 0, saved = 0, measured = 0, share = 1, ran, waited;
 	bool on;
 
 	a->sent_ns += b->ns;
@@ -142,9 +146,14 @@ bool mig_autoc_account(struct mig_autoc *a, const struct mig_autoc_batch *b)
 			a->unblocked++;
 	} else {
 		a->link = mig_autoc_pace(a);
-		/* read with the samples only: a window without one keeps the last figure */
-		if (a->run_ns + a->wait_ns)
-			a->share = (double)a->run_ns / (double)(a->run_ns + a->wait_ns);
+		/*
+		 * Read with the samples only: a window without one keeps the last figure. Summed
+		 * as doubles: an integer sum of large figures could wrap and make the share huge.
+		 */
+		ran = (double)a->run_ns;
+		waited = (double)a->wait_ns;
+		if (ran + waited > 0)
+			a->share = ran / (ran + waited);
 		share = a->share;
 	}
 	if (a->cz_raw > 0) {

@@ -272,6 +272,61 @@ static void test_choose(void **state)
 	assert_false(mig_autoc_choose(true, 8.0, 2.4, 0.54, 7.9)); /* no longer */
 }
 
+/*
+ * Odd figures. A sample batch whose compressor took all of its time, 2^62 ns: the samples'
+ * time times the budget's divisor wrapped to 0, so the budget looked unspent and the next
+ * batch carried another sample.
+ */
+static void test_odd_probe_budget(void **state)
+{
+	struct mig_autoc a;
+	const struct mig_autoc_batch b = {
+		.ns = 1ull << 62, .wire = BATCH, .raw = BATCH,
+		.zns = 1ull << 62, .zraw = SAMPLE, .zsaved = SAMPLE / 2,
+	};
+
+	(void)state;
+	mig_autoc_init(&a);
+	assert_true(mig_autoc_probe_due(&a));
+	mig_autoc_account(&a, &b);
+	assert_false(mig_autoc_probe_due(&a));
+}
+
+/*
+ * Odd figures. A sample's scheduler figures that sum past 2^64 (run time near 2^64, 20 ns
+ * waiting): summed as integers they wrapped to 9 ns, the sender's CPU share came out near
+ * 10^18, the compressor looked free and compression went on over loopback.
+ */
+static void test_odd_cpu_share(void **state)
+{
+	struct mig_autoc a;
+
+	(void)state;
+	mig_autoc_init(&a);
+	for (int i = 0; i < BATCHES; i++) {
+		bool sample = mig_autoc_probe_due(&a);
+		struct mig_autoc_batch b = batch_cost(&loopback, i, false, sample);
+
+		b.run_ns = i == 0 ? UINT64_MAX - 10 : 0;
+		b.wait_ns = i == 0 ? 20 : 0;
+		mig_autoc_account(&a, &b);
+		assert_false(a.on);
+	}
+}
+
+/*
+ * Odd figures. A compressor said to save more than everything (saved 100 times the bytes
+ * it was given): the rest's time went negative and a compressor eight times slower than
+ * loopback was chosen.
+ */
+static void test_odd_saved(void **state)
+{
+	(void)state;
+	assert_false(mig_autoc_choose(false, 0.3, 2.4, 100, 0));
+	assert_false(mig_autoc_choose(false, 0.3, 2.4, 1.0, 0));
+	assert_true(mig_autoc_choose(false, 8.0, 2.4, 100, 0)); /* 1 Gbit/s: still worth it */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -284,6 +339,9 @@ int main(void)
 		cmocka_unit_test(test_incompressible_stays_plain),
 		cmocka_unit_test(test_cpu_bound_turns_off),
 		cmocka_unit_test(test_link_speeds_up_turns_off),
+		cmocka_unit_test(test_odd_probe_budget),
+		cmocka_unit_test(test_odd_cpu_share),
+		cmocka_unit_test(test_odd_saved),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
