@@ -563,6 +563,9 @@ static int mig_stream_admit(int fd, uint64_t deadline_ns, uint64_t max_record, u
 	}
 	ret = mig_deadline_check(&dl, ret, e);
 	mig_deadline_stop(&dl);
+	/* admitted: for the move, the usual timeout, not what the setup deadline had left */
+	if (ret == 0)
+		ret = mig_socket_timeouts(fd, MIG_IO_TIMEOUT_MS, e);
 	if (ret < 0) {
 		if (t.w)
 			state_writer_free(t.w);

@@ -5,7 +5,8 @@ seq, abcheck passes), the paused source's digest equals the destination's, the p
 over several connections, mostly the extra ones, and both sides count the same bytes on each. An extra connection cut or
 stalled mid-move fails the move with the source running and the destination exiting 1
 having run nothing, and a retry succeeds; a stranger joining with a wrong token is refused
-and never counts; bad --connections values are refused by name."""
+and never counts; one joining late in the setup window still gets the usual I/O timeout for
+the move; bad --connections values are refused by name."""
 import json
 import os
 import re
@@ -170,6 +171,20 @@ def stranger(env, hosts):
     finish(src, dst, res, "stranger", 2)
 
 
+def late_join(env, hosts):
+    """The extra connection joins late in the destination's setup window (the source waits
+    5 s of the 6 s before connecting it). Once admitted it must have the usual I/O timeout,
+    not the second the setup had left: a capped warm move (2 MB/s: a 4 MiB batch about every
+    2 s, the extra connection idle between them) completes."""
+    uri = f"tcp:{hosts.dst_ip}:4444"
+    src, dst = pair(env, hosts, "late-join", uri,
+                    src_env={"GODWIT_MIGRATION_JOIN_DELAY_MS": "5000"},
+                    both_env={"GODWIT_MIGRATION_IO_TIMEOUT_MS": "6000"})
+    _, res, _ = gwtest.migrate(src, uri, "--mode", "warm", "--connections", "2",
+                               "--bandwidth", "2M", "--digest")
+    finish(src, dst, res, "late-join", 2)
+
+
 def test(env):
     hosts = gwtest.Hosts(env)
     move(env, hosts, "warm-2", "warm", 2)
@@ -184,6 +199,7 @@ def test(env):
     move(env, hosts, "warm-4-tls", "warm", 4, tls=tls)
 
     stranger(env, hosts)
+    late_join(env, hosts)
     broken(env, hosts, "cut", "cut:2:1000000", 2, "connection 2 of 2|closed|reset|broken",
            "connection 2 of 2")
     broken(env, hosts, "stall", "stall:3:1000000", 4, "connection 3 of 4|one may have stalled",
