@@ -47,6 +47,7 @@ struct mig_incoming {
 	/* bounds on a slow or endless source: see inc_receive() */
 	struct mig_deadline dl;
 	uint32_t next_round;
+	bool round_fenced;               /* this round's FENCE came: one a round */
 	uint64_t round_pages;
 	unsigned round_pings;
 	struct state_inflater *inflater; /* made at the first compressed batch */
@@ -286,6 +287,7 @@ static int inc_round(const struct mig_ctrl *m, struct errbuf *e)
 		return err_set(e, -EPROTO, "ROUND %u out of order (expected %u, at most %llu)",
 			       m->u32a, inc.next_round, (unsigned long long)MIG_ROUNDS_LIMIT + 1);
 	inc.next_round++;
+	inc.round_fenced = false;
 	inc.round_pages = 0;
 	inc.round_pings = 0;
 	pthread_mutex_lock(&mig.lock);
@@ -500,9 +502,21 @@ static int inc_receive(struct errbuf *e)
 				break;
 			}
 			if (m.type == MIG_MSG_FENCE) {
+				/*
+				 * One a round, after its pages: between two FENCEs an extra
+				 * connection may carry as many pages as guest memory holds, so
+				 * more FENCEs than rounds would let the stream go on for ever.
+				 */
+				if (!inc.next_round)
+					ret = err_set(e, -EPROTO, "FENCE before any ROUND");
+				else if (inc.round_fenced)
+					ret = err_set(e, -EPROTO, "a second FENCE in round %u (a round "
+						      "ends with one)", inc.next_round - 1);
+				inc.round_fenced = true;
 				mig_deadline_set(&inc.dl, MIG_RECORD_DEADLINE_MS + 1000,
 						 "waiting for FENCE on every connection");
-				ret = mig_streams_fence_wait(m.u64a, e);
+				if (ret == 0)
+					ret = mig_streams_fence_wait(m.u64a, e);
 				if (ret < 0) {
 					inc_reply(MIG_MSG_ERROR, e->msg);
 					return ret;

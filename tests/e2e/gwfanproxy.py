@@ -4,14 +4,16 @@ on LISTEN gets its own connection to CONNECT, bytes forwarded both ways untouche
 chosen connection can be broken after some of the source's bytes.
 
 usage: gwfanproxy.py LISTEN_HOST:PORT CONNECT_HOST:PORT MODE
-MODE: pass | cut:K:BYTES | stall:K:BYTES | delta:K | missing:K
+MODE: pass | cut:K:BYTES | stall:K:BYTES | delta:K | missing:K | fences
 K counts accepted connections from 1 (1 is a migration's first connection, 2 its first
 extra one); once BYTES of the source's bytes went through connection K, cut closes both
 of its sides, stall stops forwarding the source's bytes on it and keeps it open (a link
 that went silent); delta makes the first delta of at least 2 bytes on connection K
 hostile, as gwproxy.py's delta:past; missing adds a MISSING (post-copy's pages to fetch)
 right after the first ROUND on connection K, which no source sends over several
-connections. Prints "listening" once ready and "injected" when it acted."""
+connections; fences sends every FENCE s on every connection as FENCE 2s-1 and FENCE 2s
+(numbered on, so the barrier holds), two a round, which no source sends.
+Prints "listening" once ready and "injected" when it acted."""
 import socket
 import struct
 import sys
@@ -20,6 +22,8 @@ import time
 
 import gwstate
 from gwproxy import MISSING, ROUND, shutdown_both
+
+FENCE = 0x112
 
 
 def pump(a, b, limit=None, action=None):
@@ -43,10 +47,10 @@ def pump(a, b, limit=None, action=None):
     shutdown_both(a, b)
 
 
-def pump_records(a, b, edit):
+def pump_records(a, b, edit, once=True):
     """a -> b record by record; edit(type, payload) gives the bytes to send in a record's
-    place, or None to send it as it came, until it gave bytes once."""
-    armed = True
+    place, or None to send it as it came; with once, only until it gave bytes once."""
+    armed, said = True, False
     try:
         b.sendall(gwstate.recv_exact(a, 32))
         while True:
@@ -54,8 +58,10 @@ def pump_records(a, b, edit):
             out = edit(typ, payload) if armed else None
             if out:
                 rec = out
-                armed = False
-                print("injected", flush=True)
+                armed = not once
+                if not said:
+                    print("injected", flush=True)
+                    said = True
             b.sendall(rec)
     except (EOFError, OSError):
         pass
@@ -76,6 +82,14 @@ def edit_missing(typ, payload):
         gwstate.record(MISSING, struct.pack("<QQ", 0, 8) + b"\xff")
 
 
+def edit_fences(typ, payload):
+    """FENCE s goes as FENCE 2s-1 and FENCE 2s."""
+    if typ != FENCE:
+        return None
+    seq = struct.unpack("<Q", payload)[0]
+    return b"".join(gwstate.record(FENCE, struct.pack("<Q", s)) for s in (2 * seq - 1, 2 * seq))
+
+
 def main():
     lhost, lport = sys.argv[1].rsplit(":", 1)
     chost, cport = sys.argv[2].rsplit(":", 1)
@@ -93,9 +107,10 @@ def main():
         n += 1
         dst = socket.create_connection((chost, int(cport)))
         hit = action in ("cut", "stall") and n == k
-        if action in ("delta", "missing") and n == k:
-            edit = edit_delta if action == "delta" else edit_missing
-            threading.Thread(target=pump_records, args=(src, dst, edit), daemon=True).start()
+        if action in ("delta", "missing") and n == k or action == "fences":
+            edit = {"delta": edit_delta, "missing": edit_missing, "fences": edit_fences}[action]
+            threading.Thread(target=pump_records, args=(src, dst, edit, action != "fences"),
+                             daemon=True).start()
         else:
             threading.Thread(target=pump, daemon=True,
                              args=(src, dst, limit if hit else None, action)).start()

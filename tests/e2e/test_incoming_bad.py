@@ -4,7 +4,8 @@ exits non-zero with a clear error and runs nothing. So does a destination whose 
 trickles one byte at a time, never letting a single read time out: during the setup
 (a hand-made stream) and later, mid-record in round 0 (a real source behind
 gwproxy.py trickle:round0); the source then keeps its guest. So does a destination sent a
-MISSING on a move over several connections (post-copy uses one). A destination that is merely
+MISSING on a move over several connections (post-copy uses one), or two FENCEs in a round
+(more FENCEs than rounds would let a stream go on for ever). A destination that is merely
 slow to build its VM (longer than the I/O timeout) is no such case: the move completes."""
 import os
 import socket
@@ -125,37 +126,50 @@ def slow_build(env):
     assert dst.wait_exit() == 0
 
 
-def missing_fanned(env, hosts):
-    """A MISSING (post-copy's pages to fetch) on a move over 2 connections, which no source
-    sends (post-copy goes over one): gwfanproxy.py missing:1 adds one after the first ROUND.
-    The destination refuses it by name and runs nothing; the source keeps its guest."""
+def fanned_refused(env, hosts, name, fanmode, mode, needle):
+    """A move over 2 connections (MODE) through gwfanproxy.py FANMODE, which makes the stream
+    one no source sends: the destination refuses it naming needle and runs nothing; the
+    source keeps its guest."""
     uri = f"tcp:{hosts.dst_ip}:4444"
     # the default I/O timeouts: a loaded host must not fail the move before the injection
     short = os.environ.pop("GODWIT_MIGRATION_IO_TIMEOUT_MS")
     try:
-        src = gwtest.start_source(env, "missing-src", cmdline="workload=abcheck wss=8M",
+        src = gwtest.start_source(env, f"{name}-src", cmdline="workload=abcheck wss=8M",
                                   netns=hosts.src)
-        dst = gwtest.start_dest(env, "missing-dst", uri, netns=hosts.dst)
+        dst = gwtest.start_dest(env, f"{name}-dst", uri, netns=hosts.dst)
     finally:
         os.environ["GODWIT_MIGRATION_IO_TIMEOUT_MS"] = short
     src.wait_line(r"^check ok 1$", timeout=120)
-    p = gwtest.fanproxy(hosts, "missing:1")
+    p = gwtest.fanproxy(hosts, fanmode)
     try:
-        rc, _, merr = gwtest.migrate(src, "tcp:127.0.0.1:5555", "--mode", "live",
+        rc, _, merr = gwtest.migrate(src, "tcp:127.0.0.1:5555", "--mode", mode,
                                      "--connections", "2", "--bandwidth", "8M",
                                      check=False, timeout=120)
     finally:
         p.kill()
         out = p.communicate()[0]
-    assert "injected" in out, f"missing-fanned: no MISSING injected: {out!r}"
-    assert rc != 0, "missing-fanned: the move succeeded"
+    assert "injected" in out, f"{name}: nothing injected: {out!r}"
+    assert rc != 0, f"{name}: the move succeeded"
     assert "keeps running here" in merr, merr
-    gwtest.check_refused(dst, "missing-fanned",
-                         "MISSING on a move over 2 connections: post-copy uses one",
-                         "nothing was started")
-    gwtest.check_kept(src, "missing-fanned")
+    gwtest.check_refused(dst, name, needle, "nothing was started")
+    gwtest.check_kept(src, name)
     src.ctl("stop")
     assert src.wait_exit() == 0
+
+
+def missing_fanned(env, hosts):
+    """A MISSING (post-copy's pages to fetch) on a move over 2 connections, which no source
+    sends (post-copy goes over one): gwfanproxy.py missing:1 adds one after the first ROUND."""
+    fanned_refused(env, hosts, "missing-fanned", "missing:1", "live",
+                   "MISSING on a move over 2 connections: post-copy uses one")
+
+
+def fences_doubled(env, hosts):
+    """Two FENCEs a round on every connection, numbered on so that the barrier alone lets
+    them pass (gwfanproxy.py fences): with more FENCEs than rounds, extra connections could
+    carry pages for ever, so the second FENCE of round 0 is refused."""
+    fanned_refused(env, hosts, "fences-doubled", "fences", "warm",
+                   "a second FENCE in round 0")
 
 
 def test(env):
@@ -181,6 +195,7 @@ def test(env):
     hosts = gwtest.Hosts(env)
     trickle_round0(env, hosts)
     missing_fanned(env, hosts)
+    fences_doubled(env, hosts)
 
 
 gwtest.main(test)
