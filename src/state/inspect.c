@@ -42,6 +42,7 @@ struct inspect {
 	struct vm_section *secs;
 	size_t nsecs, cap;
 	bool secs_lost; /* out of memory keeping them: not checked */
+	struct state_inflater *z; /* made at the first compressed batch */
 };
 
 /* Keeps a copy of a section for inspect_sections_check. */
@@ -181,6 +182,16 @@ static void pages_run_add(struct pages_run *r, const struct state_pages_iter *it
 	r->bytes += it->data_len;
 }
 
+/* A PAGES record whose framing is good but whose contents are not: shown on a line of its own. */
+static void pages_bad(struct inspect *in, const struct state_record *rec,
+		      const struct errbuf *msg)
+{
+	flush_pages_run(in);
+	print_record(in, rec, "ok");
+	fputc('\n', in->out);
+	problem(in, msg);
+}
+
 static void inspect_pages(struct inspect *in, const struct state_record *rec)
 {
 	struct state_pages_iter it;
@@ -188,22 +199,22 @@ static void inspect_pages(struct inspect *in, const struct state_record *rec)
 	struct errbuf msg;
 
 	if (state_pages_decode(rec->payload, (size_t)rec->len, &it, &msg)) {
-		flush_pages_run(in);
-		print_record(in, rec, "ok");
-		fputc('\n', in->out);
-		problem(in, &msg);
+		pages_bad(in, rec, &msg);
+		return;
+	}
+	/* inflated as a destination would: its frame checked, its pages' addresses seen */
+	if (it.zdata && ((!in->z && state_inflater_new(&in->z, &msg)) ||
+			 state_pages_inflate(&it, in->z, &msg))) {
+		pages_bad(in, rec, &msg);
 		return;
 	}
 	if (in->have_config) {
 		while (state_pages_next(&it, &pg)) {
 			if (state_config_region_find(in->cfg, pg.gpa, STATE_PAGE_SIZE) >= 0)
 				continue;
-			flush_pages_run(in);
-			print_record(in, rec, "ok");
-			fputc('\n', in->out);
 			err_set(&msg, -EBADMSG, "page at gpa 0x%" PRIx64 " is outside guest memory",
 				pg.gpa);
-			problem(in, &msg);
+			pages_bad(in, rec, &msg);
 			return;
 		}
 	}
@@ -326,6 +337,8 @@ static void inspect_walk(struct inspect *in, struct state_reader *r)
 	if (state_reader_ended(r) && !state_reader_failed(r))
 		inspect_sections_check(in);
 	inspect_sections_free(in);
+	state_inflater_free(in->z);
+	in->z = NULL;
 	if (in->pages_total.records)
 		fprintf(in->out, "pages: %" PRIu64 " in %" PRIu64 " records, %" PRIu64
 			" zero (sent as flags), %" PRIu64 " deltas, %s of data\n",

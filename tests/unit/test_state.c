@@ -1153,6 +1153,28 @@ static void test_pages_zstd_hostile(void **state)
 	put_zstd_batch(&b, 3, 0x6, frame, two);
 	assert_int_equal(state_pages_decode(b.data, b.len, &it, &e), 0);
 	assert_int_equal(state_pages_inflate(&it, z, &e), 0);
+
+	/* inspect inflates as a destination does: a frame that is not zstd is a problem */
+	{
+		static struct raw s;
+		char *text;
+		size_t text_len;
+		FILE *out;
+
+		raw_begin(&s, STATE_KIND_MIGRATION);
+		raw_config(&s);
+		put_zstd_batch(&b, 2, 0x3, frame, two); /* good */
+		raw_record(&s, STATE_REC_PAGES, b.data, b.len);
+		put_zstd_batch(&b, 2, 0x3, src, 100);
+		raw_record(&s, STATE_REC_PAGES, b.data, b.len);
+		raw_end(&s);
+		out = open_memstream(&text, &text_len);
+		assert_fails_with(state_inspect_buf(s.b, s.len, out, &e), -EBADMSG, &e, "problem");
+		fclose(out);
+		assert_non_null(strstr(text, "BAD: pages: compressed data is not one zstd frame"));
+		assert_null(strstr(text, "outside guest memory"));
+		free(text);
+	}
 	buf_free(&b);
 	state_inflater_free(z);
 }
