@@ -760,9 +760,16 @@ int mig_streams_finish(struct errbuf *e)
 		return ret;
 	/* nothing more may come on them: stop the receivers before the state is applied */
 	mig_streams_close();
-	for (unsigned i = 1; i < xs.n; i++)
+	for (unsigned i = 1; i < xs.n; i++) {
 		if (xs.s[i].pages)
 			return err_set(e, -EPROTO, "connection %u of %u sent pages after the last "
 				       "FENCE", i + 1, xs.n);
+		/* a FENCE beyond the last one restarted its count of pages: those came after */
+		if (xs.f.extra[i] != xs.f.first)
+			return err_set(e, -EPROTO, "connection %u of %u read FENCE %llu, beyond the "
+				       "last FENCE (%llu)", i + 1, xs.n,
+				       (unsigned long long)xs.f.extra[i],
+				       (unsigned long long)xs.f.first);
+	}
 	return 0;
 }

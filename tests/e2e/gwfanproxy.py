@@ -4,7 +4,7 @@ on LISTEN gets its own connection to CONNECT, bytes forwarded both ways untouche
 chosen connection can be broken after some of the source's bytes.
 
 usage: gwfanproxy.py LISTEN_HOST:PORT CONNECT_HOST:PORT MODE
-MODE: pass | cut:K:BYTES | stall:K:BYTES | delta:K | missing:K | fences
+MODE: pass | cut:K:BYTES | stall:K:BYTES | delta:K | missing:K | fences | late:K
 K counts accepted connections from 1 (1 is a migration's first connection, 2 its first
 extra one); once BYTES of the source's bytes went through connection K, cut closes both
 of its sides, stall stops forwarding the source's bytes on it and keeps it open (a link
@@ -12,7 +12,10 @@ that went silent); delta makes the first delta of at least 2 bytes on connection
 hostile, as gwproxy.py's delta:past; missing adds a MISSING (post-copy's pages to fetch)
 right after the first ROUND on connection K, which no source sends over several
 connections; fences sends every FENCE s on every connection as FENCE 2s-1 and FENCE 2s
-(numbered on, so the barrier holds), two a round, which no source sends.
+(numbered on, so the barrier holds), two a round, which no source sends; late sends, right
+after the first FENCE s on connection K (K > 1), its last PAGES record again and FENCE s+1,
+and holds DONE on the first connection until a second after that (so the destination has
+read them before DONE), pages after the last FENCE, which no source sends.
 Prints "listening" once ready and "injected" when it acted."""
 import socket
 import struct
@@ -23,7 +26,8 @@ import time
 import gwstate
 from gwproxy import MISSING, ROUND, shutdown_both
 
-FENCE = 0x112
+DONE, FENCE = 0x104, 0x112
+late_sent = threading.Event()
 
 
 def pump(a, b, limit=None, action=None):
@@ -90,6 +94,32 @@ def edit_fences(typ, payload):
     return b"".join(gwstate.record(FENCE, struct.pack("<Q", s)) for s in (2 * seq - 1, 2 * seq))
 
 
+def edit_late():
+    """An edit for late:K's connection K: remembers the last PAGES record, and after the
+    first FENCE sends it again and the next FENCE."""
+    last = [b""]
+
+    def edit(typ, payload):
+        if typ == gwstate.PAGES:
+            last[0] = gwstate.record(typ, payload)
+            return None
+        if typ != FENCE:
+            return None
+        seq = struct.unpack("<Q", payload)[0]
+        late_sent.set()
+        return gwstate.record(typ, payload) + last[0] + \
+            gwstate.record(FENCE, struct.pack("<Q", seq + 1))
+    return edit
+
+
+def edit_hold_done(typ, payload):
+    """late:K's first connection: DONE waits until a second after connection K's extras."""
+    if typ == DONE:
+        late_sent.wait(120)
+        time.sleep(1)
+    return None
+
+
 def main():
     lhost, lport = sys.argv[1].rsplit(":", 1)
     chost, cport = sys.argv[2].rsplit(":", 1)
@@ -107,7 +137,10 @@ def main():
         n += 1
         dst = socket.create_connection((chost, int(cport)))
         hit = action in ("cut", "stall") and n == k
-        if action in ("delta", "missing") and n == k or action == "fences":
+        if action == "late" and n in (1, k):
+            edit = edit_hold_done if n == 1 else edit_late()
+            threading.Thread(target=pump_records, args=(src, dst, edit), daemon=True).start()
+        elif action in ("delta", "missing") and n == k or action == "fences":
             edit = {"delta": edit_delta, "missing": edit_missing, "fences": edit_fences}[action]
             threading.Thread(target=pump_records, args=(src, dst, edit, action != "fences"),
                              daemon=True).start()

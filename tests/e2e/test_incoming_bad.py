@@ -4,8 +4,9 @@ exits non-zero with a clear error and runs nothing. So does a destination whose 
 trickles one byte at a time, never letting a single read time out: during the setup
 (a hand-made stream) and later, mid-record in round 0 (a real source behind
 gwproxy.py trickle:round0); the source then keeps its guest. So does a destination sent a
-MISSING on a move over several connections (post-copy uses one), or two FENCEs in a round
-(more FENCEs than rounds would let a stream go on for ever). A destination that is merely
+MISSING on a move over several connections (post-copy uses one), two FENCEs in a round
+(more FENCEs than rounds would let a stream go on for ever), or pages and a FENCE after the
+last FENCE on an extra connection. A destination that is merely
 slow to build its VM (longer than the I/O timeout) is no such case: the move completes."""
 import os
 import socket
@@ -172,6 +173,15 @@ def fences_doubled(env, hosts):
                    "a second FENCE in round 0")
 
 
+def pages_late(env, hosts):
+    """Pages and a FENCE after the last FENCE on the extra connection (gwfanproxy.py late:2,
+    DONE held back until they were read): the FENCE reset that connection's count of pages
+    since its last FENCE, so the check at DONE saw none; now an extra connection that read a
+    FENCE the first never did is refused."""
+    fanned_refused(env, hosts, "pages-late", "late:2", "warm",
+                   "connection 2 of 2 read FENCE 2, beyond the last FENCE (1)")
+
+
 def test(env):
     os.environ["GODWIT_MIGRATION_IO_TIMEOUT_MS"] = IO_TIMEOUT_MS
     hello = record(0x100, struct.pack("<IIQ", gwstate.PROTOCOL, 2, 0))   # live
@@ -196,6 +206,7 @@ def test(env):
     trickle_round0(env, hosts)
     missing_fanned(env, hosts)
     fences_doubled(env, hosts)
+    pages_late(env, hosts)
 
 
 gwtest.main(test)
