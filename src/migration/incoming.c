@@ -533,6 +533,17 @@ static int inc_receive(struct errbuf *e)
 			}
 			if (m.type == MIG_MSG_MISSING) {
 				/*
+				 * A warm source never switches to post-copy and serves no
+				 * page after the handover: the pages MISSING drops would
+				 * never come, and the guest would wait for them for ever.
+				 */
+				if (mig.st.mode == MIG_MODE_WARM) {
+					ret = err_set(e, -EPROTO, "MISSING on a warm move: "
+						      "post-copy is for live and post-copy moves");
+					inc_reply(MIG_MSG_ERROR, e->msg);
+					return ret;
+				}
+				/*
 				 * Post-copy fetches over the first connection alone (the
 				 * source refuses it with several): a MISSING here would let
 				 * an extra connection's queued PAGES land on dropped pages.

@@ -4,14 +4,14 @@ on LISTEN gets its own connection to CONNECT, bytes forwarded both ways untouche
 chosen connection can be broken after some of the source's bytes.
 
 usage: gwfanproxy.py LISTEN_HOST:PORT CONNECT_HOST:PORT MODE
-MODE: pass | cut:K:BYTES | stall:K:BYTES | delta:K | missing:K | fences | late:K
+MODE: pass | cut:K:BYTES | stall:K:BYTES | delta:K | missing:K | missingdone:K | fences | late:K
 K counts accepted connections from 1 (1 is a migration's first connection, 2 its first
 extra one); once BYTES of the source's bytes went through connection K, cut closes both
 of its sides, stall stops forwarding the source's bytes on it and keeps it open (a link
 that went silent); delta makes the first delta of at least 2 bytes on connection K
 hostile, as gwproxy.py's delta:past; missing adds a MISSING (post-copy's pages to fetch)
 right after the first ROUND on connection K, which no source sends over several
-connections; fences sends every FENCE s on every connection as FENCE 2s-1 and FENCE 2s
+connections, and missingdone the same right before DONE, after the last pages; fences sends every FENCE s on every connection as FENCE 2s-1 and FENCE 2s
 (numbered on, so the barrier holds), two a round, which no source sends; late sends, right
 after the first FENCE s on connection K (K > 1), its last PAGES record again and FENCE s+1,
 and holds DONE on the first connection until a second after that (so the destination has
@@ -86,6 +86,14 @@ def edit_missing(typ, payload):
         gwstate.record(MISSING, struct.pack("<QQ", 0, 8) + b"\xff")
 
 
+def edit_missing_done(typ, payload):
+    """Right before DONE, after every page, the same MISSING as edit_missing."""
+    if typ != DONE:
+        return None
+    return gwstate.record(MISSING, struct.pack("<QQ", 0, 8) + b"\xff") + \
+        gwstate.record(typ, payload)
+
+
 def edit_fences(typ, payload):
     """FENCE s goes as FENCE 2s-1 and FENCE 2s."""
     if typ != FENCE:
@@ -140,8 +148,9 @@ def main():
         if action == "late" and n in (1, k):
             edit = edit_hold_done if n == 1 else edit_late()
             threading.Thread(target=pump_records, args=(src, dst, edit), daemon=True).start()
-        elif action in ("delta", "missing") and n == k or action == "fences":
-            edit = {"delta": edit_delta, "missing": edit_missing, "fences": edit_fences}[action]
+        elif action in ("delta", "missing", "missingdone") and n == k or action == "fences":
+            edit = {"delta": edit_delta, "missing": edit_missing,
+                    "missingdone": edit_missing_done, "fences": edit_fences}[action]
             threading.Thread(target=pump_records, args=(src, dst, edit, action != "fences"),
                              daemon=True).start()
         else:

@@ -4,7 +4,8 @@ exits non-zero with a clear error and runs nothing. So does a destination whose 
 trickles one byte at a time, never letting a single read time out: during the setup
 (a hand-made stream) and later, mid-record in round 0 (a real source behind
 gwproxy.py trickle:round0); the source then keeps its guest. So does a destination sent a
-MISSING on a move over several connections (post-copy uses one), two FENCEs in a round
+MISSING on a move over several connections (post-copy uses one) or on a warm move (its
+source serves no page after the handover), two FENCEs in a round
 (more FENCEs than rounds would let a stream go on for ever), or pages and a FENCE after the
 last FENCE on an extra connection. A destination that is merely
 slow to build its VM (longer than the I/O timeout) is no such case: the move completes."""
@@ -127,8 +128,8 @@ def slow_build(env):
     assert dst.wait_exit() == 0
 
 
-def fanned_refused(env, hosts, name, fanmode, mode, needle):
-    """A move over 2 connections (MODE) through gwfanproxy.py FANMODE, which makes the stream
+def fanned_refused(env, hosts, name, fanmode, mode, needle, connections=2):
+    """A move over CONNECTIONS connections (MODE) through gwfanproxy.py FANMODE, which makes the stream
     one no source sends: the destination refuses it naming needle and runs nothing; the
     source keeps its guest."""
     uri = f"tcp:{hosts.dst_ip}:4444"
@@ -144,7 +145,7 @@ def fanned_refused(env, hosts, name, fanmode, mode, needle):
     p = gwtest.fanproxy(hosts, fanmode)
     try:
         rc, _, merr = gwtest.migrate(src, "tcp:127.0.0.1:5555", "--mode", mode,
-                                     "--connections", "2", "--bandwidth", "8M",
+                                     "--connections", str(connections), "--bandwidth", "8M",
                                      check=False, timeout=120)
     finally:
         p.kill()
@@ -163,6 +164,14 @@ def missing_fanned(env, hosts):
     sends (post-copy goes over one): gwfanproxy.py missing:1 adds one after the first ROUND."""
     fanned_refused(env, hosts, "missing-fanned", "missing:1", "live",
                    "MISSING on a move over 2 connections: post-copy uses one")
+
+
+def missing_warm(env, hosts):
+    """A MISSING on a warm move over one connection, after its last pages, right before DONE
+    (gwfanproxy.py missingdone:1): a warm source never switches to post-copy and serves no
+    page after the handover, so the pages MISSING drops would never come."""
+    fanned_refused(env, hosts, "missing-warm", "missingdone:1", "warm",
+                   "MISSING on a warm move", connections=1)
 
 
 def fences_doubled(env, hosts):
@@ -205,6 +214,7 @@ def test(env):
     hosts = gwtest.Hosts(env)
     trickle_round0(env, hosts)
     missing_fanned(env, hosts)
+    missing_warm(env, hosts)
     fences_doubled(env, hosts)
     pages_late(env, hosts)
 
