@@ -1,0 +1,1 @@
+/usr/bin/qemu-system-x86_64 -accel kvm -cpu host,-arch-capabilities -M microvm -m 4G -smp 1 -display none -nodefaults -serial stdio -kernel /tmp/godwit-bench/build-bench/guest/godwit-guest.elf -append 'workload=dirty wss=1G rate=0 pattern=seq stats=1' -qmp unix:/tmp/gwb-nwnzx_2z/qm-warm.qmp,server=on,wait=off -incoming 'exec:cat /tmp/snap-final/snapshots/snap-qemu/qemu.state'

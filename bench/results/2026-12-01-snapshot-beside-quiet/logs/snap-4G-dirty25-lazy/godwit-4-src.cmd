@@ -1,0 +1,1 @@
+/tmp/godwit-bench/build-bench/src/cli/godwit run --api-socket /tmp/gwb-nwnzx_2z/gw-src.sock --serial stdio --name bench-src --memory 4G --cpus 1 --kernel /tmp/godwit-bench/build-bench/guest/godwit-guest.elf --cmdline 'workload=dirty wss=1G rate=0 pattern=seq stats=1'
