@@ -1,0 +1,1 @@
+ip netns exec gwb-dst-4122 /tmp/godwit-bench/build-bench/src/cli/godwit run --api-socket /tmp/gwb-6bl9f215/gw-dst.sock --serial stdio --name bench-dst --incoming tcp:10.99.0.2:47104 --memory 1G --insecure

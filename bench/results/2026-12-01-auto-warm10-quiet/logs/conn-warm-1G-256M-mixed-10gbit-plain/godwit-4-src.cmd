@@ -1,0 +1,1 @@
+ip netns exec gwb-src-4122 /tmp/godwit-bench/build-bench/src/cli/godwit run --api-socket /tmp/gwb-6bl9f215/gw-src.sock --serial stdio --name bench-src --memory 1G --cpus 2 --kernel /tmp/godwit-bench/build-bench/guest/godwit-guest.elf --cmdline 'workload=dirty wss=256M rate=0 pattern=seq content=mixed stats=1'
