@@ -15,6 +15,8 @@ import tempfile
 ROOT = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else
                        os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from expect import Expect  # noqa: E402
 from gwbench.pairs import load, pairs, summary  # noqa: E402
 
 FIELDS = ["scenario", "vmm", "run", "status", "started_utc", "total_ms"]
@@ -30,12 +32,7 @@ def write(folder, rows):
 
 
 def main():
-    failures = 0
-
-    def expect(name, ok, detail=""):
-        nonlocal failures
-        print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": {detail}"))
-        failures += not ok
+    expect = Expect()
 
     with tempfile.TemporaryDirectory() as tmp:
         one, two = os.path.join(tmp, "one"), os.path.join(tmp, "two")
@@ -56,34 +53,29 @@ def main():
                     ("A", "godwit", 2, "ok", "T00:01", 100.0),
                     ("B", "godwit", 2, "ok", "T00:02", 110.0)])
         prs = pairs(load([one, two]), "A", "B", "total_ms")
-        expect("pairs by folder and run", [(os.path.basename(f), r) for f, r, *_ in prs] ==
-               [("one", 1), ("one", 2), ("one", 3), ("two", 1), ("two", 2)], prs)
-        expect("order from started_utc", [p[4] for p in prs] == [True, False, True, False, True],
-               prs)
+        expect("pairs by folder and run", [(os.path.basename(f), r) for f, r, *_ in prs],
+               [("one", 1), ("one", 2), ("one", 3), ("two", 1), ("two", 2)])
+        expect("order from started_utc", [p[4] for p in prs], [True, False, True, False, True])
         s = summary(prs)
-        expect("plain median carries the order", abs(s["median"] - 1.1) < 1e-9, s)
-        expect("by order", s["n_a_first"] == 3 and s["n_b_first"] == 2 and
-               abs(s["median_a_first"] - 1.1) < 1e-9 and
-               abs(s["median_b_first"] - 100 / 110) < 1e-9, s)
-        expect("balanced cancels the order", abs(s["balanced"] - 1.0) < 1e-9, s)
+        expect("plain median carries the order", round(s["median"], 9), 1.1)
+        expect("by order", (s["n_a_first"], s["n_b_first"], round(s["median_a_first"], 9),
+                            round(s["median_b_first"], 9)), (3, 2, 1.1, round(100 / 110, 9)))
+        expect("balanced cancels the order", round(s["balanced"], 9), 1.0)
         only = summary([p for p in prs if p[4]])
-        expect("one order only: no balanced figure", only["balanced"] is None, only)
-        expect("no pairs: no summary", summary([]) is None)
+        expect("one order only: no balanced figure", only["balanced"], None)
+        expect("no pairs: no summary", summary([]), None)
 
         cmd = [os.path.join(ROOT, "bench", "compare"), "A", "B", one, two]
         r = subprocess.run(cmd, capture_output=True, text=True)
         expect("compare prints the balanced ratio",
-               r.returncode == 0 and "balanced B/A 1.000" in r.stdout and
-               "5 pairs" in r.stdout, r.stdout + r.stderr)
+               (r.returncode, "balanced B/A 1.000" in r.stdout, "5 pairs" in r.stdout),
+               (0, True, True))
         r = subprocess.run(cmd[:1] + ["A", "C", one], capture_output=True, text=True)
-        expect("no pair: exit 1 naming both", r.returncode == 1 and "A and C" in r.stderr,
-               r.stdout + r.stderr)
+        expect("no pair: exit 1 naming both", (r.returncode, "A and C" in r.stderr), (1, True))
         r = subprocess.run(cmd[:1] + ["A", "B", os.path.join(tmp, "none")],
                            capture_output=True, text=True)
-        expect("missing folder: exit 2 naming it", r.returncode == 2 and "none" in r.stderr,
-               r.stdout + r.stderr)
-    print(f"{failures} failed")
-    return 1 if failures else 0
+        expect("missing folder: exit 2 naming it", (r.returncode, "none" in r.stderr), (2, True))
+    return expect.result()
 
 
 if __name__ == "__main__":
