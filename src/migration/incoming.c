@@ -168,10 +168,8 @@ static int inc_pages_decode_z(const struct state_record *rec, struct state_pages
 {
 	int ret = state_pages_decode(rec->payload, rec->len, it, e);
 
-	if (ret == 0 && it->zdata && !*z)
-		ret = state_inflater_new(z, e);
 	if (ret == 0)
-		ret = state_pages_inflate(it, *z, e);
+		ret = state_pages_inflate_lazy(it, z, e);
 	if (ret < 0)
 		return err_prefix(e, ret, "record %llu", (unsigned long long)rec->index);
 	return 0;

@@ -203,8 +203,7 @@ static void inspect_pages(struct inspect *in, const struct state_record *rec)
 		return;
 	}
 	/* inflated as a destination would: its frame checked, its pages' addresses seen */
-	if (it.zdata && ((!in->z && state_inflater_new(&in->z, &msg)) ||
-			 state_pages_inflate(&it, in->z, &msg))) {
+	if (state_pages_inflate_lazy(&it, &in->z, &msg)) {
 		pages_bad(in, rec, &msg);
 		return;
 	}

@@ -637,6 +637,16 @@ int state_pages_inflate(struct state_pages_iter *it, struct state_inflater *z, s
 	return 0;
 }
 
+int state_pages_inflate_lazy(struct state_pages_iter *it, struct state_inflater **zp,
+			     struct errbuf *e)
+{
+	int ret = 0;
+
+	if (it->zdata && !*zp)
+		ret = state_inflater_new(zp, e);
+	return ret ? ret : state_pages_inflate(it, *zp, e);
+}
+
 /* ---- END ---- */
 
 int state_end_decode(const void *p, size_t len, uint64_t *nr_records, struct errbuf *e)

@@ -232,6 +232,9 @@ int __must_check state_inflater_new(struct state_inflater **zp, struct errbuf *e
 void state_inflater_free(struct state_inflater *z);
 int __must_check state_pages_inflate(struct state_pages_iter *it, struct state_inflater *z,
 				     struct errbuf *e);
+/* The same with *zp made at the first compressed batch (NULL until then; the caller frees it). */
+int __must_check state_pages_inflate_lazy(struct state_pages_iter *it,
+					  struct state_inflater **zp, struct errbuf *e);
 
 /* ---- END: the last record; carries the number of records before it ---- */
 
