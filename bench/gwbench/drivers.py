@@ -579,7 +579,6 @@ class Qemu(Driver):
         _fsync_file(path)
         t_synced = time.monotonic()
         self.stop(inst)
-        _fsync_file(path)
         return {"vmm_total_ms": r.get("total-time"), "t_synced": t_synced}
 
     def restore_started(self, inst, timeout):

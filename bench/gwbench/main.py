@@ -176,6 +176,7 @@ def add_throughput(row, sc, limits):
     def f(k):
         v = row.get(k)
         return float(v) if v not in (None, "") else None
+    start = None
     if sc["op"] == "snapshot-restore":
         # the disk's own direct rate, the yardstick for snapshot writes: measured
         # beside this snapshot if the probes worked (the shared disk swings from minute to
@@ -184,29 +185,27 @@ def add_throughput(row, sc, limits):
         start = "disk_write_direct" if limits.get("disk_write_direct") else "disk_write"
         beside = [v for v in (f("disk_direct_before_bytes_per_s"),
                               f("disk_direct_after_bytes_per_s")) if v]
-        if not (b and ms):
-            return
-        row["throughput_bytes_per_s"] = b / (ms / 1000)
-        if limits.get(start):
-            row["limit_start_fraction"] = row["throughput_bytes_per_s"] / limits[start]
         if beside:
-            row["limit_name"] = ("disk_buffered_beside" if row.get("disk_probe_buffered")
-                                 else "disk_direct_beside")
-            row["limit_bytes_per_s"] = sum(beside) / len(beside)
-            row["limit_fraction"] = row["throughput_bytes_per_s"] / row["limit_bytes_per_s"]
-            return
-        lim = start
+            lim = ("disk_buffered_beside" if row.get("disk_probe_buffered")
+                   else "disk_direct_beside")
+            rate = sum(beside) / len(beside)
+        else:
+            lim, rate = start, limits.get(start)
     elif sc["op"] in scen_mod.MIGRATE_OPS:
         b = f("vmm_bytes") or f("wire_bytes")
         ms, lim = f("total_ms"), f"link_{sc['link']}"
+        rate = limits.get(lim)
     else:
         return
-    if b and ms:
-        row["throughput_bytes_per_s"] = b / (ms / 1000)
-        if limits.get(lim):
-            row["limit_name"] = lim
-            row["limit_bytes_per_s"] = limits[lim]
-            row["limit_fraction"] = row["throughput_bytes_per_s"] / limits[lim]
+    if not (b and ms):
+        return
+    row["throughput_bytes_per_s"] = b / (ms / 1000)
+    if start and limits.get(start):
+        row["limit_start_fraction"] = row["throughput_bytes_per_s"] / limits[start]
+    if rate:
+        row["limit_name"] = lim
+        row["limit_bytes_per_s"] = rate
+        row["limit_fraction"] = row["throughput_bytes_per_s"] / rate
 
 
 def add_target(row, sc):
