@@ -11,8 +11,9 @@ of its sides, stall stops forwarding the source's bytes on it and keeps it open 
 that went silent); delta makes the first delta of at least 2 bytes on connection K
 hostile, as gwproxy.py's delta:past; missing adds a MISSING (post-copy's pages to fetch)
 right after the first ROUND on connection K, which no source sends over several
-connections, and missingdone the same right before DONE, after the last pages; fences sends every FENCE s on every connection as FENCE 2s-1 and FENCE 2s
-(numbered on, so the barrier holds), two a round, which no source sends; late sends, right
+connections, and missingdone the same right before DONE, after the last pages; fences
+sends every FENCE s on every connection as FENCE 2s-1 and FENCE 2s (numbered on, so the
+barrier holds), two a round, which no source sends; late sends, right
 after the first FENCE s on connection K (K > 1), its last PAGES record again and FENCE s+1,
 and holds DONE on the first connection until a second after that (so the destination has
 read them before DONE), pages after the last FENCE, which no source sends.
